@@ -29,25 +29,41 @@ _P31 = 0x7FFFFFFF  # 2^31 - 1, the LFSR modulus
 
 # Table 3.1 of the ZUC specification: the S-box S0 (row = high nibble, column = low nibble).
 _S0 = bytes.fromhex(
-    "3e725b47cae0003304d1549809b96dcb" "7b1bf932af9d6aa5b82dfc1d08530390"
-    "4d4e8499e4ced991ddb685488b296eac" "cdc1f81e734369c6b5bdfd396320d438"
-    "767db2a7cfed57c5f32cbb142106559b" "e3ef5e314f7f5aa40d8251495fba581c"
-    "4a16d517a892241f8cffd8ae2e01d3ad" "3b4bda46ebc9de9a8f87d73a806f2fc8"
-    "b1b437f70a2213287ccc3c89c7c39656" "07bf7ef00b2b975235417961a64c10fe"
-    "bc2695888ab0a3fbc01894f2e1e5e95d" "d0dc1166645cec59427512f5749caa23"
-    "0e86abbe2a02e767e644a26cc2939ff1" "f6fa36d250689e6271153dd640c4e20f"
-    "8e83776b25053f0c30ea70b7a1e8a965" "8d271adb81b3a0f4457a19dfee783460"
+    "3e725b47cae0003304d1549809b96dcb"
+    "7b1bf932af9d6aa5b82dfc1d08530390"
+    "4d4e8499e4ced991ddb685488b296eac"
+    "cdc1f81e734369c6b5bdfd396320d438"
+    "767db2a7cfed57c5f32cbb142106559b"
+    "e3ef5e314f7f5aa40d8251495fba581c"
+    "4a16d517a892241f8cffd8ae2e01d3ad"
+    "3b4bda46ebc9de9a8f87d73a806f2fc8"
+    "b1b437f70a2213287ccc3c89c7c39656"
+    "07bf7ef00b2b975235417961a64c10fe"
+    "bc2695888ab0a3fbc01894f2e1e5e95d"
+    "d0dc1166645cec59427512f5749caa23"
+    "0e86abbe2a02e767e644a26cc2939ff1"
+    "f6fa36d250689e6271153dd640c4e20f"
+    "8e83776b25053f0c30ea70b7a1e8a965"
+    "8d271adb81b3a0f4457a19dfee783460"
 )
 # Table 3.2: the S-box S1.
 _S1 = bytes.fromhex(
-    "55c263713bc847869f3cda5b29aafd77" "8cc5940ca61a1300e3a8167240f9f842"
-    "4426689681d9453e1076c6a78b3943e1" "3ab5562ac06db3052266bfdc0bfa6248"
-    "dd20110636c9c1cff62752bb69f5d487" "7f844cd29c57a4bc4f9adffed68d7aeb"
-    "2b53d85ca11417fb23d57d3067730809" "eeb7703f61b2198e4ee54b938f5ddba9"
-    "adf1ae2ecb0dfcf42d466e1d97e8d1e9" "4d37a5755e839eab829db91ce0cd4989"
-    "01b6bd5824a25f387899159050b895e4" "d091c7ceed0fb46fa0ccf0024a79c3de"
-    "a3efea51e66b18ec1b2c80f774e7ff21" "5a6a541e41319235c433070aba7e0e34"
-    "88b1987cf33d606c7bcad31f32650428" "64be859b2f598ad7b025acaf1203e2f2"
+    "55c263713bc847869f3cda5b29aafd77"
+    "8cc5940ca61a1300e3a8167240f9f842"
+    "4426689681d9453e1076c6a78b3943e1"
+    "3ab5562ac06db3052266bfdc0bfa6248"
+    "dd20110636c9c1cff62752bb69f5d487"
+    "7f844cd29c57a4bc4f9adffed68d7aeb"
+    "2b53d85ca11417fb23d57d3067730809"
+    "eeb7703f61b2198e4ee54b938f5ddba9"
+    "adf1ae2ecb0dfcf42d466e1d97e8d1e9"
+    "4d37a5755e839eab829db91ce0cd4989"
+    "01b6bd5824a25f387899159050b895e4"
+    "d091c7ceed0fb46fa0ccf0024a79c3de"
+    "a3efea51e66b18ec1b2c80f774e7ff21"
+    "5a6a541e41319235c433070aba7e0e34"
+    "88b1987cf33d606c7bcad31f32650428"
+    "64be859b2f598ad7b025acaf1203e2f2"
 )
 
 # Section 3.5: the 15-bit key-loading constants d0..d15.
@@ -71,18 +87,8 @@ def _l2(x: int) -> int:
     return x ^ _rotl32(x, 8) ^ _rotl32(x, 14) ^ _rotl32(x, 22) ^ _rotl32(x, 30)
 
 
-def _s_box(x: int) -> int:
-    """The 32-bit S-box S = (S0, S1, S0, S1) of section 3.4.1 (reference form)."""
-    return (
-        (_S0[x >> 24] << 24)
-        | (_S1[(x >> 16) & 0xFF] << 16)
-        | (_S0[(x >> 8) & 0xFF] << 8)
-        | _S1[x & 0xFF]
-    )
-
-
-# Fast tables. The S-layer as four lanes already shifted into place:
-#   S(x) = SL3[x >> 24] | SL2[(x >> 16) & 255] | SL1[(x >> 8) & 255] | SL0[x & 255].
+# The 32-bit S-box S = (S0, S1, S0, S1) of section 3.4.1 as four lanes already shifted into
+# place: S(x) = SL3[x >> 24] | SL2[(x >> 16) & 255] | SL1[(x >> 8) & 255] | SL0[x & 255].
 _SL3 = tuple(b << 24 for b in _S0)
 _SL2 = tuple(b << 16 for b in _S1)
 _SL1 = tuple(b << 8 for b in _S0)
@@ -141,8 +147,11 @@ class ZUC128:
         # Key loading (3.5): s_i = k_i || d_i || iv_i (31 bits).
         s = [(key[i] << 23) | (_D[i] << 8) | iv[i] for i in range(16)]
         r1 = r2 = 0
+        t3, t2, t1, t0 = _SL3, _SL2, _SL1, _SL0
+        a0, a1, a2, a3 = _L1_LANES
+        b0, b1, b2, b3 = _L2_LANES
         # 32 rounds of the initialisation stage (3.6.1), then one working-stage round whose
-        # F output is discarded (3.6.2). Written plainly: it runs only 33 times per key/IV.
+        # F output is discarded (3.6.2). Same tables as _generate(), spelt out step by step.
         for rnd in range(33):
             x0 = ((s[15] & 0x7FFF8000) << 1) | (s[14] & 0xFFFF)
             x1 = ((s[11] & 0xFFFF) << 16) | (s[9] >> 15)
@@ -150,8 +159,10 @@ class ZUC128:
             w = ((x0 ^ r1) + r2) & _MASK32
             w1 = (r1 + x1) & _MASK32
             w2 = r2 ^ x2
-            r1 = _s_box(_l1(((w1 << 16) | (w2 >> 16)) & _MASK32))
-            r2 = _s_box(_l2(((w2 << 16) | (w1 >> 16)) & _MASK32))
+            u = a3[(w1 >> 8) & 255] ^ a2[w1 & 255] ^ a1[w2 >> 24] ^ a0[(w2 >> 16) & 255]
+            v = b3[(w2 >> 8) & 255] ^ b2[w2 & 255] ^ b1[w1 >> 24] ^ b0[(w1 >> 16) & 255]
+            r1 = t3[u >> 24] | t2[(u >> 16) & 255] | t1[(u >> 8) & 255] | t0[u & 255]
+            r2 = t3[v >> 24] | t2[(v >> 16) & 255] | t1[(v >> 8) & 255] | t0[v & 255]
             # 2^15 s15 + 2^17 s13 + 2^21 s10 + 2^20 s4 + (1 + 2^8) s0 (mod 2^31 - 1)
             f = (s[15] << 15) + (s[13] << 17) + (s[10] << 21) + (s[4] << 20) + s[0] * 257
             if rnd < 32:

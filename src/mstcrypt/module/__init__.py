@@ -1,0 +1,21 @@
+"""The cryptographic module: one interface (:class:`CryptoModule`) for the terminal's
+MST-CC (:class:`SoftToken`, PIN-protected file keystore) and the server's SS-CC
+(:class:`ServerModule`, keys wrapped under a server master key).
+
+Private keys never leave a module in plaintext: callers hold :class:`KeyHandle` objects
+and ask the module to sign, decrypt, exchange keys or unwrap an SM2EnvelopedKey.
+"""
+
+from mstcrypt.module.base import CryptoModule, KeyHandle, KeyUsage, SessionKeyHandle
+from mstcrypt.module.server import ServerModule
+from mstcrypt.module.softtoken import SoftToken, TokenInfo
+
+__all__ = [
+    "CryptoModule",
+    "KeyHandle",
+    "KeyUsage",
+    "ServerModule",
+    "SessionKeyHandle",
+    "SoftToken",
+    "TokenInfo",
+]

@@ -1,0 +1,96 @@
+"""SS-CC: the server-side cryptographic module.
+
+Same interface as the soft token; the keystore's data key is wrapped under a server
+master key (32 bytes) taken from configuration: a key file (``MSTCRYPT_MASTER_KEY_FILE``)
+or an environment variable (``MSTCRYPT_MASTER_KEY``, hex). The master key is used
+through a KDF, never directly. An HSM backend (PKCS#11 or SDF) can implement
+:class:`~mstcrypt.module.base.CryptoModule` without callers changing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mstcrypt.crypto.random import random_bytes
+from mstcrypt.crypto.sm3 import kdf
+from mstcrypt.errors import KeyStoreError, PolicyError
+from mstcrypt.module import keystore as ks
+from mstcrypt.module.base import CryptoModule
+
+__all__ = ["ServerModule", "load_master_key"]
+
+MASTER_KEY_SIZE = 32
+
+
+def load_master_key(*, key_file: str | os.PathLike[str] | None = None,
+                    env: str = "MSTCRYPT_MASTER_KEY") -> bytes:
+    """Read the server master key from a file (raw 32 bytes or 64 hex characters) or from
+    the environment variable ``env`` (64 hex characters)."""
+    if key_file is None:
+        key_file = os.environ.get(env + "_FILE")
+    if key_file is not None:
+        try:
+            raw = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read master key file: {exc.strerror}") from None
+        if len(raw) == MASTER_KEY_SIZE:
+            return raw
+        text = raw.strip()
+    else:
+        value = os.environ.get(env)
+        if value is None:
+            raise KeyStoreError(f"no server master key: set {env} or {env}_FILE")
+        text = value.strip().encode()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise KeyStoreError("master key must be 32 raw bytes or 64 hex characters") from None
+    if len(key) != MASTER_KEY_SIZE:
+        raise KeyStoreError("master key must be 32 bytes")
+    return key
+
+
+class ServerModule(CryptoModule):
+    """A keystore file whose data key is wrapped under the server master key."""
+
+    def __init__(self, path: str | os.PathLike[str], master_key: bytes, *,
+                 create: bool = False) -> None:
+        super().__init__()
+        if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_SIZE:
+            raise PolicyError("server master key must be 32 bytes")
+        self._path = Path(path)
+        self._kek = kdf(master_key + b"mstcrypt-ss-cc-kek", 16)
+        if not self._path.exists():
+            if not create:
+                raise KeyStoreError(f"server keystore not found: {self._path}")
+            self._dek = random_bytes(16)
+            self._header = {"format": "mstcrypt-sscc", "version": 1,
+                            "serial": random_bytes(8).hex()}
+            self._header["slots"] = {"master": {
+                "wrapped": ks.wrap(self._kek, self._dek, self._aad())}}
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._persist()
+            return
+        image = ks.parse(ks.read_file(self._path))
+        h = image.header
+        if h.get("format") != "mstcrypt-sscc" or h.get("version") != 1:
+            raise KeyStoreError("not an mstcrypt server keystore (format/version)")
+        self._header = h
+        try:
+            dek = ks.unwrap(self._kek, h["slots"]["master"]["wrapped"], self._aad())
+        except (KeyError, TypeError):
+            raise KeyStoreError("server keystore header is malformed") from None
+        if dek is None:
+            raise KeyStoreError("wrong server master key for this keystore")
+        self._dek = dek
+        self._load_payload(ks.open_body(image, dek))
+
+    def _aad(self) -> bytes:
+        return f"{self._header['serial']}:master".encode()
+
+    def _persist(self) -> None:
+        ks.atomic_write(self._path, ks.build(self._header, self._payload(), self._dek))
+
+    def __repr__(self) -> str:
+        return f"ServerModule({str(self._path)!r}, containers={len(self._containers)})"
