@@ -314,7 +314,8 @@ class SM2PublicKey:
             der = signature_from_raw(signature)
         else:
             der = _b(signature, "signature")
-            signature_to_raw(der)  # strict DER and range checks
+            if len(der) > MAX_SIG_DER:
+                raise SignatureFormatError(f"DER SM2Signature longer than {MAX_SIG_DER} bytes")
         if self._verify is None:
             self._verify = _CtxPool(self._evp(), _lc.lib().EVP_PKEY_verify_init)
         pool = self._verify
@@ -325,6 +326,10 @@ class SM2PublicKey:
             pool.release(ctx)
         if rc != 1:
             _lc.drain_errors()
+            if enc is SignatureEncoding.DER:
+                # libcrypto already rejects non-canonical DER and r, s out of range; tell
+                # the caller *why* (malformed vs. wrong) with the strict decoder.
+                signature_to_raw(der)
             raise VerificationError("SM2 signature does not verify")
 
     # encryption

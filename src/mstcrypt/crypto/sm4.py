@@ -21,6 +21,12 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import padding as _padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+try:  # cryptography >= 47 keeps OFB/CFB under "decrepit"
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB as _CFB
+    from cryptography.hazmat.decrepit.ciphers.modes import OFB as _OFB
+except ImportError:  # pragma: no cover - older cryptography
+    _CFB, _OFB = modes.CFB, modes.OFB  # type: ignore[misc]
+
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm3 import HmacSM3
 from mstcrypt.errors import DecodeError, DecryptionError, PolicyError
@@ -30,6 +36,7 @@ __all__ = [
     "GCM_NONCE_SIZE",
     "GCM_TAG_SIZE",
     "KEY_SIZE",
+    "SM4ECB",
     "SM4Decryptor",
     "SM4Encryptor",
     "cbc_decrypt",
@@ -86,9 +93,9 @@ def _mode(mode: str, iv: bytes | None, tag: bytes | None = None) -> modes.Mode:
     if mode == "ctr":
         return modes.CTR(_iv(iv, what="counter block"))
     if mode == "ofb":
-        return modes.OFB(_iv(iv))
+        return _OFB(_iv(iv))
     if mode == "cfb":
-        return modes.CFB(_iv(iv))
+        return _CFB(_iv(iv))
     if mode == "gcm":
         nonce = _iv(iv, GCM_NONCE_SIZE, "GCM nonce")
         if tag is not None:
@@ -139,18 +146,18 @@ def ctr(key: bytes, counter_block: bytes, data: bytes) -> bytes:
 
 def ofb(key: bytes, iv: bytes, data: bytes) -> bytes:
     """SM4-OFB (encryption and decryption are the same operation)."""
-    e = Cipher(_key(key), modes.OFB(_iv(iv))).encryptor()
+    e = Cipher(_key(key), _OFB(_iv(iv))).encryptor()
     return e.update(_b(data, "data")) + e.finalize()
 
 
 def cfb_encrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
     """SM4-CFB128 encryption."""
-    e = Cipher(_key(key), modes.CFB(_iv(iv))).encryptor()
+    e = Cipher(_key(key), _CFB(_iv(iv))).encryptor()
     return e.update(_b(data, "data")) + e.finalize()
 
 
 def cfb_decrypt(key: bytes, iv: bytes, data: bytes) -> bytes:
-    d = Cipher(_key(key), modes.CFB(_iv(iv))).decryptor()
+    d = Cipher(_key(key), _CFB(_iv(iv))).decryptor()
     return d.update(_b(data, "data")) + d.finalize()
 
 
@@ -222,22 +229,39 @@ def etm_decrypt(key: bytes, data: bytes, aad: bytes = b"") -> bytes:
     return cbc_decrypt(enc_key, iv, ct)
 
 
+class SM4ECB:
+    """SM4 on whole blocks with the key schedule built once (ECB, no padding).
+
+    Only for known-answer tests and formats that demand ECB (the GB/T 35276
+    SM2EnvelopedKey); never for messages."""
+
+    __slots__ = ("_dec", "_enc")
+
+    def __init__(self, key: bytes) -> None:
+        cipher = Cipher(_key(key), modes.ECB())  # noqa: S305 - deliberate, see doc
+        self._enc = cipher.encryptor()
+        self._dec = cipher.decryptor()
+
+    def encrypt_blocks(self, data: bytes) -> bytes:
+        data = _b(data, "data")
+        if len(data) % BLOCK_SIZE:
+            raise DecodeError("SM4-ECB input must be a multiple of 16 bytes")
+        return self._enc.update(data)
+
+    def decrypt_blocks(self, data: bytes) -> bytes:
+        data = _b(data, "data")
+        if len(data) % BLOCK_SIZE:
+            raise DecodeError("SM4-ECB input must be a multiple of 16 bytes")
+        return self._dec.update(data)
+
+
 def ecb_encrypt_blocks(key: bytes, data: bytes) -> bytes:
-    """SM4-ECB on whole blocks, no padding. Only for KATs and formats that demand ECB
-    (e.g. the GB/T 35276 SM2EnvelopedKey)."""
-    data = _b(data, "data")
-    if len(data) % BLOCK_SIZE:
-        raise DecodeError("SM4-ECB input must be a multiple of 16 bytes")
-    e = Cipher(_key(key), modes.ECB()).encryptor()  # noqa: S305 - deliberate, see doc
-    return e.update(data) + e.finalize()
+    """One-shot :class:`SM4ECB` encryption."""
+    return SM4ECB(key).encrypt_blocks(data)
 
 
 def ecb_decrypt_blocks(key: bytes, data: bytes) -> bytes:
-    data = _b(data, "data")
-    if len(data) % BLOCK_SIZE:
-        raise DecodeError("SM4-ECB input must be a multiple of 16 bytes")
-    d = Cipher(_key(key), modes.ECB()).decryptor()  # noqa: S305 - deliberate, see doc
-    return d.update(data) + d.finalize()
+    return SM4ECB(key).decrypt_blocks(data)
 
 
 # --- streaming -----------------------------------------------------------------------

@@ -1,0 +1,41 @@
+"""The ``mstcrypt`` command line (typer + rich).
+
+Verbs mirror gmssl/openssl: ``sm2 keygen|sign|verify|encrypt|decrypt``, ``sm3``,
+``sm4 encrypt|decrypt``, ``token init|info|change-pin|unlock``, ``speed``, ``selftest``.
+Exit codes: 0 success, 1 a signature/MAC did not verify, 2 usage or format error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mstcrypt.cli import _common, selftest, speed, sm2_cmd, symmetric, token_cmd
+
+app = typer.Typer(
+    name="mstcrypt",
+    help="SM2/SM3/SM4/ZUC cryptography and the T/ZSA 37-2020 mobile-terminal platform.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(sm2_cmd.app, name="sm2")
+app.add_typer(symmetric.sm4_app, name="sm4")
+app.command("sm3")(symmetric.sm3_command)
+app.add_typer(token_cmd.app, name="token")
+app.command("speed")(speed.speed_command)
+app.command("selftest")(selftest.selftest_command)
+
+
+@app.command("version")
+def version() -> None:
+    """Print the mstcrypt and libcrypto versions."""
+    from mstcrypt import __version__
+    from mstcrypt.crypto._libcrypto import openssl_version
+
+    typer.echo(f"mstcrypt {__version__} ({openssl_version()})")
+
+
+def main() -> None:
+    sys.exit(_common.run(app))
