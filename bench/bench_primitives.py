@@ -28,10 +28,15 @@ def main() -> int:
         ref = f"{r.reference:,.1f}" if r.reference else "-"
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         target = TARGETS.get(r.name)
-        verdict = "" if target is None or r.ratio is None else (
-            f">= {target}x {'ok' if r.ratio >= target else 'BELOW'}")
-        print(f"{r.name:28} {r.ours:>12,.1f} {r.unit:>5} {ref:>12} {r.unit if r.reference else '':>5}"
-              f" {ratio:>7}  {verdict}  {r.reference_name}")
+        verdict = (
+            ""
+            if target is None or r.ratio is None
+            else (f">= {target}x {'ok' if r.ratio >= target else 'BELOW'}")
+        )
+        print(
+            f"{r.name:28} {r.ours:>12,.1f} {r.unit:>5} {ref:>12} {r.unit if r.reference else '':>5}"
+            f" {ratio:>7}  {verdict}  {r.reference_name}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ | {"ratio": r.ratio} for r in rows], f, indent=2)

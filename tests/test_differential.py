@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from mstcrypt.crypto import sm4
 from mstcrypt.crypto.curve import N
+from mstcrypt.crypto.hazmat.ec import mul_base
 from mstcrypt.crypto.sm2 import SM2PrivateKey, signature_from_raw, signature_to_raw
 from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder
 from mstcrypt.crypto.sm3 import SM3, sm3
@@ -71,21 +72,22 @@ def test_gmalg_signs_mstcrypt_verifies(key: SM2PrivateKey, uid: bytes, msg: byte
 
 
 @settings(max_examples=25, deadline=None)
-@given(key=keys, uid=ids, msg=messages)
-def test_z_and_digest_agree_with_gmalg(key: SM2PrivateKey, uid: bytes, msg: bytes) -> None:
-    """gmalg has no public Z API; its sign() is deterministic given k, so compare e via a
-    signature made with a fixed k: r = e + x1 mod n."""
-    k = 0x1234567890ABCDEF
+@given(key=keys, uid=ids, msg=messages, k=st.integers(min_value=1, max_value=N - 1))
+def test_fixed_k_signature_matches_gmalg(
+    key: SM2PrivateKey, uid: bytes, msg: bytes, k: int
+) -> None:
+    """gmalg draws k as rnd_fn(bits) (retrying outside [1, n-1]), so a constant rnd_fn
+    fixes k: its (r, s) must then equal the textbook values computed from mstcrypt's
+    e = SM3(Z ‖ M) and mstcrypt's [k]G."""
     g = gmalg.SM2(sk=key.private_bytes(), uid=uid, pk=key.public_key().to_bytes(),
-                  rnd_fn=lambda _bits: k - 1)  # gmalg draws k as 1 + rnd_fn(...) ...
-    r, _ = g.sign(msg)
+                  rnd_fn=lambda _bits: k)
+    r, s = (int.from_bytes(v, "big") for v in g.sign(msg))
     e = int.from_bytes(key.public_key().message_digest(msg, uid), "big")
-    assert e == int.from_bytes(sm3(key.public_key().z(uid) + msg), "big")
-    x1s = {(int.from_bytes(r, "big") - e) % N}
-    assert len(x1s) == 1  # r - e is the x coordinate of [k]G for gmalg's k
-    from mstcrypt.crypto.hazmat.ec import mul_base
-
-    assert x1s & {mul_base(k).x % N, mul_base(k - 1).x % N}
+    d = key.private_int()
+    assert r == (e + mul_base(k).x) % N
+    assert s == pow(1 + d, -1, N) * (k - r * d) % N
+    key.public_key().verify(r.to_bytes(32, "big") + s.to_bytes(32, "big"), msg,
+                            signer_id=uid, encoding="raw")
 
 
 # --- SM2 encryption -------------------------------------------------------------------

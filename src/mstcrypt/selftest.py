@@ -66,19 +66,24 @@ def _expect(cond: bool, what: str) -> None:
 def _sm3_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
     for v in load_vectors("sm3")["vectors"]:
         msg = v["msg_ascii"].encode() if "msg_ascii" in v else _h(v.get("msg_hex", ""))
-        yield "SM3", v.get("name", "vector"), lambda m=msg, d=v["digest"]: _expect(
-            sm3.sm3(m) == _h(d), "digest mismatch")
+        yield (
+            "SM3",
+            v.get("name", "vector"),
+            lambda m=msg, d=v["digest"]: _expect(sm3.sm3(m) == _h(d), "digest mismatch"),
+        )
 
 
 def _sm4_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
     data = load_vectors("sm4")
     for v in data["block"]:
+
         def run(v: dict[str, Any] = v) -> None:
             e = sm4.SM4ECB(_h(v["key"]))
             b = _h(v["plaintext"])
             for _ in range(int(v.get("iterations", 1))):
                 b = e.encrypt_blocks(b)
             _expect(b == _h(v["ciphertext"]), "ciphertext mismatch")
+
         yield "SM4", v["name"], run
     for v in data["modes"]:
         mode = v["mode"]
@@ -101,6 +106,7 @@ def _sm4_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
                 _expect(sm4.gcm_decrypt(key, nonce, ct + tag, aad) == pt, "GCM dec")
             else:
                 raise _Skip(f"SM4-{mode.upper()} is not offered by the backend")
+
         yield "SM4", f"{mode.upper()} ({v.get('source', '')})", run_mode
 
 
@@ -111,6 +117,7 @@ def _recommended(vectors: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _sm2_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
     for v in _recommended(load_vectors("sm2_sign")["vectors"]):
+
         def run_sign(v: dict[str, Any] = v) -> None:
             key = SM2PrivateKey.from_bytes(_h(v["d"]))
             pub = key.public_key()
@@ -121,8 +128,10 @@ def _sm2_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
             _expect(pub.message_digest(msg, sid) == _h(v["e"]), "e")
             pub.verify(_h(v["r"]) + _h(v["s"]), msg, signer_id=sid, encoding="raw")
             pub.verify(key.sign(msg, signer_id=sid), msg, signer_id=sid)
+
         yield "SM2", "signature (GB/T 32918.5 Annex A)", run_sign
     for v in _recommended(load_vectors("sm2_enc")["vectors"]):
+
         def run_enc(v: dict[str, Any] = v) -> None:
             key = SM2PrivateKey.from_bytes(_h(v["d"]))
             msg = v["msg_ascii"].encode()
@@ -131,29 +140,45 @@ def _sm2_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
             raw = b"\x04" + raw + _h(v["C3"]) + _h(v["C2"])
             _expect(gmt0009.cipher_from_raw(raw) == _h(v["der"]), "C1C3C2 -> DER")
             _expect(key.decrypt(key.public_key().encrypt(msg)) == msg, "round trip")
+
         yield "SM2", "encryption (GB/T 32918.5 Annex C)", run_enc
     for v in load_vectors("sm2_kex")["vectors"]:
+
         def run_kex(v: dict[str, Any] = v) -> None:
             a = SM2PrivateKey.from_bytes(_h(v["dA"]))
             b = SM2PrivateKey.from_bytes(_h(v["dB"]))
             klen = int(v["klen_bits"]) // 8
-            ia = KeyExchangeInitiator(a, b.public_key(), own_id=v["idA_ascii"].encode(),
-                                      peer_id=v["idB_ascii"].encode(), klen=klen, confirm=True,
-                                      ephemeral=int(v["rA"], 16))
-            rb = KeyExchangeResponder(b, a.public_key(), own_id=v["idB_ascii"].encode(),
-                                      peer_id=v["idA_ascii"].encode(), klen=klen, confirm=True,
-                                      ephemeral=int(v["rB"], 16))
+            ia = KeyExchangeInitiator(
+                a,
+                b.public_key(),
+                own_id=v["idA_ascii"].encode(),
+                peer_id=v["idB_ascii"].encode(),
+                klen=klen,
+                confirm=True,
+                ephemeral=int(v["rA"], 16),
+            )
+            rb = KeyExchangeResponder(
+                b,
+                a.public_key(),
+                own_id=v["idB_ascii"].encode(),
+                peer_id=v["idA_ascii"].encode(),
+                klen=klen,
+                confirm=True,
+                ephemeral=int(v["rB"], 16),
+            )
             r_b, s_b = rb.respond(ia.ephemeral)
             _expect(s_b == _h(v["SB"]), "S_B")
             k, s_a = ia.finish(r_b, s_b)
             _expect(k == _h(v["K"]) and s_a == _h(v["SA"]), "K / S_A")
             _expect(rb.confirm(s_a or b"") == k, "responder K")
+
         yield "SM2", "key exchange (GB/T 32918.5)", run_kex
 
 
 def _zuc_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
     data = load_vectors("zuc")
     for v in data["zuc128_keystream"]:
+
         def run_ks(v: dict[str, Any] = v) -> None:
             z = zuc.ZUC128(_h(v["key"]), _h(v["iv"]))
             words = z.keystream_words(len(v["z"]))
@@ -161,18 +186,35 @@ def _zuc_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
             if "z2000" in v:
                 z2 = zuc.ZUC128(_h(v["key"]), _h(v["iv"])).keystream_words(2000)
                 _expect(f"{z2[-1]:08x}" == v["z2000"].lower(), "2000th word")
+
         yield "ZUC", f"keystream set {v['test_set']}", run_ks
     for v in data["eea3_128"]:
+
         def run_eea(v: dict[str, Any] = v) -> None:
-            out = zuc.eea3(_h(v["key"]), int(v["count"], 16), v["bearer"], v["direction"],
-                           _h(v["plaintext"]), v["length_bits"])
+            out = zuc.eea3(
+                _h(v["key"]),
+                int(v["count"], 16),
+                v["bearer"],
+                v["direction"],
+                _h(v["plaintext"]),
+                v["length_bits"],
+            )
             _expect(out == _h(v["ciphertext"]), "EEA3")
+
         yield "ZUC", f"128-EEA3 set {v['test_set']}", run_eea
     for v in data["eia3_128"]:
+
         def run_eia(v: dict[str, Any] = v) -> None:
-            mac = zuc.eia3(_h(v["key"]), int(v["count"], 16), v["bearer"], v["direction"],
-                           _h(v["message"]), v["length_bits"])
+            mac = zuc.eia3(
+                _h(v["key"]),
+                int(v["count"], 16),
+                v["bearer"],
+                v["direction"],
+                _h(v["message"]),
+                v["length_bits"],
+            )
             _expect(mac == _h(v["mac"]), "EIA3")
+
         yield "ZUC", f"128-EIA3 set {v['test_set']}", run_eia
 
 
@@ -193,8 +235,9 @@ def _format_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
         from mstcrypt.module import KeyUsage, SoftToken
 
         with tempfile.TemporaryDirectory() as d:
-            tok = SoftToken.init(Path(d) / "t.tok", "selftest-pin", "selftest-admin",
-                                 iterations=100_000)
+            tok = SoftToken.init(
+                Path(d) / "t.tok", "selftest-pin", "selftest-admin", iterations=100_000
+            )
             tok.create_container("c")
             h = tok.generate_key_pair("c", KeyUsage.SIGN)
             h.public_key.verify(tok.sign(h, b"m"), b"m")
@@ -221,8 +264,9 @@ def _openssl_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
         return exe
 
     def run(*args: str, data: bytes | None = None) -> bytes:
-        p = subprocess.run([need(), *args], input=data, capture_output=True, check=False,
-                           timeout=60)
+        p = subprocess.run(
+            [need(), *args], input=data, capture_output=True, check=False, timeout=60
+        )
         if p.returncode != 0:
             raise AssertionError(f"openssl {args[0]} failed: {p.stderr.decode()[:200]}")
         return p.stdout
@@ -235,12 +279,36 @@ def _openssl_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
             (dd / "p.pem").write_bytes(dump_public_key(key.public_key()))
             (dd / "m").write_bytes(b"mstcrypt selftest message")
             (dd / "s").write_bytes(key.sign(b"mstcrypt selftest message"))
-            run("pkeyutl", "-verify", "-pubin", "-inkey", str(dd / "p.pem"), "-rawin",
-                "-digest", "sm3", "-pkeyopt", "distid:1234567812345678", "-in", str(dd / "m"),
-                "-sigfile", str(dd / "s"))
+            run(
+                "pkeyutl",
+                "-verify",
+                "-pubin",
+                "-inkey",
+                str(dd / "p.pem"),
+                "-rawin",
+                "-digest",
+                "sm3",
+                "-pkeyopt",
+                "distid:1234567812345678",
+                "-in",
+                str(dd / "m"),
+                "-sigfile",
+                str(dd / "s"),
+            )
             run("genpkey", "-algorithm", "SM2", "-out", str(dd / "ok.pem"))
-            osig = run("pkeyutl", "-sign", "-inkey", str(dd / "ok.pem"), "-rawin", "-digest",
-                       "sm3", "-pkeyopt", "distid:1234567812345678", "-in", str(dd / "m"))
+            osig = run(
+                "pkeyutl",
+                "-sign",
+                "-inkey",
+                str(dd / "ok.pem"),
+                "-rawin",
+                "-digest",
+                "sm3",
+                "-pkeyopt",
+                "distid:1234567812345678",
+                "-in",
+                str(dd / "m"),
+            )
             okey = load_private_key((dd / "ok.pem").read_bytes())
             okey.public_key().verify(osig, b"mstcrypt selftest message")
 
@@ -250,8 +318,9 @@ def _openssl_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
             key = SM2PrivateKey.generate()
             (dd / "k.pem").write_bytes(dump_private_key(key))
             (dd / "p.pem").write_bytes(dump_public_key(key.public_key()))
-            ct = run("pkeyutl", "-encrypt", "-pubin", "-inkey", str(dd / "p.pem"),
-                     data=b"to mstcrypt")
+            ct = run(
+                "pkeyutl", "-encrypt", "-pubin", "-inkey", str(dd / "p.pem"), data=b"to mstcrypt"
+            )
             _expect(key.decrypt(ct) == b"to mstcrypt", "openssl -> mstcrypt")
             ours = key.public_key().encrypt(b"to openssl")
             pt = run("pkeyutl", "-decrypt", "-inkey", str(dd / "k.pem"), data=ours)

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from mstcrypt.cli import _common, selftest, speed, sm2_cmd, symmetric, token_cmd
+from mstcrypt.cli import _common, selftest, sm2_cmd, speed, symmetric, token_cmd
 
 app = typer.Typer(
     name="mstcrypt",

@@ -18,8 +18,13 @@ def selftest_command() -> None:
     todo = checks()
     results = []
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                  "{task.total}"), console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("self test", total=len(todo))
         for group, name, fn in todo:
             progress.update(task, description=f"{group}: {name}")
@@ -37,7 +42,9 @@ def selftest_command() -> None:
     console.print(t)
     n_fail = sum(r.status == FAIL for r in results)
     n_pass = sum(r.status == PASS for r in results)
-    console.print(f"{n_pass} passed, {n_fail} failed, {len(results) - n_pass - n_fail} skipped "
-                  f"in {time.perf_counter() - start:.1f} s")
+    console.print(
+        f"{n_pass} passed, {n_fail} failed, {len(results) - n_pass - n_fail} skipped "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     if n_fail:
         raise typer.Exit(1)

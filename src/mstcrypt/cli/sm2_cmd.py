@@ -10,10 +10,18 @@ from mstcrypt.cli._common import EXIT_INVALID, console, fail, read_input, write_
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SM2PrivateKey
 from mstcrypt.errors import DecodeError, VerificationError
 from mstcrypt.formats import gmt0009
-from mstcrypt.formats.keys import dump_private_key, dump_public_key, load_private_key, load_public_key
+from mstcrypt.formats.keys import (
+    dump_private_key,
+    dump_public_key,
+    load_private_key,
+    load_public_key,
+)
 
-app = typer.Typer(help="SM2 keys, signatures (with signer ID) and encryption.", no_args_is_help=True)
+app = typer.Typer(
+    help="SM2 keys, signatures (with signer ID) and encryption.", no_args_is_help=True
+)
 
+_DEFAULT_ID = DEFAULT_ID.decode()
 FORMATS = ("der", "c1c3c2", "c1c2c3", "c1c3c2-no04", "c1c2c3-no04")
 
 PassOpt = Annotated[str | None, typer.Option("--pass", help="Password of the PEM PKCS#8 key.")]
@@ -21,8 +29,11 @@ IdOpt = Annotated[str, typer.Option("--id", help="Signer ID (default 12345678123
 InOpt = Annotated[str, typer.Option("--in", help="Input file ('-' for standard input).")]
 FormatOpt = Annotated[
     str,
-    typer.Option("--format", help="Ciphertext format: der (GM/T 0009), c1c3c2, c1c2c3, "
-                 "or c1c3c2-no04 / c1c2c3-no04 (without the 04 byte)."),
+    typer.Option(
+        "--format",
+        help="Ciphertext format: der (GM/T 0009), c1c3c2, c1c2c3, "
+        "or c1c3c2-no04 / c1c2c3-no04 (without the 04 byte).",
+    ),
 ]
 
 
@@ -44,8 +55,13 @@ def keygen(
     out: Annotated[str, typer.Option("--out", help="Private key file (PEM PKCS#8).")],
     pubout: Annotated[str | None, typer.Option("--pubout", help="Public key file (PEM).")] = None,
     password: PassOpt = None,
-    scheme: Annotated[str, typer.Option("--pass-scheme", help="gmssl (PBKDF2-HMAC-SM3 + "
-                      "SM4-CBC) or openssl (PBKDF2-HMAC-SHA256 + AES-256-CBC).")] = "gmssl",
+    scheme: Annotated[
+        str,
+        typer.Option(
+            "--pass-scheme",
+            help="gmssl (PBKDF2-HMAC-SM3 + SM4-CBC) or openssl (PBKDF2-HMAC-SHA256 + AES-256-CBC).",
+        ),
+    ] = "gmssl",
 ) -> None:
     """Generate an SM2 key pair."""
     key = SM2PrivateKey.generate()
@@ -55,8 +71,11 @@ def keygen(
 
 
 @app.command("pubout")
-def pubout(key: Annotated[str, typer.Option("--key")], password: PassOpt = None,
-           out: Annotated[str | None, typer.Option("--out")] = None) -> None:
+def pubout(
+    key: Annotated[str, typer.Option("--key")],
+    password: PassOpt = None,
+    out: Annotated[str | None, typer.Option("--out")] = None,
+) -> None:
     """Write the public key of a private key (PEM)."""
     write_output(out, dump_public_key(_load_key(key, password).public_key()))
 
@@ -67,8 +86,10 @@ def sign(
     infile: InOpt = "-",
     out: Annotated[str | None, typer.Option("--out", help="Signature file (DER).")] = None,
     password: PassOpt = None,
-    signer_id: IdOpt = DEFAULT_ID.decode(),
-    raw: Annotated[bool, typer.Option("--raw", help="Write r‖s (64 bytes) instead of DER.")] = False,
+    signer_id: IdOpt = _DEFAULT_ID,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Write r‖s (64 bytes) instead of DER.")
+    ] = False,
 ) -> None:
     """Sign a file: e = SM3(Z ‖ M), DER SM2Signature (GM/T 0009)."""
     k = _load_key(key, password)
@@ -81,7 +102,7 @@ def verify(
     pubkey: Annotated[str, typer.Option("--pubkey", help="Public key (PEM/DER SPKI).")],
     sig: Annotated[str, typer.Option("--sig", help="Signature file (DER, or r‖s with --raw).")],
     infile: InOpt = "-",
-    signer_id: IdOpt = DEFAULT_ID.decode(),
+    signer_id: IdOpt = _DEFAULT_ID,
     raw: Annotated[bool, typer.Option("--raw", help="The signature is r‖s (64 bytes).")] = False,
 ) -> None:
     """Verify a signature. Exit 0 valid, 1 invalid, 2 usage or format error."""
@@ -89,8 +110,9 @@ def verify(
     signature = read_input(sig)
     message = read_input(infile)
     try:
-        pub.verify(signature, message, signer_id=signer_id.encode(),
-                   encoding="raw" if raw else "der")
+        pub.verify(
+            signature, message, signer_id=signer_id.encode(), encoding="raw" if raw else "der"
+        )
     except DecodeError as exc:
         fail(f"signature is malformed: {exc}")
     except VerificationError:

@@ -30,8 +30,9 @@ def speed_command(
     seconds: Annotated[float, typer.Option("--seconds", help="Seconds per measurement.")] = 1.0,
 ) -> None:
     """SM2 ops/s, SM3/SM4/ZUC MB/s, beside `openssl speed` measured in the same run."""
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console,
-                  transient=True) as progress:
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True
+    ) as progress:
         task = progress.add_task("measuring", total=None)
         rows = measure(seconds, lambda name: progress.update(task, description=name))
     console.print(render(rows))

@@ -44,8 +44,14 @@ def _params(mode: str, key: str, iv: str, aad: str | None) -> tuple[bytes, bytes
 
 
 @sm4_app.command("encrypt")
-def encrypt(mode: ModeOpt, key: KeyOpt, iv: IvOpt, aad: AadOpt = None, infile: InOpt = "-",
-            out: OutOpt = None) -> None:
+def encrypt(
+    mode: ModeOpt,
+    key: KeyOpt,
+    iv: IvOpt,
+    aad: AadOpt = None,
+    infile: InOpt = "-",
+    out: OutOpt = None,
+) -> None:
     """Encrypt. GCM output is ciphertext ‖ 16-byte tag."""
     k, v, a = _params(mode, key, iv, aad)
     data = read_input(infile)
@@ -59,8 +65,14 @@ def encrypt(mode: ModeOpt, key: KeyOpt, iv: IvOpt, aad: AadOpt = None, infile: I
 
 
 @sm4_app.command("decrypt")
-def decrypt(mode: ModeOpt, key: KeyOpt, iv: IvOpt, aad: AadOpt = None, infile: InOpt = "-",
-            out: OutOpt = None) -> None:
+def decrypt(
+    mode: ModeOpt,
+    key: KeyOpt,
+    iv: IvOpt,
+    aad: AadOpt = None,
+    infile: InOpt = "-",
+    out: OutOpt = None,
+) -> None:
     """Decrypt. GCM input is ciphertext ‖ tag; a wrong tag or padding exits with 2."""
     k, v, a = _params(mode, key, iv, aad)
     data = read_input(infile)

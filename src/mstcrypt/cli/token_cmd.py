@@ -25,21 +25,31 @@ def _pin(value: str | None, prompt: str, confirm: bool = False) -> str:
 @app.command("init")
 def init(
     token: TokenOpt,
-    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN",
-                   help="User PIN (prompted if absent).")] = None,
-    admin_code: Annotated[str | None, typer.Option("--admin-code", envvar="MSTCRYPT_ADMIN_CODE",
-                          help="Administrator unlock code (prompted if absent).")] = None,
+    pin: Annotated[
+        str | None,
+        typer.Option("--pin", envvar="MSTCRYPT_PIN", help="User PIN (prompted if absent)."),
+    ] = None,
+    admin_code: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-code",
+            envvar="MSTCRYPT_ADMIN_CODE",
+            help="Administrator unlock code (prompted if absent).",
+        ),
+    ] = None,
     label: Annotated[str, typer.Option("--label")] = "mstcrypt",
     max_retries: Annotated[int, typer.Option("--max-retries")] = 6,
-    iterations: Annotated[int, typer.Option("--iterations", help="PBKDF2-HMAC-SM3 "
-                          "iterations (>= 100000).")] = 200_000,
+    iterations: Annotated[
+        int, typer.Option("--iterations", help="PBKDF2-HMAC-SM3 iterations (>= 100000).")
+    ] = 200_000,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing token.")] = False,
 ) -> None:
     """Create an empty token protected by a PIN, with an administrator unlock code."""
     p = _pin(pin, "New PIN", confirm=True)
     a = _pin(admin_code, "Administrator unlock code", confirm=True)
-    tok = SoftToken.init(token, p, a, label=label, max_retries=max_retries,
-                         iterations=iterations, overwrite=force)
+    tok = SoftToken.init(
+        token, p, a, label=label, max_retries=max_retries, iterations=iterations, overwrite=force
+    )
     info = tok.info()
     console.print(f"token {info.serial} created at {info.path}")
 
@@ -47,17 +57,26 @@ def init(
 @app.command("info")
 def info(
     token: TokenOpt,
-    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN",
-                   help="With the PIN, containers are listed too.")] = None,
+    pin: Annotated[
+        str | None,
+        typer.Option(
+            "--pin", envvar="MSTCRYPT_PIN", help="With the PIN, containers are listed too."
+        ),
+    ] = None,
 ) -> None:
     """Show the token's state (and its containers when the PIN is given)."""
     tok = SoftToken.open(token)
     i = tok.info()
     t = Table(title="soft token", show_header=False)
-    for k, v in (("path", i.path), ("serial", i.serial), ("label", i.label),
-                 ("created", i.created), ("KDF", f"PBKDF2-HMAC-SM3, {i.iterations} iterations"),
-                 ("wrong PINs", f"{i.pin_failures} of {i.max_retries}"),
-                 ("state", "LOCKED" if i.locked else "usable")):
+    for k, v in (
+        ("path", i.path),
+        ("serial", i.serial),
+        ("label", i.label),
+        ("created", i.created),
+        ("KDF", f"PBKDF2-HMAC-SM3, {i.iterations} iterations"),
+        ("wrong PINs", f"{i.pin_failures} of {i.max_retries}"),
+        ("state", "LOCKED" if i.locked else "usable"),
+    ):
         t.add_row(k, str(v))
     console.print(t)
     if pin is not None:
@@ -74,8 +93,12 @@ def info(
                 except Exception:  # noqa: S112 - a container may lack a key of this usage
                     continue
                 cert = tok.get_certificate(name, usage)
-                ct.add_row(name, usage.value, pub.to_bytes()[1:17].hex() + "…",
-                           f"{len(cert)} bytes" if cert else "-")
+                ct.add_row(
+                    name,
+                    usage.value,
+                    pub.to_bytes()[1:17].hex() + "…",
+                    f"{len(cert)} bytes" if cert else "-",
+                )
         console.print(ct)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 
 from mstcrypt.crypto import _libcrypto as _lc
-from mstcrypt.crypto.curve import CURVE_Z_PARAMS, N, SIZE
+from mstcrypt.crypto.curve import CURVE_Z_PARAMS, SIZE, N
 from mstcrypt.crypto.hazmat.ec import Point, mul_base
 from mstcrypt.crypto.random import random_scalar
 from mstcrypt.errors import (
@@ -445,9 +445,7 @@ class SM2PrivateKey:
     ) -> bytes:
         """Sign ``message`` as signer ``signer_id``: e = SM3(Z ‖ M), then SM2 with a
         fresh random k. DER SM2Signature by default, r‖s with ``encoding="raw"``."""
-        return self.sign_digest(
-            self._public.message_digest(message, signer_id), encoding=encoding
-        )
+        return self.sign_digest(self._public.message_digest(message, signer_id), encoding=encoding)
 
     def sign_digest(
         self, digest: bytes, *, encoding: SignatureEncoding | str = SignatureEncoding.DER
@@ -519,4 +517,3 @@ class SM2PrivateKey:
 
     def __reduce__(self) -> Any:
         raise PolicyError("SM2PrivateKey cannot be pickled; serialise it explicitly")
-

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import hmac
 
-from mstcrypt.crypto.curve import N, SIZE
+from mstcrypt.crypto.curve import SIZE, N
 from mstcrypt.crypto.hazmat.ec import Point, mul_base
 from mstcrypt.crypto.random import random_scalar
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SM2PrivateKey, SM2PublicKey
@@ -101,9 +101,7 @@ class _Side:
     def _derive(self, u: Point, r_a: Point, r_b: Point) -> tuple[bytes, bytes, bytes]:
         xu, yu = u.x.to_bytes(SIZE, "big"), u.y.to_bytes(SIZE, "big")
         key = kdf(xu + yu + self._za + self._zb, self._klen)
-        inner = sm3(
-            xu + self._za + self._zb + r_a.to_bytes()[1:] + r_b.to_bytes()[1:]
-        )
+        inner = sm3(xu + self._za + self._zb + r_a.to_bytes()[1:] + r_b.to_bytes()[1:])
         s2 = sm3(b"\x02" + yu + inner)
         s3 = sm3(b"\x03" + yu + inner)
         return key, s2, s3
@@ -123,11 +121,21 @@ class KeyExchangeInitiator(_Side):
         confirm: bool = False,
         ephemeral: int | None = None,
     ) -> None:
-        super().__init__(own_key, peer_public, own_id=own_id, peer_id=peer_id, klen=klen,
-                         confirm=confirm, ephemeral=ephemeral, initiator=True)
+        super().__init__(
+            own_key,
+            peer_public,
+            own_id=own_id,
+            peer_id=peer_id,
+            klen=klen,
+            confirm=confirm,
+            ephemeral=ephemeral,
+            initiator=True,
+        )
         self._done = False
 
-    def finish(self, peer_ephemeral: bytes, peer_confirm: bytes | None = None) -> tuple[bytes, bytes | None]:
+    def finish(
+        self, peer_ephemeral: bytes, peer_confirm: bytes | None = None
+    ) -> tuple[bytes, bytes | None]:
         """Process R_B (and S_B when confirmation is on). Returns (K, S_A); S_A is None
         without confirmation. Raises VerificationError if S_B does not match."""
         if self._done:
@@ -160,8 +168,16 @@ class KeyExchangeResponder(_Side):
         confirm: bool = False,
         ephemeral: int | None = None,
     ) -> None:
-        super().__init__(own_key, peer_public, own_id=own_id, peer_id=peer_id, klen=klen,
-                         confirm=confirm, ephemeral=ephemeral, initiator=False)
+        super().__init__(
+            own_key,
+            peer_public,
+            own_id=own_id,
+            peer_id=peer_id,
+            klen=klen,
+            confirm=confirm,
+            ephemeral=ephemeral,
+            initiator=False,
+        )
         self._expect: bytes | None = None
         self._pending: bytes | None = None
 

@@ -101,9 +101,7 @@ def _mode(mode: str, iv: bytes | None, tag: bytes | None = None) -> modes.Mode:
         if tag is not None:
             return modes.GCM(nonce, _iv(tag, GCM_TAG_SIZE, "GCM tag"))
         return modes.GCM(nonce)
-    if mode == "ecb":
-        return modes.ECB()
-    raise PolicyError(f"unknown SM4 mode {mode!r}; expected cbc, ctr, gcm, ofb, cfb or ecb")
+    raise PolicyError(f"unknown SM4 mode {mode!r}; expected cbc, ctr, gcm, ofb or cfb")
 
 
 # --- one-shot ------------------------------------------------------------------------
@@ -202,7 +200,9 @@ def _etm_tag(mac_key: bytes, aad: bytes, iv: bytes, ct: bytes) -> bytes:
     return h.digest()
 
 
-def etm_encrypt(key: bytes, plaintext: bytes, aad: bytes = b"", *, iv: bytes | None = None) -> bytes:
+def etm_encrypt(
+    key: bytes, plaintext: bytes, aad: bytes = b"", *, iv: bytes | None = None
+) -> bytes:
     """Encrypt-then-MAC: SM4-CBC (PKCS#7) under key[:16], then
     HMAC-SM3(key[16:], len(aad) as 8 bytes BE ‖ aad ‖ IV ‖ C).
 

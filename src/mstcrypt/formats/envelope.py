@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from asn1crypto.core import Any, Null, ObjectIdentifier, OctetBitString, Sequence
+from asn1crypto.core import Any, Null, OctetBitString, Sequence
 
 from mstcrypt.crypto import sm4
-from mstcrypt.crypto.curve import N, SIZE
+from mstcrypt.crypto.curve import SIZE, N
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
 from mstcrypt.errors import DecodeError, DecryptionError, InvalidKeyError, UnsupportedError
@@ -52,8 +52,9 @@ class EnvelopedKey:
 
     __slots__ = ("encrypted_private_key", "public_key", "sym_encrypted_key")
 
-    def __init__(self, sym_encrypted_key: bytes, public_key: SM2PublicKey,
-                 encrypted_private_key: bytes) -> None:
+    def __init__(
+        self, sym_encrypted_key: bytes, public_key: SM2PublicKey, encrypted_private_key: bytes
+    ) -> None:
         self.sym_encrypted_key = sym_encrypted_key
         self.public_key = public_key
         self.encrypted_private_key = encrypted_private_key
@@ -98,15 +99,17 @@ class EnvelopedKey:
         try:
             sym = recipient.decrypt(self.sym_encrypted_key)
         except DecryptionError:
-            raise DecryptionError("SM2EnvelopedKey: the symmetric key does not decrypt "
-                                  "with this recipient key") from None
+            raise DecryptionError(
+                "SM2EnvelopedKey: the symmetric key does not decrypt with this recipient key"
+            ) from None
         if len(sym) != 16:
             raise DecryptionError("SM2EnvelopedKey: symmetric key is not 16 bytes")
         raw = sm4.ecb_decrypt_blocks(sym, self.encrypted_private_key)
         if len(raw) == 2 * SIZE:
             if any(raw[:SIZE]):
-                raise DecryptionError("SM2EnvelopedKey: 64-byte private key field not "
-                                      "left-padded with zeros")
+                raise DecryptionError(
+                    "SM2EnvelopedKey: 64-byte private key field not left-padded with zeros"
+                )
             raw = raw[SIZE:]
         d = int.from_bytes(raw, "big")
         if not 1 <= d <= N - 2:

@@ -7,7 +7,7 @@ import enum
 
 from asn1crypto.core import Integer, OctetString, Sequence
 
-from mstcrypt.crypto.curve import P, SIZE
+from mstcrypt.crypto.curve import SIZE, P
 from mstcrypt.crypto.hazmat.ec import Point
 from mstcrypt.crypto.sm2 import signature_from_raw, signature_to_raw
 from mstcrypt.errors import DecodeError, InvalidKeyError
@@ -72,14 +72,13 @@ def decode_cipher(der: bytes) -> SM2CipherParts:
 
 def encode_cipher(parts: SM2CipherParts) -> bytes:
     return dump(
-        SM2Cipher(
-            {"x": parts.c1.x, "y": parts.c1.y, "hash": parts.c3, "ciphertext": parts.c2}
-        )
+        SM2Cipher({"x": parts.c1.x, "y": parts.c1.y, "hash": parts.c3, "ciphertext": parts.c2})
     )
 
 
-def cipher_to_raw(der: bytes, order: CipherOrder | str = CipherOrder.C1C3C2, *,
-                  with_04: bool = True) -> bytes:
+def cipher_to_raw(
+    der: bytes, order: CipherOrder | str = CipherOrder.C1C3C2, *, with_04: bool = True
+) -> bytes:
     """DER SM2Cipher → raw C1‖C3‖C2 (default) or C1‖C2‖C3, C1 with or without 04."""
     parts = decode_cipher(der)
     c1 = parts.c1.to_bytes()
@@ -90,8 +89,9 @@ def cipher_to_raw(der: bytes, order: CipherOrder | str = CipherOrder.C1C3C2, *,
     return c1 + parts.c2 + parts.c3
 
 
-def cipher_from_raw(raw: bytes, order: CipherOrder | str = CipherOrder.C1C3C2, *,
-                    with_04: bool = True) -> bytes:
+def cipher_from_raw(
+    raw: bytes, order: CipherOrder | str = CipherOrder.C1C3C2, *, with_04: bool = True
+) -> bytes:
     """Raw C1C3C2 / C1C2C3 → DER SM2Cipher. The expected form is strict: with_04=True
     needs a leading 04 byte, with_04=False needs none."""
     if not isinstance(raw, bytes | bytearray | memoryview):

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 from mstcrypt.crypto import sm4
-from mstcrypt.crypto.curve import N, SIZE
+from mstcrypt.crypto.curve import SIZE, N
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
 from mstcrypt.errors import DecodeError, DecryptionError, InvalidKeyError, UnsupportedError
@@ -176,9 +176,7 @@ def private_key_to_der(key: SM2PrivateKey) -> bytes:
             "public_key": key.public_key().to_bytes(),
         }
     )
-    return dump(
-        PrivateKeyInfo({"version": 0, "algorithm": _sm2_alg(), "private_key": dump(ec)})
-    )
+    return dump(PrivateKeyInfo({"version": 0, "algorithm": _sm2_alg(), "private_key": dump(ec)}))
 
 
 def private_key_from_der(der: bytes) -> SM2PrivateKey:
@@ -262,10 +260,20 @@ def encrypt_private_key(
     salt = random_bytes(16)
     iv = random_bytes(16)
     if scheme is KeyEncryption.GMSSL:
-        prf_oid, hash_cls, cipher_oid, name, klen = oids.HMAC_SM3, hashes.SM3, oids.SM4_CBC, "sm4", 16
+        prf_oid, hash_cls, cipher_oid, name, klen = (
+            oids.HMAC_SM3,
+            hashes.SM3,
+            oids.SM4_CBC,
+            "sm4",
+            16,
+        )
     else:
         prf_oid, hash_cls, cipher_oid, name, klen = (
-            oids.HMAC_SHA256, hashes.SHA256, oids.AES256_CBC, "aes", 32
+            oids.HMAC_SHA256,
+            hashes.SHA256,
+            oids.AES256_CBC,
+            "aes",
+            32,
         )
     kek = PBKDF2HMAC(hash_cls(), klen, salt, iterations).derive(pw)
     enc = _cbc(name, kek, iv, private_key_to_der(key), True)

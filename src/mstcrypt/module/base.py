@@ -146,8 +146,9 @@ class CryptoModule(ABC):
             raise
 
     # -- key pairs -----------------------------------------------------------------------
-    def generate_key_pair(self, container: str, usage: KeyUsage = KeyUsage.SIGN, *,
-                          replace: bool = False) -> KeyHandle:
+    def generate_key_pair(
+        self, container: str, usage: KeyUsage = KeyUsage.SIGN, *, replace: bool = False
+    ) -> KeyHandle:
         """Generate an SM2 key pair inside the module (signing keys are made here)."""
         self._require_open()
         usage = KeyUsage(usage)
@@ -168,10 +169,15 @@ class CryptoModule(ABC):
                 raise
         return self.key(container, usage)
 
-    def import_enveloped_key(self, container: str, enveloped_der: bytes, *,
-                             usage: KeyUsage = KeyUsage.ENCRYPT,
-                             unwrap_with: KeyUsage = KeyUsage.SIGN,
-                             replace: bool = False) -> KeyHandle:
+    def import_enveloped_key(
+        self,
+        container: str,
+        enveloped_der: bytes,
+        *,
+        usage: KeyUsage = KeyUsage.ENCRYPT,
+        unwrap_with: KeyUsage = KeyUsage.SIGN,
+        replace: bool = False,
+    ) -> KeyHandle:
         """Import a key pair delivered by a KMC as a GB/T 35276 SM2EnvelopedKey,
         decrypting its SM4 key with this container's ``unwrap_with`` key (the signing
         key, as SKF_ImportECCKeyPair does). The plaintext key exists only inside."""
@@ -184,8 +190,9 @@ class CryptoModule(ABC):
                 raise PolicyError(f"container {container!r} already has a {usage.value} key")
             unwrapper = c.keys.get(KeyUsage(unwrap_with))
             if unwrapper is None:
-                raise KeyStoreError(f"container {container!r} has no {unwrap_with} key to "
-                                    "unwrap the enveloped key")
+                raise KeyStoreError(
+                    f"container {container!r} has no {unwrap_with} key to unwrap the enveloped key"
+                )
             key = env.open(unwrapper)
             old = c.keys.get(usage)
             c.keys[usage] = key
@@ -199,8 +206,14 @@ class CryptoModule(ABC):
                 raise
         return self.key(container, usage)
 
-    def import_key_pair(self, container: str, key: SM2PrivateKey,
-                        usage: KeyUsage = KeyUsage.SIGN, *, replace: bool = False) -> KeyHandle:
+    def import_key_pair(
+        self,
+        container: str,
+        key: SM2PrivateKey,
+        usage: KeyUsage = KeyUsage.SIGN,
+        *,
+        replace: bool = False,
+    ) -> KeyHandle:
         """Import a plaintext key (migration from PEM files; prefer enveloped import)."""
         self._require_open()
         if not isinstance(key, SM2PrivateKey):
@@ -243,39 +256,59 @@ class CryptoModule(ABC):
         if not isinstance(handle, KeyHandle) or handle.module_id != self._id:
             raise PolicyError("the key handle does not belong to this module")
         if usage is not None and handle.usage is not usage:
-            raise PolicyError(f"key usage is {handle.usage.value}; this operation needs "
-                              f"{usage.value}")
+            raise PolicyError(
+                f"key usage is {handle.usage.value}; this operation needs {usage.value}"
+            )
         k = self._get(handle.container).keys.get(handle.usage)
         if k is None or k.public_key() != handle.public_key:
             raise KeyStoreError("the key behind this handle no longer exists")
         return k
 
-    def sign(self, handle: KeyHandle, message: bytes, *, signer_id: bytes = DEFAULT_ID,
-             encoding: SignatureEncoding | str = SignatureEncoding.DER) -> bytes:
-        return self._private(handle, KeyUsage.SIGN).sign(message, signer_id=signer_id,
-                                                         encoding=encoding)
+    def sign(
+        self,
+        handle: KeyHandle,
+        message: bytes,
+        *,
+        signer_id: bytes = DEFAULT_ID,
+        encoding: SignatureEncoding | str = SignatureEncoding.DER,
+    ) -> bytes:
+        return self._private(handle, KeyUsage.SIGN).sign(
+            message, signer_id=signer_id, encoding=encoding
+        )
 
-    def sign_digest(self, handle: KeyHandle, digest: bytes, *,
-                    encoding: SignatureEncoding | str = SignatureEncoding.DER) -> bytes:
+    def sign_digest(
+        self,
+        handle: KeyHandle,
+        digest: bytes,
+        *,
+        encoding: SignatureEncoding | str = SignatureEncoding.DER,
+    ) -> bytes:
         return self._private(handle, KeyUsage.SIGN).sign_digest(digest, encoding=encoding)
 
     @staticmethod
-    def verify(public_key: SM2PublicKey, signature: bytes, message: bytes, *,
-               signer_id: bytes = DEFAULT_ID,
-               encoding: SignatureEncoding | str = SignatureEncoding.DER) -> None:
+    def verify(
+        public_key: SM2PublicKey,
+        signature: bytes,
+        message: bytes,
+        *,
+        signer_id: bytes = DEFAULT_ID,
+        encoding: SignatureEncoding | str = SignatureEncoding.DER,
+    ) -> None:
         public_key.verify(signature, message, signer_id=signer_id, encoding=encoding)
 
     def decrypt(self, handle: KeyHandle, ciphertext: bytes) -> bytes:
         """SM2-decrypt with the container's encryption key (DER SM2Cipher)."""
         return self._private(handle, KeyUsage.ENCRYPT).decrypt(ciphertext)
 
-    def key_exchange_initiator(self, handle: KeyHandle, peer_public: SM2PublicKey,
-                               **kw: Any) -> KeyExchangeInitiator:
+    def key_exchange_initiator(
+        self, handle: KeyHandle, peer_public: SM2PublicKey, **kw: Any
+    ) -> KeyExchangeInitiator:
         """SM2 key exchange as initiator with this key (see :mod:`sm2_kex`)."""
         return KeyExchangeInitiator(self._private(handle), peer_public, **kw)
 
-    def key_exchange_responder(self, handle: KeyHandle, peer_public: SM2PublicKey,
-                               **kw: Any) -> KeyExchangeResponder:
+    def key_exchange_responder(
+        self, handle: KeyHandle, peer_public: SM2PublicKey, **kw: Any
+    ) -> KeyExchangeResponder:
         return KeyExchangeResponder(self._private(handle), peer_public, **kw)
 
     # -- session keys ----------------------------------------------------------------------
@@ -311,8 +344,15 @@ class CryptoModule(ABC):
         self._session(session)
         self._sessions.pop(session.handle_id, None)
 
-    def encrypt(self, session: SessionKeyHandle, plaintext: bytes, *, mode: str = "gcm",
-                iv: bytes | None = None, aad: bytes = b"") -> tuple[bytes, bytes]:
+    def encrypt(
+        self,
+        session: SessionKeyHandle,
+        plaintext: bytes,
+        *,
+        mode: str = "gcm",
+        iv: bytes | None = None,
+        aad: bytes = b"",
+    ) -> tuple[bytes, bytes]:
         """Encrypt under a session key; returns (iv_or_nonce, ciphertext). GCM (default)
         appends the tag; CBC uses PKCS#7; CTR is unauthenticated."""
         key = self._session(session)
@@ -328,8 +368,15 @@ class CryptoModule(ABC):
             return iv, sm4.ctr(key, iv, plaintext)
         raise PolicyError(f"unknown mode {mode!r}; expected gcm, cbc or ctr")
 
-    def decrypt_symmetric(self, session: SessionKeyHandle, iv: bytes, ciphertext: bytes, *,
-                          mode: str = "gcm", aad: bytes = b"") -> bytes:
+    def decrypt_symmetric(
+        self,
+        session: SessionKeyHandle,
+        iv: bytes,
+        ciphertext: bytes,
+        *,
+        mode: str = "gcm",
+        aad: bytes = b"",
+    ) -> bytes:
         key = self._session(session)
         if mode == "gcm":
             return sm4.gcm_decrypt(key, iv, ciphertext, aad)

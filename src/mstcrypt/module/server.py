@@ -23,8 +23,9 @@ __all__ = ["ServerModule", "load_master_key"]
 MASTER_KEY_SIZE = 32
 
 
-def load_master_key(*, key_file: str | os.PathLike[str] | None = None,
-                    env: str = "MSTCRYPT_MASTER_KEY") -> bytes:
+def load_master_key(
+    *, key_file: str | os.PathLike[str] | None = None, env: str = "MSTCRYPT_MASTER_KEY"
+) -> bytes:
     """Read the server master key from a file (raw 32 bytes or 64 hex characters) or from
     the environment variable ``env`` (64 hex characters)."""
     if key_file is None:
@@ -54,8 +55,9 @@ def load_master_key(*, key_file: str | os.PathLike[str] | None = None,
 class ServerModule(CryptoModule):
     """A keystore file whose data key is wrapped under the server master key."""
 
-    def __init__(self, path: str | os.PathLike[str], master_key: bytes, *,
-                 create: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], master_key: bytes, *, create: bool = False
+    ) -> None:
         super().__init__()
         if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_SIZE:
             raise PolicyError("server master key must be 32 bytes")
@@ -65,10 +67,14 @@ class ServerModule(CryptoModule):
             if not create:
                 raise KeyStoreError(f"server keystore not found: {self._path}")
             self._dek = random_bytes(16)
-            self._header = {"format": "mstcrypt-sscc", "version": 1,
-                            "serial": random_bytes(8).hex()}
-            self._header["slots"] = {"master": {
-                "wrapped": ks.wrap(self._kek, self._dek, self._aad())}}
+            self._header = {
+                "format": "mstcrypt-sscc",
+                "version": 1,
+                "serial": random_bytes(8).hex(),
+            }
+            self._header["slots"] = {
+                "master": {"wrapped": ks.wrap(self._kek, self._dek, self._aad())}
+            }
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._persist()
             return

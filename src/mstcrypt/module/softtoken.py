@@ -74,9 +74,17 @@ class SoftToken(CryptoModule):
 
     # -- creation / opening ------------------------------------------------------------
     @classmethod
-    def init(cls, path: str | os.PathLike[str], pin: str | bytes, admin_code: str | bytes, *,
-             label: str = "mstcrypt", max_retries: int = DEFAULT_MAX_RETRIES,
-             iterations: int = DEFAULT_ITERATIONS, overwrite: bool = False) -> SoftToken:
+    def init(
+        cls,
+        path: str | os.PathLike[str],
+        pin: str | bytes,
+        admin_code: str | bytes,
+        *,
+        label: str = "mstcrypt",
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        iterations: int = DEFAULT_ITERATIONS,
+        overwrite: bool = False,
+    ) -> SoftToken:
         """Create a new, empty token and return it logged in."""
         path = Path(path)
         if path.exists() and not overwrite:
@@ -127,8 +135,10 @@ class SoftToken(CryptoModule):
         iterations = header["kdf"]["iterations"]
         kek = ks.derive_kek(secret, salt, iterations, name.encode())
         aad = f"{header['serial']}:{name}".encode()
-        header.setdefault("slots", {})[name] = {"salt": ks.b64e(salt),
-                                               "wrapped": ks.wrap(kek, dek, aad)}
+        header.setdefault("slots", {})[name] = {
+            "salt": ks.b64e(salt),
+            "wrapped": ks.wrap(kek, dek, aad),
+        }
 
     def _try_slot(self, name: str, secret: bytes) -> bytes | None:
         h = self._image.header
@@ -160,8 +170,9 @@ class SoftToken(CryptoModule):
                 raise KeyStoreError("PIN counter file belongs to another token")
             user, admin = int(raw["user_failures"]), int(raw["admin_failures"])
         except FileNotFoundError:
-            raise KeyStoreError("PIN counter file is missing; refusing to open (fail closed)")\
-                from None
+            raise KeyStoreError(
+                "PIN counter file is missing; refusing to open (fail closed)"
+            ) from None
         except (ValueError, KeyError, TypeError):
             raise KeyStoreError("PIN counter file is corrupted") from None
         if user < 0 or admin < 0:
@@ -175,9 +186,17 @@ class SoftToken(CryptoModule):
     def info(self) -> TokenInfo:
         h = self._image.header
         user, admin = self._read_counter()
-        return TokenInfo(str(self._path), h["serial"], h["label"], h["created"],
-                         int(h["kdf"]["iterations"]), self.max_retries, user, admin,
-                         user >= self.max_retries)
+        return TokenInfo(
+            str(self._path),
+            h["serial"],
+            h["label"],
+            h["created"],
+            int(h["kdf"]["iterations"]),
+            self.max_retries,
+            user,
+            admin,
+            user >= self.max_retries,
+        )
 
     # -- login / logout ----------------------------------------------------------------------
     def login(self, pin: str | bytes) -> None:
@@ -186,8 +205,9 @@ class SoftToken(CryptoModule):
         serial = self._image.header["serial"]
         user, admin = self._read_counter()
         if user >= self.max_retries:
-            raise PinLockedError("token is locked after too many wrong PINs; an administrator "
-                                 "must unlock it")
+            raise PinLockedError(
+                "token is locked after too many wrong PINs; an administrator must unlock it"
+            )
         # Count the attempt first: a crash or kill during the check cannot hide it.
         self._write_counter(self._path, serial, user + 1, admin)
         dek = self._try_slot("user", pin_b) if pin_b else None
@@ -246,8 +266,10 @@ class SoftToken(CryptoModule):
         serial = self._image.header["serial"]
         user, admin = self._read_counter()
         if admin >= ADMIN_MAX_RETRIES:
-            raise PinLockedError("administrator code blocked after too many failures; the "
-                                 "token must be re-initialised")
+            raise PinLockedError(
+                "administrator code blocked after too many failures; the "
+                "token must be re-initialised"
+            )
         self._write_counter(self._path, serial, user, admin + 1)
         dek = self._try_slot("admin", admin_b)
         if dek is None:

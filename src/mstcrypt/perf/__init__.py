@@ -56,7 +56,10 @@ def openssl_speed(args: list[str], seconds: float) -> str | None:
     try:
         out = subprocess.run(
             [exe, "speed", "-mr", "-seconds", str(max(1, round(seconds))), *args],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -89,11 +92,25 @@ def measure(seconds: float = 1.0, progress: Callable[[str], None] | None = None)
     step("openssl speed sm2")
     ref_sm2 = openssl_sm2(seconds)
     step("SM2 sign")
-    rows.append(Row("SM2 sign", "ops/s", rate(lambda: key.sign(msg), seconds),
-                    ref_sm2[0] if ref_sm2 else None, "openssl speed sm2"))
+    rows.append(
+        Row(
+            "SM2 sign",
+            "ops/s",
+            rate(lambda: key.sign(msg), seconds),
+            ref_sm2[0] if ref_sm2 else None,
+            "openssl speed sm2",
+        )
+    )
     step("SM2 verify")
-    rows.append(Row("SM2 verify", "ops/s", rate(lambda: pub.verify(sig, msg), seconds),
-                    ref_sm2[1] if ref_sm2 else None, "openssl speed sm2"))
+    rows.append(
+        Row(
+            "SM2 verify",
+            "ops/s",
+            rate(lambda: pub.verify(sig, msg), seconds),
+            ref_sm2[1] if ref_sm2 else None,
+            "openssl speed sm2",
+        )
+    )
     step("SM2 encrypt")
     rows.append(Row("SM2 encrypt (32 B)", "ops/s", rate(lambda: pub.encrypt(msg), seconds)))
     step("SM2 decrypt")
@@ -105,22 +122,48 @@ def measure(seconds: float = 1.0, progress: Callable[[str], None] | None = None)
 
     step("SM3")
     ref = openssl_evp("sm3", seconds)
-    rows.append(Row("SM3", "MB/s", rate(lambda: sm3.sm3(buf), seconds) * mb, ref,
-                    "openssl speed -evp sm3"))
+    rows.append(
+        Row("SM3", "MB/s", rate(lambda: sm3.sm3(buf), seconds) * mb, ref, "openssl speed -evp sm3")
+    )
     step("SM4-CBC")
     ref = openssl_evp("sm4-cbc", seconds)
-    rows.append(Row("SM4-CBC", "MB/s", rate(lambda: sm4.cbc_encrypt(k16, iv16, buf), seconds) * mb,
-                    ref, "openssl speed -evp sm4-cbc"))
+    rows.append(
+        Row(
+            "SM4-CBC",
+            "MB/s",
+            rate(lambda: sm4.cbc_encrypt(k16, iv16, buf), seconds) * mb,
+            ref,
+            "openssl speed -evp sm4-cbc",
+        )
+    )
     step("SM4-CTR")
     ref_ctr = openssl_evp("sm4-ctr", seconds)
-    rows.append(Row("SM4-CTR", "MB/s", rate(lambda: sm4.ctr(k16, iv16, buf), seconds) * mb,
-                    ref_ctr, "openssl speed -evp sm4-ctr"))
+    rows.append(
+        Row(
+            "SM4-CTR",
+            "MB/s",
+            rate(lambda: sm4.ctr(k16, iv16, buf), seconds) * mb,
+            ref_ctr,
+            "openssl speed -evp sm4-ctr",
+        )
+    )
     step("SM4-GCM")
-    rows.append(Row("SM4-GCM", "MB/s", rate(lambda: sm4.gcm_encrypt(k16, n12, buf), seconds) * mb,
-                    ref_ctr, "openssl speed -evp sm4-ctr"))
+    rows.append(
+        Row(
+            "SM4-GCM",
+            "MB/s",
+            rate(lambda: sm4.gcm_encrypt(k16, n12, buf), seconds) * mb,
+            ref_ctr,
+            "openssl speed -evp sm4-ctr",
+        )
+    )
     step("ZUC-128 EEA3")
     zbuf = buf[:4096]
-    rows.append(Row("ZUC-128 EEA3 (pure Python)", "MB/s",
-                    rate(lambda: zuc.eea3(k16, 0, 0, 0, zbuf, len(zbuf) * 8), seconds)
-                    * len(zbuf) / 1e6))
+    rows.append(
+        Row(
+            "ZUC-128 EEA3 (pure Python)",
+            "MB/s",
+            rate(lambda: zuc.eea3(k16, 0, 0, 0, zbuf, len(zbuf) * 8), seconds) * len(zbuf) / 1e6,
+        )
+    )
     return rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mstcrypt.crypto import _libcrypto as _lc
-from mstcrypt.crypto.curve import GX, GY, N, P, SIZE
+from mstcrypt.crypto.curve import GX, GY, SIZE, N, P
 from mstcrypt.errors import DecodeError, InvalidKeyError
 
 __all__ = ["N", "P", "Point", "generator", "mul_base", "multi_mul"]
@@ -133,8 +133,10 @@ class Point:
         _check_scalar(k)
         L = _lc.lib()
         r = _new_point()
-        if L.EC_POINT_mul(_group(), r, _lc.ffi.NULL, self._ptr, _lc.bn_from_int(k),
-                          _lc.ffi.NULL) != 1:
+        if (
+            L.EC_POINT_mul(_group(), r, _lc.ffi.NULL, self._ptr, _lc.bn_from_int(k), _lc.ffi.NULL)
+            != 1
+        ):
             raise _lc.fail("EC_POINT_mul")
         return Point(r)
 
@@ -170,8 +172,10 @@ def mul_base(k: int) -> Point:
     _check_scalar(k)
     L = _lc.lib()
     r = _new_point()
-    if L.EC_POINT_mul(_group(), r, _lc.bn_from_int(k), _lc.ffi.NULL, _lc.ffi.NULL,
-                      _lc.ffi.NULL) != 1:
+    if (
+        L.EC_POINT_mul(_group(), r, _lc.bn_from_int(k), _lc.ffi.NULL, _lc.ffi.NULL, _lc.ffi.NULL)
+        != 1
+    ):
         raise _lc.fail("EC_POINT_mul")
     return Point(r)
 

@@ -1,0 +1,3 @@
+from mstcrypt.cli import main
+
+main()
