@@ -104,6 +104,10 @@ def _sm4_checks() -> Iterator[tuple[str, str, Callable[[], None]]]:
                 nonce, aad, tag = _h(v["iv"]), _h(v.get("aad", "")), _h(v["tag"])
                 _expect(sm4.gcm_encrypt(key, nonce, pt, aad) == ct + tag, "GCM")
                 _expect(sm4.gcm_decrypt(key, nonce, ct + tag, aad) == pt, "GCM dec")
+            elif mode == "ccm":
+                nonce, aad, tag = _h(v["iv"]), _h(v.get("aad", "")), _h(v["tag"])
+                _expect(sm4.ccm_encrypt(key, nonce, pt, aad) == ct + tag, "CCM")
+                _expect(sm4.ccm_decrypt(key, nonce, ct + tag, aad) == pt, "CCM dec")
             else:
                 raise _Skip(f"SM4-{mode.upper()} is not offered by the backend")
 

@@ -123,11 +123,10 @@ _lib: Any = None
 
 
 def _candidates() -> list[str]:
-    names: list[str] = []
     env = os.environ.get("MSTCRYPT_LIBCRYPTO")
     if env:
-        names.append(env)
-    names += ["libcrypto.so.3", "libcrypto.3.dylib"]
+        return [env]  # an explicit choice is never silently replaced
+    names = ["libcrypto.so.3", "libcrypto.3.dylib"]
     found = ctypes.util.find_library("crypto")
     if found:
         names.append(found)

@@ -42,6 +42,9 @@ __all__ = [
     "signature_to_raw",
 ]
 
+# Fail at import, with a message naming the library, when SM2 is unavailable.
+_lc.lib()
+
 #: The default signer ID of GM/T 0009 / GB/T 35276.
 DEFAULT_ID = b"1234567812345678"
 MAX_ID_BYTES = 0xFFFF // 8

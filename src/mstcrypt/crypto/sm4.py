@@ -5,7 +5,8 @@ One-shot functions for the common cases and streaming objects for large data:
 * CBC with PKCS#7 padding (:func:`cbc_encrypt`, :func:`cbc_decrypt`)
 * CTR (:func:`ctr`), OFB (:func:`ofb`), CFB-128 (:func:`cfb_encrypt`, :func:`cfb_decrypt`)
 * GCM, an AEAD with a 12-byte nonce and a 16-byte tag (:func:`gcm_encrypt`,
-  :func:`gcm_decrypt`)
+  :func:`gcm_decrypt`); CCM (:func:`ccm_encrypt`, :func:`ccm_decrypt`) composed from
+  native CBC-MAC and CTR
 * encrypt-then-MAC SM4-CBC + HMAC-SM3 (:func:`etm_encrypt`, :func:`etm_decrypt`)
 * ECB on whole blocks, only for known-answer tests and key wrapping formats that
   demand it (:func:`ecb_encrypt_blocks`, :func:`ecb_decrypt_blocks`)
@@ -40,6 +41,8 @@ __all__ = [
     "SM4Decryptor",
     "SM4Encryptor",
     "cbc_decrypt",
+    "ccm_decrypt",
+    "ccm_encrypt",
     "cbc_encrypt",
     "cfb_decrypt",
     "cfb_encrypt",
@@ -182,6 +185,70 @@ def gcm_decrypt(key: bytes, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes 
         d.finalize()
     except InvalidTag:
         raise DecryptionError("SM4-GCM authentication tag mismatch") from None
+    return pt
+
+
+def _ccm_parts(
+    key: bytes,
+    nonce: bytes,
+    aad: bytes,
+    data: bytes,
+    tag_len: int,
+) -> tuple[bytes, bytes, bytes]:
+    """CCM (NIST SP 800-38C / RFC 3610) built from native SM4-CBC (for CBC-MAC) and
+    SM4-CTR. Returns (A0 counter block, A1 counter block, formatted B blocks)."""
+    n = _b(nonce, "CCM nonce")
+    if not 7 <= len(n) <= 13:
+        raise DecodeError(f"SM4-CCM nonce must be 7..13 bytes, got {len(n)}")
+    if tag_len not in (4, 6, 8, 10, 12, 14, 16):
+        raise PolicyError("SM4-CCM tag length must be an even number in 4..16")
+    q = 15 - len(n)
+    if len(data) >= 1 << (8 * q):
+        raise PolicyError("SM4-CCM message too long for this nonce length")
+    flags = (0x40 if aad else 0) | (((tag_len - 2) // 2) << 3) | (q - 1)
+    b = bytearray([flags]) + n + len(data).to_bytes(q, "big")
+    if aad:
+        la = len(aad)
+        if la < 0xFF00:
+            b += la.to_bytes(2, "big")
+        elif la < 1 << 32:
+            b += b"\xff\xfe" + la.to_bytes(4, "big")
+        else:
+            b += b"\xff\xff" + la.to_bytes(8, "big")
+        b += aad
+        b += bytes(-len(b) % BLOCK_SIZE)
+    b += data + bytes(-len(data) % BLOCK_SIZE)
+    a0 = bytes([q - 1]) + n + bytes(q)
+    a1 = bytes([q - 1]) + n + (1).to_bytes(q, "big")
+    return a0, a1, bytes(b)
+
+
+def ccm_encrypt(
+    key: bytes, nonce: bytes, plaintext: bytes, aad: bytes = b"", *, tag_len: int = 16
+) -> bytes:
+    """SM4-CCM (as in RFC 8998 TLS_SM4_CCM_SM3): returns ciphertext ‖ tag."""
+    plaintext, aad = _b(plaintext, "plaintext"), _b(aad, "aad")
+    a0, a1, blocks = _ccm_parts(key, nonce, aad, plaintext, tag_len)
+    mac = cbc_encrypt(key, bytes(BLOCK_SIZE), blocks, padding=False)[-BLOCK_SIZE:]
+    tag = bytes(x ^ y for x, y in zip(mac, ctr(key, a0, bytes(BLOCK_SIZE)), strict=True))
+    return ctr(key, a1, plaintext) + tag[:tag_len]
+
+
+def ccm_decrypt(
+    key: bytes, nonce: bytes, ciphertext_and_tag: bytes, aad: bytes = b"", *, tag_len: int = 16
+) -> bytes:
+    """Inverse of :func:`ccm_encrypt`; raises DecryptionError if the tag is wrong."""
+    data, aad = _b(ciphertext_and_tag, "ciphertext"), _b(aad, "aad")
+    if len(data) < tag_len:
+        raise DecryptionError("SM4-CCM input shorter than the tag")
+    ct, tag = data[:-tag_len], data[-tag_len:]
+    a0, a1, _ = _ccm_parts(key, nonce, aad, ct, tag_len)
+    pt = ctr(key, a1, ct)
+    _, _, blocks = _ccm_parts(key, nonce, aad, pt, tag_len)
+    mac = cbc_encrypt(key, bytes(BLOCK_SIZE), blocks, padding=False)[-BLOCK_SIZE:]
+    expect = bytes(x ^ y for x, y in zip(mac, ctr(key, a0, bytes(BLOCK_SIZE)), strict=True))
+    if not _hmac.compare_digest(expect[:tag_len], tag):
+        raise DecryptionError("SM4-CCM authentication tag mismatch")
     return pt
 
 

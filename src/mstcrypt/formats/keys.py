@@ -277,13 +277,16 @@ def encrypt_private_key(
         )
     kek = PBKDF2HMAC(hash_cls(), klen, salt, iterations).derive(pw)
     enc = _cbc(name, kek, iv, private_key_to_der(key), True)
-    kdf_params = PBKDF2Params(
-        {
-            "salt": salt,
-            "iteration_count": iterations,
-            "prf": AlgorithmIdentifier({"algorithm": prf_oid, "parameters": Any.load(_NULL_DER)}),
-        }
-    )
+    if scheme is KeyEncryption.GMSSL:
+        # GmSSL >= 3.1 writes keyLength and an HMAC-SM3 PRF without parameters, and
+        # rejects a NULL there.
+        prf = AlgorithmIdentifier({"algorithm": prf_oid})
+        kdf_params = PBKDF2Params(
+            {"salt": salt, "iteration_count": iterations, "key_length": klen, "prf": prf}
+        )
+    else:
+        prf = AlgorithmIdentifier({"algorithm": prf_oid, "parameters": Any.load(_NULL_DER)})
+        kdf_params = PBKDF2Params({"salt": salt, "iteration_count": iterations, "prf": prf})
     pbes2 = PBES2Params(
         {
             "key_derivation_func": AlgorithmIdentifier(

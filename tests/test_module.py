@@ -1,0 +1,1226 @@
+"""The cryptographic-module layer: :class:`SoftToken` (MST-CC) and :class:`ServerModule`
+(SS-CC) through the common :class:`CryptoModule` interface, then the soft token's PIN
+machinery and tamper resistance, then the server module's master key handling.
+
+Every expected exception is caught with :func:`raises`, which also checks that the
+exception's text shows none of the secrets the tests have seen (private keys, PINs,
+administrator code, server master key)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import json
+import os
+import secrets
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.crypto.sm3 import sm3
+from mstcrypt.errors import (
+    DecodeError,
+    DecryptionError,
+    KeyStoreError,
+    MstCryptError,
+    PinIncorrectError,
+    PinLockedError,
+    PolicyError,
+    VerificationError,
+)
+from mstcrypt.formats.envelope import EnvelopedKey, build_enveloped_key
+from mstcrypt.module import (
+    CryptoModule,
+    KeyHandle,
+    KeyUsage,
+    ServerModule,
+    SessionKeyHandle,
+    SoftToken,
+)
+from mstcrypt.module import keystore as ks
+from mstcrypt.module.server import load_master_key
+
+ITER = 100_000  # the minimum the soft token accepts; keeps PBKDF2 cheap
+PIN = "pin-4711-user"
+NEW_PIN = "pin-2024-next"
+ADMIN = "adm-0815-code"
+MASTER = secrets.token_bytes(32)
+SIGN, ENC = KeyUsage.SIGN, KeyUsage.ENCRYPT
+
+# ---------------------------------------------------------------------------------------
+# secrets bookkeeping
+# ---------------------------------------------------------------------------------------
+
+_SECRETS: set[str] = {PIN, NEW_PIN, ADMIN, MASTER.hex(), MASTER.hex().upper()}
+
+
+def _private_keys(mod: CryptoModule) -> list[bytes]:
+    """White box: the private scalars a module holds (to look for leaks)."""
+    return [k.private_bytes() for c in mod._containers.values() for k in c.keys.values()]
+
+
+def remember(*items: CryptoModule | SM2PrivateKey | bytes) -> None:
+    for item in items:
+        if isinstance(item, CryptoModule):
+            raws = _private_keys(item)
+        elif isinstance(item, SM2PrivateKey):
+            raws = [item.private_bytes()]
+        else:
+            raws = [item]
+        for raw in raws:
+            _SECRETS.update({raw.hex(), raw.hex().upper()})
+
+
+def assert_no_secret(text: str) -> None:
+    for s in _SECRETS:
+        assert s not in text, "a secret appears in a repr/str/exception message"
+
+
+@contextlib.contextmanager
+def raises(exc: type[BaseException] | tuple[type[BaseException], ...],
+           match: str | None = None) -> Iterator[pytest.ExceptionInfo[Any]]:
+    with pytest.raises(exc, match=match) as info:
+        yield info
+    assert_no_secret(str(info.value))
+    assert_no_secret(repr(info.value))
+
+
+# ---------------------------------------------------------------------------------------
+# both module types
+# ---------------------------------------------------------------------------------------
+
+
+def _soft_create(path: Path) -> CryptoModule:
+    return SoftToken.init(path, PIN, ADMIN, iterations=ITER)
+
+
+def _soft_reopen(path: Path) -> CryptoModule:
+    tok = SoftToken.open(path)
+    tok.login(PIN)
+    return tok
+
+
+def _server_create(path: Path) -> CryptoModule:
+    return ServerModule(path, MASTER, create=True)
+
+
+def _server_reopen(path: Path) -> CryptoModule:
+    return ServerModule(path, MASTER)
+
+
+KINDS: dict[str, tuple[Callable[[Path], CryptoModule], Callable[[Path], CryptoModule]]] = {
+    "soft": (_soft_create, _soft_reopen),
+    "server": (_server_create, _server_reopen),
+}
+
+
+class Factory:
+    def __init__(self, kind: str, base: Path) -> None:
+        self.kind = kind
+        self.base = base
+        self._create, self._reopen = KINDS[kind]
+
+    def create(self, name: str) -> CryptoModule:
+        return self._create(self.base / name)
+
+    def reopen(self, name: str) -> CryptoModule:
+        mod = self._reopen(self.base / name)
+        remember(mod)
+        return mod
+
+
+@pytest.fixture(params=sorted(KINDS))
+def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    d = tmp_path / "mod"
+    d.mkdir()
+    return Factory(request.param, d)
+
+
+@pytest.fixture(params=sorted(KINDS))
+def peer_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    d = tmp_path / "peer"
+    d.mkdir()
+    return Factory(request.param, d)
+
+
+def _with_keys(mod: CryptoModule, container: str = "dev") -> tuple[KeyHandle, KeyHandle]:
+    mod.create_container(container)
+    hs = mod.generate_key_pair(container, SIGN)
+    he = mod.generate_key_pair(container, ENC)
+    remember(mod)
+    return hs, he
+
+
+@pytest.fixture
+def mod(factory: Factory) -> CryptoModule:
+    return factory.create("ks")
+
+
+@pytest.fixture
+def peer(peer_factory: Factory) -> CryptoModule:
+    return peer_factory.create("peer-ks")
+
+
+def test_container_lifecycle(factory: Factory, mod: CryptoModule) -> None:
+    assert mod.list_containers() == []
+    mod.create_container("b")
+    mod.create_container("a.user@example-1")
+    assert mod.list_containers() == ["a.user@example-1", "b"]
+    with raises(PolicyError):
+        mod.create_container("b")
+    for bad in ["", "-x", ".x", "a/b", "a b", "x" * 65, "é", 5, None]:
+        with raises(PolicyError):
+            mod.create_container(bad)  # type: ignore[arg-type]
+    mod.create_container("x" * 64)
+    mod.delete_container("x" * 64)
+
+    hs = mod.generate_key_pair("b")  # default usage: sign
+    assert hs.usage is SIGN and hs.container == "b"
+    he = mod.generate_key_pair("b", "enc")
+    assert he.usage is ENC
+    remember(mod)
+    assert hs.public_key != he.public_key
+    assert mod.key("b", SIGN) == hs
+    assert mod.export_public_key("b", "enc") == he.public_key
+    with raises(PolicyError):
+        mod.generate_key_pair("b", SIGN)
+    with raises(KeyStoreError):
+        mod.generate_key_pair("nope", SIGN)
+    with raises(KeyStoreError):
+        mod.key("a.user@example-1", SIGN)  # container without keys
+    with raises(KeyStoreError):
+        mod.key("nope", SIGN)
+    with raises((ValueError, MstCryptError)):
+        mod.key("b", "decrypt")  # type: ignore[arg-type]
+
+    assert mod.get_certificate("b", SIGN) is None
+    mod.put_certificate("b", SIGN, b"\x30\x03cert-s")
+    mod.put_certificate("b", "enc", bytearray(b"\x30\x03cert-e"))
+    assert mod.get_certificate("b", "sign") == b"\x30\x03cert-s"
+    assert mod.get_certificate("b", ENC) == b"\x30\x03cert-e"
+    with raises(KeyStoreError):
+        mod.put_certificate("nope", SIGN, b"x")
+
+    # replacing a key drops the certificate that belonged to the old key
+    hs2 = mod.generate_key_pair("b", SIGN, replace=True)
+    remember(mod)
+    assert hs2.public_key != hs.public_key
+    assert mod.get_certificate("b", SIGN) is None
+    assert mod.get_certificate("b", ENC) == b"\x30\x03cert-e"
+    with raises(KeyStoreError):  # the old handle's key is gone
+        mod.sign(hs, b"m")
+
+    del mod
+    again = factory.reopen("ks")
+    assert again.list_containers() == ["a.user@example-1", "b"]
+    assert again.export_public_key("b", SIGN) == hs2.public_key
+    again.delete_container("b")
+    with raises(KeyStoreError):
+        again.delete_container("b")
+    assert again.list_containers() == ["a.user@example-1"]
+    again.create_container("b")  # same name, fresh and empty
+    with raises(KeyStoreError):
+        again.key("b", ENC)
+    del again
+    assert factory.reopen("ks").list_containers() == ["a.user@example-1", "b"]
+
+
+def test_deleted_container_invalidates_handles(mod: CryptoModule) -> None:
+    hs, he = _with_keys(mod)
+    mod.delete_container("dev")
+    with raises(KeyStoreError):
+        mod.sign(hs, b"m")
+    mod.create_container("dev")
+    mod.generate_key_pair("dev", SIGN)
+    remember(mod)
+    with raises(KeyStoreError):  # same container and usage, different key
+        mod.sign(hs, b"m")
+
+
+def test_sign_verify(mod: CryptoModule) -> None:
+    hs, _ = _with_keys(mod)
+    pub = hs.public_key
+    msg = b"T/ZSA 37-2020 terminal"
+    sig = mod.sign(hs, msg)
+    mod.verify(pub, sig, msg)
+    CryptoModule.verify(pub, sig, msg)
+    pub.verify(sig, msg)
+    with raises(VerificationError):
+        mod.verify(pub, sig, msg + b"!")
+    with raises(VerificationError):
+        mod.verify(mod.export_public_key("dev", ENC), sig, msg)
+
+    raw = mod.sign(hs, msg, encoding="raw")
+    assert len(raw) == 64
+    mod.verify(pub, raw, msg, encoding="raw")
+
+    sid = b"alice@example.com"
+    sig_id = mod.sign(hs, msg, signer_id=sid)
+    mod.verify(pub, sig_id, msg, signer_id=sid)
+    with raises(VerificationError):
+        mod.verify(pub, sig_id, msg)
+
+    digest = pub.message_digest(msg)
+    mod.verify(pub, mod.sign_digest(hs, digest), msg)
+    with raises(PolicyError):
+        mod.sign_digest(hs, digest[:31])
+
+    assert len(mod.random(33)) == 33
+    assert mod.random(32) != mod.random(32)
+
+
+def test_reprs_show_no_private_key(factory: Factory, mod: CryptoModule,
+                                   tmp_path: Path) -> None:
+    hs, he = _with_keys(mod)
+    mod.put_certificate("dev", SIGN, b"cert")
+    sess = mod.generate_session_key()
+    priv = _private_keys(mod)
+    assert len(priv) == 2
+    session_key = mod._sessions[sess.handle_id]
+    remember(session_key)
+    texts = []
+    for obj in (hs, he, mod, sess, hs.public_key, mod._containers["dev"].keys[SIGN]):
+        texts += [repr(obj), str(obj), f"{obj!r:>10}"]
+    if isinstance(mod, SoftToken):
+        texts += [repr(mod.info()), str(mod.info())]
+        remember(mod._dek)  # type: ignore[arg-type]
+    for text in texts:
+        assert_no_secret(text)
+        for raw in priv:
+            assert raw.hex() not in text.lower()
+    assert "dev" in repr(hs) and "sign" in repr(hs)
+    assert type(mod).__name__ in repr(mod)
+
+
+def test_usage_enforcement(mod: CryptoModule, peer: CryptoModule) -> None:
+    hs, he = _with_keys(mod)
+    phs, phe = _with_keys(peer)  # same container name in another module
+    with raises(PolicyError, match="usage"):
+        mod.sign(he, b"m")
+    with raises(PolicyError, match="usage"):
+        mod.sign_digest(he, bytes(32))
+    ct = he.public_key.encrypt(b"secret")
+    with raises(PolicyError, match="usage"):
+        mod.decrypt(hs, ct)
+    assert mod.decrypt(he, ct) == b"secret"
+    with raises(PolicyError, match="usage"):
+        mod.import_session_key(hs, he.public_key.encrypt(bytes(16)))
+
+    for foreign in (phs, phe):
+        with raises(PolicyError, match="belong"):
+            mod.sign(foreign, b"m")
+        with raises(PolicyError, match="belong"):
+            mod.decrypt(foreign, ct)
+        with raises(PolicyError, match="belong"):
+            mod.key_exchange_initiator(foreign, phs.public_key)
+    # a hand-made handle carrying this module's id but another public key
+    forged = KeyHandle(hs.module_id, "dev", SIGN, phs.public_key)
+    with raises(KeyStoreError):
+        mod.sign(forged, b"m")
+    with raises(PolicyError):
+        mod.sign("dev", b"m")  # type: ignore[arg-type]
+
+
+def test_handle_from_second_instance_of_same_store(factory: Factory,
+                                                   mod: CryptoModule) -> None:
+    hs, _ = _with_keys(mod)
+    other = factory.reopen("ks")
+    with raises(PolicyError):
+        other.sign(hs, b"m")
+    other.verify(hs.public_key, other.sign(other.key("dev"), b"m"), b"m")
+
+
+def test_import_enveloped_key_then_decrypt(factory: Factory, mod: CryptoModule) -> None:
+    mod.create_container("dev")
+    hs = mod.generate_key_pair("dev", SIGN)
+    remember(mod)
+    kmc_key = SM2PrivateKey.generate()  # the KMC makes the encryption key pair
+    remember(kmc_key)
+    der = build_enveloped_key(kmc_key, mod.export_public_key("dev", SIGN))
+    assert kmc_key.private_bytes() not in der
+    he = mod.import_enveloped_key("dev", der)
+    assert he.usage is ENC
+    assert he.public_key == kmc_key.public_key()
+    assert mod.key("dev", ENC) == he
+    ct = kmc_key.public_key().encrypt(b"for the terminal")
+    assert mod.decrypt(he, ct) == b"for the terminal"
+    # the signing key is unchanged
+    assert mod.key("dev", SIGN) == hs
+    with raises(PolicyError):
+        mod.import_enveloped_key("dev", der)
+    kmc2 = SM2PrivateKey.generate()
+    remember(kmc2)
+    he2 = mod.import_enveloped_key(
+        "dev", build_enveloped_key(kmc2, hs.public_key), replace=True)
+    assert he2.public_key == kmc2.public_key()
+    with raises(KeyStoreError):
+        mod.decrypt(he, ct)  # the replaced key's handle is dead
+
+    del mod
+    again = factory.reopen("ks")
+    he3 = again.key("dev", ENC)
+    assert he3.public_key == kmc2.public_key()
+    assert again.decrypt(he3, kmc2.public_key().encrypt(b"x")) == b"x"
+
+
+def test_enveloped_key_for_another_terminal_is_refused(factory: Factory,
+                                                       mod: CryptoModule) -> None:
+    mod.create_container("dev")
+    mod.generate_key_pair("dev", SIGN)
+    mod.create_container("empty")
+    remember(mod)
+    other_terminal = SM2PrivateKey.generate()
+    kmc_key = SM2PrivateKey.generate()
+    remember(other_terminal, kmc_key)
+    path = factory.base / "ks"
+    before = path.read_bytes()
+
+    der = build_enveloped_key(kmc_key, other_terminal.public_key())
+    with raises(DecryptionError):
+        mod.import_enveloped_key("dev", der)
+    with raises(KeyStoreError):
+        mod.key("dev", ENC)
+    with raises(KeyStoreError):  # no signing key to unwrap with
+        mod.import_enveloped_key("empty", der)
+    with raises(KeyStoreError):
+        mod.import_enveloped_key("nope", der)
+    with raises(DecodeError):
+        mod.import_enveloped_key("dev", der[:-1])
+    with raises(DecodeError):
+        mod.import_enveloped_key("dev", b"\x30\x00")
+
+    # right recipient, but sm2PublicKey does not match the wrapped private key
+    good = EnvelopedKey.from_der(build_enveloped_key(kmc_key, mod.export_public_key("dev")))
+    wrong_pub = EnvelopedKey(good.sym_encrypted_key, other_terminal.public_key(),
+                             good.encrypted_private_key).to_der()
+    with raises(DecryptionError):
+        mod.import_enveloped_key("dev", wrong_pub)
+    with raises(KeyStoreError):
+        mod.key("dev", ENC)
+
+    assert path.read_bytes() == before  # nothing was written
+    del mod
+    again = factory.reopen("ks")
+    with raises(KeyStoreError):
+        again.key("dev", ENC)
+    assert again.list_containers() == ["dev", "empty"]
+
+
+MODES = ["gcm", "cbc", "ctr"]
+PLAINTEXTS = [b"", b"x", bytes(range(16)), os.urandom(1000)]
+
+
+def test_session_keys_between_modules(mod: CryptoModule, peer: CryptoModule) -> None:
+    _with_keys(mod)
+    _, peer_enc = _with_keys(peer)
+    my_enc = mod.key("dev", ENC)
+
+    s_a = mod.generate_session_key()
+    wrapped = mod.export_session_key(s_a, peer_enc.public_key)
+    s_b = peer.import_session_key(peer_enc, wrapped)
+    assert isinstance(s_b, SessionKeyHandle)
+    assert peer._sessions[s_b.handle_id] == mod._sessions[s_a.handle_id]
+    remember(mod._sessions[s_a.handle_id])
+
+    for mode in MODES:
+        for pt in PLAINTEXTS:
+            iv, ct = mod.encrypt(s_a, pt, mode=mode)
+            assert len(pt) < 16 or pt not in ct
+            assert peer.decrypt_symmetric(s_b, iv, ct, mode=mode) == pt
+            iv, ct = peer.encrypt(s_b, pt, mode=mode)
+            assert mod.decrypt_symmetric(s_a, iv, ct, mode=mode) == pt
+    iv, ct = mod.encrypt(s_a, b"data", aad=b"header")
+    assert len(iv) == 12
+    assert peer.decrypt_symmetric(s_b, iv, ct, aad=b"header") == b"data"
+    with raises(DecryptionError):
+        peer.decrypt_symmetric(s_b, iv, ct, aad=b"other")
+    with raises(DecryptionError):
+        peer.decrypt_symmetric(s_b, iv, ct[:-1] + bytes([ct[-1] ^ 1]))
+    fixed = bytes(16)
+    assert mod.encrypt(s_a, b"abc", mode="cbc", iv=fixed)[0] == fixed
+    with raises(PolicyError):
+        mod.encrypt(s_a, b"abc", mode="cbc", aad=b"x")
+    with raises(PolicyError):
+        mod.decrypt_symmetric(s_a, fixed, b"abc", mode="ctr", aad=b"x")
+    for bad_mode in ("ecb", "GCM", ""):
+        with raises(PolicyError):
+            mod.encrypt(s_a, b"abc", mode=bad_mode)
+        with raises(PolicyError):
+            mod.decrypt_symmetric(s_a, fixed, b"abc", mode=bad_mode)
+
+    # the other direction: the peer's key sent back to this module's enc key
+    s_c = peer.generate_session_key()
+    s_d = mod.import_session_key(my_enc, peer.export_session_key(s_c, my_enc.public_key))
+    iv, ct = peer.encrypt(s_c, b"reply", mode="ctr")
+    assert mod.decrypt_symmetric(s_d, iv, ct, mode="ctr") == b"reply"
+
+    # handles belong to their module
+    with raises(PolicyError):
+        peer.encrypt(s_a, b"x")
+    with raises(PolicyError):
+        mod.destroy_session_key(s_b)
+    with raises(PolicyError):
+        mod.encrypt("s", b"x")  # type: ignore[arg-type]
+
+    # a wrapped key that is not 16 bytes, or not for this key
+    with raises(PolicyError):
+        peer.import_session_key(peer_enc, peer_enc.public_key.encrypt(bytes(15)))
+    with raises(DecryptionError):
+        peer.import_session_key(peer_enc, my_enc.public_key.encrypt(bytes(16)))
+
+    mod.destroy_session_key(s_a)
+    with raises(KeyStoreError):
+        mod.encrypt(s_a, b"x")
+    with raises(KeyStoreError):
+        mod.decrypt_symmetric(s_a, iv, ct, mode="ctr")
+    with raises(KeyStoreError):
+        mod.export_session_key(s_a, peer_enc.public_key)
+    with raises(KeyStoreError):
+        mod.destroy_session_key(s_a)
+    with raises(KeyStoreError):
+        mod.encrypt(SessionKeyHandle(s_a.module_id, "0" * 16), b"x")
+    # the peer's copy is independent
+    iv, ct = peer.encrypt(s_b, b"still here")
+    assert peer.decrypt_symmetric(s_b, iv, ct) == b"still here"
+    assert mod.decrypt_symmetric(s_d, *peer.encrypt(s_c, b"ok", mode="cbc"), mode="cbc") == b"ok"
+
+
+@pytest.mark.parametrize("confirm", [False, True])
+@pytest.mark.parametrize("usage", [SIGN, ENC])
+def test_key_exchange_between_modules(mod: CryptoModule, peer: CryptoModule,
+                                      confirm: bool, usage: KeyUsage) -> None:
+    _with_keys(mod)
+    _with_keys(peer)
+    ha, hb = mod.key("dev", usage), peer.key("dev", usage)
+    a = mod.key_exchange_initiator(ha, hb.public_key, confirm=confirm, klen=32,
+                                   own_id=b"terminal", peer_id=b"server")
+    b = peer.key_exchange_responder(hb, ha.public_key, confirm=confirm, klen=32,
+                                    own_id=b"server", peer_id=b"terminal")
+    r_b, s_b = b.respond(a.ephemeral)
+    k_a, s_a = a.finish(r_b, s_b)
+    k_b = b.confirm(s_a) if confirm else b.key  # type: ignore[arg-type]
+    assert k_a == k_b
+    assert len(k_a) == 32
+    remember(k_a)
+
+    # the wrong peer public key gives a different key (or a failed confirmation)
+    stranger = SM2PrivateKey.generate().public_key()
+    a2 = mod.key_exchange_initiator(ha, stranger, confirm=confirm)
+    b2 = peer.key_exchange_responder(hb, ha.public_key, confirm=confirm)
+    r_b, s_b = b2.respond(a2.ephemeral)
+    if confirm:
+        with raises(VerificationError):
+            a2.finish(r_b, s_b)
+    else:
+        assert a2.finish(r_b)[0] != b2.key
+
+
+def test_persistence_across_reopen(factory: Factory, mod: CryptoModule) -> None:
+    hs, he = _with_keys(mod, "alice")
+    mod.create_container("bob")
+    hb = mod.generate_key_pair("bob", SIGN)
+    mod.put_certificate("alice", SIGN, b"cert-alice")
+    kmc = SM2PrivateKey.generate()
+    remember(mod, kmc)
+    old_privs = sorted(_private_keys(mod))
+    sess = mod.generate_session_key()
+    del mod
+
+    again = factory.reopen("ks")
+    assert again.list_containers() == ["alice", "bob"]
+    assert sorted(_private_keys(again)) == old_privs
+    assert again.key("alice", SIGN).public_key == hs.public_key
+    assert again.key("alice", ENC).public_key == he.public_key
+    assert again.key("bob", SIGN).public_key == hb.public_key
+    assert again.get_certificate("alice", SIGN) == b"cert-alice"
+    assert again.get_certificate("bob", SIGN) is None
+    sig = again.sign(again.key("alice"), b"after reopen")
+    again.verify(hs.public_key, sig, b"after reopen")
+    assert again.decrypt(again.key("alice", ENC), he.public_key.encrypt(b"z")) == b"z"
+    with raises(PolicyError):  # handles of the previous instance
+        again.sign(hs, b"m")
+    with raises(PolicyError):  # session keys are not persisted or shared
+        again.encrypt(sess, b"m")
+    again.import_enveloped_key("bob", build_enveloped_key(kmc, hb.public_key))
+    del again
+    third = factory.reopen("ks")
+    assert third.key("bob", ENC).public_key == kmc.public_key()
+
+
+def _assert_files_hide(directory: Path, secrets_raw: list[bytes]) -> None:
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        data = p.read_bytes()
+        for raw in secrets_raw:
+            for form in (raw, raw.hex().encode(), raw.hex().upper().encode(),
+                         base64.b64encode(raw)):
+                assert form not in data, f"{p.name} holds a secret in clear"
+
+
+def test_keystore_file_has_no_cleartext_private_keys(factory: Factory,
+                                                     mod: CryptoModule) -> None:
+    _with_keys(mod, "a")
+    _with_keys(mod, "b")
+    kmc = SM2PrivateKey.generate()
+    mod.import_enveloped_key("b", build_enveloped_key(kmc, mod.export_public_key("b")),
+                             replace=True)
+    privs = _private_keys(mod)
+    assert len(privs) == 4
+    extra = [MASTER] if factory.kind == "server" else [PIN.encode(), ADMIN.encode()]
+    dek: bytes = mod._dek  # type: ignore[attr-defined]
+    _assert_files_hide(factory.base, [*privs, dek, *extra])
+    assert dek not in repr(mod).encode()
+
+
+def _state(mod: CryptoModule) -> dict[str, Any]:
+    """Containers, public keys and certificates (no private values, so that a failed
+    assertion prints nothing secret)."""
+    return {name: ({u.value: k.public_key().to_bytes().hex() for u, k in c.keys.items()},
+                   dict(c.certs)) for name, c in mod._containers.items()}
+
+
+def _failing_persist() -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_failed_write_rolls_back_new_key(factory: Factory, mod: CryptoModule,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    mod.create_container("dev")
+    monkeypatch.setattr(mod, "_persist", _failing_persist)
+    with raises(OSError):
+        mod.generate_key_pair("dev", SIGN)
+    with raises(KeyStoreError):
+        mod.key("dev", SIGN)
+    monkeypatch.undo()
+    hs = mod.generate_key_pair("dev", SIGN)
+    remember(mod)
+    kmc = SM2PrivateKey.generate()
+    monkeypatch.setattr(mod, "_persist", _failing_persist)
+    with raises(OSError):
+        mod.import_enveloped_key("dev", build_enveloped_key(kmc, hs.public_key))
+    with raises(KeyStoreError):
+        mod.key("dev", ENC)
+
+
+def _op_create(mod: CryptoModule) -> None:
+    mod.create_container("new")
+
+
+def _op_delete(mod: CryptoModule) -> None:
+    mod.delete_container("dev")
+
+
+def _op_import(mod: CryptoModule) -> None:
+    mod.import_key_pair("dev", SM2PrivateKey.generate(), ENC)
+
+
+def _op_cert(mod: CryptoModule) -> None:
+    mod.put_certificate("dev", ENC, b"cert")
+
+
+def _op_replace(mod: CryptoModule) -> None:
+    mod.generate_key_pair("dev", SIGN, replace=True)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "base.CryptoModule._commit takes its rollback snapshot *after* the caller mutated "
+    "_containers, so a failed _persist leaves the change in memory while the file does "
+    "not have it (create_container/delete_container/import_key_pair/put_certificate)"))
+@pytest.mark.parametrize("op", [_op_create, _op_delete, _op_import, _op_cert],
+                         ids=["create", "delete", "import_key_pair", "put_certificate"])
+def test_failed_write_rolls_back_commit_ops(factory: Factory, mod: CryptoModule,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            op: Callable[[CryptoModule], None]) -> None:
+    mod.create_container("dev")
+    mod.generate_key_pair("dev", SIGN)
+    before = _state(mod)
+    monkeypatch.setattr(mod, "_persist", _failing_persist)
+    with raises(OSError):
+        op(mod)
+    assert _state(mod) == before  # in memory == on disk
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "base.CryptoModule.generate_key_pair(replace=True) pops the old certificate before "
+    "_persist and its rollback restores only the key: after a failed write the "
+    "certificate is gone from memory (still on disk)"))
+def test_failed_replace_keeps_certificate(mod: CryptoModule,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    mod.create_container("dev")
+    hs = mod.generate_key_pair("dev", SIGN)
+    mod.put_certificate("dev", SIGN, b"cert")
+    monkeypatch.setattr(mod, "_persist", _failing_persist)
+    with raises(OSError):
+        _op_replace(mod)
+    assert mod.key("dev", SIGN) == hs
+    assert mod.get_certificate("dev", SIGN) == b"cert"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "base._NAME uses '$', which also matches before a trailing newline: "
+    "create_container('dev\\n') is accepted as a second container next to 'dev'"))
+def test_container_name_with_trailing_newline_refused(mod: CryptoModule) -> None:
+    mod.create_container("dev")
+    with raises(PolicyError):
+        mod.create_container("dev\n")
+
+
+# ---------------------------------------------------------------------------------------
+# soft token
+# ---------------------------------------------------------------------------------------
+
+
+def _pin_file(path: Path) -> Path:
+    return path.with_name(path.name + ".pin")
+
+
+@pytest.fixture
+def token_path(tmp_path: Path) -> Path:
+    path = tmp_path / "tok" / "token.mst"
+    tok = SoftToken.init(path, PIN, ADMIN, iterations=ITER, label="phone")
+    tok.create_container("dev")
+    tok.generate_key_pair("dev", SIGN)
+    tok.generate_key_pair("dev", ENC)
+    remember(tok)
+    tok.logout()
+    return path
+
+
+def _pub(path: Path, pin: str = PIN) -> bytes:
+    tok = SoftToken.open(path)
+    tok.login(pin)
+    remember(tok)
+    return tok.export_public_key("dev", SIGN).to_bytes()
+
+
+def test_init_returns_logged_in_token(tmp_path: Path) -> None:
+    path = tmp_path / "t"
+    tok = SoftToken.init(path, PIN, ADMIN, iterations=ITER, label="L" * 100, max_retries=4)
+    assert tok.logged_in
+    info = tok.info()
+    assert (info.label, info.iterations, info.max_retries) == ("L" * 64, ITER, 4)
+    assert (info.pin_failures, info.admin_failures, info.locked) == (0, 0, False)
+    assert info.path == str(path) and len(info.serial) == 16
+    assert _pin_file(path).exists()
+    with raises(KeyStoreError):
+        SoftToken.init(path, PIN, ADMIN, iterations=ITER)
+    other = SoftToken.init(path, NEW_PIN, ADMIN, iterations=ITER, overwrite=True)
+    assert other.info().serial != info.serial
+    other.logout()
+    with raises(PinIncorrectError):
+        SoftToken.open(path).login(PIN)
+    with SoftToken.open(path) as tok2:
+        tok2.login(NEW_PIN)
+        assert tok2.logged_in
+    assert not tok2.logged_in
+
+
+def test_pin_policy(tmp_path: Path, token_path: Path) -> None:
+    p = tmp_path / "p"
+    cases: list[dict[str, Any]] = [
+        {"pin": "12345"},
+        {"pin": b"\x00" * 5},
+        {"pin": "x" * 257},
+        {"admin_code": "1234567"},
+        {"admin_code": PIN},
+        {"iterations": ITER - 1},
+        {"max_retries": 0},
+        {"max_retries": 101},
+    ]
+    for case in cases:
+        kw = {"pin": PIN, "admin_code": ADMIN, "iterations": ITER, **case}
+        with raises(PolicyError):
+            SoftToken.init(p, kw.pop("pin"), kw.pop("admin_code"), **kw)
+        assert not p.exists()
+    SoftToken.init(p, "123456", b"12345678", iterations=ITER, max_retries=100)
+
+    tok = SoftToken.open(token_path)
+    with raises(PolicyError):
+        tok.change_pin(PIN, "12345")
+    with raises(PolicyError):
+        tok.unlock(ADMIN, "")
+    info = tok.info()  # a policy refusal is not a failed attempt
+    assert (info.pin_failures, info.admin_failures) == (0, 0)
+    assert not tok.logged_in
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "softtoken._secret checks len() of the UTF-8 bytes, but the policy (and its "
+    "message) is 'at least 6 characters': the 2-character PIN '一二' is accepted"))
+def test_pin_minimum_counts_characters(tmp_path: Path) -> None:
+    with raises(PolicyError):
+        SoftToken.init(tmp_path / "t", "一二", ADMIN, iterations=ITER)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SoftToken.init refuses a PIN equal to the administrator code, but change_pin "
+    "(and unlock) accept the administrator code as the new PIN"))
+def test_change_pin_to_admin_code_refused(token_path: Path) -> None:
+    with raises(PolicyError):
+        SoftToken.open(token_path).change_pin(PIN, ADMIN)
+
+
+def test_operations_before_login(token_path: Path) -> None:
+    tok = SoftToken.open(token_path)
+    assert not tok.logged_in
+    assert "logged in" not in repr(tok)
+    assert tok.info().pin_failures == 0  # info needs no PIN
+    for call in (
+        tok.list_containers,
+        lambda: tok.create_container("x"),
+        lambda: tok.key("dev"),
+        lambda: tok.export_public_key("dev"),
+        lambda: tok.generate_key_pair("dev", SIGN, replace=True),
+        lambda: tok.get_certificate("dev", SIGN),
+        tok.generate_session_key,
+    ):
+        with raises(KeyStoreError, match="not logged in"):
+            call()
+
+    tok.login(PIN)
+    hs = tok.key("dev")
+    sess = tok.generate_session_key()
+    iv, ct = tok.encrypt(sess, b"x")
+    tok.logout()
+    assert not tok.logged_in
+    with raises(KeyStoreError):
+        tok.sign(hs, b"m")
+    with raises(KeyStoreError):
+        tok.decrypt_symmetric(sess, iv, ct)
+    with raises(KeyStoreError):
+        tok.list_containers()
+    assert tok._containers == {} and tok._sessions == {}
+    tok.login(PIN)  # handles survive a logout/login of the same object
+    tok.verify(hs.public_key, tok.sign(hs, b"m"), b"m")
+    with raises(KeyStoreError):  # session keys do not
+        tok.encrypt(sess, b"x")
+
+
+def test_wrong_pin_counted_across_reopen(token_path: Path) -> None:
+    with raises(PinIncorrectError) as e:
+        SoftToken.open(token_path).login("wrong-pin-1")
+    assert e.value.retries_left == 5
+    with raises(PinIncorrectError) as e:
+        SoftToken.open(token_path).login(b"wrong-pin-2")
+    assert e.value.retries_left == 4
+    with raises(PinIncorrectError) as e:
+        SoftToken.open(token_path).login("")
+    assert e.value.retries_left == 3
+    assert json.loads(_pin_file(token_path).read_text())["user_failures"] == 3
+    tok = SoftToken.open(token_path)
+    assert (tok.info().pin_failures, tok.info().locked) == (3, False)
+    tok.login(PIN.encode())
+    assert tok.info().pin_failures == 0
+    with raises(PinIncorrectError) as e:
+        SoftToken.open(token_path).login("wrong-again")
+    assert e.value.retries_left == 5
+
+
+def _lock_out(path: Path, n: int) -> None:
+    for i in range(n - 1):
+        with raises(PinIncorrectError) as e:
+            SoftToken.open(path).login(f"wrong-{i:04d}")
+        assert e.value.retries_left == n - 1 - i
+    with raises(PinLockedError):
+        SoftToken.open(path).login("wrong-last")
+
+
+def test_lockout_default_max_retries(token_path: Path) -> None:
+    assert SoftToken.open(token_path).max_retries == 6
+    _lock_out(token_path, 6)
+    tok = SoftToken.open(token_path)
+    info = tok.info()
+    assert (info.pin_failures, info.locked) == (6, True)
+    with raises(PinLockedError):
+        tok.login(PIN)
+    with raises(PinLockedError):
+        SoftToken.open(token_path).login(PIN)
+    with raises(PinLockedError):
+        SoftToken.open(token_path).change_pin(PIN, NEW_PIN)
+    assert not tok.logged_in
+    assert SoftToken.open(token_path).info().pin_failures == 6  # refusals are not counted
+
+
+@pytest.mark.parametrize("max_retries", [1, 3])
+def test_lockout_custom_max_retries(tmp_path: Path, max_retries: int) -> None:
+    path = tmp_path / "t"
+    SoftToken.init(path, PIN, ADMIN, iterations=ITER, max_retries=max_retries).logout()
+    _lock_out(path, max_retries)
+    with raises(PinLockedError):
+        SoftToken.open(path).login(PIN)
+    assert SoftToken.open(path).info().locked
+
+
+def test_unlock_sets_new_pin_and_resets_counter(token_path: Path) -> None:
+    pub = _pub(token_path)
+    _lock_out(token_path, 6)
+    tok = SoftToken.open(token_path)
+    tok.unlock(ADMIN, NEW_PIN)
+    assert tok.logged_in
+    assert tok.export_public_key("dev").to_bytes() == pub
+    info = tok.info()
+    assert (info.pin_failures, info.admin_failures, info.locked) == (0, 0, False)
+    with raises(PinIncorrectError):
+        SoftToken.open(token_path).login(PIN)
+    assert _pub(token_path, NEW_PIN) == pub
+    assert SoftToken.open(token_path).info().pin_failures == 0
+    # unlock also works on a token that is not locked
+    SoftToken.open(token_path).unlock(ADMIN.encode(), PIN)
+    assert _pub(token_path, PIN) == pub
+
+
+def test_wrong_admin_code_counted(token_path: Path) -> None:
+    _lock_out(token_path, 6)
+    lefts = []
+    for i in range(10):
+        with raises(PinIncorrectError) as e:
+            SoftToken.open(token_path).unlock(f"bad-admin-{i}", NEW_PIN)
+        lefts.append(e.value.retries_left)
+        assert SoftToken.open(token_path).info().admin_failures == i + 1
+    assert lefts == list(range(9, -1, -1))
+    with raises(PinLockedError):  # administrator code blocked now
+        SoftToken.open(token_path).unlock(ADMIN, NEW_PIN)
+    with raises(PinLockedError):
+        SoftToken.open(token_path).login(PIN)
+    assert SoftToken.open(token_path).info().admin_failures == 10
+
+
+def test_admin_failures_reset_by_successful_unlock(token_path: Path) -> None:
+    for _ in range(3):
+        with raises(PinIncorrectError):
+            SoftToken.open(token_path).unlock("not-the-admin-code", NEW_PIN)
+    assert SoftToken.open(token_path).info().admin_failures == 3
+    SoftToken.open(token_path).login(PIN)  # a user login keeps the admin counter
+    assert SoftToken.open(token_path).info().admin_failures == 3
+    SoftToken.open(token_path).unlock(ADMIN, NEW_PIN)
+    assert SoftToken.open(token_path).info().admin_failures == 0
+
+
+def test_change_pin(token_path: Path) -> None:
+    pub = _pub(token_path)
+    tok = SoftToken.open(token_path)
+    with raises(PinIncorrectError) as e:
+        tok.change_pin("wrong-old-pin", NEW_PIN)
+    assert e.value.retries_left == 5
+    assert tok.info().pin_failures == 1
+    tok.change_pin(PIN, NEW_PIN)
+    assert tok.logged_in and tok.info().pin_failures == 0
+    assert tok.export_public_key("dev").to_bytes() == pub
+    with raises(PinIncorrectError):
+        SoftToken.open(token_path).login(PIN)
+    assert _pub(token_path, NEW_PIN) == pub
+    # the administrator slot is untouched
+    SoftToken.open(token_path).unlock(ADMIN, PIN)
+    assert _pub(token_path, PIN) == pub
+    assert not list(token_path.parent.glob("*.tmp"))
+
+
+def test_counter_file_missing_or_foreign(tmp_path: Path, token_path: Path) -> None:
+    pin = _pin_file(token_path)
+    good = pin.read_bytes()
+    other = tmp_path / "other"
+    SoftToken.init(other, PIN, ADMIN, iterations=ITER).logout()
+
+    pin.unlink()
+    tok = SoftToken.open(token_path)  # the keystore itself is fine
+    with raises(KeyStoreError, match="missing"):
+        tok.login(PIN)
+    with raises(KeyStoreError):
+        tok.info()
+    with raises(KeyStoreError):
+        tok.unlock(ADMIN, NEW_PIN)
+    assert not pin.exists() and not tok.logged_in
+
+    shutil.copy(_pin_file(other), pin)
+    foreign = pin.read_bytes()
+    with raises(KeyStoreError, match="another token") as e:
+        SoftToken.open(token_path).login(PIN)
+    assert not isinstance(e.value, PinIncorrectError)
+    with raises(KeyStoreError, match="another token"):
+        SoftToken.open(token_path).unlock(ADMIN, NEW_PIN)
+    assert pin.read_bytes() == foreign  # not rewritten
+
+    serial = json.loads(good)["serial"]
+    for bad in [b"", b"garbage", b"[]", b"{}", b"null",
+                json.dumps({"serial": serial, "user_failures": -1,
+                            "admin_failures": 0}).encode(),
+                json.dumps({"serial": serial, "user_failures": "x",
+                            "admin_failures": 0}).encode(),
+                json.dumps({"serial": serial, "user_failures": 0}).encode(),
+                b"\xff\xfe"]:
+        pin.write_bytes(bad)
+        with raises(KeyStoreError):
+            SoftToken.open(token_path).login(PIN)
+    pin.write_bytes(good)
+    assert _pub(token_path)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SoftToken._read_counter catches only FileNotFoundError: an unreadable counter "
+    "(here a directory at <token>.pin) escapes as IsADirectoryError, not KeyStoreError"))
+def test_counter_file_unreadable(token_path: Path) -> None:
+    pin = _pin_file(token_path)
+    pin.unlink()
+    pin.mkdir()
+    with raises(KeyStoreError):
+        SoftToken.open(token_path).login(PIN)
+
+
+def test_truncated_or_extended_token(token_path: Path) -> None:
+    data = token_path.read_bytes()
+    pin = _pin_file(token_path).read_bytes()
+    n = len(data)
+    for length in sorted({0, 1, 7, 8, 11, 12, 40, 81, 100, n // 2, n - 45, n - 33, n - 32,
+                          n - 31, n - 1}):
+        token_path.write_bytes(data[:length])
+        with raises(KeyStoreError):
+            SoftToken.open(token_path).login(PIN)
+    for extra in (b"\x00", data[-32:]):
+        token_path.write_bytes(data + extra)
+        with raises(KeyStoreError):
+            SoftToken.open(token_path).login(PIN)
+    assert _pin_file(token_path).read_bytes() == pin  # never got to count a PIN
+    token_path.unlink()
+    with raises(KeyStoreError, match="not found"):
+        SoftToken.open(token_path)
+
+
+def test_wrong_file_types(tmp_path: Path, token_path: Path) -> None:
+    server = tmp_path / "server.ks"
+    ServerModule(server, MASTER, create=True)
+    shutil.copy(_pin_file(token_path), _pin_file(server))
+    with raises(KeyStoreError, match="soft token"):
+        SoftToken.open(server)
+    with raises(KeyStoreError, match="server keystore"):
+        ServerModule(token_path, MASTER)
+    (tmp_path / "junk").write_bytes(b"MSTKEYS1" + os.urandom(100))
+    with raises(KeyStoreError):
+        SoftToken.open(tmp_path / "junk")
+    with raises(KeyStoreError):
+        SoftToken.open(tmp_path)  # a directory
+
+
+def _flip(data: bytes, pos: int, mask: int) -> bytes:
+    return data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1:]
+
+
+def _fix_checksum(data: bytes) -> bytes:
+    return data[:-32] + sm3(data[:-32])
+
+
+def test_tamper_every_byte(token_path: Path) -> None:
+    """A flipped byte anywhere is caught by the SM3 checksum when the file is opened,
+    before any PIN is tried: no position can present as a wrong PIN (which would burn a
+    retry), and the counter file is never touched."""
+    data = token_path.read_bytes()
+    pin = _pin_file(token_path)
+    pin_before = pin.read_bytes()
+    for pos in range(len(data)):
+        for mask in (0x01, 0x80, 0xFF):
+            token_path.write_bytes(_flip(data, pos, mask))
+            with raises(KeyStoreError) as e:
+                SoftToken.open(token_path).login(PIN)
+            assert type(e.value) is KeyStoreError, (pos, mask)
+    assert pin.read_bytes() == pin_before
+    token_path.write_bytes(data)
+    assert _pub(token_path)
+
+
+def _span(data: bytes, needle: bytes, start: int = 0) -> range:
+    i = data.index(needle, start)
+    assert data.find(needle, i + 1) == -1, needle
+    return range(i, i + len(needle))
+
+
+def test_tamper_every_byte_with_recomputed_checksum(token_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SM3 checksum is not keyed, so an attacker can edit a byte and recompute it.
+    Then the header (the slots) must still make every edit fail with a KeyStoreError.
+
+    Which regions can present as a *wrong PIN* (PinIncorrectError, a retry used up)?
+    Only those that change the KEK or the user slot's ciphertext before the DEK is known:
+    the user slot's ``salt`` and ``wrapped`` values, and the KDF ``iterations`` value
+    (another iteration count derives another KEK). The serial is in the slot AAD but is
+    cross-checked against the counter file first ("belongs to another token"); the
+    admin slot, the label, the body nonce and body are caught by the body's GCM tag
+    (the header is its AAD) once the correct PIN opened the user slot."""
+    real = ks.derive_kek
+    monkeypatch.setattr(ks, "derive_kek", functools.lru_cache(maxsize=None)(real))
+    data = token_path.read_bytes()
+    pin = _pin_file(token_path)
+    pin_bytes = pin.read_bytes()
+    (hlen,) = struct.unpack(">I", data[8:12])
+    header = json.loads(data[12:12 + hlen])
+    user = header["slots"]["user"]
+    slot = _span(data, json.dumps({"salt": user["salt"], "wrapped": user["wrapped"]},
+                                  separators=(",", ":")).encode())
+    salt = _span(data, user["salt"].encode())
+    wrapped = _span(data, user["wrapped"].encode())
+    assert salt.start in slot and wrapped.stop - 1 in slot
+    it = _span(data, b'"iterations":%d' % ITER)
+    iterations = range(it.stop - len(str(ITER)), it.stop)
+    may_look_like_wrong_pin = set(salt) | set(wrapped) | set(iterations)
+    # field names whose loss is not reported as KeyStoreError (see the xfail below)
+    known_bug = set(_span(data, b'"serial"')) | set(_span(data, b'"max_retries"'))
+
+    outcomes: dict[str, int] = {}
+    unexpected = []
+    for pos in range(len(data) - 32):
+        token_path.write_bytes(_fix_checksum(_flip(data, pos, 0x01)))
+        pin.write_bytes(pin_bytes)
+        try:
+            tok = SoftToken.open(token_path)
+            tok.login(PIN)
+        except PinIncorrectError as exc:
+            assert_no_secret(str(exc))
+            outcome = "wrong-pin"
+            if pos not in may_look_like_wrong_pin:
+                unexpected.append((pos, outcome))
+        except KeyStoreError as exc:
+            assert_no_secret(str(exc))
+            outcome = type(exc).__name__
+        except Exception as exc:
+            outcome = "raw " + type(exc).__name__
+            if pos not in known_bug:
+                unexpected.append((pos, outcome))
+        else:
+            outcome = "accepted"
+            unexpected.append((pos, outcome))
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    assert unexpected == [], unexpected
+    assert outcomes.get("wrong-pin", 0) > 0 and outcomes["KeyStoreError"] > 500
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "SoftToken.login reads header['serial'] and header['max_retries'] outside any "
+    "try: a header (checksum recomputed) whose field name is edited, e.g. "
+    "'max_retries' -> 'lax_retries', raises a bare KeyError instead of KeyStoreError"))
+@pytest.mark.parametrize("old,new", [(b'"max_retries"', b'"lax_retries"'),
+                                     (b'"serial"', b'"serian"')])
+def test_tampered_header_field_name_is_keystore_error(token_path: Path, old: bytes,
+                                                      new: bytes) -> None:
+    data = token_path.read_bytes()
+    assert data.count(old) == 1
+    token_path.write_bytes(_fix_checksum(data.replace(old, new)))
+    with raises(KeyStoreError):
+        SoftToken.open(token_path).login(PIN)
+
+
+# ---------------------------------------------------------------------------------------
+# server module
+# ---------------------------------------------------------------------------------------
+
+
+def test_server_wrong_or_bad_master_key(tmp_path: Path) -> None:
+    path = tmp_path / "srv.ks"
+    with raises(KeyStoreError, match="not found"):
+        ServerModule(path, MASTER)
+    srv = ServerModule(path, MASTER, create=True)
+    _with_keys(srv)
+    other = bytearray(MASTER)
+    other[31] ^= 1
+    with raises(KeyStoreError, match="wrong server master key"):
+        ServerModule(path, bytes(other))
+    for bad in (MASTER[:31], MASTER + b"\x00", MASTER.hex(), bytearray(MASTER), b""):
+        with raises(PolicyError):
+            ServerModule(path, bad)  # type: ignore[arg-type]
+    assert ServerModule(path, MASTER).list_containers() == ["dev"]
+
+
+def test_server_tamper_every_byte(tmp_path: Path) -> None:
+    path = tmp_path / "srv.ks"
+    srv = ServerModule(path, MASTER, create=True)
+    _with_keys(srv)
+    data = path.read_bytes()
+    for pos in range(len(data)):
+        for fixed in (False, True):
+            if fixed and pos >= len(data) - 32:
+                continue
+            bad = _flip(data, pos, 0x01)
+            path.write_bytes(_fix_checksum(bad) if fixed else bad)
+            with raises(KeyStoreError):
+                ServerModule(path, MASTER)
+    for length in (0, 10, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:length])
+        with raises(KeyStoreError):
+            ServerModule(path, MASTER)
+    path.write_bytes(data)
+    assert ServerModule(path, MASTER).list_containers() == ["dev"]
+
+
+ENV = "MSTCRYPT_TEST_MASTER_KEY"
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in (ENV, ENV + "_FILE", "MSTCRYPT_MASTER_KEY", "MSTCRYPT_MASTER_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_load_master_key_from_env(clean_env: pytest.MonkeyPatch) -> None:
+    with raises(KeyStoreError, match=ENV):
+        load_master_key(env=ENV)
+    for value in (MASTER.hex(), MASTER.hex().upper(), f"  {MASTER.hex()}\n"):
+        clean_env.setenv(ENV, value)
+        assert load_master_key(env=ENV) == MASTER
+    clean_env.setenv("MSTCRYPT_MASTER_KEY", MASTER.hex())
+    assert load_master_key() == MASTER
+    for bad in ("", MASTER.hex()[:-2], MASTER.hex() + "00", MASTER.hex()[:-1],
+                "zz" * 32, MASTER.hex()[:-2] + "é1", "0x" + MASTER.hex()[2:]):
+        clean_env.setenv(ENV, bad)
+        with raises(KeyStoreError):
+            load_master_key(env=ENV)
+
+
+def test_load_master_key_from_file(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "mk"
+    for content in (MASTER, MASTER.hex().encode(), MASTER.hex().encode() + b"\n",
+                    b"\n" + MASTER.hex().upper().encode() + b"\r\n"):
+        f.write_bytes(content)
+        assert load_master_key(key_file=f) == MASTER
+        assert load_master_key(key_file=str(f)) == MASTER
+    # the file named by <env>_FILE wins over <env>
+    clean_env.setenv(ENV, "00" * 32)
+    clean_env.setenv(ENV + "_FILE", str(f))
+    assert load_master_key(env=ENV) == MASTER
+    clean_env.delenv(ENV + "_FILE")
+    assert load_master_key(env=ENV) == bytes(32)
+
+    bad_contents = [b"", MASTER[:16], MASTER[:31], b"\xff" + MASTER,
+                    b"\xff" * 33, MASTER * 2, MASTER.hex()[:-2].encode(),
+                    MASTER.hex().encode() + b"00", b"zz" * 32]
+    for content in bad_contents:
+        f.write_bytes(content)
+        with raises(KeyStoreError):
+            load_master_key(key_file=f)
+    with raises(KeyStoreError, match="cannot read"):
+        load_master_key(key_file=tmp_path / "absent")
+    with raises(KeyStoreError):
+        load_master_key(key_file=tmp_path)  # a directory
+
+
+def test_server_module_with_loaded_key(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "mk"
+    f.write_bytes(MASTER.hex().encode() + b"\n")
+    path = tmp_path / "srv.ks"
+    srv = ServerModule(path, load_master_key(key_file=f), create=True)
+    hs, _ = _with_keys(srv)
+    clean_env.setenv(ENV, MASTER.hex())
+    again = ServerModule(path, load_master_key(env=ENV))
+    again.verify(hs.public_key, again.sign(again.key("dev"), b"m"), b"m")
+
+
+def test_every_error_is_an_mstcrypt_error() -> None:
+    for exc in (KeyStoreError, PinIncorrectError, PinLockedError, PolicyError,
+                DecryptionError, DecodeError, VerificationError):
+        assert issubclass(exc, MstCryptError)
+    assert issubclass(PinIncorrectError, KeyStoreError)
+    assert issubclass(PinLockedError, KeyStoreError)
