@@ -51,9 +51,7 @@ def openssl() -> OpenSSL:
     def run(*args: str, input: bytes | None = None) -> bytes:
         proc = subprocess.run([exe, *args], input=input, capture_output=True, check=False)
         if proc.returncode != 0:
-            raise OpenSSLFailed(
-                proc.returncode, ["openssl", *args], proc.stdout, proc.stderr
-            )
+            raise OpenSSLFailed(proc.returncode, ["openssl", *args], proc.stdout, proc.stderr)
         return proc.stdout
 
     try:

@@ -79,15 +79,17 @@ def test_fixed_k_signature_matches_gmalg(
     """gmalg draws k as rnd_fn(bits) (retrying outside [1, n-1]), so a constant rnd_fn
     fixes k: its (r, s) must then equal the textbook values computed from mstcrypt's
     e = SM3(Z ‖ M) and mstcrypt's [k]G."""
-    g = gmalg.SM2(sk=key.private_bytes(), uid=uid, pk=key.public_key().to_bytes(),
-                  rnd_fn=lambda _bits: k)
+    g = gmalg.SM2(
+        sk=key.private_bytes(), uid=uid, pk=key.public_key().to_bytes(), rnd_fn=lambda _bits: k
+    )
     r, s = (int.from_bytes(v, "big") for v in g.sign(msg))
     e = int.from_bytes(key.public_key().message_digest(msg, uid), "big")
     d = key.private_int()
     assert r == (e + mul_base(k).x) % N
     assert s == pow(1 + d, -1, N) * (k - r * d) % N
-    key.public_key().verify(r.to_bytes(32, "big") + s.to_bytes(32, "big"), msg,
-                            signer_id=uid, encoding="raw")
+    key.public_key().verify(
+        r.to_bytes(32, "big") + s.to_bytes(32, "big"), msg, signer_id=uid, encoding="raw"
+    )
 
 
 # --- SM2 encryption -------------------------------------------------------------------
@@ -126,8 +128,9 @@ def test_kex_mstcrypt_initiator_gmalg_responder(
     a = KeyExchangeInitiator(a_key, b_key.public_key(), own_id=id_a, peer_id=id_b, klen=klen)
     b = _gm(b_key, id_b)
     r_b, t_b = b.begin_key_exchange()
-    k_b = b.end_key_exchange(klen, t_b, a.ephemeral, id_a, a_key.public_key().to_bytes(),
-                             gmalg.KEYXCHG_MODE.RESPONDER)
+    k_b = b.end_key_exchange(
+        klen, t_b, a.ephemeral, id_a, a_key.public_key().to_bytes(), gmalg.KEYXCHG_MODE.RESPONDER
+    )
     k_a, s_a = a.finish(r_b)
     assert s_a is None
     assert k_a == k_b and len(k_a) == klen
@@ -143,8 +146,9 @@ def test_kex_gmalg_initiator_mstcrypt_responder(
     b = KeyExchangeResponder(b_key, a_key.public_key(), own_id=id_b, peer_id=id_a, klen=klen)
     r_b, s_b = b.respond(r_a)
     assert s_b is None and b.key is not None
-    k_a = a.end_key_exchange(klen, t_a, r_b, id_b, b_key.public_key().to_bytes(),
-                             gmalg.KEYXCHG_MODE.INITIATOR)
+    k_a = a.end_key_exchange(
+        klen, t_a, r_b, id_b, b_key.public_key().to_bytes(), gmalg.KEYXCHG_MODE.INITIATOR
+    )
     assert k_a == b.key and len(k_a) == klen
 
 
@@ -161,8 +165,11 @@ def test_sm3_agrees_with_gmalg(data: bytes, cut: int) -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(key=st.binary(min_size=16, max_size=16), iv=st.binary(min_size=16, max_size=16),
-       blocks=st.binary(min_size=16, max_size=128).map(lambda b: b[: len(b) // 16 * 16]))
+@given(
+    key=st.binary(min_size=16, max_size=16),
+    iv=st.binary(min_size=16, max_size=16),
+    blocks=st.binary(min_size=16, max_size=128).map(lambda b: b[: len(b) // 16 * 16]),
+)
 def test_sm4_ecb_and_cbc_agree_with_gmalg(key: bytes, iv: bytes, blocks: bytes) -> None:
     g = gmalg.SM4(key)
     ecb = b"".join(g.encrypt(blocks[j : j + 16]) for j in range(0, len(blocks), 16))

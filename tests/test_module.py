@@ -83,8 +83,9 @@ def assert_no_secret(text: str) -> None:
 
 
 @contextlib.contextmanager
-def raises(exc: type[BaseException] | tuple[type[BaseException], ...],
-           match: str | None = None) -> Iterator[pytest.ExceptionInfo[Any]]:
+def raises(
+    exc: type[BaseException] | tuple[type[BaseException], ...], match: str | None = None
+) -> Iterator[pytest.ExceptionInfo[Any]]:
     with pytest.raises(exc, match=match) as info:
         yield info
     assert_no_secret(str(info.value))
@@ -236,6 +237,8 @@ def test_deleted_container_invalidates_handles(mod: CryptoModule) -> None:
     mod.delete_container("dev")
     with raises(KeyStoreError):
         mod.sign(hs, b"m")
+    with raises(KeyStoreError):
+        mod.decrypt(he, he.public_key.encrypt(b"x"))
     mod.create_container("dev")
     mod.generate_key_pair("dev", SIGN)
     remember(mod)
@@ -275,8 +278,7 @@ def test_sign_verify(mod: CryptoModule) -> None:
     assert mod.random(32) != mod.random(32)
 
 
-def test_reprs_show_no_private_key(factory: Factory, mod: CryptoModule,
-                                   tmp_path: Path) -> None:
+def test_reprs_show_no_private_key(factory: Factory, mod: CryptoModule, tmp_path: Path) -> None:
     hs, he = _with_keys(mod)
     mod.put_certificate("dev", SIGN, b"cert")
     sess = mod.generate_session_key()
@@ -327,8 +329,7 @@ def test_usage_enforcement(mod: CryptoModule, peer: CryptoModule) -> None:
         mod.sign("dev", b"m")  # type: ignore[arg-type]
 
 
-def test_handle_from_second_instance_of_same_store(factory: Factory,
-                                                   mod: CryptoModule) -> None:
+def test_handle_from_second_instance_of_same_store(factory: Factory, mod: CryptoModule) -> None:
     hs, _ = _with_keys(mod)
     other = factory.reopen("ks")
     with raises(PolicyError):
@@ -356,8 +357,7 @@ def test_import_enveloped_key_then_decrypt(factory: Factory, mod: CryptoModule) 
         mod.import_enveloped_key("dev", der)
     kmc2 = SM2PrivateKey.generate()
     remember(kmc2)
-    he2 = mod.import_enveloped_key(
-        "dev", build_enveloped_key(kmc2, hs.public_key), replace=True)
+    he2 = mod.import_enveloped_key("dev", build_enveloped_key(kmc2, hs.public_key), replace=True)
     assert he2.public_key == kmc2.public_key()
     with raises(KeyStoreError):
         mod.decrypt(he, ct)  # the replaced key's handle is dead
@@ -369,8 +369,7 @@ def test_import_enveloped_key_then_decrypt(factory: Factory, mod: CryptoModule) 
     assert again.decrypt(he3, kmc2.public_key().encrypt(b"x")) == b"x"
 
 
-def test_enveloped_key_for_another_terminal_is_refused(factory: Factory,
-                                                       mod: CryptoModule) -> None:
+def test_enveloped_key_for_another_terminal_is_refused(factory: Factory, mod: CryptoModule) -> None:
     mod.create_container("dev")
     mod.generate_key_pair("dev", SIGN)
     mod.create_container("empty")
@@ -397,8 +396,9 @@ def test_enveloped_key_for_another_terminal_is_refused(factory: Factory,
 
     # right recipient, but sm2PublicKey does not match the wrapped private key
     good = EnvelopedKey.from_der(build_enveloped_key(kmc_key, mod.export_public_key("dev")))
-    wrong_pub = EnvelopedKey(good.sym_encrypted_key, other_terminal.public_key(),
-                             good.encrypted_private_key).to_der()
+    wrong_pub = EnvelopedKey(
+        good.sym_encrypted_key, other_terminal.public_key(), good.encrypted_private_key
+    ).to_der()
     with raises(DecryptionError):
         mod.import_enveloped_key("dev", wrong_pub)
     with raises(KeyStoreError):
@@ -493,15 +493,18 @@ def test_session_keys_between_modules(mod: CryptoModule, peer: CryptoModule) -> 
 
 @pytest.mark.parametrize("confirm", [False, True])
 @pytest.mark.parametrize("usage", [SIGN, ENC])
-def test_key_exchange_between_modules(mod: CryptoModule, peer: CryptoModule,
-                                      confirm: bool, usage: KeyUsage) -> None:
+def test_key_exchange_between_modules(
+    mod: CryptoModule, peer: CryptoModule, confirm: bool, usage: KeyUsage
+) -> None:
     _with_keys(mod)
     _with_keys(peer)
     ha, hb = mod.key("dev", usage), peer.key("dev", usage)
-    a = mod.key_exchange_initiator(ha, hb.public_key, confirm=confirm, klen=32,
-                                   own_id=b"terminal", peer_id=b"server")
-    b = peer.key_exchange_responder(hb, ha.public_key, confirm=confirm, klen=32,
-                                    own_id=b"server", peer_id=b"terminal")
+    a = mod.key_exchange_initiator(
+        ha, hb.public_key, confirm=confirm, klen=32, own_id=b"terminal", peer_id=b"server"
+    )
+    b = peer.key_exchange_responder(
+        hb, ha.public_key, confirm=confirm, klen=32, own_id=b"server", peer_id=b"terminal"
+    )
     r_b, s_b = b.respond(a.ephemeral)
     k_a, s_a = a.finish(r_b, s_b)
     k_b = b.confirm(s_a) if confirm else b.key  # type: ignore[arg-type]
@@ -559,18 +562,22 @@ def _assert_files_hide(directory: Path, secrets_raw: list[bytes]) -> None:
     for p in files:
         data = p.read_bytes()
         for raw in secrets_raw:
-            for form in (raw, raw.hex().encode(), raw.hex().upper().encode(),
-                         base64.b64encode(raw)):
+            for form in (
+                raw,
+                raw.hex().encode(),
+                raw.hex().upper().encode(),
+                base64.b64encode(raw),
+            ):
                 assert form not in data, f"{p.name} holds a secret in clear"
 
 
-def test_keystore_file_has_no_cleartext_private_keys(factory: Factory,
-                                                     mod: CryptoModule) -> None:
+def test_keystore_file_has_no_cleartext_private_keys(factory: Factory, mod: CryptoModule) -> None:
     _with_keys(mod, "a")
     _with_keys(mod, "b")
     kmc = SM2PrivateKey.generate()
-    mod.import_enveloped_key("b", build_enveloped_key(kmc, mod.export_public_key("b")),
-                             replace=True)
+    mod.import_enveloped_key(
+        "b", build_enveloped_key(kmc, mod.export_public_key("b")), replace=True
+    )
     privs = _private_keys(mod)
     assert len(privs) == 4
     extra = [MASTER] if factory.kind == "server" else [PIN.encode(), ADMIN.encode()]
@@ -582,16 +589,19 @@ def test_keystore_file_has_no_cleartext_private_keys(factory: Factory,
 def _state(mod: CryptoModule) -> dict[str, Any]:
     """Containers, public keys and certificates (no private values, so that a failed
     assertion prints nothing secret)."""
-    return {name: ({u.value: k.public_key().to_bytes().hex() for u, k in c.keys.items()},
-                   dict(c.certs)) for name, c in mod._containers.items()}
+    return {
+        name: ({u.value: k.public_key().to_bytes().hex() for u, k in c.keys.items()}, dict(c.certs))
+        for name, c in mod._containers.items()
+    }
 
 
 def _failing_persist() -> None:
     raise OSError(28, "No space left on device")
 
 
-def test_failed_write_rolls_back_new_key(factory: Factory, mod: CryptoModule,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_rolls_back_new_key(
+    factory: Factory, mod: CryptoModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mod.create_container("dev")
     monkeypatch.setattr(mod, "_persist", _failing_persist)
     with raises(OSError):
@@ -622,22 +632,24 @@ def _op_import(mod: CryptoModule) -> None:
 
 
 def _op_cert(mod: CryptoModule) -> None:
-    mod.put_certificate("dev", ENC, b"cert")
+    mod.put_certificate("dev", SIGN, b"cert")
 
 
 def _op_replace(mod: CryptoModule) -> None:
     mod.generate_key_pair("dev", SIGN, replace=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "base.CryptoModule._commit takes its rollback snapshot *after* the caller mutated "
-    "_containers, so a failed _persist leaves the change in memory while the file does "
-    "not have it (create_container/delete_container/import_key_pair/put_certificate)"))
-@pytest.mark.parametrize("op", [_op_create, _op_delete, _op_import, _op_cert],
-                         ids=["create", "delete", "import_key_pair", "put_certificate"])
-def test_failed_write_rolls_back_commit_ops(factory: Factory, mod: CryptoModule,
-                                            monkeypatch: pytest.MonkeyPatch,
-                                            op: Callable[[CryptoModule], None]) -> None:
+@pytest.mark.parametrize(
+    "op",
+    [_op_create, _op_delete, _op_import, _op_cert],
+    ids=["create", "delete", "import_key_pair", "put_certificate"],
+)
+def test_failed_write_rolls_back_commit_ops(
+    factory: Factory,
+    mod: CryptoModule,
+    monkeypatch: pytest.MonkeyPatch,
+    op: Callable[[CryptoModule], None],
+) -> None:
     mod.create_container("dev")
     mod.generate_key_pair("dev", SIGN)
     before = _state(mod)
@@ -647,12 +659,9 @@ def test_failed_write_rolls_back_commit_ops(factory: Factory, mod: CryptoModule,
     assert _state(mod) == before  # in memory == on disk
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "base.CryptoModule.generate_key_pair(replace=True) pops the old certificate before "
-    "_persist and its rollback restores only the key: after a failed write the "
-    "certificate is gone from memory (still on disk)"))
-def test_failed_replace_keeps_certificate(mod: CryptoModule,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_replace_keeps_certificate(
+    mod: CryptoModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mod.create_container("dev")
     hs = mod.generate_key_pair("dev", SIGN)
     mod.put_certificate("dev", SIGN, b"cert")
@@ -663,9 +672,6 @@ def test_failed_replace_keeps_certificate(mod: CryptoModule,
     assert mod.get_certificate("dev", SIGN) == b"cert"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "base._NAME uses '$', which also matches before a trailing newline: "
-    "create_container('dev\\n') is accepted as a second container next to 'dev'"))
 def test_container_name_with_trailing_newline_refused(mod: CryptoModule) -> None:
     mod.create_container("dev")
     with raises(PolicyError):
@@ -751,17 +757,11 @@ def test_pin_policy(tmp_path: Path, token_path: Path) -> None:
     assert not tok.logged_in
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "softtoken._secret checks len() of the UTF-8 bytes, but the policy (and its "
-    "message) is 'at least 6 characters': the 2-character PIN '一二' is accepted"))
 def test_pin_minimum_counts_characters(tmp_path: Path) -> None:
     with raises(PolicyError):
         SoftToken.init(tmp_path / "t", "一二", ADMIN, iterations=ITER)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SoftToken.init refuses a PIN equal to the administrator code, but change_pin "
-    "(and unlock) accept the administrator code as the new PIN"))
 def test_change_pin_to_admin_code_refused(token_path: Path) -> None:
     with raises(PolicyError):
         SoftToken.open(token_path).change_pin(PIN, ADMIN)
@@ -879,12 +879,14 @@ def test_unlock_sets_new_pin_and_resets_counter(token_path: Path) -> None:
 def test_wrong_admin_code_counted(token_path: Path) -> None:
     _lock_out(token_path, 6)
     lefts = []
-    for i in range(10):
+    for i in range(9):
         with raises(PinIncorrectError) as e:
             SoftToken.open(token_path).unlock(f"bad-admin-{i}", NEW_PIN)
         lefts.append(e.value.retries_left)
         assert SoftToken.open(token_path).info().admin_failures == i + 1
-    assert lefts == list(range(9, -1, -1))
+    assert lefts == list(range(9, 0, -1))
+    with raises(PinLockedError):  # the 10th wrong code blocks it, like the user PIN
+        SoftToken.open(token_path).unlock("bad-admin-9", NEW_PIN)
     with raises(PinLockedError):  # administrator code blocked now
         SoftToken.open(token_path).unlock(ADMIN, NEW_PIN)
     with raises(PinLockedError):
@@ -948,13 +950,17 @@ def test_counter_file_missing_or_foreign(tmp_path: Path, token_path: Path) -> No
     assert pin.read_bytes() == foreign  # not rewritten
 
     serial = json.loads(good)["serial"]
-    for bad in [b"", b"garbage", b"[]", b"{}", b"null",
-                json.dumps({"serial": serial, "user_failures": -1,
-                            "admin_failures": 0}).encode(),
-                json.dumps({"serial": serial, "user_failures": "x",
-                            "admin_failures": 0}).encode(),
-                json.dumps({"serial": serial, "user_failures": 0}).encode(),
-                b"\xff\xfe"]:
+    for bad in [
+        b"",
+        b"garbage",
+        b"[]",
+        b"{}",
+        b"null",
+        json.dumps({"serial": serial, "user_failures": -1, "admin_failures": 0}).encode(),
+        json.dumps({"serial": serial, "user_failures": "x", "admin_failures": 0}).encode(),
+        json.dumps({"serial": serial, "user_failures": 0}).encode(),
+        b"\xff\xfe",
+    ]:
         pin.write_bytes(bad)
         with raises(KeyStoreError):
             SoftToken.open(token_path).login(PIN)
@@ -962,9 +968,6 @@ def test_counter_file_missing_or_foreign(tmp_path: Path, token_path: Path) -> No
     assert _pub(token_path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SoftToken._read_counter catches only FileNotFoundError: an unreadable counter "
-    "(here a directory at <token>.pin) escapes as IsADirectoryError, not KeyStoreError"))
 def test_counter_file_unreadable(token_path: Path) -> None:
     pin = _pin_file(token_path)
     pin.unlink()
@@ -977,8 +980,9 @@ def test_truncated_or_extended_token(token_path: Path) -> None:
     data = token_path.read_bytes()
     pin = _pin_file(token_path).read_bytes()
     n = len(data)
-    for length in sorted({0, 1, 7, 8, 11, 12, 40, 81, 100, n // 2, n - 45, n - 33, n - 32,
-                          n - 31, n - 1}):
+    for length in sorted(
+        {0, 1, 7, 8, 11, 12, 40, 81, 100, n // 2, n - 45, n - 33, n - 32, n - 31, n - 1}
+    ):
         token_path.write_bytes(data[:length])
         with raises(KeyStoreError):
             SoftToken.open(token_path).login(PIN)
@@ -1008,7 +1012,7 @@ def test_wrong_file_types(tmp_path: Path, token_path: Path) -> None:
 
 
 def _flip(data: bytes, pos: int, mask: int) -> bytes:
-    return data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1:]
+    return data[:pos] + bytes([data[pos] ^ mask]) + data[pos + 1 :]
 
 
 def _fix_checksum(data: bytes) -> bytes:
@@ -1039,8 +1043,9 @@ def _span(data: bytes, needle: bytes, start: int = 0) -> range:
     return range(i, i + len(needle))
 
 
-def test_tamper_every_byte_with_recomputed_checksum(token_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tamper_every_byte_with_recomputed_checksum(
+    token_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The SM3 checksum is not keyed, so an attacker can edit a byte and recompute it.
     Then the header (the slots) must still make every edit fail with a KeyStoreError.
 
@@ -1057,10 +1062,14 @@ def test_tamper_every_byte_with_recomputed_checksum(token_path: Path,
     pin = _pin_file(token_path)
     pin_bytes = pin.read_bytes()
     (hlen,) = struct.unpack(">I", data[8:12])
-    header = json.loads(data[12:12 + hlen])
+    header = json.loads(data[12 : 12 + hlen])
     user = header["slots"]["user"]
-    slot = _span(data, json.dumps({"salt": user["salt"], "wrapped": user["wrapped"]},
-                                  separators=(",", ":")).encode())
+    slot = _span(
+        data,
+        json.dumps(
+            {"salt": user["salt"], "wrapped": user["wrapped"]}, separators=(",", ":")
+        ).encode(),
+    )
     salt = _span(data, user["salt"].encode())
     wrapped = _span(data, user["wrapped"].encode())
     assert salt.start in slot and wrapped.stop - 1 in slot
@@ -1098,14 +1107,12 @@ def test_tamper_every_byte_with_recomputed_checksum(token_path: Path,
     assert outcomes.get("wrong-pin", 0) > 0 and outcomes["KeyStoreError"] > 500
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SoftToken.login reads header['serial'] and header['max_retries'] outside any "
-    "try: a header (checksum recomputed) whose field name is edited, e.g. "
-    "'max_retries' -> 'lax_retries', raises a bare KeyError instead of KeyStoreError"))
-@pytest.mark.parametrize("old,new", [(b'"max_retries"', b'"lax_retries"'),
-                                     (b'"serial"', b'"serian"')])
-def test_tampered_header_field_name_is_keystore_error(token_path: Path, old: bytes,
-                                                      new: bytes) -> None:
+@pytest.mark.parametrize(
+    "old,new", [(b'"max_retries"', b'"lax_retries"'), (b'"serial"', b'"serian"')]
+)
+def test_tampered_header_field_name_is_keystore_error(
+    token_path: Path, old: bytes, new: bytes
+) -> None:
     data = token_path.read_bytes()
     assert data.count(old) == 1
     token_path.write_bytes(_fix_checksum(data.replace(old, new)))
@@ -1173,8 +1180,15 @@ def test_load_master_key_from_env(clean_env: pytest.MonkeyPatch) -> None:
         assert load_master_key(env=ENV) == MASTER
     clean_env.setenv("MSTCRYPT_MASTER_KEY", MASTER.hex())
     assert load_master_key() == MASTER
-    for bad in ("", MASTER.hex()[:-2], MASTER.hex() + "00", MASTER.hex()[:-1],
-                "zz" * 32, MASTER.hex()[:-2] + "é1", "0x" + MASTER.hex()[2:]):
+    for bad in (
+        "",
+        MASTER.hex()[:-2],
+        MASTER.hex() + "00",
+        MASTER.hex()[:-1],
+        "zz" * 32,
+        MASTER.hex()[:-2] + "é1",
+        "0x" + MASTER.hex()[2:],
+    ):
         clean_env.setenv(ENV, bad)
         with raises(KeyStoreError):
             load_master_key(env=ENV)
@@ -1182,8 +1196,12 @@ def test_load_master_key_from_env(clean_env: pytest.MonkeyPatch) -> None:
 
 def test_load_master_key_from_file(tmp_path: Path, clean_env: pytest.MonkeyPatch) -> None:
     f = tmp_path / "mk"
-    for content in (MASTER, MASTER.hex().encode(), MASTER.hex().encode() + b"\n",
-                    b"\n" + MASTER.hex().upper().encode() + b"\r\n"):
+    for content in (
+        MASTER,
+        MASTER.hex().encode(),
+        MASTER.hex().encode() + b"\n",
+        b"\n" + MASTER.hex().upper().encode() + b"\r\n",
+    ):
         f.write_bytes(content)
         assert load_master_key(key_file=f) == MASTER
         assert load_master_key(key_file=str(f)) == MASTER
@@ -1194,9 +1212,17 @@ def test_load_master_key_from_file(tmp_path: Path, clean_env: pytest.MonkeyPatch
     clean_env.delenv(ENV + "_FILE")
     assert load_master_key(env=ENV) == bytes(32)
 
-    bad_contents = [b"", MASTER[:16], MASTER[:31], b"\xff" + MASTER,
-                    b"\xff" * 33, MASTER * 2, MASTER.hex()[:-2].encode(),
-                    MASTER.hex().encode() + b"00", b"zz" * 32]
+    bad_contents = [
+        b"",
+        MASTER[:16],
+        MASTER[:31],
+        b"\xff" + MASTER,
+        b"\xff" * 33,
+        MASTER * 2,
+        MASTER.hex()[:-2].encode(),
+        MASTER.hex().encode() + b"00",
+        b"zz" * 32,
+    ]
     for content in bad_contents:
         f.write_bytes(content)
         with raises(KeyStoreError):
@@ -1219,8 +1245,15 @@ def test_server_module_with_loaded_key(tmp_path: Path, clean_env: pytest.MonkeyP
 
 
 def test_every_error_is_an_mstcrypt_error() -> None:
-    for exc in (KeyStoreError, PinIncorrectError, PinLockedError, PolicyError,
-                DecryptionError, DecodeError, VerificationError):
+    for exc in (
+        KeyStoreError,
+        PinIncorrectError,
+        PinLockedError,
+        PolicyError,
+        DecryptionError,
+        DecodeError,
+        VerificationError,
+    ):
         assert issubclass(exc, MstCryptError)
     assert issubclass(PinIncorrectError, KeyStoreError)
     assert issubclass(PinLockedError, KeyStoreError)

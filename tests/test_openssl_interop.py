@@ -62,8 +62,7 @@ class OsslKey:
         self.dir = directory
         self.key_pem = openssl("genpkey", "-algorithm", "SM2")
         # (``openssl pkey -outform DER`` writes SEC1 in 3.0; pkcs8 -topk8 writes PKCS#8)
-        self.key_der = openssl("pkcs8", "-topk8", "-nocrypt", "-outform", "DER",
-                               input=self.key_pem)
+        self.key_der = openssl("pkcs8", "-topk8", "-nocrypt", "-outform", "DER", input=self.key_pem)
         self.sec1_der = openssl("pkey", "-outform", "DER", input=self.key_pem)
         self.pub_pem = openssl("pkey", "-pubout", input=self.key_pem)
         self.pub_der = openssl("pkey", "-pubout", "-outform", "DER", input=self.key_pem)
@@ -102,10 +101,24 @@ def test_openssl_sec1_key_loads_as_ec_private_key_pem(ossl_key: OsslKey) -> None
 
 
 def test_openssl_compressed_spki_loads(openssl: Run, ossl_key: OsslKey) -> None:
-    compressed = openssl("ec", "-pubin", "-pubout", "-conv_form", "compressed",
-                         input=ossl_key.pub_pem)
-    assert len(openssl("ec", "-pubin", "-pubout", "-conv_form", "compressed", "-outform",
-                       "DER", input=ossl_key.pub_pem)) == 59  # 33-byte point
+    compressed = openssl(
+        "ec", "-pubin", "-pubout", "-conv_form", "compressed", input=ossl_key.pub_pem
+    )
+    assert (
+        len(
+            openssl(
+                "ec",
+                "-pubin",
+                "-pubout",
+                "-conv_form",
+                "compressed",
+                "-outform",
+                "DER",
+                input=ossl_key.pub_pem,
+            )
+        )
+        == 59
+    )  # 33-byte point
     pub = load_public_key(compressed)
     assert pub == ossl_key.pub
     assert dump_public_key(pub) == ossl_key.pub_pem  # always written uncompressed
@@ -123,14 +136,15 @@ def test_mstcrypt_key_reads_in_openssl(openssl: Run, tmp_path: Path, encoding: s
     if encoding == "pem":
         assert openssl("pkey", "-in", kp, "-outform", form) == priv
     else:
-        assert openssl("pkcs8", "-topk8", "-nocrypt", "-in", kp, "-inform", form,
-                       "-outform", form) == priv
+        assert (
+            openssl("pkcs8", "-topk8", "-nocrypt", "-in", kp, "-inform", form, "-outform", form)
+            == priv
+        )
     assert openssl("pkey", "-pubin", "-in", pp, "-inform", form, "-outform", form) == pub
     # the public key openssl derives from our private key is ours
     assert openssl("pkey", "-in", kp, "-inform", form, "-pubout", "-outform", form) == pub
     assert b"valid" in openssl("pkey", "-in", kp, "-inform", form, "-check", "-noout")
-    assert b"valid" in openssl("pkey", "-pubin", "-in", pp, "-inform", form, "-pubcheck",
-                               "-noout")
+    assert b"valid" in openssl("pkey", "-pubin", "-in", pp, "-inform", form, "-pubcheck", "-noout")
 
 
 # --- signatures -----------------------------------------------------------------------
@@ -146,16 +160,47 @@ def test_mstcrypt_signature_verifies_in_openssl(
     raw = ossl_key.key.sign(msg, signer_id=uid, encoding="raw")
     from_raw = _write(tmp_path / "sig.raw.der", signature_from_raw(raw))
     for sig in (der, from_raw):
-        assert b"Verified OK" in openssl("dgst", "-sm3", "-verify", ossl_key.pub_path,
-                                         "-sigopt", _distid(uid), "-signature", sig, mp)
+        assert b"Verified OK" in openssl(
+            "dgst",
+            "-sm3",
+            "-verify",
+            ossl_key.pub_path,
+            "-sigopt",
+            _distid(uid),
+            "-signature",
+            sig,
+            mp,
+        )
         assert b"Verified Successfully" in openssl(
-            "pkeyutl", "-verify", "-rawin", "-digest", "sm3", "-pubin", "-inkey",
-            ossl_key.pub_path, "-pkeyopt", _distid(uid), "-sigfile", sig, "-in", mp)
+            "pkeyutl",
+            "-verify",
+            "-rawin",
+            "-digest",
+            "sm3",
+            "-pubin",
+            "-inkey",
+            ossl_key.pub_path,
+            "-pkeyopt",
+            _distid(uid),
+            "-sigfile",
+            sig,
+            "-in",
+            mp,
+        )
     # the ID really is part of the signature: another ID must fail in openssl
     other = CUSTOM_ID if uid == DEFAULT_ID else DEFAULT_ID
     with pytest.raises(Failed):
-        openssl("dgst", "-sm3", "-verify", ossl_key.pub_path, "-sigopt", _distid(other),
-                "-signature", der, mp)
+        openssl(
+            "dgst",
+            "-sm3",
+            "-verify",
+            ossl_key.pub_path,
+            "-sigopt",
+            _distid(other),
+            "-signature",
+            der,
+            mp,
+        )
 
 
 @pytest.mark.parametrize("uid", IDS)
@@ -165,8 +210,19 @@ def test_openssl_signature_verifies_in_mstcrypt(
 ) -> None:
     mp = _write(tmp_path / "msg", msg)
     via_dgst = openssl("dgst", "-sm3", "-sign", ossl_key.key_path, "-sigopt", _distid(uid), mp)
-    via_pkeyutl = openssl("pkeyutl", "-sign", "-rawin", "-digest", "sm3", "-inkey",
-                          ossl_key.key_path, "-pkeyopt", _distid(uid), "-in", mp)
+    via_pkeyutl = openssl(
+        "pkeyutl",
+        "-sign",
+        "-rawin",
+        "-digest",
+        "sm3",
+        "-inkey",
+        ossl_key.key_path,
+        "-pkeyopt",
+        _distid(uid),
+        "-in",
+        mp,
+    )
     pub = ossl_key.pub
     for sig in (via_dgst, via_pkeyutl):
         pub.verify(sig, msg, signer_id=uid)
@@ -187,8 +243,9 @@ def test_binary_signer_id_with_openssl_hexdistid(
     sig = openssl("dgst", "-sm3", "-sign", ossl_key.key_path, "-sigopt", opt, mp)
     ossl_key.pub.verify(sig, b"binary id", signer_id=uid)
     ours = _write(tmp_path / "sig", ossl_key.key.sign(b"binary id", signer_id=uid))
-    assert b"Verified OK" in openssl("dgst", "-sm3", "-verify", ossl_key.pub_path, "-sigopt",
-                                     opt, "-signature", ours, mp)
+    assert b"Verified OK" in openssl(
+        "dgst", "-sm3", "-verify", ossl_key.pub_path, "-sigopt", opt, "-signature", ours, mp
+    )
 
 
 # --- encryption -----------------------------------------------------------------------
@@ -247,11 +304,11 @@ PASSWORDS = [pytest.param("correct horse", id="ascii"), pytest.param("pässwörd
 def test_openssl_reads_our_encrypted_pkcs8(
     openssl: Run, ossl_key: OsslKey, tmp_path: Path, encoding: str, password: str
 ) -> None:
-    enc = dump_private_key(ossl_key.key, encoding=encoding, password=password,
-                           scheme="openssl", iterations=2048)
+    enc = dump_private_key(
+        ossl_key.key, encoding=encoding, password=password, scheme="openssl", iterations=2048
+    )
     path = _write(tmp_path / "enc", enc)
-    out = openssl("pkey", "-in", path, "-inform", encoding.upper(), "-passin",
-                  f"pass:{password}")
+    out = openssl("pkey", "-in", path, "-inform", encoding.upper(), "-passin", f"pass:{password}")
     assert out == ossl_key.key_pem
     with pytest.raises(Failed):
         openssl("pkey", "-in", path, "-inform", encoding.upper(), "-passin", "pass:wrong")
@@ -271,8 +328,16 @@ def test_openssl_reads_our_encrypted_pkcs8(
 def test_mstcrypt_reads_openssl_encrypted_pkcs8(
     openssl: Run, ossl_key: OsslKey, options: list[str], password: str
 ) -> None:
-    enc = openssl("pkcs8", "-topk8", "-iter", "2048", *options, "-passout",
-                  f"pass:{password}", input=ossl_key.key_pem)
+    enc = openssl(
+        "pkcs8",
+        "-topk8",
+        "-iter",
+        "2048",
+        *options,
+        "-passout",
+        f"pass:{password}",
+        input=ossl_key.key_pem,
+    )
     assert load_private_key(enc, password=password) == ossl_key.key
     assert load_private_key(enc, password=password.encode()) == ossl_key.key
     with pytest.raises(DecryptionError):
@@ -285,8 +350,9 @@ def test_round_trip_through_openssl_pkcs8(openssl: Run, tmp_path: Path) -> None:
     """mstcrypt key → encrypted by us → decrypted by openssl → re-encrypted by openssl →
     read by us."""
     key = SM2PrivateKey.generate()
-    enc = _write(tmp_path / "a.pem",
-                 dump_private_key(key, password="pw1", scheme="openssl", iterations=1000))
+    enc = _write(
+        tmp_path / "a.pem", dump_private_key(key, password="pw1", scheme="openssl", iterations=1000)
+    )
     plain = openssl("pkey", "-in", enc, "-passin", "pass:pw1")
     again = openssl("pkcs8", "-topk8", "-iter", "1000", "-passout", "pass:pw2", input=plain)
     assert load_private_key(again, password="pw2") == key

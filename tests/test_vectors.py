@@ -156,7 +156,12 @@ def _ref_kdf(z: bytes, klen: int) -> bytes:
 def _is_recommended(v: dict[str, Any]) -> bool:
     c = v["curve"]
     return (i(c["p"]), i(c["a"]), i(c["b"]), i(c["gx"]), i(c["gy"]), i(c["n"])) == (
-        curve.P, curve.A, curve.B, curve.GX, curve.GY, curve.N,
+        curve.P,
+        curve.A,
+        curve.B,
+        curve.GX,
+        curve.GY,
+        curve.N,
     )
 
 
@@ -405,10 +410,24 @@ def test_sm2_kex_vector(v: dict[str, Any]) -> None:
     assert b_key.public_key().to_bytes() == h(v["PB"])
     id_a, id_b = v["idA_ascii"].encode(), v["idB_ascii"].encode()
     klen = v["klen_bits"] // 8
-    a = KeyExchangeInitiator(a_key, b_key.public_key(), own_id=id_a, peer_id=id_b, klen=klen,
-                             confirm=True, ephemeral=i(v["rA"]))
-    b = KeyExchangeResponder(b_key, a_key.public_key(), own_id=id_b, peer_id=id_a, klen=klen,
-                             confirm=True, ephemeral=i(v["rB"]))
+    a = KeyExchangeInitiator(
+        a_key,
+        b_key.public_key(),
+        own_id=id_a,
+        peer_id=id_b,
+        klen=klen,
+        confirm=True,
+        ephemeral=i(v["rA"]),
+    )
+    b = KeyExchangeResponder(
+        b_key,
+        a_key.public_key(),
+        own_id=id_b,
+        peer_id=id_a,
+        klen=klen,
+        confirm=True,
+        ephemeral=i(v["rB"]),
+    )
     assert a.ephemeral == h(v["RA"])
     assert b.ephemeral == h(v["RB"])
     assert a.z_initiator == b.z_initiator == h(v["ZA"])

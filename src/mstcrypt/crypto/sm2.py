@@ -20,11 +20,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
+from mstcrypt.crypto import _der
 from mstcrypt.crypto import _libcrypto as _lc
-from mstcrypt.crypto.curve import CURVE_Z_PARAMS, SIZE, N
+from mstcrypt.crypto.curve import CURVE_Z_PARAMS, SIZE, N, P
 from mstcrypt.crypto.hazmat.ec import Point, mul_base
 from mstcrypt.crypto.random import random_scalar
 from mstcrypt.errors import (
+    DecodeError,
     DecryptionError,
     InvalidKeyError,
     PolicyError,
@@ -37,6 +39,7 @@ __all__ = [
     "SM2PrivateKey",
     "SM2PublicKey",
     "SignatureEncoding",
+    "check_cipher_der",
     "compute_z",
     "signature_from_raw",
     "signature_to_raw",
@@ -312,7 +315,7 @@ class SM2PublicKey:
         digest = _b(digest, "digest")
         if len(digest) != 32:
             raise PolicyError(f"digest must be the 32-byte e = SM3(Z‖M), got {len(digest)}")
-        enc = SignatureEncoding(encoding)
+        enc = _enum(SignatureEncoding, encoding, "signature encoding")
         if enc is SignatureEncoding.RAW:
             der = signature_from_raw(signature)
         else:
@@ -375,20 +378,24 @@ class SM2PublicKey:
         return f"SM2PublicKey(x={self._raw[1:9].hex()}…)"
 
 
-def _outer_der_length_ok(data: bytes) -> bool:
-    """True if ``data`` is exactly one DER TLV with a SEQUENCE tag (no trailing bytes)."""
-    if len(data) < 2 or data[0] != 0x30:
-        return False
-    first = data[1]
-    if first < 0x80:
-        return 2 + first == len(data)
-    nbytes = first & 0x7F
-    if nbytes == 0 or nbytes > 3 or len(data) < 2 + nbytes:
-        return False
-    length = int.from_bytes(data[2 : 2 + nbytes], "big")
-    if length < 0x80 or (nbytes > 1 and data[2] == 0):
-        return False  # not minimal
-    return 2 + nbytes + length == len(data)
+def check_cipher_der(data: bytes) -> None:
+    """Strict structural check of a DER SM2Cipher: canonical DER, no trailing bytes,
+    coordinates in [0, p), C3 of 32 bytes, non-empty C2. Raises DecodeError."""
+    x, y, c3, c2 = _der.sm2_cipher(data)
+    if x >= P or y >= P:
+        raise DecodeError("SM2Cipher: C1 coordinate is not a field element")
+    if len(c3) != 32:
+        raise DecodeError(f"SM2Cipher: C3 must be 32 bytes, got {len(c3)}")
+    if not c2:
+        raise DecodeError("SM2Cipher: C2 is empty")
+
+
+def _enum(kind: type[enum.StrEnum], value: object, what: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise PolicyError(f"unknown {what} {value!r}; expected one of: {choices}") from None
 
 
 class SM2PrivateKey:
@@ -457,7 +464,7 @@ class SM2PrivateKey:
         digest = _b(digest, "digest")
         if len(digest) != 32:
             raise PolicyError(f"digest must be the 32-byte e = SM3(Z‖M), got {len(digest)}")
-        enc = SignatureEncoding(encoding)
+        enc = _enum(SignatureEncoding, encoding, "signature encoding")
         if self._sign is None:
             self._sign = _CtxPool(self._evp(), _lc.lib().EVP_PKEY_sign_init)
         L = _lc.lib()
@@ -481,11 +488,13 @@ class SM2PrivateKey:
         match; anything else raises :class:`DecryptionError`. Use
         :mod:`mstcrypt.formats.gmt0009` to convert raw C1C3C2/C1C2C3 first."""
         ciphertext = _b(ciphertext, "ciphertext")
-        if not _outer_der_length_ok(ciphertext):
+        try:
+            check_cipher_der(ciphertext)
+        except DecodeError as exc:
             raise DecryptionError(
-                "SM2 ciphertext is not a single DER SM2Cipher SEQUENCE "
-                "(raw C1C3C2/C1C2C3 must be converted with mstcrypt.formats.gmt0009)"
-            )
+                f"SM2 ciphertext is not a canonical DER SM2Cipher ({exc}); raw "
+                "C1C3C2/C1C2C3 must be converted with mstcrypt.formats.gmt0009 first"
+            ) from None
         if self._dec is None:
             self._dec = _CtxPool(self._evp(), _lc.lib().EVP_PKEY_decrypt_init)
         L = _lc.lib()

@@ -9,8 +9,8 @@ from asn1crypto.core import Integer, OctetString, Sequence
 
 from mstcrypt.crypto.curve import SIZE, P
 from mstcrypt.crypto.hazmat.ec import Point
-from mstcrypt.crypto.sm2 import signature_from_raw, signature_to_raw
-from mstcrypt.errors import DecodeError, InvalidKeyError
+from mstcrypt.crypto.sm2 import check_cipher_der, signature_from_raw, signature_to_raw
+from mstcrypt.errors import DecodeError, InvalidKeyError, PolicyError
 from mstcrypt.formats._der import dump, load_strict
 
 __all__ = [
@@ -47,6 +47,15 @@ class CipherOrder(enum.StrEnum):
     C1C2C3 = "c1c2c3"  #: the 2010 draft (legacy)
 
 
+def _order(value: object) -> CipherOrder:
+    try:
+        return CipherOrder(value)
+    except ValueError:
+        raise PolicyError(
+            f"unknown ciphertext order {value!r}; expected c1c3c2 or c1c2c3"
+        ) from None
+
+
 class SM2CipherParts:
     """The three parts of an SM2 ciphertext: C1 (point), C3 (32-byte hash), C2."""
 
@@ -63,6 +72,7 @@ class SM2CipherParts:
 def decode_cipher(der: bytes) -> SM2CipherParts:
     """Strictly parse a DER SM2Cipher."""
     value = load_strict(SM2Cipher, der, "SM2Cipher")
+    check_cipher_der(der)
     x, y = value["x"].native, value["y"].native
     if not (0 <= x < P and 0 <= y < P):
         raise InvalidKeyError("SM2Cipher C1 coordinate out of range")
@@ -84,7 +94,7 @@ def cipher_to_raw(
     c1 = parts.c1.to_bytes()
     if not with_04:
         c1 = c1[1:]
-    if CipherOrder(order) is CipherOrder.C1C3C2:
+    if _order(order) is CipherOrder.C1C3C2:
         return c1 + parts.c3 + parts.c2
     return c1 + parts.c2 + parts.c3
 
@@ -97,7 +107,7 @@ def cipher_from_raw(
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise DecodeError("ciphertext must be bytes")
     raw = bytes(raw)
-    order = CipherOrder(order)
+    order = _order(order)
     plen = 1 + 2 * SIZE if with_04 else 2 * SIZE
     if len(raw) < plen + C3_SIZE + 1:
         raise DecodeError(

@@ -253,7 +253,12 @@ def encrypt_private_key(
     iterations: int = DEFAULT_ITERATIONS,
 ) -> bytes:
     """EncryptedPrivateKeyInfo DER protecting ``key`` with ``password``."""
-    scheme = KeyEncryption(scheme)
+    try:
+        scheme = KeyEncryption(scheme)
+    except ValueError:
+        raise UnsupportedError(
+            f"unknown key encryption scheme {scheme!r}; expected gmssl or openssl"
+        ) from None
     pw = _password(password)
     if not pw:
         raise UnsupportedError("an empty password is not allowed")
@@ -359,8 +364,10 @@ def load_private_key(data: bytes, password: bytes | str | None = None) -> SM2Pri
         raise DecodeError("key data must be bytes")
     raw = data.encode("ascii", "replace") if isinstance(data, str) else bytes(data)
     if raw.lstrip().startswith(b"-----BEGIN"):
-        label, der = pem_decode(raw, ("ENCRYPTED PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY"))
-        if label == "EC PRIVATE KEY":
+        label, der = pem_decode(
+            raw, ("ENCRYPTED PRIVATE KEY", "PRIVATE KEY", "EC PRIVATE KEY", "SM2 PRIVATE KEY")
+        )
+        if label in ("EC PRIVATE KEY", "SM2 PRIVATE KEY"):  # SEC1 (`openssl ec` says SM2)
             return _ec_private_key(der, inner=False)
         encrypted = label == "ENCRYPTED PRIVATE KEY"
     else:

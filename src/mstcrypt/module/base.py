@@ -12,6 +12,8 @@ import re
 import secrets
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,17 +21,24 @@ from mstcrypt.crypto import sm4
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SignatureEncoding, SM2PrivateKey, SM2PublicKey
 from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder
-from mstcrypt.errors import KeyStoreError, PolicyError
+from mstcrypt.errors import KeyStoreError, MstCryptError, PolicyError
 from mstcrypt.formats.envelope import EnvelopedKey
 
 __all__ = ["CryptoModule", "KeyHandle", "KeyUsage", "SessionKeyHandle"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
 
 class KeyUsage(enum.StrEnum):
     SIGN = "sign"
     ENCRYPT = "enc"
+
+
+def _usage(value: object) -> KeyUsage:
+    try:
+        return KeyUsage(value)
+    except ValueError:
+        raise PolicyError(f"unknown key usage {value!r}; expected 'sign' or 'enc'") from None
 
 
 @dataclass(frozen=True)
@@ -100,13 +109,27 @@ class CryptoModule(ABC):
                 for u, v in c["certs"].items():
                     cont.certs[KeyUsage(u)] = bytes.fromhex(v)
                 containers[name] = cont
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, MstCryptError):
             raise KeyStoreError("keystore payload has the wrong shape") from None
         self._containers = containers
 
     def _clear(self) -> None:
         self._containers = {}
         self._sessions = {}
+
+    # -- transactions --------------------------------------------------------------------
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Mutate the containers inside the block; on exit persist them. If the block or
+        the write fails, the in-memory state returns to what it was before the block."""
+        with self._lock:
+            snapshot = self._payload()
+            try:
+                yield
+                self._persist()
+            except BaseException:
+                self._load_payload(snapshot)
+                raise
 
     # -- containers --------------------------------------------------------------------
     def list_containers(self) -> list[str]:
@@ -115,58 +138,39 @@ class CryptoModule(ABC):
 
     def create_container(self, name: str) -> None:
         self._require_open()
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise PolicyError("container name: 1-64 characters of A-Z a-z 0-9 . _ @ -")
-        with self._lock:
+        with self._transaction():
             if name in self._containers:
                 raise PolicyError(f"container {name!r} already exists")
             self._containers[name] = _Container()
-            self._commit()
 
     def delete_container(self, name: str) -> None:
         self._require_open()
-        with self._lock:
+        with self._transaction():
             self._get(name)
             del self._containers[name]
-            self._commit()
 
     def _get(self, name: str) -> _Container:
-        c = self._containers.get(name)
+        c = self._containers.get(name) if isinstance(name, str) else None
         if c is None:
             raise KeyStoreError(f"no container named {name!r}")
         return c
 
-    def _commit(self) -> None:
-        """Persist; on failure roll back the in-memory state by reloading."""
-        snapshot = self._payload()
-        try:
-            self._persist()
-        except BaseException:
-            self._load_payload(snapshot)
-            raise
-
     # -- key pairs -----------------------------------------------------------------------
     def generate_key_pair(
-        self, container: str, usage: KeyUsage = KeyUsage.SIGN, *, replace: bool = False
+        self, container: str, usage: KeyUsage | str = KeyUsage.SIGN, *, replace: bool = False
     ) -> KeyHandle:
-        """Generate an SM2 key pair inside the module (signing keys are made here)."""
+        """Generate an SM2 key pair inside the module (signing keys are made here).
+        Replacing a key drops the certificate of the old key."""
         self._require_open()
-        usage = KeyUsage(usage)
-        with self._lock:
+        usage = _usage(usage)
+        with self._transaction():
             c = self._get(container)
             if usage in c.keys and not replace:
                 raise PolicyError(f"container {container!r} already has a {usage.value} key")
-            old = c.keys.get(usage)
             c.keys[usage] = SM2PrivateKey.generate()
-            c.certs.pop(usage, None) if old is not None else None
-            try:
-                self._persist()
-            except BaseException:
-                if old is None:
-                    c.keys.pop(usage, None)
-                else:
-                    c.keys[usage] = old
-                raise
+            c.certs.pop(usage, None)
         return self.key(container, usage)
 
     def import_enveloped_key(
@@ -174,43 +178,35 @@ class CryptoModule(ABC):
         container: str,
         enveloped_der: bytes,
         *,
-        usage: KeyUsage = KeyUsage.ENCRYPT,
-        unwrap_with: KeyUsage = KeyUsage.SIGN,
+        usage: KeyUsage | str = KeyUsage.ENCRYPT,
+        unwrap_with: KeyUsage | str = KeyUsage.SIGN,
         replace: bool = False,
     ) -> KeyHandle:
         """Import a key pair delivered by a KMC as a GB/T 35276 SM2EnvelopedKey,
         decrypting its SM4 key with this container's ``unwrap_with`` key (the signing
         key, as SKF_ImportECCKeyPair does). The plaintext key exists only inside."""
         self._require_open()
-        usage = KeyUsage(usage)
+        usage, unwrap_with = _usage(usage), _usage(unwrap_with)
         env = EnvelopedKey.from_der(enveloped_der)
-        with self._lock:
+        with self._transaction():
             c = self._get(container)
             if usage in c.keys and not replace:
                 raise PolicyError(f"container {container!r} already has a {usage.value} key")
-            unwrapper = c.keys.get(KeyUsage(unwrap_with))
+            unwrapper = c.keys.get(unwrap_with)
             if unwrapper is None:
                 raise KeyStoreError(
-                    f"container {container!r} has no {unwrap_with} key to unwrap the enveloped key"
+                    f"container {container!r} has no {unwrap_with.value} key to unwrap the "
+                    "enveloped key"
                 )
-            key = env.open(unwrapper)
-            old = c.keys.get(usage)
-            c.keys[usage] = key
-            try:
-                self._persist()
-            except BaseException:
-                if old is None:
-                    c.keys.pop(usage, None)
-                else:
-                    c.keys[usage] = old
-                raise
+            c.keys[usage] = env.open(unwrapper)
+            c.certs.pop(usage, None)
         return self.key(container, usage)
 
     def import_key_pair(
         self,
         container: str,
         key: SM2PrivateKey,
-        usage: KeyUsage = KeyUsage.SIGN,
+        usage: KeyUsage | str = KeyUsage.SIGN,
         *,
         replace: bool = False,
     ) -> KeyHandle:
@@ -218,18 +214,18 @@ class CryptoModule(ABC):
         self._require_open()
         if not isinstance(key, SM2PrivateKey):
             raise PolicyError("import_key_pair needs an SM2PrivateKey")
-        usage = KeyUsage(usage)
-        with self._lock:
+        usage = _usage(usage)
+        with self._transaction():
             c = self._get(container)
             if usage in c.keys and not replace:
                 raise PolicyError(f"container {container!r} already has a {usage.value} key")
             c.keys[usage] = key
-            self._commit()
+            c.certs.pop(usage, None)
         return self.key(container, usage)
 
-    def key(self, container: str, usage: KeyUsage = KeyUsage.SIGN) -> KeyHandle:
+    def key(self, container: str, usage: KeyUsage | str = KeyUsage.SIGN) -> KeyHandle:
         self._require_open()
-        usage = KeyUsage(usage)
+        usage = _usage(usage)
         c = self._get(container)
         k = c.keys.get(usage)
         if k is None:
@@ -240,15 +236,20 @@ class CryptoModule(ABC):
         return self.key(container, usage).public_key
 
     # -- certificates ---------------------------------------------------------------------
-    def put_certificate(self, container: str, usage: KeyUsage, cert_der: bytes) -> None:
+    def put_certificate(self, container: str, usage: KeyUsage | str, cert_der: bytes) -> None:
         self._require_open()
-        with self._lock:
-            self._get(container).certs[KeyUsage(usage)] = bytes(cert_der)
-            self._commit()
+        usage = _usage(usage)
+        if not isinstance(cert_der, bytes | bytearray) or not cert_der:
+            raise PolicyError("certificate must be non-empty DER bytes")
+        with self._transaction():
+            c = self._get(container)
+            if usage not in c.keys:
+                raise KeyStoreError(f"container {container!r} has no {usage.value} key")
+            c.certs[usage] = bytes(cert_der)
 
     def get_certificate(self, container: str, usage: KeyUsage) -> bytes | None:
         self._require_open()
-        return self._get(container).certs.get(KeyUsage(usage))
+        return self._get(container).certs.get(_usage(usage))
 
     # -- private-key operations ---------------------------------------------------------------
     def _private(self, handle: KeyHandle, usage: KeyUsage | None = None) -> SM2PrivateKey:

@@ -20,6 +20,7 @@ directory. A crash leaves either the old file or the new one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import os
@@ -134,20 +135,25 @@ def atomic_write(path: Path, data: bytes, *, crash_hook: Any = None) -> None:
     """Write ``data`` to ``path`` atomically (tmp + fsync + rename + dir fsync)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-            if crash_hook:
-                crash_hook("write")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if crash_hook:
-        crash_hook("before-rename")
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                if crash_hook:
+                    crash_hook("write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if crash_hook:
+            crash_hook("before-rename")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     if crash_hook:
         crash_hook("after-rename")
     dfd = os.open(path.parent, os.O_RDONLY)
@@ -164,4 +170,4 @@ def read_file(path: Path) -> bytes:
     except FileNotFoundError:
         raise KeyStoreError(f"keystore not found: {path}") from None
     except OSError as exc:
-        raise KeyStoreError(f"cannot read keystore {path}: {exc.strerror}") from None
+        raise KeyStoreError(f"cannot read keystore {path}: {exc.strerror or exc}") from None

@@ -35,9 +35,14 @@ def load_master_key(
             raw = Path(key_file).read_bytes()
         except OSError as exc:
             raise KeyStoreError(f"cannot read master key file: {exc.strerror}") from None
-        if len(raw) == MASTER_KEY_SIZE:
-            return raw
         text = raw.strip()
+        if len(raw) == MASTER_KEY_SIZE:
+            if all(c in b"0123456789abcdefABCDEF" for c in raw):
+                raise KeyStoreError(
+                    "master key file holds 32 hex characters (a 16-byte key); a 32-byte key "
+                    "is needed (32 raw bytes or 64 hex characters)"
+                )
+            return raw
     else:
         value = os.environ.get(env)
         if value is None:

@@ -53,13 +53,50 @@ class TokenInfo:
     locked: bool
 
 
+def _raw(value: str | bytes) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise PolicyError("a PIN or code must be str or bytes")
+
+
 def _secret(value: str | bytes, what: str, minimum: int) -> bytes:
-    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
-    if len(raw) < minimum:
+    """Check a new PIN/code: at least ``minimum`` characters (code points for str)."""
+    raw = _raw(value)
+    length = len(value) if isinstance(value, str) else len(raw)
+    if length < minimum:
         raise PolicyError(f"{what} must be at least {minimum} characters")
     if len(raw) > 256:
         raise PolicyError(f"{what} is too long")
     return raw
+
+
+def _validate_header(h: dict[str, Any]) -> None:
+    """Shape of a soft-token header; anything else is a corrupted/tampered token."""
+    try:
+        ok = (
+            h["format"] == "mstcrypt-softtoken"
+            and h["version"] == 1
+            and isinstance(h["serial"], str)
+            and len(h["serial"]) == 16
+            and isinstance(h["label"], str)
+            and isinstance(h["created"], str)
+            and type(h["max_retries"]) is int
+            and 1 <= h["max_retries"] <= 100
+            and type(h["epoch"]) is int
+            and h["epoch"] >= 0
+            and h["kdf"]["alg"] == "pbkdf2-hmac-sm3"
+            and type(h["kdf"]["iterations"]) is int
+            and all(
+                isinstance(h["slots"][n]["salt"], str) and isinstance(h["slots"][n]["wrapped"], str)
+                for n in ("user", "admin")
+            )
+        )
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise KeyStoreError("not an mstcrypt soft token, or its header is damaged")
 
 
 class SoftToken(CryptoModule):
@@ -106,6 +143,7 @@ class SoftToken(CryptoModule):
             "label": str(label)[:64],
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "max_retries": max_retries,
+            "epoch": 0,
             "kdf": {"alg": "pbkdf2-hmac-sm3", "iterations": iterations},
         }
         cls._set_slot(header, "user", pin_b, dek)
@@ -113,7 +151,7 @@ class SoftToken(CryptoModule):
         data = ks.build(header, {"containers": {}}, dek)
         path.parent.mkdir(parents=True, exist_ok=True)
         ks.atomic_write(path, data)
-        cls._write_counter(path, serial, 0, 0)
+        cls._write_counter(path, serial, 0, 0, 0)
         tok = cls(path, ks.parse(data))
         tok._dek = dek
         tok._load_payload({"containers": {}})
@@ -124,9 +162,7 @@ class SoftToken(CryptoModule):
         """Open (not yet logged in). Checks the file's integrity checksum."""
         path = Path(path)
         image = ks.parse(ks.read_file(path))
-        h = image.header
-        if h.get("format") != "mstcrypt-softtoken" or h.get("version") != 1:
-            raise KeyStoreError("not an mstcrypt soft token (format/version)")
+        _validate_header(image.header)
         return cls(path, image)
 
     @staticmethod
@@ -159,25 +195,43 @@ class SoftToken(CryptoModule):
         return self._path.with_name(self._path.name + ".pin")
 
     @staticmethod
-    def _write_counter(path: Path, serial: str, user: int, admin: int) -> None:
-        data = json.dumps({"serial": serial, "user_failures": user, "admin_failures": admin})
+    def _write_counter(path: Path, serial: str, epoch: int, user: int, admin: int) -> None:
+        data = json.dumps(
+            {"serial": serial, "epoch": epoch, "user_failures": user, "admin_failures": admin}
+        )
         ks.atomic_write(path.with_name(path.name + ".pin"), data.encode())
 
     def _read_counter(self) -> tuple[int, int]:
+        """(user failures, admin failures). Counts recorded before the token's current
+        epoch (an administrator unlock that finished writing the token but was
+        interrupted before resetting the counter) no longer apply to user PINs."""
+        h = self._image.header
         try:
             raw = json.loads(self._counter_path.read_bytes())
-            if raw["serial"] != self._image.header["serial"]:
+            if not isinstance(raw, dict):
+                raise TypeError
+            if raw["serial"] != h["serial"]:
                 raise KeyStoreError("PIN counter file belongs to another token")
-            user, admin = int(raw["user_failures"]), int(raw["admin_failures"])
+            epoch, user, admin = raw["epoch"], raw["user_failures"], raw["admin_failures"]
+            if not all(type(v) is int and v >= 0 for v in (epoch, user, admin)):
+                raise TypeError
         except FileNotFoundError:
             raise KeyStoreError(
                 "PIN counter file is missing; refusing to open (fail closed)"
             ) from None
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read the PIN counter file: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError):
             raise KeyStoreError("PIN counter file is corrupted") from None
-        if user < 0 or admin < 0:
-            raise KeyStoreError("PIN counter file is corrupted")
+        if epoch > h["epoch"]:
+            raise KeyStoreError("PIN counter file is newer than the token (rolled back token?)")
+        if epoch < h["epoch"]:
+            user = 0
         return user, admin
+
+    def _count(self, user: int, admin: int) -> None:
+        h = self._image.header
+        self._write_counter(self._path, h["serial"], h["epoch"], user, admin)
 
     @property
     def max_retries(self) -> int:
@@ -201,15 +255,14 @@ class SoftToken(CryptoModule):
     # -- login / logout ----------------------------------------------------------------------
     def login(self, pin: str | bytes) -> None:
         """Derive MK from the PIN and open the token. Each wrong PIN is counted."""
-        pin_b = pin.encode("utf-8") if isinstance(pin, str) else bytes(pin)
-        serial = self._image.header["serial"]
+        pin_b = _raw(pin)
         user, admin = self._read_counter()
         if user >= self.max_retries:
             raise PinLockedError(
                 "token is locked after too many wrong PINs; an administrator must unlock it"
             )
         # Count the attempt first: a crash or kill during the check cannot hide it.
-        self._write_counter(self._path, serial, user + 1, admin)
+        self._count(user + 1, admin)
         dek = self._try_slot("user", pin_b) if pin_b else None
         if dek is None:
             left = self.max_retries - (user + 1)
@@ -217,7 +270,7 @@ class SoftToken(CryptoModule):
                 raise PinLockedError("wrong PIN; the token is now locked")
             raise PinIncorrectError(f"wrong PIN ({left} attempts left)", left)
         payload = ks.open_body(self._image, dek)
-        self._write_counter(self._path, serial, 0, admin)
+        self._count(0, admin)
         self._dek = dek
         self._load_payload(payload)
 
@@ -253,6 +306,8 @@ class SoftToken(CryptoModule):
         new_b = _secret(new_pin, "PIN", MIN_PIN)
         self.login(old_pin)
         assert self._dek is not None
+        if self._try_slot("admin", new_b) is not None:
+            raise PolicyError("the PIN must differ from the administrator code")
         header = json.loads(ks.canonical_json(self._image.header))
         self._set_slot(header, "user", new_b, self._dek)
         data = ks.build(header, self._payload(), self._dek)
@@ -260,28 +315,35 @@ class SoftToken(CryptoModule):
         self._image = ks.parse(data)
 
     def unlock(self, admin_code: str | bytes, new_pin: str | bytes) -> None:
-        """Administrator reset: with the unlock code, set a new PIN and clear the counter."""
-        admin_b = admin_code.encode("utf-8") if isinstance(admin_code, str) else bytes(admin_code)
+        """Administrator reset: with the unlock code, set a new PIN and clear the counter.
+
+        The token is rewritten with a new *epoch* before the counter file is reset, so an
+        interruption between the two writes still leaves the new PIN usable."""
+        admin_b = _raw(admin_code)
         new_b = _secret(new_pin, "PIN", MIN_PIN)
-        serial = self._image.header["serial"]
+        if new_b == admin_b:
+            raise PolicyError("the PIN must differ from the administrator code")
         user, admin = self._read_counter()
         if admin >= ADMIN_MAX_RETRIES:
             raise PinLockedError(
-                "administrator code blocked after too many failures; the "
-                "token must be re-initialised"
+                "administrator code blocked after too many failures; the token must be "
+                "re-initialised"
             )
-        self._write_counter(self._path, serial, user, admin + 1)
+        self._count(user, admin + 1)
         dek = self._try_slot("admin", admin_b)
         if dek is None:
             left = ADMIN_MAX_RETRIES - admin - 1
+            if left <= 0:
+                raise PinLockedError("wrong administrator code; the code is now blocked")
             raise PinIncorrectError(f"wrong administrator code ({left} attempts left)", left)
         payload = ks.open_body(self._image, dek)
         header = json.loads(ks.canonical_json(self._image.header))
+        header["epoch"] += 1
         self._set_slot(header, "user", new_b, dek)
         data = ks.build(header, payload, dek)
         ks.atomic_write(self._path, data, crash_hook=self.crash_hook)
         self._image = ks.parse(data)
-        self._write_counter(self._path, serial, 0, 0)
+        self._count(0, 0)
         self._dek = dek
         self._load_payload(payload)
 
