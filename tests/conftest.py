@@ -59,3 +59,48 @@ def openssl() -> OpenSSL:
     except OpenSSLFailed:
         pytest.skip("this openssl has no SM2 support")
     return run
+
+
+# --- databases: every storage test runs on SQLite and, when configured, PostgreSQL ------
+
+PG_ENV = "MSTCRYPT_TEST_DATABASE_URL"
+
+
+def _pg_database(base_url: str) -> Any:
+    """Create a fresh PostgreSQL database for one test; returns (url, drop callback)."""
+    import secrets
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    url = make_url(base_url)
+    name = f"mst_{secrets.token_hex(6)}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url.set(database=name).render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A URL of an empty database: a SQLite file, or a new PostgreSQL database when
+    MSTCRYPT_TEST_DATABASE_URL points at a server (.ci/run starts one)."""
+    import os
+
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'kmc.db'}"
+        return
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(f"PostgreSQL tests need {PG_ENV} (e.g. postgresql+psycopg://user:pw@host/db)")
+    url, drop = _pg_database(base)
+    try:
+        yield url
+    finally:
+        drop()

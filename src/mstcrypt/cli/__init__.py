@@ -1,7 +1,8 @@
 """The ``mstcrypt`` command line (typer + rich).
 
 Verbs mirror gmssl/openssl: ``sm2 keygen|sign|verify|encrypt|decrypt``, ``sm3``,
-``sm4 encrypt|decrypt``, ``token init|info|change-pin|unlock``, ``speed``, ``selftest``.
+``sm4 encrypt|decrypt``, ``token init|info|change-pin|unlock``, ``speed``, ``selftest``;
+the platform: ``serve``, ``ca init``, ``operator add``, ``enroll``, ``audit``, ``demo``.
 Exit codes: 0 success, 1 a signature/MAC did not verify, 2 usage or format error.
 """
 
@@ -11,7 +12,7 @@ import sys
 
 import typer
 
-from mstcrypt.cli import _common, selftest, sm2_cmd, speed, symmetric, token_cmd
+from mstcrypt.cli import _common, demo, platform, selftest, sm2_cmd, speed, symmetric, token_cmd
 
 app = typer.Typer(
     name="mstcrypt",
@@ -26,6 +27,12 @@ app.command("sm3")(symmetric.sm3_command)
 app.add_typer(token_cmd.app, name="token")
 app.command("speed")(speed.speed_command)
 app.command("selftest")(selftest.selftest_command)
+app.command("serve")(platform.serve_command)
+app.command("enroll")(platform.enroll_command)
+app.command("demo")(demo.demo_command)
+app.add_typer(platform.ca_app, name="ca")
+app.add_typer(platform.operator_app, name="operator")
+app.add_typer(platform.audit_app, name="audit")
 
 
 @app.command("version")

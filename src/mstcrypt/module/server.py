@@ -13,12 +13,13 @@ import os
 from pathlib import Path
 
 from mstcrypt.crypto.random import random_bytes
+from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import kdf
 from mstcrypt.errors import KeyStoreError, PolicyError
 from mstcrypt.module import keystore as ks
 from mstcrypt.module.base import CryptoModule
 
-__all__ = ["ServerModule", "load_master_key"]
+__all__ = ["KeyWrapper", "ServerModule", "load_master_key"]
 
 MASTER_KEY_SIZE = 32
 
@@ -105,3 +106,47 @@ class ServerModule(CryptoModule):
 
     def __repr__(self) -> str:
         return f"ServerModule({str(self._path)!r}, containers={len(self._containers)})"
+
+
+class KeyWrapper:
+    """Wraps private keys for storage in a database under the server master key.
+
+    ``wrap(key, context)`` returns nonce(12) ‖ SM4-GCM(KEK, nonce, d, AAD = label ‖ context);
+    the context (for example a key id and purpose) binds a blob to its row, so a blob
+    moved to another row does not unwrap. Part of the SS-CC: only this object ever sees
+    the KEK, and plaintext keys exist only in the returned SM2PrivateKey objects.
+    """
+
+    def __init__(self, master_key: bytes, *, label: bytes = b"mstcrypt-kmc-wrap") -> None:
+        if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_SIZE:
+            raise PolicyError("server master key must be 32 bytes")
+        self._kek = kdf(master_key + label, 16)
+        self._label = label
+
+    def wrap_bytes(self, secret: bytes, context: bytes) -> bytes:
+        from mstcrypt.crypto import sm4
+
+        nonce = random_bytes(12)
+        return nonce + sm4.gcm_encrypt(self._kek, nonce, secret, self._label + b"|" + context)
+
+    def unwrap_bytes(self, blob: bytes, context: bytes) -> bytes:
+        from mstcrypt.crypto import sm4
+        from mstcrypt.errors import DecryptionError
+
+        if not isinstance(blob, bytes) or len(blob) < 12 + 16:
+            raise KeyStoreError("wrapped key blob is malformed")
+        try:
+            return sm4.gcm_decrypt(self._kek, blob[:12], blob[12:], self._label + b"|" + context)
+        except DecryptionError:
+            raise KeyStoreError(
+                "wrapped key does not unwrap (wrong master key, or the blob was moved or edited)"
+            ) from None
+
+    def wrap(self, key: SM2PrivateKey, context: bytes) -> bytes:
+        return self.wrap_bytes(key.private_bytes(), context)
+
+    def unwrap(self, blob: bytes, context: bytes) -> SM2PrivateKey:
+        return SM2PrivateKey.from_bytes(self.unwrap_bytes(blob, context))
+
+    def __repr__(self) -> str:
+        return "KeyWrapper(<master key hidden>)"

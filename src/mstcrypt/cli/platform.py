@@ -1,0 +1,178 @@
+"""Platform commands: ``serve``, ``ca init``, ``operator add``, ``enroll``, ``audit``,
+and ``demo`` (start the platform on embedded storage and walk a full enrollment)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from mstcrypt.cli._common import console, fail, write_output
+
+ca_app = typer.Typer(help="Certificate authority administration.", no_args_is_help=True)
+operator_app = typer.Typer(help="Operator credentials for the admin API.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="MSTCRYPT_DATA_DIR",
+        help="Data directory (SQLite database, master key, operators).",
+    ),
+]
+
+
+def _kmc(data_dir: Path | None) -> Any:
+    from mstcrypt.kmc.service import Kmc
+    from mstcrypt.server.config import Settings
+
+    settings = Settings.from_env(data_dir)
+    kmc = Kmc(settings.database(), settings.wrapper(), crl_base_url=settings.public_url)
+    kmc.create_schema()
+    return kmc, settings
+
+
+def cert_table(title: str, certs: list[Any]) -> Table:
+    t = Table(title=title)
+    for col in ("subject", "serial", "key usage", "valid until"):
+        t.add_column(col)
+    for c in certs:
+        t.add_row(
+            c.subject_str,
+            f"{c.serial:x}",
+            ", ".join(sorted(c.key_usage)),
+            c.not_after.strftime("%Y-%m-%d"),
+        )
+    return t
+
+
+@ca_app.command("init")
+def ca_init(
+    data_dir: DataDir = None,
+    organisation: Annotated[str, typer.Option("--org")] = "mstcrypt",
+    country: Annotated[str, typer.Option("--country")] = "CN",
+) -> None:
+    """Create the root and issuing CAs (keys wrapped by the SS-CC master key)."""
+    kmc, _ = _kmc(data_dir)
+    certs = kmc.init_ca(organisation=organisation, country=country, actor="cli")
+    console.print(cert_table("CA initialised", certs))
+
+
+@operator_app.command("add")
+def operator_add(name: str, data_dir: DataDir = None) -> None:
+    """Create an operator credential (printed once; only a verifier is stored)."""
+    from mstcrypt.server.config import Settings
+
+    token = Settings.from_env(data_dir).add_operator(name)
+    console.print(f"operator [bold]{name}[/bold] credential (shown once):")
+    typer.echo(token)
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDir = None) -> None:
+    """Recompute the chain and check the signed checkpoints; exit 1 if broken."""
+    kmc, _ = _kmc(data_dir)
+    r = kmc.verify_audit()
+    if r.ok:
+        console.print(f"audit chain OK: {r.records} records, {r.checkpoints} signed checkpoints")
+        return
+    console.print(f"[red]audit chain BROKEN[/red] at record {r.first_bad_seq}: {r.problem}")
+    raise typer.Exit(1)
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(data_dir: DataDir = None) -> None:
+    """Sign the current chain head with the KMC audit key."""
+    kmc, _ = _kmc(data_dir)
+    console.print(f"signed checkpoint at record {kmc.checkpoint()}")
+
+
+def serve_command(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8600,
+    data_dir: DataDir = None,
+    init: Annotated[bool, typer.Option("--init", help="Initialise the CA if needed.")] = False,
+) -> None:
+    """Run the platform (CA, CRL, directory, enrollment, KMC, admin) over HTTP."""
+    import uvicorn
+
+    from mstcrypt.server.app import create_app
+
+    kmc, settings = _kmc(data_dir)
+    if init and not kmc.is_initialised():
+        kmc.init_ca(actor="serve")
+    uvicorn.run(create_app(settings, kmc), host=host, port=port, log_level="warning")
+
+
+def enroll_command(
+    server: Annotated[str, typer.Option("--server", help="Platform URL.")],
+    code: Annotated[str, typer.Option("--code", help="One-time enrollment code.")],
+    token: Annotated[str, typer.Option("--token", help="Soft token file.")],
+    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
+    container: Annotated[str, typer.Option("--container")] = "main",
+    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+    chain_out: Annotated[str | None, typer.Option("--chain-out")] = None,
+    replace: Annotated[bool, typer.Option("--replace")] = False,
+) -> None:
+    """Enroll this terminal's soft token: dual certificates and the escrowed key."""
+    from mstcrypt.client import Client
+    from mstcrypt.module import SoftToken
+    from mstcrypt.pki import Certificate
+
+    tok = SoftToken.open(token)
+    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    anchor = Certificate.from_pem(Path(ca_file).read_bytes()) if ca_file else None
+    with Client(server) as c:
+        r = c.enroll(code, tok, container=container, anchor=anchor, replace=replace)
+    console.print(
+        cert_table(
+            f"enrolled {r.owner} into container {r.container!r}",
+            [r.sign_certificate, r.encryption_certificate],
+        )
+    )
+    if chain_out:
+        write_output(chain_out, b"".join(x.pem for x in r.chain))
+
+
+@contextlib.contextmanager
+def running_platform(data_dir: Path, settings: Any = None) -> Iterator[str]:
+    """Start the platform in this process on a free loopback port; yields its URL."""
+    import uvicorn
+
+    from mstcrypt.kmc.service import Kmc
+    from mstcrypt.server.app import create_app
+    from mstcrypt.server.config import Settings
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    settings = settings or Settings.from_env(data_dir, public_url=url)
+    kmc = Kmc(settings.database(), settings.wrapper(), crl_base_url=url)
+    kmc.create_schema()
+    if not kmc.is_initialised():
+        kmc.init_ca(actor="demo")
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings, kmc), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            fail("the platform did not start")
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        kmc.db.dispose()

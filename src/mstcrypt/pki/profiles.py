@@ -1,0 +1,126 @@
+"""Certificate profiles (GM/T 0015 / GB/T 20518 and the T/ZSA 37-2020 applications).
+
+Each :class:`Profile` names one kind of certificate the enterprise CA issues; :func:`spec`
+gives its key usage, extended key usage, CA flag, path length and default lifetime.
+
+Rules (FACTS.md §3, GmSSL x509_ext.c):
+
+- signing / authentication certificates have digitalSignature (plus nonRepudiation for
+  devices and users, and for the seal server, whose signatures are legally binding) and
+  never keyCertSign or cRLSign;
+- encryption certificates (the KMC-escrowed half of a dual-certificate pair) have
+  keyEncipherment, dataEncipherment and keyAgreement;
+- CA certificates have keyCertSign and cRLSign and a critical basicConstraints CA:TRUE;
+  the root has no path length limit, a subordinate CA and the distribution-channel CA
+  (which issues app-developer certificates) have pathLenConstraint 0;
+- keyUsage is always critical; basicConstraints is critical for CAs and absent from
+  end-entity certificates (CA:FALSE is the default, and GmSSL rejects the empty
+  SEQUENCE that encodes it);
+- EKU: gateways and servers (sign and enc) serverAuth; devices clientAuth and
+  emailProtection (mail); app developers codeSigning; the OCSP signer OCSPSigning;
+  WAPI access points and authentication service units serverAuth (they are the
+  network side of the WAI exchange).
+
+Default lifetimes stay within GmSSL's limit of 3653 days (X509_VALIDITY_MAX_DAYS,
+checked on every certificate of a chain): root 10 years, subordinate CAs 5 years, end
+entities 1 to 3 years.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from mstcrypt.errors import PolicyError
+
+__all__ = ["Profile", "ProfileSpec", "spec"]
+
+
+class Profile(enum.StrEnum):
+    ROOT_CA = "root_ca"
+    SUB_CA = "sub_ca"
+    DEVICE_SIGN = "device_sign"
+    DEVICE_ENC = "device_enc"
+    GATEWAY_SIGN = "gateway_sign"
+    GATEWAY_ENC = "gateway_enc"
+    IM_SERVER_SIGN = "im_server_sign"
+    IM_SERVER_ENC = "im_server_enc"
+    MAIL_SERVER_SIGN = "mail_server_sign"
+    MAIL_SERVER_ENC = "mail_server_enc"
+    LOGIN_SERVER_SIGN = "login_server_sign"
+    LOGIN_SERVER_ENC = "login_server_enc"
+    SEAL_SERVER_SIGN = "seal_server_sign"
+    SEAL_SERVER_ENC = "seal_server_enc"
+    APP_DEVELOPER = "app_developer"
+    DISTRIBUTION_CHANNEL_CA = "distribution_channel_ca"
+    WLAN_AP_SIGN = "wlan_ap_sign"
+    WLAN_AP_ENC = "wlan_ap_enc"
+    WLAN_ASU_SIGN = "wlan_asu_sign"
+    WLAN_ASU_ENC = "wlan_asu_enc"
+    OCSP_SIGNER = "ocsp_signer"
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """What a certificate of one profile contains.
+
+    ``key_usage`` uses asn1crypto's KeyUsage names (digital_signature, non_repudiation,
+    key_encipherment, data_encipherment, key_agreement, key_cert_sign, crl_sign);
+    ``extended_key_usage`` asn1crypto KeyPurposeId names or dotted OIDs, in the order
+    they are written; ``path_len`` is the basicConstraints pathLenConstraint of a CA
+    (None: no limit, or not a CA); ``default_days`` the usual lifetime.
+    """
+
+    key_usage: frozenset[str]
+    extended_key_usage: tuple[str, ...]
+    is_ca: bool
+    path_len: int | None
+    default_days: int
+
+    @property
+    def is_encryption(self) -> bool:
+        """True for the encryption half of a dual-certificate pair."""
+        return "key_encipherment" in self.key_usage
+
+
+_CA = frozenset({"key_cert_sign", "crl_sign"})
+_SIGN = frozenset({"digital_signature"})
+_SIGN_NR = frozenset({"digital_signature", "non_repudiation"})
+_ENC = frozenset({"key_encipherment", "data_encipherment", "key_agreement"})
+_SERVER = ("server_auth",)
+_DEVICE = ("client_auth", "email_protection")
+
+_SPECS: dict[Profile, ProfileSpec] = {
+    Profile.ROOT_CA: ProfileSpec(_CA, (), True, None, 3650),
+    Profile.SUB_CA: ProfileSpec(_CA, (), True, 0, 1825),
+    Profile.DISTRIBUTION_CHANNEL_CA: ProfileSpec(_CA, (), True, 0, 1825),
+    Profile.DEVICE_SIGN: ProfileSpec(_SIGN_NR, _DEVICE, False, None, 730),
+    Profile.DEVICE_ENC: ProfileSpec(_ENC, _DEVICE, False, None, 730),
+    Profile.GATEWAY_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.GATEWAY_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.IM_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.IM_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.MAIL_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.MAIL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.LOGIN_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.LOGIN_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.SEAL_SERVER_SIGN: ProfileSpec(_SIGN_NR, _SERVER, False, None, 1095),
+    Profile.SEAL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.APP_DEVELOPER: ProfileSpec(_SIGN, ("code_signing",), False, None, 1095),
+    Profile.WLAN_AP_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.WLAN_AP_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.WLAN_ASU_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.WLAN_ASU_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.OCSP_SIGNER: ProfileSpec(_SIGN, ("ocsp_signing",), False, None, 365),
+}
+
+
+def spec(profile: Profile | str) -> ProfileSpec:
+    """The :class:`ProfileSpec` of ``profile`` (a :class:`Profile` or its value)."""
+    try:
+        return _SPECS[Profile(profile)]
+    except ValueError:
+        raise PolicyError(
+            f"unknown certificate profile {profile!r}; expected one of "
+            + ", ".join(p.value for p in Profile)
+        ) from None

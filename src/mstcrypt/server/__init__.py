@@ -1,0 +1,1 @@
+"""Composition: configuration, storage and the FastAPI application of the platform."""
