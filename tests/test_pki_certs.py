@@ -217,9 +217,7 @@ def test_spec_accepts_values_and_rejects_unknown() -> None:
 
 
 @pytest.mark.parametrize("profile", list(Profile), ids=lambda p: p.value)
-def test_profile_extensions(
-    profile: Profile, root: Certificate, root_key: SM2PrivateKey
-) -> None:
+def test_profile_extensions(profile: Profile, root: Certificate, root_key: SM2PrivateKey) -> None:
     _, cert = issue(root, root_key, profile)
     s = spec(profile)
     assert cert.key_usage == s.key_usage
@@ -693,7 +691,9 @@ def test_crl_round_trip(root: Certificate, root_key: SM2PrivateKey) -> None:
     assert crl.der.count(SM2_WITH_SM3_ALG_DER) == 2
     asn1 = crl._asn1
     assert asn1["tbs_cert_list"]["version"].native == "v2"
-    serials = [rc["user_certificate"].native for rc in asn1["tbs_cert_list"]["revoked_certificates"]]
+    serials = [
+        rc["user_certificate"].native for rc in asn1["tbs_cert_list"]["revoked_certificates"]
+    ]
     assert serials == sorted(serials)
     crl.verify_signature(root_key.public_key())
     with pytest.raises(CertificateError) as ei:

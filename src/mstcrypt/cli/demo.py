@@ -208,6 +208,16 @@ def demo_command(
             assert v["ok"], v
             return f"{v['records']} hash-chained records, {v['checkpoints']} signed checkpoints"
 
+        def kats() -> str:
+            from mstcrypt.selftest import FAIL, run_all
+
+            results = run_all()
+            bad = [r for r in results if r.status == FAIL]
+            if bad:
+                raise AssertionError(f"{len(bad)} known-answer tests failed: {bad[0].name}")
+            return f"{len(results)} known-answer tests (SM2, SM3, SM4, ZUC, formats, OpenSSL)"
+
+        step("power-on self test", kats)
         step("platform health", health)
         step("operator creates an enrollment code", code)
         step("terminal enrolls with its soft token", enroll)
