@@ -349,3 +349,25 @@ def test_crl_is_refreshed_when_old(kmc: Kmc) -> None:
     assert later.number == first.number + 1
     assert later.this_update > first.this_update
     assert datetime.now(UTC) < later.next_update
+
+
+def test_file_recovery_dual_control(kmc: Kmc) -> None:
+    fek = secrets.token_bytes(32)
+    escrow = kmc.file_recovery_public_key().encrypt(fek)
+    new_terminal = SM2PrivateKey.generate()
+    rid = kmc.request_file_recovery(escrow, new_terminal.public_key(), reason="lost phone",
+                                    actor="op1")
+    assert kmc.approve_recovery(rid, actor="op1") is None
+    with pytest.raises(PolicyError, match="dual control"):
+        kmc.approve_recovery(rid, actor="op1")
+    released = kmc.approve_recovery(rid, actor="op2")
+    assert new_terminal.decrypt(released) == fek
+    assert kmc.recovery_result(rid)["kind"] == "file"
+    # an escrow stanza made for another KMC is refused at release time
+    other = SM2PrivateKey.generate().public_key().encrypt(fek)
+    rid2 = kmc.request_file_recovery(other, new_terminal.public_key(), reason="x", actor="a")
+    kmc.approve_recovery(rid2, actor="a")
+    with pytest.raises(PolicyError, match="not made for this KMC"):
+        kmc.approve_recovery(rid2, actor="b")
+    with pytest.raises(PolicyError, match="not a DER SM2Cipher"):
+        kmc.request_file_recovery(b"junk", new_terminal.public_key(), reason="x", actor="a")

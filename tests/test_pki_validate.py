@@ -596,3 +596,24 @@ def test_invalid_arguments(w: World, kwargs: dict[str, object]) -> None:
         w.check(**kwargs)
     with pytest.raises(PolicyError):
         validate_path("leaf", anchors=[w.root.cert])  # type: ignore[arg-type]
+
+
+def test_candidate_paths_are_bounded(w: World) -> None:
+    from mstcrypt.pki.validate import MAX_CANDIDATE_PATHS
+
+    twins = [make_sub(w.root, "Sub CA").cert for _ in range(MAX_CANDIDATE_PATHS + 4)]
+    leaf = resign(w.leaf, w.sub.key, edit_extensions(drop=["2.5.29.35"]))
+    crls = [w.root_crl, w.sub_crl]
+    assert w.check(leaf, intermediates=[w.sub.cert, *twins], crls=crls)[1] == w.sub.cert
+    # the right CA beyond the bound is not tried: the first candidate's error is reported
+    err = w.reason(leaf, intermediates=[*twins, w.sub.cert], crls=crls)
+    assert err.reason == "bad_signature"
+
+
+def test_validity_boundaries_are_exact(w: World) -> None:
+    leaf = make_leaf(w.sub, not_after=AT)
+    assert w.check(leaf, at=AT)[0] == leaf
+    assert w.reason(leaf, at=AT + timedelta(microseconds=1)).reason == "expired"
+    early = make_leaf(w.sub, not_before=AT)
+    assert w.check(early, at=AT)[0] == early
+    assert w.reason(early, at=AT - timedelta(microseconds=1)).reason == "not_yet_valid"

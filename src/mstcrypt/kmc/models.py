@@ -92,7 +92,9 @@ class EnrollmentCode(Base):
 class RecoveryRequest(Base):
     __tablename__ = "recovery_requests"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    key_id: Mapped[str] = mapped_column(ForeignKey("enc_keys.id"))
+    kind: Mapped[str] = mapped_column(String(8), default="key")  # key | file
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("enc_keys.id"), nullable=True)
+    escrow_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     recipient_public_key: Mapped[bytes] = mapped_column(LargeBinary)
     reason: Mapped[str] = mapped_column(Text)
     requested_by: Mapped[str] = mapped_column(String(64))

@@ -168,7 +168,7 @@ class Kmc:
     ) -> list[Certificate]:
         """Create the root and the issuing (intermediate) CA and the audit key."""
         now = self.clock()
-        root_key, sub_key, audit_key = (SM2PrivateKey.generate() for _ in range(3))
+        root_key, sub_key, audit_key, recovery_key = (SM2PrivateKey.generate() for _ in range(4))
         root_name = name(C=country, O=organisation, CN=root_cn)
         sub_name = name(C=country, O=organisation, CN=sub_cn)
         root_cert = build_certificate(
@@ -244,6 +244,14 @@ class Kmc:
                     name="audit",
                     public_key=audit_key.public_key().to_bytes(),
                     key_blob=self.wrapper.wrap(audit_key, b"service:audit"),
+                    created_at=now,
+                )
+            )
+            s.add(
+                ServiceKey(
+                    name="file-recovery",
+                    public_key=recovery_key.public_key().to_bytes(),
+                    key_blob=self.wrapper.wrap(recovery_key, b"service:file-recovery"),
                     created_at=now,
                 )
             )
@@ -874,6 +882,8 @@ class Kmc:
             s.add(
                 RecoveryRequest(
                     id=rid,
+                    kind="key",
+                    escrow_ciphertext=None,
                     key_id=key_id,
                     recipient_public_key=recipient.to_bytes(),
                     reason=reason[:500],
@@ -893,9 +903,61 @@ class Kmc:
             )
         return rid
 
+    def file_recovery_public_key(self) -> SM2PublicKey:
+        """The KMC's file-recovery (escrow) public key: files encrypted with an escrow
+        stanza for it can be recovered under dual control."""
+        with self.db.tx() as s:
+            row = s.get(ServiceKey, "file-recovery")
+            if row is None:
+                raise PolicyError("the CA is not initialised (no file-recovery key)")
+            return SM2PublicKey.from_bytes(row.public_key)
+
+    def request_file_recovery(
+        self, escrow_ciphertext: bytes, recipient: SM2PublicKey, *, reason: str, actor: str
+    ) -> str:
+        """Ask for a file's FEK (from its escrow stanza) to be re-encrypted to a new
+        terminal; released only after two distinct operators approve."""
+        from mstcrypt.crypto.sm2 import check_cipher_der
+
+        try:
+            check_cipher_der(escrow_ciphertext)
+        except MstCryptError:
+            raise PolicyError("the escrow stanza is not a DER SM2Cipher") from None
+        with self.db.tx() as s:
+            rid = _new_id()
+            s.add(
+                RecoveryRequest(
+                    id=rid,
+                    kind="file",
+                    key_id=None,
+                    escrow_ciphertext=escrow_ciphertext,
+                    recipient_public_key=recipient.to_bytes(),
+                    reason=reason[:500],
+                    requested_by=actor,
+                    approvals=[],
+                    status="pending",
+                    result=None,
+                    created_at=self.clock(),
+                )
+            )
+            audit.append(
+                s,
+                actor=actor,
+                action="recovery.request",
+                target=f"file:{rid}",
+                details={
+                    "request_id": rid,
+                    "kind": "file",
+                    "escrow_digest": sm3(escrow_ciphertext).hex(),
+                    "recipient": recipient.fingerprint().hex(),
+                },
+            )
+        return rid
+
     def approve_recovery(self, request_id: str, *, actor: str, required: int = 2) -> bytes | None:
         """Record an approval. With ``required`` distinct approvers (the requester may be
-        one of them) the key is released as an SM2EnvelopedKey to the recipient."""
+        one of them) the request is released: a key recovery as an SM2EnvelopedKey, a
+        file recovery as the FEK SM2-encrypted to the recipient."""
         with self.db.tx() as s:
             req = s.get(RecoveryRequest, request_id, with_for_update=True)
             if req is None:
@@ -910,41 +972,64 @@ class Kmc:
                 )
             approvals.append(actor)
             req.approvals = approvals
+            target = f"key:{req.key_id}" if req.kind == "key" else f"file:{req.id}"
             audit.append(
                 s,
                 actor=actor,
                 action="recovery.approve",
-                target=f"key:{req.key_id}",
+                target=target,
                 details={"request_id": req.id, "approvals": len(approvals)},
             )
             if len(approvals) < required:
                 return None
-            row = self._key(s, req.key_id, "recover")
-            if row.key_blob is None:
-                raise KeyStoreError("the key material was destroyed")
-            key = self.wrapper.unwrap(row.key_blob, f"enc:{row.id}".encode())
-            envelope = build_enveloped_key(key, SM2PublicKey.from_bytes(req.recipient_public_key))
-            req.status, req.result = "released", envelope
+            recipient = SM2PublicKey.from_bytes(req.recipient_public_key)
+            if req.kind == "file":
+                result = self._release_file_key(s, req, recipient)
+            else:
+                row = self._key(s, req.key_id or "", "recover")
+                if row.key_blob is None:
+                    raise KeyStoreError("the key material was destroyed")
+                key = self.wrapper.unwrap(row.key_blob, f"enc:{row.id}".encode())
+                result = build_enveloped_key(key, recipient)
+            req.status, req.result = "released", result
             audit.append(
                 s,
                 actor=actor,
                 action="recovery.release",
-                target=f"key:{req.key_id}",
+                target=target,
                 details={"request_id": req.id, "approvers": approvals},
             )
-            return envelope
+            return result
+
+    def _release_file_key(self, s: Session, req: RecoveryRequest, recipient: SM2PublicKey) -> bytes:
+        row = s.get(ServiceKey, "file-recovery")
+        if row is None or req.escrow_ciphertext is None:
+            raise KeyStoreError("this KMC has no file-recovery key")
+        rkey = self.wrapper.unwrap(row.key_blob, b"service:file-recovery")
+        try:
+            fek = rkey.decrypt(req.escrow_ciphertext)
+        except DecryptionError:
+            raise PolicyError(
+                "the escrow stanza was not made for this KMC's recovery key"
+            ) from None
+        if not 16 <= len(fek) <= 64:
+            raise PolicyError("the escrow stanza does not hold a file key")
+        return recipient.encrypt(fek)
 
     def recovery_result(self, request_id: str) -> dict[str, Any]:
         with self.db.tx() as s:
             req = s.get(RecoveryRequest, request_id)
             if req is None:
                 raise NotFoundError(f"no recovery request {request_id}")
+            result = base64.b64encode(req.result).decode() if req.result else None
             return {
                 "id": req.id,
+                "kind": req.kind,
                 "key_id": req.key_id,
                 "status": req.status,
                 "approvals": list(req.approvals or []),
-                "enveloped_key": base64.b64encode(req.result).decode() if req.result else None,
+                "enveloped_key": result if req.kind == "key" else None,
+                "file_key_ciphertext": result if req.kind == "file" else None,
             }
 
     # ------------------------------------------------------------------ groups (Annex D)

@@ -109,13 +109,15 @@ def sign(tbs_der: bytes, signer: Signer, issuer_public_key: SM2PublicKey, what: 
 # --- times ---------------------------------------------------------------------------------
 
 
-def utc(dt: object, what: str) -> datetime:
-    """An aware datetime converted to UTC, whole seconds (naive datetimes are refused)."""
+def utc(dt: object, what: str, *, whole_seconds: bool = True) -> datetime:
+    """An aware datetime converted to UTC, truncated to whole seconds unless asked not
+    to (X.509 times have no fractions). Naive datetimes are refused."""
     if not isinstance(dt, datetime):
         raise PolicyError(f"{what} must be a datetime")
     if dt.tzinfo is None or dt.utcoffset() is None:
         raise PolicyError(f"{what} must be timezone-aware (use datetime.now(UTC))")
-    return dt.astimezone(UTC).replace(microsecond=0)
+    out = dt.astimezone(UTC)
+    return out.replace(microsecond=0) if whole_seconds else out
 
 
 def to_time(dt: datetime, what: str) -> x509.Time:

@@ -133,20 +133,30 @@ class Issuer:
         profile: Profile | str,
         subject: x509.Name | None = None,
         subject_alt_names: Sequence[str] | None = None,
-        **kwargs: object,
+        serial: int | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        crl_urls: Sequence[str] = (),
+        extra_extensions: Iterable[ExtraExtension] = (),
+        path_len: int | None = None,
     ) -> Certificate:
         """Verify ``csr``'s self-signature (CertificateError("bad_signature")) and issue
         a certificate for its key; subject and SANs come from the request unless given
-        (a CA normally decides them itself)."""
+        (a CA normally decides them itself). Other arguments as in :meth:`issue`."""
         csr.verify()
         return self.issue(
             subject=subject if subject is not None else csr.subject,
             public_key=csr.public_key,
             profile=profile,
+            serial=serial,
+            not_before=not_before,
+            not_after=not_after,
             subject_alt_names=(
                 subject_alt_names if subject_alt_names is not None else csr.subject_alt_names
             ),
-            **kwargs,  # type: ignore[arg-type]
+            crl_urls=crl_urls,
+            extra_extensions=extra_extensions,
+            path_len=path_len,
         )
 
     def crl(

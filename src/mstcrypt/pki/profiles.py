@@ -21,6 +21,12 @@ Rules (FACTS.md §3, GmSSL x509_ext.c):
   WAPI access points and authentication service units serverAuth (they are the
   network side of the WAI exchange).
 
+The App distribution channel (T/ZSA 37-2020 §6.2, "double verification") both issues
+developer certificates and signs Apps itself. Its DISTRIBUTION_CHANNEL_CA certificate
+only certifies (keyCertSign, cRLSign); its own App signatures need a separate signing
+key with an APP_DEVELOPER certificate issued under it, so that a code-signing check
+(digitalSignature + codeSigning) never has to accept a CA key.
+
 Default lifetimes stay within GmSSL's limit of 3653 days (X509_VALIDITY_MAX_DAYS,
 checked on every certificate of a chain): root 10 years, subordinate CAs 5 years, end
 entities 1 to 3 years.

@@ -36,7 +36,7 @@ that are supplied are always checked.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mstcrypt.errors import PolicyError
 from mstcrypt.pki import _common as c
@@ -44,10 +44,13 @@ from mstcrypt.pki.cert import Certificate
 from mstcrypt.pki.crl import CRL
 from mstcrypt.pki.errors import CertificateError
 
-__all__ = ["MAX_PATH_LENGTH", "validate_path"]
+__all__ = ["MAX_CANDIDATE_PATHS", "MAX_PATH_LENGTH", "validate_path"]
 
 #: Longest path considered (certificates, leaf and anchor included).
 MAX_PATH_LENGTH = 10
+#: At most this many candidate paths are built and tried (same-name CAs without key
+#: identifiers could otherwise make path building exponential).
+MAX_CANDIDATE_PATHS = 16
 
 
 def _fail(reason: str, message: str, cert: Certificate | None) -> CertificateError:
@@ -86,8 +89,9 @@ def _build_paths(
     anchors: Sequence[Certificate],
     intermediates: Sequence[Certificate],
 ) -> tuple[list[list[Certificate]], CertificateError | None]:
-    """Every path leaf → … → anchor (depth-first, anchors tried first at each step), and
-    the error explaining the first dead end when there is none."""
+    """The paths leaf → … → anchor (depth-first, anchors tried first at each step, at
+    most MAX_CANDIDATE_PATHS of them), and the error explaining the first dead end when
+    there is none."""
     paths: list[list[Certificate]] = []
     errors: list[CertificateError] = []
 
@@ -102,6 +106,8 @@ def _build_paths(
             if inter in path or inter in anchors:
                 continue
             found = True
+            if len(paths) >= MAX_CANDIDATE_PATHS:
+                return
             if len(path) + 2 > MAX_PATH_LENGTH:
                 errors.append(_fail("path_length", "certification path too long", cert))
                 continue
@@ -302,7 +308,8 @@ def validate_path(
     for x in crls:
         if not isinstance(x, CRL):
             raise PolicyError("crls must be CRL objects")
-    when = c.now() if at is None else c.utc(at, "at")
+    # Not truncated: a certificate is expired one microsecond after its notAfter.
+    when = datetime.now(UTC) if at is None else c.utc(at, "at", whole_seconds=False)
     ku = frozenset(key_usage)
     unknown = ku - c.KEY_USAGE_NAMES
     if isinstance(key_usage, str) or unknown:
@@ -310,10 +317,7 @@ def validate_path(
     if extended_key_usage is not None:
         c.eku_oid(extended_key_usage)  # PolicyError when unknown
 
-    paths, error = _build_paths(leaf, anchors, intermediates)
-    if not paths:
-        assert error is not None
-        raise error
+    paths, dead_end = _build_paths(leaf, anchors, intermediates)
     first: CertificateError | None = None
     for path in paths:
         try:
@@ -322,5 +326,4 @@ def validate_path(
             first = first or exc
             continue
         return path
-    assert first is not None
-    raise first
+    raise first or dead_end or _fail("unknown_issuer", "no certification path found", leaf)

@@ -95,6 +95,12 @@ class RecoveryCreate(BaseModel):
     reason: str = Field(min_length=3, max_length=500)
 
 
+class FileRecoveryCreate(BaseModel):
+    escrow_stanza: str = Field(description="base64 DER SM2Cipher from the file's escrow stanza")
+    recipient_public_key: str = Field(description="hex 04‖x‖y of the new terminal's enc key")
+    reason: str = Field(min_length=3, max_length=500)
+
+
 class GroupCreate(BaseModel):
     id: str = Field(min_length=1, max_length=64)
     members: list[str]
@@ -322,6 +328,23 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     def recovery(body: RecoveryCreate, who: Operator) -> dict[str, str]:
         rid = service.request_recovery(
             body.key_id, _pub(body.recipient_public_key), reason=body.reason, actor=who
+        )
+        return {"request_id": rid, "status": "pending"}
+
+    @app.get("/kmc/file-recovery-key.pem", tags=["kmc"], response_class=Response)
+    def file_recovery_key() -> Response:
+        from mstcrypt.formats.keys import dump_public_key
+
+        return Response(dump_public_key(service.file_recovery_public_key()), media_type=PEM)
+
+    @app.post("/admin/file-recovery", tags=["admin"])
+    def file_recovery(body: FileRecoveryCreate, who: Operator) -> dict[str, str]:
+        try:
+            escrow = base64.b64decode(body.escrow_stanza, validate=True)
+        except ValueError:
+            raise DecodeError("escrow_stanza must be base64") from None
+        rid = service.request_file_recovery(
+            escrow, _pub(body.recipient_public_key), reason=body.reason, actor=who
         )
         return {"request_id": rid, "status": "pending"}
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 16:23:00.223724
+Create Date: 2026-11-26 16:27:47.773568
 """
 
 from __future__ import annotations
@@ -201,7 +201,9 @@ def upgrade() -> None:
     op.create_table(
         "recovery_requests",
         sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("key_id", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=8), nullable=False),
+        sa.Column("key_id", sa.String(length=32), nullable=True),
+        sa.Column("escrow_ciphertext", sa.LargeBinary(), nullable=True),
         sa.Column("recipient_public_key", sa.LargeBinary(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("requested_by", sa.String(length=64), nullable=False),
