@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -12,6 +13,10 @@ from typing import Any
 import pytest
 
 VECTORS_DIR = Path(__file__).parent / "vectors"
+
+# Platform tests that exercise the admin API with static operator credentials opt in
+# here; production default is certificate login (tests/test_login.py covers both).
+os.environ.setdefault("MSTCRYPT_STATIC_OPERATORS", "1")
 
 
 def load_vectors(name: str) -> Any:

@@ -152,6 +152,55 @@ class Client:
         token.put_certificate(container, KeyUsage.ENCRYPT, enc_cert.der)
         return EnrollResult(body["owner"], container, sign_cert, enc_cert, chain, body["key_id"])
 
+    def login(
+        self,
+        token: SoftToken,
+        *,
+        container: str = "main",
+        server_name: str = "mstcrypt-login",
+        anchor: Certificate | None = None,
+        password: str | None = None,
+    ) -> dict[str, Any]:
+        """Certificate login (§7.3) with the token's signing key (the PIN already opened
+        the token: that is the second factor). Returns the server's answer with the
+        ``session_token``."""
+        from mstcrypt.protocols.login import Challenge, LoginClient
+
+        cert_der = token.get_certificate(container, KeyUsage.SIGN)
+        if cert_der is None:
+            raise MstCryptError(f"container {container!r} has no signing certificate; enroll first")
+        cert = Certificate.from_der(cert_der)
+        h = token.key(container, KeyUsage.SIGN)
+        chain = self.chain()
+        client = LoginClient(
+            expected_server_name=server_name,
+            certificate=cert,
+            signer=lambda tbs: token.sign(h, tbs),
+            chain=chain[:-1],
+            anchors=[anchor or chain[-1]],
+        )
+        challenge = Challenge.from_json(self._json("POST", "/login/challenge"))
+        response = client.respond(
+            challenge, now=datetime.now(UTC), crls=[self.crl("issuing"), self.crl("root")]
+        )
+        return dict(
+            self._json(
+                "POST",
+                "/login/response",
+                json={"response": response.to_json(), "password": password},
+            )
+        )
+
+    def logout(self, session_token: str) -> None:
+        self._json("POST", "/login/logout", headers={"Authorization": f"Bearer {session_token}"})
+
+    def session(self, session_token: str) -> dict[str, Any]:
+        return dict(
+            self._json(
+                "GET", "/login/session", headers={"Authorization": f"Bearer {session_token}"}
+            )
+        )
+
     # -- operator API ----------------------------------------------------------------------
     def create_enrollment_code(
         self,

@@ -56,20 +56,49 @@ def demo_command(
 
     console.print(f"[bold]mstcrypt demo[/bold] — data directory {data_dir}")
     settings = Settings.from_env(data_dir)
-    ops = {n: settings.add_operator(n) for n in ("alice", "bob")}
     state: dict[str, Any] = {}
     with running_platform(data_dir) as url:
         console.print(f"platform listening on {url} (SQLite at {data_dir / 'mstcrypt.db'})")
-        admin_a = Client(url, operator_token=ops["alice"])
-        admin_b = Client(url, operator_token=ops["bob"])
         public = Client(url)
+        admins: dict[str, Client] = {}
+
+        def operators() -> str:
+            from datetime import timedelta
+
+            from mstcrypt.kmc.service import Kmc
+
+            kmc = Kmc(settings.database(), settings.wrapper())
+            for op in ("alice", "bob"):
+                # `mstcrypt operator add` does this on the server: register + one-time code
+                settings.add_certificate_operator(op)
+                code, _ = kmc.create_enrollment_code(
+                    owner=op,
+                    subject={"O": "mstcrypt", "CN": op},
+                    ttl=timedelta(minutes=10),
+                    actor="bootstrap",
+                )
+                tok = SoftToken.init(
+                    data_dir / f"{op}.tok",
+                    f"{op}-pin-2468",
+                    "admin-unlock-code",
+                    iterations=100_000,
+                    overwrite=True,
+                )
+                public.enroll(code, tok, container=op)
+                session = public.login(tok, container=op)["session_token"]
+                admins[op] = Client(url, operator_token=session)
+            kmc.db.dispose()
+            return (
+                "operators alice and bob enrolled their soft tokens and logged in with "
+                "their certificates (§7.3); the admin API takes their session tokens"
+            )
 
         def health() -> str:
             h = public.health()
             return f"version {h['version']}, CA initialised: {h['ca']}"
 
         def code() -> str:
-            r = admin_a.create_enrollment_code(
+            r = admins["alice"].create_enrollment_code(
                 "zhang.san",
                 {
                     "C": "CN",
@@ -161,6 +190,22 @@ def demo_command(
                     raise AssertionError(f"openssl verify {leaf}: {p.stderr.strip()[:200]}")
             return "openssl verify accepts leaf ← issuing CA ← root CA (SM2, distid)"
 
+        def user_login() -> str:
+            tok = state["token"]
+            r = public.login(tok, container="zhang.san")
+            claims = public.session(r["session_token"])
+            public.logout(r["session_token"])
+            try:
+                public.session(r["session_token"])
+                raise AssertionError("a logged-out session was still accepted")
+            except ServiceError as exc:
+                if exc.status != 401:
+                    raise
+            return (
+                f"mutual certificate login as {claims['sub']} (amr {claims['amr']}); "
+                "after logout the session token is refused"
+            )
+
         def recovery() -> str:
             key_id = state["enrollment"].key_id
             new_token = SoftToken.init(
@@ -172,16 +217,16 @@ def demo_command(
             )
             new_token.create_container("zhang.san")
             h = new_token.generate_key_pair("zhang.san", KeyUsage.SIGN)
-            rid = admin_a.request_recovery(key_id, h.public_key.to_bytes(), "device lost")
-            first = admin_a.approve_recovery(rid)
+            rid = admins["alice"].request_recovery(key_id, h.public_key.to_bytes(), "device lost")
+            first = admins["alice"].approve_recovery(rid)
             assert first["status"] == "pending"
             try:
-                admin_a.approve_recovery(rid)
+                admins["alice"].approve_recovery(rid)
                 raise AssertionError("one operator approved twice")
             except Exception as exc:
                 if "dual control" not in str(exc):
                     raise
-            done = admin_b.approve_recovery(rid)
+            done = admins["bob"].approve_recovery(rid)
             import base64
 
             env = base64.b64decode(done["enveloped_key"])
@@ -193,7 +238,7 @@ def demo_command(
 
         def revoke() -> str:
             r = state["enrollment"]
-            admin_a.revoke_certificate(f"{r.sign_certificate.serial:x}", "key_compromise")
+            admins["alice"].revoke_certificate(f"{r.sign_certificate.serial:x}", "key_compromise")
             crl = public.crl()
             assert crl.is_revoked(r.sign_certificate.serial)
             _, status = public.certificate(f"{r.sign_certificate.serial:x}")
@@ -203,8 +248,8 @@ def demo_command(
             )
 
         def audit() -> str:
-            admin_a._json("POST", "/admin/audit/checkpoint")
-            v = admin_b.verify_audit()
+            admins["alice"]._json("POST", "/admin/audit/checkpoint")
+            v = admins["bob"].verify_audit()
             assert v["ok"], v
             return f"{v['records']} hash-chained records, {v['checkpoints']} signed checkpoints"
 
@@ -219,15 +264,17 @@ def demo_command(
 
         step("power-on self test", kats)
         step("platform health", health)
+        step("operators enroll and log in with certificates", operators)
         step("operator creates an enrollment code", code)
         step("terminal enrolls with its soft token", enroll)
         step("enrollment code cannot be reused", reuse)
         step("terminal signs and decrypts with its keys", use_keys)
         step("OpenSSL CLI verifies the issued chain", openssl)
+        step("terminal logs in with its certificate", user_login)
         step("lost device: key recovery under dual control", recovery)
         step("revocation published in the CRL", revoke)
         step("audit chain verifies", audit)
-        for c in (admin_a, admin_b, public):
+        for c in (*admins.values(), public):
             c.close()
     t = Table(title="demo summary")
     for col in ("step", "result", "detail"):

@@ -67,13 +67,42 @@ def ca_init(
 
 
 @operator_app.command("add")
-def operator_add(name: str, data_dir: DataDir = None) -> None:
-    """Create an operator credential (printed once; only a verifier is stored)."""
+def operator_add(
+    name: str,
+    data_dir: DataDir = None,
+    static: Annotated[
+        bool,
+        typer.Option(
+            "--static",
+            help="Create a static credential "
+            "instead (accepted only with MSTCRYPT_STATIC_OPERATORS=1).",
+        ),
+    ] = False,
+    org: Annotated[str, typer.Option("--org")] = "mstcrypt",
+) -> None:
+    """Register an operator. By default the operator logs in with a certificate: this
+    prints a one-time enrollment code for their soft token (`mstcrypt enroll`), after
+    which `mstcrypt login` gives the session token the admin API accepts."""
+    from datetime import timedelta
+
     from mstcrypt.server.config import Settings
 
-    token = Settings.from_env(data_dir).add_operator(name)
-    console.print(f"operator [bold]{name}[/bold] credential (shown once):")
-    typer.echo(token)
+    settings = Settings.from_env(data_dir)
+    if static:
+        token = settings.add_operator(name)
+        console.print(f"operator [bold]{name}[/bold] static credential (shown once):")
+        typer.echo(token)
+        return
+    kmc, _ = _kmc(data_dir)
+    settings.add_certificate_operator(name)
+    code, expires = kmc.create_enrollment_code(
+        owner=name, subject={"O": org, "CN": name}, ttl=timedelta(days=1), actor="cli"
+    )
+    console.print(
+        f"operator [bold]{name}[/bold] registered; enrollment code (valid until "
+        f"{expires:%Y-%m-%d %H:%M} UTC):"
+    )
+    typer.echo(code)
 
 
 @audit_app.command("verify")
@@ -140,6 +169,50 @@ def enroll_command(
     )
     if chain_out:
         write_output(chain_out, b"".join(x.pem for x in r.chain))
+
+
+def login_command(
+    server: Annotated[str, typer.Option("--server", help="Platform URL.")],
+    token: Annotated[str, typer.Option("--token", help="Soft token file.")],
+    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
+    container: Annotated[str, typer.Option("--container")] = "main",
+    server_name: Annotated[
+        str,
+        typer.Option(
+            "--server-name", help="Expected login server name (bound into the signatures)."
+        ),
+    ] = "mstcrypt-login",
+    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option("--password", help="Password factor, when the server's policy asks for it."),
+    ] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out", help="Write the session token here (mode 0600) instead of standard output."
+        ),
+    ] = None,
+) -> None:
+    """Log in with the certificate in the soft token (PIN + signing key): mutual
+    authentication as in T/ZSA 37-2020 §7.3. Prints the session token."""
+    from mstcrypt.cli._common import write_secret
+    from mstcrypt.client import Client
+    from mstcrypt.module import SoftToken
+    from mstcrypt.pki import Certificate
+
+    tok = SoftToken.open(token)
+    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    anchor = Certificate.from_pem(Path(ca_file).read_bytes()) if ca_file else None
+    with Client(server) as c:
+        r = c.login(
+            tok, container=container, server_name=server_name, anchor=anchor, password=password
+        )
+    if out:
+        write_secret(out, r["session_token"].encode() + b"\n")
+        console.print(f"logged in as {r['subject']}; session token written to {out}")
+    else:
+        typer.echo(r["session_token"])
 
 
 @contextlib.contextmanager

@@ -179,7 +179,7 @@ class Kmc:
             signer=root_key.sign,
             serial=_serial(),
             not_before=now - timedelta(minutes=5),
-            not_after=now + timedelta(days=365 * 20),
+            not_after=now + timedelta(days=spec(Profile.ROOT_CA).default_days),
             profile=Profile.ROOT_CA,
         )
         sub_cert = build_certificate(
@@ -190,7 +190,7 @@ class Kmc:
             signer=root_key.sign,
             serial=_serial(),
             not_before=now - timedelta(minutes=5),
-            not_after=now + timedelta(days=365 * 10),
+            not_after=now + timedelta(days=spec(Profile.SUB_CA).default_days),
             profile=Profile.SUB_CA,
             crl_urls=self._crl_urls("root"),
         )
@@ -1204,6 +1204,57 @@ class Kmc:
                 for m in s.scalars(select(GroupMember).where(GroupMember.group_id == group_id))
             )
 
+    # ------------------------------------------------------------------ service identities
+    def service_identity(
+        self, name_: str, profile: Profile, common_name: str, *, actor: str = "system"
+    ) -> tuple[SM2PrivateKey, Certificate]:
+        """The signing key and certificate of one of our own services (e.g. the login
+        server), created once, wrapped by the SS-CC, certified by the issuing CA."""
+        cached = self._key_cache.get(f"identity:{name_}")
+        owner = f"service:{name_}"
+        with self.db.tx() as s:
+            row = s.get(ServiceKey, name_)
+            cert_row = s.scalar(
+                select(IssuedCertificate)
+                .where(IssuedCertificate.owner == owner, IssuedCertificate.status == "active")
+                .order_by(IssuedCertificate.issued_at.desc())
+                .limit(1)
+            )
+            if row is not None and cert_row is not None:
+                key = cached or self.wrapper.unwrap(row.key_blob, f"service:{name_}".encode())
+                self._key_cache[f"identity:{name_}"] = key
+                return key, Certificate.from_der(cert_row.der)
+            key = SM2PrivateKey.generate()
+            if row is not None:
+                s.delete(row)
+                s.flush()
+            s.add(
+                ServiceKey(
+                    name=name_,
+                    public_key=key.public_key().to_bytes(),
+                    key_blob=self.wrapper.wrap(key, f"service:{name_}".encode()),
+                    created_at=self.clock(),
+                )
+            )
+            cert = self._issue(
+                s,
+                public_key=key.public_key(),
+                subject={"CN": common_name},
+                profile=profile,
+                owner=owner,
+                usage="sign",
+                key_id=None,
+            )
+            audit.append(
+                s,
+                actor=actor,
+                action="service.identity",
+                target=owner,
+                details={"serial": f"{cert.serial:x}", "profile": profile.value},
+            )
+        self._key_cache[f"identity:{name_}"] = key
+        return key, cert
+
     # ------------------------------------------------------------------ audit -----------
     def audit_key(self) -> SM2PrivateKey:
         with self.db.tx() as s:
@@ -1227,15 +1278,19 @@ class Kmc:
     # ------------------------------------------------------------------ rate limits -----
     def allow(self, bucket: str, *, limit: int, window_seconds: int = 60) -> bool:
         """Fixed-window counter in the database, shared by every server instance."""
-        window = int(self.clock().timestamp()) // window_seconds
         with self.db.tx() as s:
-            row = s.get(RateLimit, (bucket, window), with_for_update=True)
-            if row is None:
-                s.add(RateLimit(key=bucket, window=window, count=1))
-                s.execute(RateLimit.__table__.delete().where(RateLimit.window < window - 1))
-                return True
-            row.count += 1
-            return row.count <= limit
+            return self.allow_in(s, bucket, limit=limit, window_seconds=window_seconds)
+
+    def allow_in(self, s: Session, bucket: str, *, limit: int, window_seconds: int = 60) -> bool:
+        """:meth:`allow` inside the caller's transaction."""
+        window = int(self.clock().timestamp()) // window_seconds
+        row = s.get(RateLimit, (bucket, window), with_for_update=True)
+        if row is None:
+            s.add(RateLimit(key=bucket, window=window, count=1))
+            s.execute(RateLimit.__table__.delete().where(RateLimit.window < window - 1))
+            return True
+        row.count += 1
+        return row.count <= limit
 
     # ------------------------------------------------------------------ backup ----------
     def backup(self, passphrase: str, *, actor: str) -> bytes:

@@ -37,7 +37,7 @@ from mstcrypt.formats._der import dump, load_strict, pem_decode, pem_encode
 from mstcrypt.formats.keys import SubjectPublicKeyInfo, public_key_to_der
 from mstcrypt.pki import _common as c
 from mstcrypt.pki.errors import CertificateError
-from mstcrypt.pki.names import name_to_str
+from mstcrypt.pki.names import name_to_str, names_equal
 from mstcrypt.pki.profiles import Profile, spec
 
 __all__ = [
@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 ExtraExtension = x509.Extension | tuple[str, bool, bytes]
+
+
+_PARSED: dict[bytes, Certificate] = {}
+_PARSED_MAX = 2048
 
 
 class Certificate:
@@ -85,7 +89,20 @@ class Certificate:
     def from_der(cls, der: bytes) -> Certificate:
         """Parse one DER certificate. Raises DecodeError when malformed, not canonical DER
         or followed by trailing bytes; UnsupportedError when the key is not SM2 or the
-        signature algorithm is not SM2-with-SM3."""
+        signature algorithm is not SM2-with-SM3. Parsed certificates are immutable and
+        memoised by their DER (servers see the same few certificates again and again)."""
+        if isinstance(der, bytes | bytearray | memoryview):
+            hit = _PARSED.get(bytes(der))
+            if hit is not None:
+                return hit
+        cert = cls._parse(der)
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[cert._der] = cert
+        return cert
+
+    @classmethod
+    def _parse(cls, der: bytes) -> Certificate:
         asn1 = load_strict(c.X509Certificate, der, "certificate")
         self = object.__new__(cls)
         setattr_ = object.__setattr__
@@ -316,8 +333,8 @@ class Certificate:
     def issued_by_name(self, issuer: Certificate) -> bool:
         """True when this certificate's issuer name equals ``issuer``'s subject name
         (RFC 5280 §7.1 comparison)."""
-        return bool(
-            self._asn1["tbs_certificate"]["issuer"] == issuer._asn1["tbs_certificate"]["subject"]
+        return names_equal(
+            self._asn1["tbs_certificate"]["issuer"], issuer._asn1["tbs_certificate"]["subject"]
         )
 
     def is_self_issued(self) -> bool:

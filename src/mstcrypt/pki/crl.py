@@ -21,7 +21,7 @@ from mstcrypt.errors import DecodeError, PolicyError, VerificationError
 from mstcrypt.formats._der import dump, load_strict, pem_decode, pem_encode
 from mstcrypt.pki import _common as c
 from mstcrypt.pki.errors import CertificateError
-from mstcrypt.pki.names import name_to_str
+from mstcrypt.pki.names import name_to_str, names_equal
 
 __all__ = ["CRL", "REVOCATION_REASONS", "RevokedEntry", "build_crl"]
 
@@ -171,7 +171,7 @@ class CRL:
 
     def issued_by_name(self, name: x509.Name) -> bool:
         """The CRL issuer equals ``name`` (RFC 5280 §7.1 comparison)."""
-        return bool(self._asn1["tbs_cert_list"]["issuer"] == name)
+        return names_equal(self._asn1["tbs_cert_list"]["issuer"], name)
 
     @property
     def issuer_str(self) -> str:

@@ -152,3 +152,22 @@ def name_to_str(n: x509.Name) -> str:
             atvs.append(f"{_SHORT.get(oid, oid)}={_attr_value(atv)}")
         parts.append("+".join(atvs))
     return ",".join(parts)
+
+
+_EQ_CACHE: dict[tuple[bytes, bytes], bool] = {}
+
+
+def names_equal(a: x509.Name, b: x509.Name) -> bool:
+    """RFC 5280 §7.1 name comparison, with a fast path for identical encodings and a
+    bounded memo (asn1crypto's normalising comparison is slow and paths repeat)."""
+    da, db = a.dump(), b.dump()
+    if da == db:
+        return True
+    key = (da, db)
+    hit = _EQ_CACHE.get(key)
+    if hit is None:
+        hit = bool(a == b)
+        if len(_EQ_CACHE) > 4096:
+            _EQ_CACHE.clear()
+        _EQ_CACHE[key] = hit
+    return hit

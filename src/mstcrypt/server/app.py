@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from mstcrypt import __version__
+from mstcrypt.apps.login.tokens import TokenError
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import (
     DecodeError,
@@ -47,6 +48,7 @@ class Unauthorized(PolicyError):
 
 
 _STATUS: list[tuple[type[Exception], int]] = [
+    (TokenError, 401),
     (NotFoundError, 404),
     (RateLimited, 429),
     (Unauthorized, 401),
@@ -111,15 +113,44 @@ class GroupChange(BaseModel):
     remove: list[str] = []
 
 
+class LoginResponseBody(BaseModel):
+    response: dict[str, Any]
+    password: str | None = Field(default=None, max_length=256)
+
+
+class PasswordBody(BaseModel):
+    password: str = Field(min_length=8, max_length=256)
+
+
 class BackupRequest(BaseModel):
     passphrase: str = Field(min_length=12, max_length=256)
 
 
-def operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The authenticated operator's name (admin endpoints)."""
+def _bearer(authorization: str | None) -> str:
     if not authorization or not authorization.startswith("Bearer "):
-        raise Unauthorized("operator credential required (Authorization: Bearer …)")
-    name = request.app.state.settings.authenticate_operator(authorization[7:].strip())
+        raise Unauthorized("credential required (Authorization: Bearer …)")
+    return authorization[7:].strip()
+
+
+def operator(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The authenticated operator: a session token from certificate login whose owner is
+    a registered operator; or, when enabled, a static credential."""
+    token = _bearer(authorization)
+    settings = request.app.state.settings
+    if token.startswith("MST1."):
+        try:
+            claims = request.app.state.login().verify_session(token)
+        except VerificationError as exc:
+            raise Unauthorized(f"session token refused: {exc}") from None
+        owner = claims.get("owner")
+        if not settings.is_certificate_operator(owner):
+            raise Unauthorized("this user is not an operator")
+        return f"{owner}"
+    if not settings.static_operators:
+        raise Unauthorized(
+            "operators log in with their certificate (static credentials are disabled)"
+        )
+    name = settings.authenticate_operator(token)
     if name is None:
         raise Unauthorized("invalid operator credential")
     return str(name)
@@ -164,6 +195,23 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     )
     app.state.kmc = service
     app.state.settings = settings
+    login_holder: list[Any] = []
+
+    def login() -> Any:
+        """The login service, created on first use (it needs an initialised CA)."""
+        if not login_holder:
+            from mstcrypt.apps.login.service import LoginPolicy, LoginService
+
+            login_holder.append(
+                LoginService(
+                    service,
+                    server_name=settings.login_server_name,
+                    policy=LoginPolicy(session_ttl=settings.session_ttl),
+                )
+            )
+        return login_holder[0]
+
+    app.state.login = login
 
     @app.exception_handler(MstCryptError)
     async def _typed(_req: Request, exc: MstCryptError) -> JSONResponse:
@@ -262,6 +310,43 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     @app.get("/kmc/groups/{group}/key", tags=["kmc"])
     def group_key(group: str, member: str, version: int | None = None) -> dict[str, Any]:
         return service.group_key_for(group, member, version)
+
+    # -- certificate login (§7.3) -------------------------------------------------------
+    @app.get("/login/certificate.pem", tags=["login"], response_class=Response)
+    def login_certificate() -> Response:
+        return Response(login().certificate.pem, media_type=PEM)
+
+    @app.post("/login/challenge", tags=["login"])
+    def login_challenge(request: Request) -> dict[str, Any]:
+        source = request.client.host if request.client else "-"
+        return dict(login().challenge(source=source).to_json())
+
+    @app.post("/login/response", tags=["login"])
+    def login_response(body: LoginResponseBody, request: Request) -> dict[str, Any]:
+        source = request.client.host if request.client else "-"
+        r = login().respond(body.response, source=source, password=body.password)
+        c = r["claims"]
+        return {
+            "session_token": r["session_token"],
+            "subject": c["sub"],
+            "owner": c["owner"],
+            "expires": c["exp"],
+            "amr": c["amr"],
+        }
+
+    @app.get("/login/session", tags=["login"])
+    def login_session(authorization: Annotated[str | None, Header()] = None) -> dict[str, Any]:
+        return dict(login().verify_session(_bearer(authorization)))
+
+    @app.post("/login/logout", tags=["login"])
+    def logout(authorization: Annotated[str | None, Header()] = None) -> dict[str, str]:
+        login().logout(_bearer(authorization))
+        return {"status": "logged out"}
+
+    @app.post("/admin/login-passwords/{owner}", tags=["admin"])
+    def set_login_password(owner: str, body: PasswordBody, who: Operator) -> dict[str, str]:
+        login().set_password(owner, body.password, actor=who)
+        return {"owner": owner, "status": "password set"}
 
     # -- admin -------------------------------------------------------------------------
     @app.post("/admin/enrollment-codes", tags=["admin"])

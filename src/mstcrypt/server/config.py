@@ -39,6 +39,11 @@ class Settings:
     checkpoint_seconds: float = 60.0
     master_key_file: Path | None = None
     extra_operators: dict[str, str] = field(default_factory=dict)
+    #: Accept the static operator credentials of `operator add --static`. Off by default:
+    #: operators log in with their certificates and use the session token.
+    static_operators: bool = False
+    login_server_name: str = "mstcrypt-login"
+    session_ttl: int = 3600
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None, **overrides: object) -> Settings:
@@ -49,6 +54,9 @@ class Settings:
             public_url=env.get("MSTCRYPT_PUBLIC_URL", "http://127.0.0.1:8600"),
             enroll_rate=int(env.get("MSTCRYPT_ENROLL_RATE", "60")),
             checkpoint_seconds=float(env.get("MSTCRYPT_CHECKPOINT_SECONDS", "60")),
+            static_operators=env.get("MSTCRYPT_STATIC_OPERATORS", "0") == "1",
+            login_server_name=env.get("MSTCRYPT_LOGIN_SERVER_NAME", "mstcrypt-login"),
+            session_ttl=int(env.get("MSTCRYPT_SESSION_TTL", "3600")),
         )
         for k, v in overrides.items():
             if v is not None:
@@ -88,6 +96,22 @@ class Settings:
             raise KeyStoreError("operators.json is unreadable") from None
         return data if isinstance(data, dict) else {}
 
+    def add_certificate_operator(self, name: str) -> None:
+        """Register ``name`` (a KMC owner) as an operator who logs in with a certificate."""
+        if (
+            not name
+            or not name.replace("-", "").replace("_", "").replace(".", "").isalnum()
+            or len(name) > 64
+        ):
+            raise PolicyError("operator name: 1-64 letters, digits, '.', - or _")
+        ops = self._operators()
+        ops[name] = {"certificate": "1"}
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        keystore.atomic_write(self.operators_file, json.dumps(ops, indent=2).encode())
+
+    def is_certificate_operator(self, owner: str | None) -> bool:
+        return bool(owner) and self._operators().get(owner or "", {}).get("certificate") == "1"
+
     def add_operator(self, name: str) -> str:
         """Create (or replace) an operator credential; returns the token, shown once."""
         if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
@@ -123,6 +147,8 @@ class Settings:
                 return name
         prefix_ok = token.startswith("op_")
         for name, entry in self._operators().items():
+            if "verifier" not in entry:
+                continue
             try:
                 salt = bytes.fromhex(entry["salt"])
                 verifier = bytes.fromhex(entry["verifier"])

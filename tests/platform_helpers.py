@@ -1,0 +1,290 @@
+"""Shared helpers for the platform robustness tests (kill -9 and concurrency).
+
+* terminals: an SM2 signing key and its PEM CSR, built directly (no soft token);
+* operators and the fixed SS-CC master key, so restarted servers unwrap the same blobs;
+* :class:`InvariantChecker`: reads the whole store through SQLAlchemy (a :class:`Kmc` on
+  the same URL and master key) and checks the cross-table invariants every operation
+  must preserve; it returns a :class:`Snapshot` for checking acknowledged replies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
+from mstcrypt.kmc.db import Database
+from mstcrypt.kmc.models import (
+    AuditRecord,
+    CertificateAuthority,
+    CrlRecord,
+    EncryptionKey,
+    EnrollmentCode,
+    IssuedCertificate,
+    RateLimit,
+    RecoveryRequest,
+)
+from mstcrypt.kmc.service import Kmc, _code_hash
+from mstcrypt.module.server import KeyWrapper
+from mstcrypt.pki import CRL, Certificate, build_csr, name
+from mstcrypt.server.config import Settings
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+MASTER_KEY_HEX = "6d737463727970742d746573742d6d61737465722d6b65792d30303030303031"
+OPERATORS = ("alice", "bob")
+CODE_HASH = _code_hash
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def terminal(cn: str) -> tuple[SM2PrivateKey, str]:
+    """A terminal signing key and its PKCS#10 request (PEM) for POST /enroll."""
+    key = SM2PrivateKey.generate()
+    return key, build_csr(name(CN=cn), key.public_key(), key.sign).pem.decode()
+
+
+def add_operators(data_dir: Path) -> dict[str, str]:
+    """Operator credentials in ``data_dir/operators.json``: name -> bearer token."""
+    settings = Settings(data_dir=data_dir)
+    return {op: settings.add_operator(op) for op in OPERATORS}
+
+
+def master_key() -> bytes:
+    return bytes.fromhex(MASTER_KEY_HEX)
+
+
+def kmc_for(url: str) -> Kmc:
+    """A Kmc over the same database and master key as the server under test."""
+    return Kmc(Database(url), KeyWrapper(master_key()))
+
+
+def server_env(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSTCRYPT_")}
+    env.update(
+        PYTHONPATH=str(SRC),
+        MSTCRYPT_DATABASE_URL=database_url,
+        MSTCRYPT_MASTER_KEY=MASTER_KEY_HEX,
+        MSTCRYPT_STATIC_OPERATORS="1",  # the tests' operators use static credentials
+        **extra,
+    )
+    return env
+
+
+def wait_health(base_url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = httpx.get(base_url + "/health", timeout=1.0)
+            if r.status_code == 200 and r.json().get("ca"):
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the server exited with {proc.returncode} before /health")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{base_url}/health did not answer within {timeout}s")
+        time.sleep(0.02)
+
+
+def seed_rate_limit(kmc: Kmc, bucket: str, *, windows: int = 10) -> None:
+    """Pre-create the fixed-window rows of ``bucket`` for the next ``windows`` minutes, so
+    concurrent first requests in a window do not race on the INSERT (see
+    test_platform_concurrency.test_rate_limit_first_request_race)."""
+    now = int(time.time()) // 60
+    with kmc.db.tx() as s:
+        for w in range(now - 1, now + windows):
+            if s.get(RateLimit, (bucket, w)) is None:
+                s.add(RateLimit(key=bucket, window=w, count=0))
+
+
+# ------------------------------------------------------------------ invariants ---------
+@dataclass
+class Snapshot:
+    """The store as read by one check (rows detached from their session)."""
+
+    certs: dict[str, IssuedCertificate]
+    keys: dict[str, EncryptionKey]
+    codes: dict[str, EnrollmentCode]  # by code hash
+    recoveries: dict[str, RecoveryRequest]
+    enroll_audit: dict[str, list[dict[str, Any]]]  # enrollment id -> details
+    audit_actions: Counter[str]
+    audit_records: int
+
+    def code(self, code: str) -> EnrollmentCode | None:
+        return self.codes.get(CODE_HASH(code))
+
+
+@dataclass
+class InvariantChecker:
+    """Checks the store's invariants; expensive per-row checks (signatures, unwrapping)
+    are cached by content, since certificate DER and key blobs never change in place."""
+
+    kmc: Kmc
+    _certs_ok: set[tuple[str, bytes]] = field(default_factory=set)
+    _blobs_ok: set[tuple[str, bytes]] = field(default_factory=set)
+
+    def check(self) -> Snapshot:
+        problems: list[str] = []
+        with self.kmc.db.tx() as s:
+            cas = {ca.id: ca for ca in s.scalars(select(CertificateAuthority))}
+            certs = {c.serial: c for c in s.scalars(select(IssuedCertificate))}
+            keys = {k.id: k for k in s.scalars(select(EncryptionKey))}
+            codes = {c.code_hash: c for c in s.scalars(select(EnrollmentCode))}
+            recs = {r.id: r for r in s.scalars(select(RecoveryRequest))}
+            enroll_rows = s.scalars(select(AuditRecord).where(AuditRecord.action == "enroll"))
+            enroll_audit: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for rec in enroll_rows:
+                enroll_audit[str(rec.details["enrollment_id"])].append(dict(rec.details))
+            grouped = s.execute(
+                select(AuditRecord.action, func.count()).group_by(AuditRecord.action)
+            )
+            actions = Counter({action: int(n) for action, n in grouped})
+            n_audit = int(s.scalar(select(func.count()).select_from(AuditRecord)) or 0)
+            latest_crl = s.scalar(
+                select(CrlRecord)
+                .where(CrlRecord.ca_id == 2)
+                .order_by(CrlRecord.number.desc())
+                .limit(1)
+            )
+        ca_certs = {i: Certificate.from_der(ca.cert_der) for i, ca in cas.items()}
+        if set(ca_certs) != {1, 2}:
+            problems.append(f"CA rows {sorted(ca_certs)} (expected root 1 and issuing 2)")
+
+        # certificates: parse, match their row, verify with the issuing CA
+        for serial, row in certs.items():
+            token = (serial, hashlib.sha256(row.der).digest())
+            if token in self._certs_ok:
+                continue
+            try:
+                cert = Certificate.from_der(row.der)
+                issuer = ca_certs[row.ca_id]
+                cert.verify_signature(issuer.public_key)
+                assert f"{cert.serial:x}" == serial, "serial differs from the DER"
+                assert cert.fingerprint == row.fingerprint, "fingerprint differs"
+                assert cert.issuer_str == issuer.subject_str, "issuer name differs"
+                if row.usage == "enc":
+                    key = keys.get(row.key_id or "")
+                    assert key is not None, f"enc certificate has no key row {row.key_id}"
+                    assert cert.public_key.to_bytes() == key.public_key, "key != certified key"
+                    assert key.owner == row.owner, "key owner != certificate owner"
+            except Exception as exc:
+                problems.append(f"certificate {serial}: {type(exc).__name__}: {exc}")
+                continue
+            self._certs_ok.add(token)
+
+        # escrowed keys: the blob unwraps to the recorded (and certified) public key
+        certified = Counter(c.key_id for c in certs.values() if c.key_id)
+        active = Counter(k.owner for k in keys.values() if k.state == "active")
+        for kid, key in keys.items():
+            if key.state not in ("generated", "destroyed") and not certified[kid]:
+                problems.append(f"key {kid} ({key.state}) has no certificate")
+            if key.state == "destroyed":
+                if key.key_blob is not None:
+                    problems.append(f"destroyed key {kid} still holds its blob")
+                continue
+            if key.key_blob is None:
+                problems.append(f"key {kid} ({key.state}) lost its blob")
+                continue
+            token = (kid, hashlib.sha256(key.key_blob).digest())
+            if token in self._blobs_ok:
+                continue
+            try:
+                priv = self.kmc.wrapper.unwrap(key.key_blob, f"enc:{kid}".encode())
+                assert priv.public_key().to_bytes() == key.public_key, "blob != public key"
+            except Exception as exc:
+                problems.append(f"key {kid}: {type(exc).__name__}: {exc}")
+                continue
+            self._blobs_ok.add(token)
+        problems += [f"owner {o!r} has {n} active keys" for o, n in active.items() if n > 1]
+
+        # enrollment codes: used <=> exactly one enroll record whose certificates exist
+        used_per_owner: Counter[str] = Counter()
+        for code in codes.values():
+            records = enroll_audit.get(code.id, [])
+            if code.used_at is None:
+                if records:
+                    problems.append(f"unused code {code.id} has an enroll record")
+                continue
+            used_per_owner[code.owner] += 1
+            if len(records) != 1:
+                problems.append(f"used code {code.id} has {len(records)} enroll records")
+                continue
+            d = records[0]
+            sign, enc = certs.get(d["sign_serial"]), certs.get(d["enc_serial"])
+            if sign is None or sign.usage != "sign" or sign.owner != code.owner:
+                problems.append(f"code {code.id}: signing certificate {d['sign_serial']} wrong")
+            if enc is None or enc.usage != "enc" or enc.key_id != d["key_id"]:
+                problems.append(f"code {code.id}: encryption certificate {d['enc_serial']} wrong")
+        for eid in set(enroll_audit) - {c.id for c in codes.values()}:
+            problems.append(f"enroll record for unknown enrollment {eid}")
+        sign_per_owner = Counter(c.owner for c in certs.values() if c.usage == "sign")
+        for owner in set(sign_per_owner) | set(used_per_owner):
+            if sign_per_owner[owner] != used_per_owner[owner]:
+                problems.append(
+                    f"owner {owner!r}: {sign_per_owner[owner]} signing certificates for "
+                    f"{used_per_owner[owner]} used codes"
+                )
+
+        # recovery: released only with two distinct approvers
+        for rid, req in recs.items():
+            approvals = list(req.approvals or [])
+            if len(set(approvals)) != len(approvals):
+                problems.append(f"recovery {rid}: repeated approver {approvals}")
+            if req.status == "released":
+                if len(set(approvals)) != 2 or req.result is None:
+                    problems.append(f"recovery {rid} released with approvals {approvals}")
+            elif req.status == "pending":
+                if len(approvals) >= 2 or req.result is not None:
+                    problems.append(f"recovery {rid} pending with approvals {approvals}")
+            else:
+                problems.append(f"recovery {rid} has status {req.status!r}")
+            if req.key_id not in keys:
+                problems.append(f"recovery {rid} names unknown key {req.key_id}")
+
+        # the newest issuing-CA CRL is signed and lists every revoked certificate
+        revoked = {int(sn, 16) for sn, c in certs.items() if c.status == "revoked" and c.ca_id == 2}
+        if latest_crl is None:
+            problems.append("the issuing CA has no CRL")
+        else:
+            crl = CRL.from_der(latest_crl.der)
+            try:
+                crl.verify_signature(ca_certs[2].public_key)
+            except Exception as exc:
+                problems.append(f"CRL {latest_crl.number}: {exc}")
+            missing = revoked - set(crl.entries)
+            if missing:
+                problems.append(f"CRL {latest_crl.number} misses revoked serials {missing}")
+            if cas[2].crl_number != latest_crl.number:
+                problems.append(f"ca.crl_number {cas[2].crl_number} != CRL {latest_crl.number}")
+
+        report = self.kmc.verify_audit()
+        if not report.ok:
+            problems.append(f"audit chain: {report.problem} (record {report.first_bad_seq})")
+        elif report.records != n_audit:
+            problems.append(f"audit verified {report.records} of {n_audit} records")
+
+        assert not problems, "store invariants violated:\n  " + "\n  ".join(problems)
+        return Snapshot(certs, keys, codes, recs, dict(enroll_audit), actions, n_audit)
+
+
+def open_release(envelope_b64: str, recipient: SM2PrivateKey) -> SM2PublicKey:
+    """The public key of the private key released by a recovery envelope."""
+    import base64
+
+    from mstcrypt.formats.envelope import open_enveloped_key
+
+    return open_enveloped_key(base64.b64decode(envelope_b64), recipient).public_key()
