@@ -130,7 +130,6 @@ class Driver(threading.Thread):
         an unacknowledged, possibly committed earlier operation can cause)."""
         headers = {"Authorization": f"Bearer {self.tokens[who]}"} if who else {}
         self.inflight = (kind, deltas)
-        self.t0 = time.monotonic()
         try:
             r = self.http.post(path, json=body, headers=headers)
         except httpx.ConnectError:
@@ -418,11 +417,8 @@ def test_kill9_during_platform_operations(database_url: str, tmp_path: Path) -> 
                 proc, url = rig.start()
             driver = Driver(model, url, tokens, random.Random(rng.random()))
             driver.start()
-            delay = rng.uniform(0.0, MAX_DELAY)
-            time.sleep(delay)
+            time.sleep(rng.uniform(0.0, MAX_DELAY))
             inflight = driver.inflight
-            if os.environ.get("CRASH_DEBUG"):
-                print(i, f"{delay:.3f}", inflight, time.monotonic() - getattr(driver, "t0", 0), dict(model.acked))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             driver.join(30)

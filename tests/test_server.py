@@ -14,7 +14,7 @@ import textwrap
 import threading
 import warnings
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from mstcrypt.kmc.models import AuditCheckpoint, AuditRecord, CertificateAuthori
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.server import KeyWrapper
 from mstcrypt.pki import CRL, Certificate, build_csr, name, validate_path
+from mstcrypt.protocols.login import Challenge, LoginClient
 from mstcrypt.server.app import create_app
 from mstcrypt.server.config import Settings
 
@@ -54,6 +55,12 @@ EXPECTED_PATHS = {
     "/kmc/kdk/{member}": {"get"},
     "/kmc/groups/{group}/key": {"get"},
     "/kmc/file-recovery-key.pem": {"get"},
+    "/login/certificate.pem": {"get"},
+    "/login/challenge": {"post"},
+    "/login/response": {"post"},
+    "/login/session": {"get"},
+    "/login/logout": {"post"},
+    "/admin/login-passwords/{owner}": {"post"},
     "/admin/enrollment-codes": {"post"},
     "/admin/certificates/{serial}/revoke": {"post"},
     "/admin/keys": {"get", "post"},
@@ -156,6 +163,7 @@ def kmc(database_url: str) -> Iterator[Kmc]:
 
 
 def _platform(kmc: Kmc, data_dir: Path, **settings: Any) -> Iterator[Platform]:
+    settings.setdefault("static_operators", True)  # add_operator() bearer credentials
     s = Settings(data_dir=data_dir, checkpoint_seconds=3600, **settings)
     ops = {n: s.add_operator(n) for n in ("alice", "bob")}
     with RecordingClient(create_app(s, kmc), raise_server_exceptions=False) as c:
@@ -380,18 +388,28 @@ def test_enroll_rate_limit(kmc: Kmc, tmp_path: Path) -> None:
         gen.close()
 
 
-def test_enroll_concurrent_attempts_never_500(
-    kmc: Kmc, tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+RACES = {
+    "/enroll": "Kmc.allow/allow_in: concurrent INSERTs of a window's first RateLimit row "
+    "raise IntegrityError on PostgreSQL -> 500 InternalError",
+    "/login/challenge": "Kmc.service_identity (first LoginService use) and Kmc.allow_in "
+    "insert the same ServiceKey / RateLimit row from concurrent transactions: "
+    "IntegrityError on PostgreSQL -> 500 InternalError",
+}
+
+
+@pytest.mark.parametrize(("path", "expected"), [("/enroll", 403), ("/login/challenge", 200)])
+def test_concurrent_first_requests_never_500(
+    kmc: Kmc,
+    tmp_path: Path,
+    database_url: str,
+    request: pytest.FixtureRequest,
+    path: str,
+    expected: int,
 ) -> None:
-    """Concurrent first attempts in a new rate-limit window must not crash the request."""
+    """Concurrent first requests (a fresh service, a new rate-limit window) must not
+    crash: 8 threads x 10 windows."""
     if database_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="Kmc.allow: concurrent INSERTs of the window's first RateLimit row "
-                "raise IntegrityError on PostgreSQL -> 500 InternalError",
-            )
-        )
+        request.applymarker(pytest.mark.xfail(strict=True, reason=RACES[path]))
     gen = _platform(kmc, tmp_path / "data", enroll_rate=1000)
     p = next(gen)
     t = SM2PrivateKey.generate()
@@ -406,7 +424,7 @@ def test_enroll_concurrent_attempts_never_500(
 
             def attempt(barrier: threading.Barrier = barrier) -> None:
                 barrier.wait()
-                statuses.append(p.c.post("/enroll", json=body).status_code)
+                statuses.append(p.c.post(path, json=body).status_code)
 
             threads = [threading.Thread(target=attempt) for _ in range(n)]
             for th in threads:
@@ -417,7 +435,7 @@ def test_enroll_concurrent_attempts_never_500(
         kmc.clock = real
         gen.close()
     assert len(statuses) == 10 * n
-    assert set(statuses) == {403}, sorted(set(statuses))
+    assert set(statuses) == {expected}, sorted(set(statuses))
 
 
 # ---------------------------------------------------------------- KMC endpoints ---------
@@ -881,6 +899,88 @@ def test_replaced_operator_credential_is_refused(sqlite_p: Platform) -> None:
     p.settings.add_operator("alice")  # rotate alice's credential
     r = p.c.get("/admin/audit/verify", headers={"Authorization": f"Bearer {old}"})
     assert_error(r, 401, "Unauthorized")
+
+
+def test_static_credentials_disabled_by_default(kmc: Kmc, tmp_path: Path) -> None:
+    gen = _platform(kmc, tmp_path / "data", static_operators=False)
+    p = next(gen)
+    try:
+        r = p.c.get("/admin/audit/verify", headers=p.auth())
+        assert "static credentials are disabled" in assert_error(r, 401, "Unauthorized")["detail"]
+    finally:
+        gen.close()
+
+
+# ---------------------------------------------------------------- certificate login -----
+def _login(p: Platform, key: SM2PrivateKey, cert: Certificate, **extra: Any) -> httpx.Response:
+    chain = split_pem(p.c.get("/ca/chain.pem").content)
+    crls = [CRL.from_der(p.c.get(f"/crl/{ca}.crl").content) for ca in ("issuing", "root")]
+    client = LoginClient(
+        expected_server_name=p.settings.login_server_name,
+        certificate=cert,
+        signer=key.sign,
+        chain=chain[:-1],
+        anchors=chain[-1:],
+    )
+    r = p.c.post("/login/challenge")
+    assert r.status_code == 200, r.text
+    response = client.respond(Challenge.from_json(r.json()), now=datetime.now(UTC), crls=crls)
+    return p.c.post("/login/response", json={"response": response.to_json(), **extra})
+
+
+def test_certificate_login_and_operator_sessions(p: Platform) -> None:
+    r = p.c.get("/login/certificate.pem")
+    assert r.status_code == 200 and r.headers["content-type"].startswith(PEM_CT)
+    issuing, root = split_pem(p.c.get("/ca/chain.pem").content)
+    login_cert = Certificate.from_pem(r.content)
+    validate_path(
+        login_cert,
+        anchors=[root],
+        intermediates=[issuing],
+        crls=[CRL.from_der(p.c.get(f"/crl/{ca}.crl").content) for ca in ("issuing", "root")],
+    )
+    terminal, body = p.enroll("zhang")
+    cert = cert_of(body["sign_certificate"])
+    r = _login(p, terminal, cert)
+    assert r.status_code == 200, r.text
+    login = r.json()
+    assert login["owner"] == "zhang" and "CN=zhang" in login["subject"]
+    token = login["session_token"]
+    assert token.startswith("MST1.")
+    bearer = {"Authorization": f"Bearer {token}"}
+    claims = p.c.get("/login/session", headers=bearer).json()
+    assert claims["owner"] == "zhang" and claims["serial"] == f"{cert.serial:x}"
+    # a user who is not a registered operator cannot use the admin API ...
+    r = p.c.get("/admin/audit/verify", headers=bearer)
+    assert "not an operator" in assert_error(r, 401, "Unauthorized")["detail"]
+    # ... a certificate operator can, with the same kind of session token
+    p.settings.add_certificate_operator("zhang")
+    assert p.c.get("/admin/audit/verify", headers=bearer).json()["ok"] is True
+    r = p.c.post(
+        "/admin/login-passwords/zhang", json={"password": "long enough pw"}, headers=bearer
+    )
+    assert r.json() == {"owner": "zhang", "status": "password set"}
+    r = p.c.post("/admin/login-passwords/zhang", json={"password": "short"}, headers=bearer)
+    assert_error(r, 422, "ValidationError")
+    # logout revokes the session everywhere
+    assert p.c.post("/login/logout", headers=bearer).json() == {"status": "logged out"}
+    assert_error(p.c.get("/login/session", headers=bearer), 401)
+    assert_error(p.c.get("/admin/audit/verify", headers=bearer), 401, "Unauthorized")
+    assert_error(p.c.post("/login/logout", headers=bearer), 401)
+    # bad session tokens
+    for headers in ({}, {"Authorization": "Bearer MST1.garbage"}, {"Authorization": token}):
+        assert_error(p.c.get("/login/session", headers=headers), 401)
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    assert_error(p.c.get("/login/session", headers={"Authorization": f"Bearer {forged}"}), 401)
+    # a revoked certificate cannot log in; malformed responses are client errors
+    serial = f"{cert.serial:x}"
+    p.c.post(f"/admin/certificates/{serial}/revoke", json={}, headers=p.auth())
+    r = _login(p, terminal, cert)
+    assert r.status_code in (401, 403), r.text
+    assert_error(r, r.status_code)
+    assert_error(p.c.post("/login/response", json={"response": {"x": 1}}), 403, "LoginError")
+    assert_error(p.c.post("/login/response", json={}), 422, "ValidationError")
+    assert p.c.get("/admin/audit/verify", headers=p.auth()).json()["ok"] is True
 
 
 # ---------------------------------------------------------------- OpenAPI, error format -

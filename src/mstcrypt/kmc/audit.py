@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session
 
 from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
@@ -57,39 +57,56 @@ def ensure_head(session: Session) -> None:
         session.flush()
 
 
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    hash: str
+
+
+_HEAD = AuditHead.__table__
+_LOG = AuditRecord.__table__
+_Q_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_I_LOG = insert(_LOG)
+_U_HEAD = update(_HEAD).where(_HEAD.c.id == 1)
+
+
 def append(
-    session: Session, *, actor: str, action: str, target: str, details: dict[str, Any] | None = None
-) -> AuditRecord:
-    """Append one record inside the caller's transaction."""
+    session: Session | Connection,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    details: dict[str, Any] | None = None,
+) -> Appended:
+    """Append one record inside the caller's transaction (an ORM Session or a Core
+    Connection). Core statements keep this cheap on hot paths such as login."""
     details = dict(details or {})
     for k in details:
         if any(bad in k.lower() for bad in _FORBIDDEN_KEYS) and not k.endswith("_id"):
             raise PolicyError(f"audit details must not carry secrets (field {k!r})")
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one_or_none()
+    head = session.execute(_Q_HEAD).first()
     if head is None:
-        ensure_head(session)
-        head = session.execute(
-            select(AuditHead).where(AuditHead.id == 1).with_for_update()
-        ).scalar_one()
-    seq = head.seq + 1
+        session.execute(insert(_HEAD).values(id=1, seq=0, hash=GENESIS))
+        head = session.execute(_Q_HEAD).first()
+        assert head is not None
+    prev_seq, prev_hash = int(head[0]), str(head[1])
+    seq = prev_seq + 1
     ts = now_iso()
-    h = record_hash(head.hash, seq, ts, actor, action, target, details)
-    rec = AuditRecord(
-        seq=seq,
-        ts=ts,
-        actor=actor,
-        action=action,
-        target=target,
-        details=details,
-        prev_hash=head.hash,
-        hash=h,
+    h = record_hash(prev_hash, seq, ts, actor, action, target, details)
+    session.execute(
+        insert(_LOG).values(
+            seq=seq,
+            ts=ts,
+            actor=actor,
+            action=action,
+            target=target,
+            details=details,
+            prev_hash=prev_hash,
+            hash=h,
+        )
     )
-    session.add(rec)
-    head.seq, head.hash = seq, h
-    session.flush()
-    return rec
+    session.execute(update(_HEAD).where(_HEAD.c.id == 1).values(seq=seq, hash=h))
+    return Appended(seq, h)
 
 
 def checkpoint_message(seq: int, hash_hex: str) -> bytes:

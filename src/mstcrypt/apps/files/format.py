@@ -19,8 +19,8 @@ from mstcrypt.formats.gmt0009 import decode_cipher
 __all__ = [
     "DEFAULT_CHUNK_LOG2",
     "FEK_SIZE",
-    "MAGIC",
     "MAC_SIZE",
+    "MAGIC",
     "MAX_CHUNK_LOG2",
     "MAX_STANZAS",
     "MIN_CHUNK_LOG2",
@@ -191,9 +191,7 @@ class Header:
         """Serialise and MAC a header (the writer's side; checks the writer's rules)."""
         stanzas = tuple(stanzas)
         if not MIN_CHUNK_LOG2 <= chunk_log2 <= MAX_CHUNK_LOG2:
-            raise PolicyError(
-                f"chunk size must be 2^{MIN_CHUNK_LOG2} … 2^{MAX_CHUNK_LOG2} bytes"
-            )
+            raise PolicyError(f"chunk size must be 2^{MIN_CHUNK_LOG2} … 2^{MAX_CHUNK_LOG2} bytes")
         if len(salt) != SALT_SIZE:
             raise PolicyError("salt must be 16 bytes")
         if not 1 <= len(stanzas) <= MAX_STANZAS:
@@ -353,9 +351,7 @@ def derive_keys(fek: bytes, salt: bytes) -> FileKeys:
 def nonce(prefix: bytes, index: int, final: bool) -> bytes:
     """nonce_i = N_prefix ‖ i (7 bytes) ‖ final flag."""
     if not 0 <= index < MAX_CHUNKS:
-        raise PayloadError(
-            "chunk-counter-overflow", f"chunk counter {index} exceeds 2^56 - 1"
-        )
+        raise PayloadError("chunk-counter-overflow", f"chunk counter {index} exceeds 2^56 - 1")
     return prefix + index.to_bytes(7, "big") + (b"\x01" if final else b"\x00")
 
 

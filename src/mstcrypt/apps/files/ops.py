@@ -16,6 +16,7 @@ from typing import Any, BinaryIO
 from mstcrypt.apps.files.errors import FileFormatError
 from mstcrypt.apps.files.format import (
     MAGIC,
+    FileKeys,
     Header,
     PayloadGeometry,
     Stanza,
@@ -363,9 +364,7 @@ def reissue_stanza_for(
     SM2Cipher from the escrow stanza, as in ``POST /admin/file-recovery``)."""
     idents = identities_of(recovery, handle)
     target = recipient(new_recipient)
-    if isinstance(escrowed, Header) or (
-        isinstance(escrowed, bytes) and escrowed.startswith(MAGIC)
-    ):
+    if isinstance(escrowed, Header) or (isinstance(escrowed, bytes) and escrowed.startswith(MAGIC)):
         header = escrowed if isinstance(escrowed, Header) else parse_header(escrowed)
         escrow = header.escrow
         if escrow is None or all(escrow.key_id != i.key_id for i in idents):
@@ -429,8 +428,6 @@ def accept_reissued_stanza(
             fek = ident.unwrap(wrapped)
         except FileFormatError:
             continue
-        from mstcrypt.apps.files.format import FileKeys
-
         keys = FileKeys(fek, header.salt)
         header.verify_mac(keys)
         stanza = Stanza(StanzaKind.RECIPIENT, ident.key_id, wrapped)

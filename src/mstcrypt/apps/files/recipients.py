@@ -89,7 +89,9 @@ class Recipient:
         """A stanza holding ``fek`` SM2-encrypted (DER SM2Cipher) to this key."""
         if len(fek) != FEK_SIZE:
             raise PolicyError("the file key must be 16 bytes")
-        return Stanza(self.kind, self.key_id, self.public_key.encrypt(fek), self.certificate_fingerprint)
+        return Stanza(
+            self.kind, self.key_id, self.public_key.encrypt(fek), self.certificate_fingerprint
+        )
 
     def __repr__(self) -> str:
         return f"Recipient({self.kind.name.lower()}, key_id={self.key_id[:8].hex()}…)"

@@ -239,9 +239,7 @@ def _decrypt_payload(
         pt = _gcm_open(keys, index, False, cur)
         if pt is None:
             if _gcm_open(keys, index, True, cur) is not None:
-                raise PayloadError(
-                    "trailing-data", f"data follows the final chunk (chunk {index})"
-                )
+                raise PayloadError("trailing-data", f"data follows the final chunk (chunk {index})")
             raise PayloadError("chunk-auth-failed", f"chunk {index} fails authentication")
         write(pt)
         total += len(pt)

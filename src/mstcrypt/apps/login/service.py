@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from mstcrypt.apps.login import tokens
 from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, LoginPassword, RevokedSession
@@ -24,12 +24,47 @@ from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import pbkdf2_hmac_sm3
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc import audit
-from mstcrypt.kmc.models import IssuedCertificate
+from mstcrypt.kmc.models import IssuedCertificate, RateLimit
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.pki import CRL, Certificate, Profile
 from mstcrypt.protocols.login import Challenge, LoginError, LoginServer, Response
 
 __all__ = ["LoginPolicy", "LoginService"]
+
+_LC = LoginChallenge.__table__
+_LF = LoginFailures.__table__
+_LP = LoginPassword.__table__
+_IC = IssuedCertificate.__table__
+_RL = RateLimit.__table__
+
+# Statements built once (SQLAlchemy memoises their cache keys): the login path is hot.
+_Q_RATE = (
+    select(_RL.c.count)
+    .where(_RL.c.key == bindparam("bucket"), _RL.c.window == bindparam("win"))
+    .with_for_update()
+)
+_I_RATE = insert(_RL).values(key=bindparam("bucket"), window=bindparam("win"), count=1)
+_U_RATE = (
+    update(_RL)
+    .where(_RL.c.key == bindparam("bucket"), _RL.c.window == bindparam("win"))
+    .values(count=_RL.c.count + 1)
+)
+_I_CHAL = insert(_LC)
+_Q_FAIL = select(_LF.c.key, _LF.c.locked_until).where(
+    _LF.c.key.in_(bindparam("keys", expanding=True))
+)
+_Q_CHAL = select(_LC.c.r_s, _LC.c.expires).where(
+    _LC.c.id == bindparam("cid"), _LC.c.server_name == bindparam("server")
+)
+_U_CHAL = (
+    update(_LC)
+    .where(_LC.c.id == bindparam("cid"), _LC.c.used_at.is_(None))
+    .values(used_at=bindparam("at"))
+)
+_Q_CERT = select(_IC.c.der, _IC.c.status, _IC.c.usage, _IC.c.owner).where(
+    _IC.c.serial == bindparam("serial")
+)
+_D_FAIL = delete(_LF).where(_LF.c.key.in_(bindparam("keys", expanding=True)))
 
 
 @dataclass
@@ -41,6 +76,7 @@ class LoginPolicy:
     lockout_seconds: int = 900
     require_password: bool = False
     audiences: tuple[str, ...] = ("mstcrypt",)
+    challenges_per_minute: int = 600
 
 
 class LoginService:
@@ -89,12 +125,28 @@ class LoginService:
 
     # -- step b ------------------------------------------------------------------------
     def challenge(self, *, source: str = "-") -> Challenge:
+        """A fresh challenge, recorded in the database (single use, expiring)."""
         ch = self.protocol.challenge(self._now())
-        with self.kmc.db.tx() as s:
-            if not self.kmc.allow_in(s, f"login-challenge:{source}", limit=600):
+        with self.kmc.db.engine.begin() as conn:
+            window = int(self.clock()) // 60
+            bucket = f"login-challenge:{source}"[:128]
+            count = conn.execute(
+                select(_RL.c.count)
+                .where(_RL.c.key == bucket, _RL.c.window == window)
+                .with_for_update()
+            ).scalar()
+            if count is None:
+                conn.execute(insert(_RL).values(key=bucket, window=window, count=1))
+            elif count >= self.policy.challenges_per_minute:
                 raise PolicyError("too many login requests from this address; retry later")
-            s.add(
-                LoginChallenge(
+            else:
+                conn.execute(
+                    update(_RL)
+                    .where(_RL.c.key == bucket, _RL.c.window == window)
+                    .values(count=count + 1)
+                )
+            conn.execute(
+                insert(_LC).values(
                     id=ch.challenge_id,
                     server_name=self.server_name,
                     r_s=ch.r_s,
@@ -120,30 +172,36 @@ class LoginService:
         try:
             response = Response.from_json(response_json)
             serial, challenge_id = f"{response.cert_m.serial:x}", response.challenge_id
+            keys = [f"cert:{serial}", f"src:{source}"]
             crls = self._crls()
-            with self.kmc.db.tx() as s:
-                for key in (f"cert:{serial}", f"src:{source}"):
-                    row = s.get(LoginFailures, key)
-                    if row is not None and row.locked_until > now:
-                        raise LoginError("locked_out", "too many failed logins; try again later")
-                ch = s.get(LoginChallenge, challenge_id)
-                if ch is None or ch.server_name != self.server_name:
+            with self.kmc.db.engine.begin() as conn:
+                failures = conn.execute(
+                    select(_LF.c.key, _LF.c.locked_until).where(_LF.c.key.in_(keys))
+                ).all()
+                if any(locked > now for _, locked in failures):
+                    raise LoginError("locked_out", "too many failed logins; try again later")
+                row = conn.execute(
+                    select(_LC.c.r_s, _LC.c.expires, _LC.c.used_at).where(
+                        _LC.c.id == challenge_id, _LC.c.server_name == self.server_name
+                    )
+                ).first()
+                if row is None:
                     raise LoginError("unknown_challenge", "unknown or expired login challenge")
-                consumed = s.execute(
-                    update(LoginChallenge)
-                    .where(LoginChallenge.id == ch.id, LoginChallenge.used_at.is_(None))
+                consumed = conn.execute(
+                    update(_LC)
+                    .where(_LC.c.id == challenge_id, _LC.c.used_at.is_(None))
                     .values(used_at=self._now())
                 )
                 if consumed.rowcount != 1:
                     raise LoginError("replayed", "this login challenge was already used")
                 issued = Challenge(
-                    self.server_name, ch.id, ch.r_s, ch.expires, b"", self.certificate
+                    self.server_name, challenge_id, row[0], row[1], b"", self.certificate
                 )
                 cert = self.protocol.verify(response, issued, now=self._now(), crls=crls)
-                owner = self._known_certificate(s, cert)
+                owner = self._known_certificate(conn, cert)
                 amr = ["cert", "pin"]
                 if self.policy.require_password or password is not None:
-                    self._check_password(s, owner, password)
+                    self._check_password(conn, owner, password)
                     amr.append("pwd")
                 claims = {
                     "iss": self.server_name,
@@ -156,13 +214,10 @@ class LoginService:
                     "jti": secrets.token_hex(16),
                     "amr": amr,
                 }
-                s.execute(
-                    delete(LoginFailures).where(
-                        LoginFailures.key.in_([f"cert:{serial}", f"src:{source}"])
-                    )
-                )
+                if failures:
+                    conn.execute(_D_FAIL, {"keys": keys})
                 audit.append(
-                    s,
+                    conn,
                     actor=f"user:{owner or cert.subject_str}",
                     action="login.success",
                     target=f"cert:{serial}",
@@ -174,8 +229,12 @@ class LoginService:
         return {"session_token": tokens.issue(claims, self._key.sign), "claims": claims}
 
     @staticmethod
-    def _known_certificate(s: Any, cert: Certificate) -> str | None:
-        row = s.get(IssuedCertificate, f"{cert.serial:x}")
+    def _known_certificate(conn: Any, cert: Certificate) -> str | None:
+        row = conn.execute(
+            select(_IC.c.der, _IC.c.status, _IC.c.usage, _IC.c.owner).where(
+                _IC.c.serial == f"{cert.serial:x}"
+            )
+        ).first()
         if row is None or row.der != cert.der:
             raise LoginError(
                 "user_certificate_unknown_issuer",
@@ -190,10 +249,12 @@ class LoginService:
         return row.owner
 
     @staticmethod
-    def _check_password(s: Any, owner: str | None, password: str | None) -> None:
+    def _check_password(conn: Any, owner: str | None, password: str | None) -> None:
         if password is None:
             raise LoginError("password_required", "a password is required by policy")
-        row = s.get(LoginPassword, owner or "")
+        row = conn.execute(
+            select(_LP.c.salt, _LP.c.verifier, _LP.c.iterations).where(_LP.c.owner == (owner or ""))
+        ).first()
         if row is None:
             raise LoginError("password_not_set", "no password is set for this user")
         got = pbkdf2_hmac_sm3(password.encode(), row.salt, row.iterations)
