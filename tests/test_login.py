@@ -26,6 +26,13 @@ from mstcrypt.protocols.login import Challenge, LoginClient, LoginError, LoginSe
 NOW = datetime.now(UTC)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """Protocol tests compare against CRLs made 'now': keep NOW current per test."""
+    global NOW
+    NOW = datetime.now(UTC)
+
+
 # --------------------------------------------------------------- protocol level -------
 class Pki:
     def __init__(self, cn: str = "Test Root") -> None:
@@ -40,7 +47,13 @@ class Pki:
         )
 
     def crls(self) -> list[CRL]:
-        return [self.root.crl(number=len(self.revoked) + 1, entries=self.revoked)]
+        return [
+            self.root.crl(
+                number=len(self.revoked) + 1,
+                entries=self.revoked,
+                this_update=NOW - timedelta(minutes=1),
+            )
+        ]
 
 
 @pytest.fixture

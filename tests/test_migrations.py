@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from mstcrypt.kmc.db import Database, migrate
 import mstcrypt.apps.login.models  # noqa: F401 - login tables share the metadata
+from mstcrypt.kmc.db import Database, migrate
 from mstcrypt.kmc.models import Base
 
 

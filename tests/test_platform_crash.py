@@ -286,12 +286,16 @@ class Driver(threading.Thread):
                 else:  # released by an unacknowledged approval, or the key was destroyed
                     del m.pending[rid]
                 continue
-            p.approvals.append(who)
+            # the reply lists every approval, including unacknowledged ones that committed
+            approvals = list(r["approvals"])
+            if who not in approvals or not set(p.approvals) <= set(approvals):
+                m.problems.append(f"approve {rid} by {who}: reply lists {approvals}")
+            p.approvals = approvals
             m.facts.append(("approved", rid, who))
             if r["status"] == "released":
                 m.expected_audit += 2
                 m.facts.append(
-                    ("released", rid, p.key_id, r["enveloped_key"], p.recipient, list(p.approvals))
+                    ("released", rid, p.key_id, r["enveloped_key"], p.recipient, approvals)
                 )
                 del m.pending[rid]
             else:
@@ -418,7 +422,6 @@ def test_kill9_during_platform_operations(database_url: str, tmp_path: Path) -> 
             driver = Driver(model, url, tokens, random.Random(rng.random()))
             driver.start()
             time.sleep(rng.uniform(0.0, MAX_DELAY))
-            inflight = driver.inflight
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             driver.join(30)
@@ -426,6 +429,7 @@ def test_kill9_during_platform_operations(database_url: str, tmp_path: Path) -> 
             if driver.error is not None:
                 raise driver.error
             stats["kills"] += 1
+            inflight = driver.inflight  # the request that got no reply, if it was sent
             assert not model.problems, "unexpected replies:\n" + "\n".join(model.problems)
 
             snap = checker.check()

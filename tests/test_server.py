@@ -388,15 +388,6 @@ def test_enroll_rate_limit(kmc: Kmc, tmp_path: Path) -> None:
         gen.close()
 
 
-RACES = {
-    "/enroll": "Kmc.allow/allow_in: concurrent INSERTs of a window's first RateLimit row "
-    "raise IntegrityError on PostgreSQL -> 500 InternalError",
-    "/login/challenge": "Kmc.service_identity (first LoginService use) and Kmc.allow_in "
-    "insert the same ServiceKey / RateLimit row from concurrent transactions: "
-    "IntegrityError on PostgreSQL -> 500 InternalError",
-}
-
-
 @pytest.mark.parametrize(("path", "expected"), [("/enroll", 403), ("/login/challenge", 200)])
 def test_concurrent_first_requests_never_500(
     kmc: Kmc,
@@ -408,8 +399,6 @@ def test_concurrent_first_requests_never_500(
 ) -> None:
     """Concurrent first requests (a fresh service, a new rate-limit window) must not
     crash: 8 threads x 10 windows."""
-    if database_url.startswith("postgresql"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=RACES[path]))
     gen = _platform(kmc, tmp_path / "data", enroll_rate=1000)
     p = next(gen)
     t = SM2PrivateKey.generate()
@@ -886,12 +875,6 @@ def test_operator_credential_rotation(sqlite_p: Platform) -> None:
     assert r.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Settings.authenticate_operator caches successful tokens in the module-level "
-    "_AUTH_CACHE keyed only by the operators-file path, so a replaced (or removed) "
-    "credential keeps working for the life of the process",
-)
 def test_replaced_operator_credential_is_refused(sqlite_p: Platform) -> None:
     p = sqlite_p
     old = p.ops["alice"]
@@ -999,11 +982,6 @@ def test_openapi_and_docs(sqlite_p: Platform) -> None:
     assert "swagger" in r.text.lower() and "/openapi.json" in r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="create_app installs no handler for starlette HTTPException: unknown paths and "
-    "wrong methods answer {'detail': ...} without 'error', unlike the documented format",
-)
 def test_unknown_route_error_format(sqlite_p: Platform) -> None:
     assert_error(sqlite_p.c.get("/no/such/endpoint"), 404)
     assert_error(sqlite_p.c.delete("/health"), 405)
@@ -1012,14 +990,6 @@ def test_unknown_route_error_format(sqlite_p: Platform) -> None:
 def test_nul_bytes_are_client_errors(
     p: Platform, database_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if database_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="a NUL character in a path/query/body string reaches psycopg, which "
-                "raises DataError -> 500 InternalError instead of a 4xx",
-            )
-        )
     h = p.auth()
     responses = [
         p.c.get("/directory/certificates/ab%00cd"),

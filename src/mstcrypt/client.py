@@ -126,30 +126,40 @@ class Client:
         the KMC's encryption key arrives as an SM2EnvelopedKey and is imported without
         leaving the token in clear; both certificates are validated (against ``anchor``
         when given, else the server's root) and stored in the container."""
-        if container not in token.list_containers():
-            token.create_container(container)
-        elif not replace:
+        existing = container in token.list_containers()
+        if existing and not replace:
             raise MstCryptError(f"container {container!r} exists; pass replace=True to re-enroll")
-        h = token.generate_key_pair(container, KeyUsage.SIGN, replace=True)
-        csr = build_csr(name(CN=container), h.public_key, lambda tbs: token.sign(h, tbs))
-        body = self._json("POST", "/enroll", json={"code": code, "csr": csr.pem.decode()})
-        sign_cert = Certificate.from_pem(body["sign_certificate"].encode())
-        enc_cert = Certificate.from_pem(body["encryption_certificate"].encode())
-        chain = [Certificate.from_pem(p.encode()) for p in body["chain"]]
-        if sign_cert.public_key != h.public_key:
-            raise VerificationError("the signing certificate is not for this token's key")
-        root = anchor or chain[-1]
-        crls = [self.crl("issuing"), self.crl("root")]
-        now = datetime.now(UTC)
-        for cert in (sign_cert, enc_cert):
-            validate_path(cert, anchors=[root], intermediates=chain[:-1], crls=crls, at=now)
-        enc = token.import_enveloped_key(
-            container, base64.b64decode(body["enveloped_key"]), replace=True
-        )
-        if enc.public_key != enc_cert.public_key:
-            raise VerificationError("the encryption certificate does not match the delivered key")
-        token.put_certificate(container, KeyUsage.SIGN, sign_cert.der)
-        token.put_certificate(container, KeyUsage.ENCRYPT, enc_cert.der)
+        # Work in a scratch container: a refused enrollment leaves the token unchanged.
+        scratch = f"{container}.pending"[:64]
+        if scratch in token.list_containers():
+            token.delete_container(scratch)
+        token.create_container(scratch)
+        try:
+            h = token.generate_key_pair(scratch, KeyUsage.SIGN)
+            csr = build_csr(name(CN=container), h.public_key, lambda tbs: token.sign(h, tbs))
+            body = self._json("POST", "/enroll", json={"code": code, "csr": csr.pem.decode()})
+            sign_cert = Certificate.from_pem(body["sign_certificate"].encode())
+            enc_cert = Certificate.from_pem(body["encryption_certificate"].encode())
+            chain = [Certificate.from_pem(p.encode()) for p in body["chain"]]
+            if sign_cert.public_key != h.public_key:
+                raise VerificationError("the signing certificate is not for this token's key")
+            root = anchor or chain[-1]
+            crls = [self.crl("issuing"), self.crl("root")]
+            now = datetime.now(UTC)
+            for cert in (sign_cert, enc_cert):
+                validate_path(cert, anchors=[root], intermediates=chain[:-1], crls=crls, at=now)
+            enc = token.import_enveloped_key(scratch, base64.b64decode(body["enveloped_key"]))
+            if enc.public_key != enc_cert.public_key:
+                raise VerificationError(
+                    "the encryption certificate does not match the delivered key"
+                )
+            token.put_certificate(scratch, KeyUsage.SIGN, sign_cert.der)
+            token.put_certificate(scratch, KeyUsage.ENCRYPT, enc_cert.der)
+            token.rename_container(scratch, container, replace=True)
+        except BaseException:
+            if scratch in token.list_containers():
+                token.delete_container(scratch)
+            raise
         return EnrollResult(body["owner"], container, sign_cert, enc_cert, chain, body["key_id"])
 
     def login(

@@ -18,9 +18,10 @@ import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, NoReturn
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -31,7 +32,8 @@ from rich.progress import (
 from rich.table import Table
 
 from mstcrypt.apps import files
-from mstcrypt.cli._common import EXIT_USAGE, console, err_console, fail
+from mstcrypt.cli._common import EXIT_USAGE, console, err_console
+from mstcrypt.cli._common import fail as _fail
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.formats.keys import load_public_key
 from mstcrypt.module import KeyUsage, SoftToken
@@ -70,6 +72,11 @@ ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite an existing o
 
 
 # --- plumbing ------------------------------------------------------------------------------
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Exit with ``message`` shown literally (file names and error codes may hold '[')."""
+    _fail(escape(message), code)
 
 
 @contextlib.contextmanager
@@ -361,13 +368,11 @@ def inspect_command(
         if key in desc:
             t.add_row(key, str(desc[key]))
     console.print(t)
-    st = Table(title="stanzas")
-    for col in ("#", "kind", "key id (SM3 of public key)", "certificate SM3"):
-        st.add_column(col)
     for i, s in enumerate(info.header.stanzas):
-        fp = s.cert_fingerprint.hex() if s.cert_fingerprint else "-"
-        st.add_row(str(i), s.kind.name.lower(), s.key_id.hex(), fp)
-    console.print(st)
+        line = f"stanza {i}: {s.kind.name.lower():9} key id {s.key_id.hex()}"
+        if s.cert_fingerprint:
+            line += f" certificate SM3 {s.cert_fingerprint.hex()}"
+        console.print(line, soft_wrap=True, markup=False)
 
 
 def _released(path: str) -> bytes:

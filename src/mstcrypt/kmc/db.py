@@ -41,6 +41,19 @@ class Database:
         with self._sessions() as session, session.begin():
             yield session
 
+    def upsert_increment(self, conn: Any, table: Any, key: dict[str, Any], column: str) -> int:
+        """INSERT the row with ``column`` = 1, or add 1 to it when it exists, atomically
+        (ON CONFLICT DO UPDATE on both SQLite and PostgreSQL); returns the new value."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        stmt = dialect_insert(table).values(**key, **{column: 1})
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(key), set_={column: table.c[column] + 1}
+        ).returning(table.c[column])
+        return int(conn.execute(stmt).scalar_one())
+
     def flush_deleted(self) -> None:
         """After destroying key material: on SQLite, checkpoint and truncate the WAL so
         the old page images (already zeroed in the main file by secure_delete) leave

@@ -1209,6 +1209,19 @@ class Kmc:
         self, name_: str, profile: Profile, common_name: str, *, actor: str = "system"
     ) -> tuple[SM2PrivateKey, Certificate]:
         """The signing key and certificate of one of our own services (e.g. the login
+        server), created once, wrapped by the SS-CC, certified by the issuing CA. When
+        several instances create it at the same moment, one wins and the others read it."""
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            return self._service_identity(name_, profile, common_name, actor=actor)
+        except IntegrityError:
+            return self._service_identity(name_, profile, common_name, actor=actor)
+
+    def _service_identity(
+        self, name_: str, profile: Profile, common_name: str, *, actor: str = "system"
+    ) -> tuple[SM2PrivateKey, Certificate]:
+        """The signing key and certificate of one of our own services (e.g. the login
         server), created once, wrapped by the SS-CC, certified by the issuing CA."""
         cached = self._key_cache.get(f"identity:{name_}")
         owner = f"service:{name_}"
@@ -1284,13 +1297,11 @@ class Kmc:
     def allow_in(self, s: Session, bucket: str, *, limit: int, window_seconds: int = 60) -> bool:
         """:meth:`allow` inside the caller's transaction."""
         window = int(self.clock().timestamp()) // window_seconds
-        row = s.get(RateLimit, (bucket, window), with_for_update=True)
-        if row is None:
-            s.add(RateLimit(key=bucket, window=window, count=1))
-            s.execute(RateLimit.__table__.delete().where(RateLimit.window < window - 1))
-            return True
-        row.count += 1
-        return row.count <= limit
+        table = RateLimit.__table__
+        count = self.db.upsert_increment(s, table, {"key": bucket[:128], "window": window}, "count")
+        if count == 1:
+            s.execute(table.delete().where(table.c.window < window - 1))
+        return count <= limit
 
     # ------------------------------------------------------------------ backup ----------
     def backup(self, passphrase: str, *, actor: str) -> bytes:

@@ -151,6 +151,20 @@ class CryptoModule(ABC):
             self._get(name)
             del self._containers[name]
 
+    def rename_container(self, old: str, new: str, *, replace: bool = False) -> None:
+        """Rename a container (with ``replace``, an existing ``new`` is dropped), as one
+        persisted change."""
+        self._require_open()
+        if not isinstance(new, str) or not _NAME.fullmatch(new):
+            raise PolicyError("container name: 1-64 characters of A-Z a-z 0-9 . _ @ -")
+        with self._transaction():
+            c = self._get(old)
+            if new in self._containers and not replace:
+                raise PolicyError(f"container {new!r} already exists")
+            self._containers.pop(new, None)
+            del self._containers[old]
+            self._containers[new] = c
+
     def _get(self, name: str) -> _Container:
         c = self._containers.get(name) if isinstance(name, str) else None
         if c is None:

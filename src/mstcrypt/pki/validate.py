@@ -36,7 +36,7 @@ that are supplied are always checked.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from mstcrypt.errors import PolicyError
 from mstcrypt.pki import _common as c
@@ -51,6 +51,11 @@ MAX_PATH_LENGTH = 10
 #: At most this many candidate paths are built and tried (same-name CAs without key
 #: identifiers could otherwise make path building exponential).
 MAX_CANDIDATE_PATHS = 16
+
+
+#: A CRL issued "in the future" by up to this much is accepted (clocks of the CA and the
+#: validating party differ in practice).
+CRL_CLOCK_SKEW = timedelta(minutes=5)
 
 
 def _fail(reason: str, message: str, cert: Certificate | None) -> CertificateError:
@@ -198,7 +203,7 @@ def _check_crl(crl: CRL, issuer: Certificate, issuer_is_anchor: bool, at: dateti
     if not issuer_is_anchor and not issuer.key_usage:
         raise CertificateError("crl_invalid", "CRL issuer asserts no cRLSign", certificate=subject)
     crl.verify_signature(issuer.public_key)  # crl_invalid
-    if crl.this_update > at:
+    if crl.this_update > at + CRL_CLOCK_SKEW:
         raise CertificateError(
             "crl_invalid", "CRL thisUpdate is in the future", certificate=subject
         )

@@ -18,6 +18,8 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mstcrypt import __version__
 from mstcrypt.apps.login.tokens import TokenError
@@ -225,6 +227,25 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
         ]
         return JSONResponse(
             {"error": "ValidationError", "detail": "; ".join(problems)}, status_code=422
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        names = {404: "NotFound", 405: "MethodNotAllowed"}
+        return JSONResponse(
+            {"error": names.get(exc.status_code, "HTTPError"), "detail": str(exc.detail)},
+            status_code=exc.status_code,
+        )
+
+    @app.exception_handler(DataError)
+    async def _data(_req: Request, exc: DataError) -> JSONResponse:
+        # e.g. a NUL character that PostgreSQL cannot store: bad input, not a crash
+        return JSONResponse(
+            {
+                "error": "DecodeError",
+                "detail": "the request contains characters or values the store cannot accept",
+            },
+            status_code=400,
         )
 
     @app.exception_handler(Exception)

@@ -27,7 +27,7 @@ from mstcrypt.module import keystore
 from mstcrypt.module.server import KeyWrapper, load_master_key
 
 OPERATOR_ITERATIONS = 50_000
-_AUTH_CACHE: dict[str, tuple[str, str]] = {}
+_AUTH_CACHE: dict[str, tuple[str, str, str]] = {}
 
 
 @dataclass
@@ -134,11 +134,16 @@ class Settings:
 
         digest = sm3(b"op|" + token.encode()).hex()
         cached = _AUTH_CACHE.get(digest)
-        if cached is not None and cached[0] == str(self.operators_file):
-            return cached[1]
+        if cached is not None:
+            path, name, verifier = cached
+            entry = self._operators().get(name, {}) if path == str(self.operators_file) else {}
+            if entry.get("verifier") == verifier:  # still the credential that was checked
+                return name
+            _AUTH_CACHE.pop(digest, None)
         found = self._authenticate(token)
         if found is not None:
-            _AUTH_CACHE[digest] = (str(self.operators_file), found)
+            verifier = self._operators().get(found, {}).get("verifier", "")
+            _AUTH_CACHE[digest] = (str(self.operators_file), found, verifier)
         return found
 
     def _authenticate(self, token: str) -> str | None:

@@ -419,15 +419,13 @@ def accept_reissued_stanza(
     if not isinstance(wrapped, bytes):
         raise PolicyError("released must be the DER SM2Cipher bytes or a Stanza")
     check_wrapped(wrapped, "released file key")
-    idents = identities_of(module, handle)
-    for ident in idents:
-        if header.stanza_for(ident.key_id) is not None:
-            raise PolicyError("this key is already a recipient of the file")
-    for ident in idents:
+    for ident in identities_of(module, handle):
         try:
             fek = ident.unwrap(wrapped)
         except FileFormatError:
             continue
+        if header.stanza_for(ident.key_id) is not None:
+            raise PolicyError("this key is already a recipient of the file")
         keys = FileKeys(fek, header.salt)
         header.verify_mac(keys)
         stanza = Stanza(StanzaKind.RECIPIENT, ident.key_id, wrapped)

@@ -38,17 +38,6 @@ _IC = IssuedCertificate.__table__
 _RL = RateLimit.__table__
 
 # Statements built once (SQLAlchemy memoises their cache keys): the login path is hot.
-_Q_RATE = (
-    select(_RL.c.count)
-    .where(_RL.c.key == bindparam("bucket"), _RL.c.window == bindparam("win"))
-    .with_for_update()
-)
-_I_RATE = insert(_RL).values(key=bindparam("bucket"), window=bindparam("win"), count=1)
-_U_RATE = (
-    update(_RL)
-    .where(_RL.c.key == bindparam("bucket"), _RL.c.window == bindparam("win"))
-    .values(count=_RL.c.count + 1)
-)
 _I_CHAL = insert(_LC)
 _Q_FAIL = select(_LF.c.key, _LF.c.locked_until).where(
     _LF.c.key.in_(bindparam("keys", expanding=True))
@@ -130,30 +119,21 @@ class LoginService:
         with self.kmc.db.engine.begin() as conn:
             window = int(self.clock()) // 60
             bucket = f"login-challenge:{source}"[:128]
-            count = conn.execute(
-                select(_RL.c.count)
-                .where(_RL.c.key == bucket, _RL.c.window == window)
-                .with_for_update()
-            ).scalar()
-            if count is None:
-                conn.execute(insert(_RL).values(key=bucket, window=window, count=1))
-            elif count >= self.policy.challenges_per_minute:
+            count = self.kmc.db.upsert_increment(
+                conn, _RL, {"key": bucket, "window": window}, "count"
+            )
+            if count > self.policy.challenges_per_minute:
                 raise PolicyError("too many login requests from this address; retry later")
-            else:
-                conn.execute(
-                    update(_RL)
-                    .where(_RL.c.key == bucket, _RL.c.window == window)
-                    .values(count=count + 1)
-                )
             conn.execute(
-                insert(_LC).values(
-                    id=ch.challenge_id,
-                    server_name=self.server_name,
-                    r_s=ch.r_s,
-                    expires=ch.expires,
-                    source=source[:64],
-                    used_at=None,
-                )
+                _I_CHAL,
+                {
+                    "id": ch.challenge_id,
+                    "server_name": self.server_name,
+                    "r_s": ch.r_s,
+                    "expires": ch.expires,
+                    "source": source[:64],
+                    "used_at": None,
+                },
             )
         return ch
 
@@ -175,23 +155,15 @@ class LoginService:
             keys = [f"cert:{serial}", f"src:{source}"]
             crls = self._crls()
             with self.kmc.db.engine.begin() as conn:
-                failures = conn.execute(
-                    select(_LF.c.key, _LF.c.locked_until).where(_LF.c.key.in_(keys))
-                ).all()
+                failures = conn.execute(_Q_FAIL, {"keys": keys}).all()
                 if any(locked > now for _, locked in failures):
                     raise LoginError("locked_out", "too many failed logins; try again later")
                 row = conn.execute(
-                    select(_LC.c.r_s, _LC.c.expires, _LC.c.used_at).where(
-                        _LC.c.id == challenge_id, _LC.c.server_name == self.server_name
-                    )
+                    _Q_CHAL, {"cid": challenge_id, "server": self.server_name}
                 ).first()
                 if row is None:
                     raise LoginError("unknown_challenge", "unknown or expired login challenge")
-                consumed = conn.execute(
-                    update(_LC)
-                    .where(_LC.c.id == challenge_id, _LC.c.used_at.is_(None))
-                    .values(used_at=self._now())
-                )
+                consumed = conn.execute(_U_CHAL, {"cid": challenge_id, "at": self._now()})
                 if consumed.rowcount != 1:
                     raise LoginError("replayed", "this login challenge was already used")
                 issued = Challenge(
@@ -230,11 +202,7 @@ class LoginService:
 
     @staticmethod
     def _known_certificate(conn: Any, cert: Certificate) -> str | None:
-        row = conn.execute(
-            select(_IC.c.der, _IC.c.status, _IC.c.usage, _IC.c.owner).where(
-                _IC.c.serial == f"{cert.serial:x}"
-            )
-        ).first()
+        row = conn.execute(_Q_CERT, {"serial": f"{cert.serial:x}"}).first()
         if row is None or row.der != cert.der:
             raise LoginError(
                 "user_certificate_unknown_issuer",

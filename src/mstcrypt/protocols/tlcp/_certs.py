@@ -1,0 +1,151 @@
+"""Peer certificate checks: path validation of the signing and encryption
+certificates, alert mapping, host name matching."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from datetime import datetime
+
+from mstcrypt.errors import DecodeError
+from mstcrypt.pki import Certificate, CertificateError, validate_path
+from mstcrypt.protocols.tlcp.constants import AlertDescription
+from mstcrypt.protocols.tlcp.context import TLCPContext
+from mstcrypt.protocols.tlcp.errors import TLCPError
+
+__all__ = ["hostname_matches", "parse_chain", "validate_peer"]
+
+_ALERTS = {
+    "expired": AlertDescription.CERTIFICATE_EXPIRED,
+    "not_yet_valid": AlertDescription.CERTIFICATE_EXPIRED,
+    "revoked": AlertDescription.CERTIFICATE_REVOKED,
+    "unknown_issuer": AlertDescription.UNKNOWN_CA,
+    "name_chain": AlertDescription.UNKNOWN_CA,
+    "key_usage": AlertDescription.UNSUPPORTED_CERTIFICATE,
+    "extended_key_usage": AlertDescription.UNSUPPORTED_CERTIFICATE,
+    "crl_invalid": AlertDescription.CERTIFICATE_UNKNOWN,
+    "crl_expired": AlertDescription.CERTIFICATE_UNKNOWN,
+    "crl_missing": AlertDescription.CERTIFICATE_UNKNOWN,
+}
+
+#: Key usages acceptable for the encryption certificate (SM2 encryption in ECC
+#: suites, SM2 key exchange in ECDHE suites).
+ENC_USAGES = frozenset({"key_encipherment", "key_agreement"})
+
+
+def parse_chain(ders: Sequence[bytes]) -> tuple[Certificate, ...]:
+    out = []
+    for i, der in enumerate(ders):
+        try:
+            out.append(Certificate.from_der(der))
+        except DecodeError as exc:
+            raise TLCPError(
+                AlertDescription.BAD_CERTIFICATE, f"certificate {i} is malformed: {exc}"
+            ) from None
+    return tuple(out)
+
+
+def _validate(
+    ctx: TLCPContext,
+    leaf: Certificate,
+    intermediates: Sequence[Certificate],
+    at: datetime,
+    key_usage: frozenset[str],
+    eku: str,
+    what: str,
+) -> None:
+    try:
+        validate_path(
+            leaf,
+            anchors=ctx.trust_anchors,
+            intermediates=(*intermediates, *ctx.intermediates),
+            crls=ctx.crls,
+            at=at,
+            require_revocation_check=ctx.require_crl,
+            key_usage=key_usage,
+            extended_key_usage=eku,
+        )
+    except CertificateError as exc:
+        alert = _ALERTS.get(exc.reason, AlertDescription.BAD_CERTIFICATE)
+        raise TLCPError(alert, f"{what}: {exc}") from None
+
+
+def validate_peer(
+    ctx: TLCPContext,
+    certs: tuple[Certificate, ...],
+    *,
+    at: datetime,
+    eku: str,
+    need_enc: bool,
+    who: str,
+) -> None:
+    """Validate certs[0] as a signing certificate and, when ``need_enc`` (or when
+    certs[1] is an end-entity certificate), certs[1] as an encryption certificate."""
+    if need_enc and len(certs) < 2:
+        raise TLCPError(
+            AlertDescription.BAD_CERTIFICATE,
+            f"{who} sent {len(certs)} certificate(s); TLCP needs the signing and the "
+            "encryption certificate",
+        )
+    sign = certs[0]
+    enc = certs[1] if len(certs) > 1 and (need_enc or not certs[1].is_ca) else None
+    rest = certs[2:] if enc is not None else certs[1:]
+    _validate(
+        ctx, sign, rest, at, frozenset({"digital_signature"}), eku, f"{who} signing certificate"
+    )
+    if enc is not None:
+        _validate(ctx, enc, rest, at, frozenset(), eku, f"{who} encryption certificate")
+        if not enc.key_usage & ENC_USAGES:
+            raise TLCPError(
+                AlertDescription.UNSUPPORTED_CERTIFICATE,
+                f"{who} encryption certificate has neither keyEncipherment nor keyAgreement",
+            )
+
+
+def _common_names(cert: Certificate) -> list[str]:
+    out = []
+    for rdn in cert.subject.chosen:
+        for atv in rdn:
+            if atv["type"].native == "common_name":
+                out.append(str(atv["value"].native))
+    return out
+
+
+def _dns_match(pattern: str, host: str) -> bool:
+    pattern = pattern.rstrip(".").lower()
+    if pattern == host:
+        return True
+    if pattern.startswith("*.") and "." in host:
+        head, tail = host.split(".", 1)
+        return bool(head) and tail == pattern[2:] and tail.count(".") >= 1
+    return False
+
+
+def hostname_matches(cert: Certificate, host: str) -> bool:
+    """RFC 6125-style: dNSName SANs (one leftmost wildcard label), IP SANs for an IP
+    literal; the subject CN only when the certificate has no dNSName."""
+    host = host.rstrip(".").lower()
+    sans = cert.subject_alt_names
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        for s in sans:
+            try:
+                if ipaddress.ip_address(s) == ip:
+                    return True
+            except ValueError:
+                continue
+        return False
+    dns = [s for s in sans if "@" not in s and "://" not in s and not _is_ip(s)]
+    candidates = dns or _common_names(cert)
+    return any(_dns_match(p, host) for p in candidates)
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,627 @@
+"""``mstcrypt file encrypt|decrypt|inspect|rewrap``: every command and option, exit code 2
+on format errors, the KMC directory (--to) and the KMC escrow recovery flow."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+
+from mstcrypt.apps import files
+from mstcrypt.cli import file_cmd
+from mstcrypt.cli._common import run
+from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.formats.keys import dump_public_key
+from mstcrypt.module import KeyUsage, SoftToken
+from mstcrypt.pki import CRL, Issuer, Profile, build_csr, name
+
+KIT = Path(__file__).parent / "filekit"
+PIN = "123456"
+
+root = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+root.add_typer(file_cmd.app, name="file")
+
+
+@root.callback()
+def _main() -> None:
+    """Test harness: the lead registers file_cmd.app as ``mstcrypt file``."""
+
+
+def cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    *args: str,
+    stdin: bytes | None = None,
+) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["mstcrypt", "file", *args])
+    if stdin is not None:
+        import io
+
+        class _In:
+            buffer = io.BytesIO(stdin)
+
+        monkeypatch.setattr(sys, "stdin", _In)
+    code = run(root)
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.token = tmp / "t.tok"
+        tok = SoftToken.init(self.token, PIN, "admin-code-1", iterations=100_000)
+        k = SM2PrivateKey.generate()
+        self.ca = Issuer.self_signed(name(CN="Root"), k.public_key(), k.sign)
+        self.certs: dict[str, Path] = {}
+        self.keys: dict[str, Any] = {}
+        for n in ("alice", "bob"):
+            tok.create_container(n)
+            h = tok.generate_key_pair(n, KeyUsage.ENCRYPT)
+            self.keys[n] = h.public_key
+            cert = self.ca.issue(
+                subject=name(CN=n), public_key=h.public_key, profile=Profile.DEVICE_ENC
+            )
+            self.certs[n] = tmp / f"{n}.pem"
+            self.certs[n].write_bytes(cert.pem)
+
+    def file(self, name: str, content: bytes) -> Path:
+        p = self.tmp / name
+        p.write_bytes(content)
+        return p
+
+    def tok(self, container: str | None = None) -> list[str]:
+        args = ["--token", str(self.token), "--pin", PIN]
+        return [*args, "--container", container] if container else args
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Env:
+    return Env(tmp_path)
+
+
+def test_encrypt_decrypt_default_names(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pt = secrets.token_bytes(200_000)
+    src = env.file("report.pdf", pt)
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--recipient-cert",
+        str(env.certs["alice"]),
+        "--recipient-cert",
+        str(env.certs["bob"]),
+    )
+    assert code == 0, err
+    assert "2 stanza(s)" in err
+    enc = env.tmp / "report.pdf.mst"
+    assert files.inspect(enc.read_bytes()).stanzas[0].cert_fingerprint is not None
+    src.unlink()
+    code, _, err = cli(monkeypatch, capfd, "decrypt", str(enc), *env.tok("bob"))
+    assert code == 0, err
+    assert src.read_bytes() == pt
+    # existing output needs --force; without --container every container is tried
+    code, _, err = cli(monkeypatch, capfd, "decrypt", str(enc), *env.tok())
+    assert code == 2 and "--force" in err
+    code, _, err = cli(monkeypatch, capfd, "decrypt", str(enc), *env.tok(), "--force")
+    assert code == 0, err
+    code, _, err = cli(monkeypatch, capfd, "decrypt", str(src), *env.tok())
+    assert code == 2 and "--out" in err
+
+
+def test_stdin_stdout_and_raw_keys(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pub = env.tmp / "alice.pub"
+    pub.write_bytes(dump_public_key(env.keys["alice"]))
+    code, out, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        "-",
+        "--recipient-key",
+        str(pub),
+        "--chunk-size",
+        "1024",
+        stdin=b"from a pipe",
+    )
+    assert code == 0 and out, err  # the ciphertext went to standard output
+    enc = env.tmp / "x.mst"
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        "-",
+        "--recipient-key",
+        str(pub),
+        "-o",
+        str(enc),
+        stdin=b"from a pipe",
+    )
+    assert code == 0, err
+    code, out, err = cli(monkeypatch, capfd, "decrypt", str(enc), *env.tok("alice"), "-o", "-")
+    assert code == 0 and out == "from a pipe"
+    code, out, err = cli(
+        monkeypatch, capfd, "decrypt", "-", *env.tok("alice"), "-o", "-", stdin=enc.read_bytes()
+    )
+    assert code == 0 and out == "from a pipe"
+
+
+def test_in_place_and_ranges(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pt = bytes(range(256)) * 1000
+    db = env.file("app.db", pt)
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(db),
+        "--in-place",
+        "--recipient-cert",
+        str(env.certs["alice"]),
+        "--chunk-size",
+        "4096",
+        "--progress",
+    )
+    assert code == 0, err
+    assert db.read_bytes().startswith(files.MAGIC)
+    rng = env.tmp / "r10.bin"
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "decrypt",
+        str(db),
+        *env.tok("alice"),
+        "--offset",
+        "5000",
+        "--length",
+        "10",
+        "-o",
+        str(rng),
+    )
+    assert code == 0, err
+    assert rng.read_bytes() == pt[5000:5010]
+    rng = env.tmp / "range.bin"
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "decrypt",
+        str(db),
+        *env.tok("alice"),
+        "--offset",
+        "255000",
+        "-o",
+        str(rng),
+    )
+    assert code == 0 and rng.read_bytes() == pt[255000:]
+    code, _, err = cli(monkeypatch, capfd, "decrypt", str(db), *env.tok("alice"), "--in-place")
+    assert code == 0, err
+    assert db.read_bytes() == pt
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(db),
+        "--in-place",
+        "-o",
+        "x",
+        "--recipient-cert",
+        str(env.certs["alice"]),
+    )
+    assert code == 2 and "--in-place" in err
+    code, _, err = cli(monkeypatch, capfd, "decrypt", "-", *env.tok(), "--offset", "1")
+    assert code == 2 and "seekable" in err
+
+
+def test_inspect(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    kmc = SM2PrivateKey.generate()
+    kpem = env.file("kmc.pub", dump_public_key(kmc.public_key()))
+    src = env.file("a.txt", b"hello" * 1000)
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--recipient-cert",
+        str(env.certs["alice"]),
+        "--escrow-key",
+        str(kpem),
+    )
+    assert code == 0, err
+    enc = env.tmp / "a.txt.mst"
+    code, out, _ = cli(monkeypatch, capfd, "inspect", str(enc), "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["plaintext_size"] == 5000 and d["authenticated"] is False
+    assert [s["kind"] for s in d["stanzas"]] == ["recipient", "escrow"]
+    esc = env.tmp / "escrow.b64"
+    code, out, _ = cli(monkeypatch, capfd, "inspect", str(enc), "--escrow-out", str(esc))
+    assert code == 0 and "escrow" in out and env.keys["alice"].fingerprint().hex() in out
+    wrapped = base64.b64decode(esc.read_text())
+    assert kmc.decrypt(wrapped) and len(kmc.decrypt(wrapped)) == 16
+    code, out, _ = cli(monkeypatch, capfd, "inspect", "-", stdin=enc.read_bytes())
+    assert code == 0 and "stanza 1: escrow" in out
+    other = env.file("b.txt", b"b")
+    code, _, _ = cli(
+        monkeypatch, capfd, "encrypt", str(other), "--recipient-cert", str(env.certs["alice"])
+    )
+    code, _, err = cli(
+        monkeypatch, capfd, "inspect", str(env.tmp / "b.txt.mst"), "--escrow-out", str(esc)
+    )
+    assert code == 2 and "no escrow stanza" in err
+
+
+MANIFEST = json.loads((KIT / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def kit_token(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("kit") / "k.tok"
+    tok = SoftToken.init(path, PIN, "admin-code-1", iterations=100_000)
+    tok.create_container("reader")
+    key = SM2PrivateKey.from_bytes(bytes.fromhex(MANIFEST["reader"]["private_key"]))
+    tok.import_key_pair("reader", key, KeyUsage.ENCRYPT)
+    return path
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "bad_magic",
+        "version_2",
+        "header_mac_flipped",
+        "chunks_swapped",
+        "last_chunk_dropped",
+        "stanza_for_other_recipient",
+        "stanza_c2_tampered",
+        "header_truncated_mac",
+    ],
+)
+def test_format_errors_exit_2(
+    case: str,
+    kit_token: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    entry = next(c for c in MANIFEST["cases"] if c["file"] == f"corpus/{case}")
+    out = tmp_path / "out.bin"
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "decrypt",
+        str(KIT / entry["file"]),
+        "--token",
+        str(kit_token),
+        "--pin",
+        PIN,
+        "-o",
+        str(out),
+    )
+    assert code == 2
+    assert f"[{entry['code']}]" in err
+    assert " ".join(entry["message"].split())[:40] in " ".join(err.split())
+    assert not out.exists()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".mstcrypt-tmp")]
+    if entry["code"] in files.errors.FORMAT_CODES:
+        code, _, err = cli(monkeypatch, capfd, "inspect", str(KIT / entry["file"]))
+        assert code == 2 and entry["code"] in err
+
+
+def test_rewrap(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    src = env.file("d.txt", b"shared document" * 100)
+    code, _, _ = cli(
+        monkeypatch, capfd, "encrypt", str(src), "--recipient-cert", str(env.certs["alice"])
+    )
+    enc = env.tmp / "d.txt.mst"
+    body = enc.read_bytes()[files.inspect(enc.read_bytes()).size :]
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "rewrap",
+        str(enc),
+        *env.tok("alice"),
+        "--add-cert",
+        str(env.certs["bob"]),
+        "--remove",
+        env.keys["alice"].fingerprint().hex(),
+    )
+    assert code == 0, err
+    h = files.inspect(enc.read_bytes())
+    assert enc.read_bytes()[h.size :] == body
+    assert [s.key_id for s in h.stanzas] == [env.keys["bob"].fingerprint()]
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "rewrap",
+        str(enc),
+        *env.tok("alice"),
+        "--add-cert",
+        str(env.certs["alice"]),
+    )
+    assert code == 2 and "no-matching-recipient" in err
+    copy = env.tmp / "copy.mst"
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "rewrap",
+        str(enc),
+        *env.tok(),
+        "-o",
+        str(copy),
+        "--add-cert",
+        str(env.certs["alice"]),
+    )
+    assert code == 0, err
+    assert len(files.inspect(copy.read_bytes()).stanzas) == 2
+    code, _, err = cli(monkeypatch, capfd, "rewrap", str(enc), *env.tok(), "-o", str(copy))
+    assert code == 2 and "--force" in err
+
+
+def test_usage_errors(
+    env: Env, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    src = env.file("u.txt", b"u")
+    code, _, err = cli(monkeypatch, capfd, "encrypt", str(src))
+    assert code == 2 and "no recipient" in err
+    code, _, err = cli(monkeypatch, capfd, "encrypt", str(src), "--to", "bob")
+    assert code == 2 and "--server" in err
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--recipient-cert",
+        str(env.certs["alice"]),
+        "--escrow",
+    )
+    assert code == 2 and "--server" in err
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--recipient-cert",
+        str(env.certs["alice"]),
+        "--escrow",
+        "--escrow-key",
+        str(src),
+    )
+    assert code == 2 and "not both" in err
+    code, _, err = cli(
+        monkeypatch, capfd, "encrypt", str(src), "--recipient-cert", str(env.tmp / "nope.pem")
+    )
+    assert code == 2 and "cannot read" in err
+    code, _, err = cli(monkeypatch, capfd, "encrypt", str(src), "--recipient-cert", str(src))
+    assert code == 2 and "certificate" in err
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--recipient-cert",
+        str(env.certs["alice"]),
+        "--chunk-size",
+        "1000",
+    )
+    assert code == 2 and "power of two" in err
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(env.tmp / "missing"),
+        "--recipient-cert",
+        str(env.certs["alice"]),
+    )
+    assert code == 2 and "cannot read" in err
+    code, _, err = cli(
+        monkeypatch, capfd, "decrypt", "x.mst", "--token", str(env.token), "--pin", "999999"
+    )
+    assert code == 2 and "PIN" in err
+
+
+class KmcDirectory:
+    """The Client surface file_cmd uses, answered by a Kmc service object."""
+
+    def __init__(self, kmc: Any) -> None:
+        self.kmc = kmc
+
+    def chain(self) -> list[Any]:
+        return list(self.kmc.chain())
+
+    def crl(self, ca: str = "issuing") -> CRL:
+        return CRL.from_der(self.kmc.crl(ca))
+
+    def encryption_certificate(self, owner: str) -> Any:
+        return self.kmc.encryption_certificate(owner)
+
+    def file_recovery_public_key(self) -> Any:
+        return self.kmc.file_recovery_public_key()
+
+
+@pytest.fixture
+def kmc(tmp_path: Path) -> Any:
+    from mstcrypt.kmc.db import Database
+    from mstcrypt.kmc.service import Kmc
+    from mstcrypt.module.server import KeyWrapper
+
+    k = Kmc(
+        Database(f"sqlite:///{tmp_path / 'kmc.db'}"),
+        KeyWrapper(secrets.token_bytes(32)),
+        crl_base_url="http://kmc.test",
+    )
+    k.create_schema()
+    k.init_ca(actor="test")
+    yield k
+    k.db.dispose()
+
+
+def _enroll(kmc: Any, token: SoftToken, owner: str) -> Any:
+    """Enroll a token container with the KMC (what Client.enroll does over HTTP)."""
+    token.create_container(owner)
+    h = token.generate_key_pair(owner, KeyUsage.SIGN)
+    code, _ = kmc.create_enrollment_code(owner=owner, subject={"CN": owner}, actor="op1")
+    csr = build_csr(name(CN=owner), h.public_key, lambda tbs: token.sign(h, tbs))
+    e = kmc.enroll(code, csr.der)
+    return token.import_enveloped_key(owner, e.enveloped_key)
+
+
+def test_directory_recipients_and_escrow_recovery(
+    env: Env, kmc: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    tok = SoftToken.open(env.token)
+    tok.login(PIN)
+    dave = _enroll(kmc, tok, "dave")
+    monkeypatch.setattr(file_cmd, "_client", lambda server: KmcDirectory(kmc))
+    anchor = env.file("root.pem", kmc.chain()[-1].pem)
+    src = env.file("plan.txt", b"the plan" * 500)
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--to",
+        "dave",
+        "--server",
+        "http://kmc",
+        "--anchor",
+        str(anchor),
+        "--escrow",
+    )
+    assert code == 0, err
+    enc = env.tmp / "plan.txt.mst"
+    h = files.inspect(enc.read_bytes())
+    assert h.stanzas[0].key_id == dave.public_key.fingerprint()
+    assert h.escrow is not None
+    assert h.escrow.key_id == kmc.file_recovery_public_key().fingerprint()
+    # without --anchor the server's root is trusted, with a warning
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--to",
+        "dave",
+        "--server",
+        "http://kmc",
+        "-o",
+        str(env.tmp / "p2.mst"),
+    )
+    assert code == 0 and "warning" in err
+    # an owner without an encryption certificate
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--to",
+        "nobody",
+        "--server",
+        "http://kmc",
+        "-o",
+        str(env.tmp / "p3.mst"),
+    )
+    assert code == 2
+
+    # the device is lost; bob (a new token container) gets the file back via the KMC
+    esc = env.tmp / "escrow.b64"
+    assert cli(monkeypatch, capfd, "inspect", str(enc), "--escrow-out", str(esc))[0] == 0
+    rid = kmc.request_file_recovery(
+        base64.b64decode(esc.read_text()), env.keys["bob"], reason="lost phone", actor="op1"
+    )
+    kmc.approve_recovery(rid, actor="op1")
+    released = kmc.recovery_result(rid)
+    assert released["file_key_ciphertext"] is None
+    kmc.approve_recovery(rid, actor="op2")
+    rel = env.tmp / "released.b64"
+    rel.write_text(kmc.recovery_result(rid)["file_key_ciphertext"])
+    code, _, err = cli(
+        monkeypatch, capfd, "rewrap", str(enc), *env.tok("bob"), "--recovered", str(rel)
+    )
+    assert code == 0, err
+    out = env.tmp / "plan.out"
+    code, _, err = cli(monkeypatch, capfd, "decrypt", str(enc), *env.tok("bob"), "-o", str(out))
+    assert code == 0 and out.read_bytes() == b"the plan" * 500
+    # --recovered into --out, with the released key as DER
+    rel.write_bytes(base64.b64decode(rel.read_text()))
+    copy = env.tmp / "copy.mst"
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "rewrap",
+        str(env.tmp / "p2.mst"),
+        *env.tok("bob"),
+        "--recovered",
+        str(rel),
+        "-o",
+        str(copy),
+    )
+    assert code == 2 and "header-mac-mismatch" in err  # released for another file
+    # rewrap can change the escrow stanza through the directory too
+    code, _, err = cli(monkeypatch, capfd, "rewrap", str(enc), *env.tok("bob"), "--remove-escrow")
+    assert code == 0 and files.inspect(enc.read_bytes()).escrow is None
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "rewrap",
+        str(enc),
+        *env.tok("bob"),
+        "--escrow",
+        "--server",
+        "http://kmc",
+        "--add-to",
+        "dave",
+    )
+    assert code == 2 and "already a recipient" in err
+
+
+def test_escrow_key_over_http_fallback(
+    env: Env, kmc: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A Client without file_recovery_public_key(): GET /kmc/file-recovery-key.pem."""
+    from mstcrypt.client import Client
+
+    real = file_cmd._client("http://127.0.0.1:9")
+    assert isinstance(real, Client)
+    real.close()
+    pem = dump_public_key(kmc.file_recovery_public_key())
+
+    class Response:
+        content = pem
+
+    class Bare:
+        def _request(self, method: str, path: str) -> Response:
+            assert (method, path) == ("GET", "/kmc/file-recovery-key.pem")
+            return Response()
+
+    monkeypatch.setattr(file_cmd, "_client", lambda server: Bare())
+    src = env.file("e.txt", b"escrowed")
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--recipient-cert",
+        str(env.certs["alice"]),
+        "--escrow",
+        "--server",
+        "http://kmc",
+    )
+    assert code == 0, err
+    h = files.inspect((env.tmp / "e.txt.mst").read_bytes())
+    assert h.escrow is not None
+    assert h.escrow.key_id == kmc.file_recovery_public_key().fingerprint()
