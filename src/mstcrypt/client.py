@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import MstCryptError, VerificationError
 from mstcrypt.module import KeyUsage, SoftToken
 from mstcrypt.pki import CRL, Certificate, build_csr, name, validate_path
@@ -259,6 +260,29 @@ class Client:
 
     def approve_recovery(self, request_id: str) -> dict[str, Any]:
         return dict(self._json("POST", f"/admin/recovery/{request_id}/approve"))
+
+    def file_recovery_public_key(self) -> SM2PublicKey:
+        """The KMC's file-recovery (escrow) public key."""
+        from mstcrypt.formats.keys import load_public_key
+
+        return load_public_key(self._request("GET", "/kmc/file-recovery-key.pem").content)
+
+    def request_file_recovery(
+        self, escrow_ciphertext: bytes, recipient_public_key: bytes, reason: str
+    ) -> str:
+        """Operator: ask for a file key (from the file's escrow stanza) to be released to a
+        new terminal; two distinct operators must then approve."""
+        return str(
+            self._json(
+                "POST",
+                "/admin/file-recovery",
+                json={
+                    "escrow_stanza": base64.b64encode(escrow_ciphertext).decode(),
+                    "recipient_public_key": recipient_public_key.hex(),
+                    "reason": reason,
+                },
+            )["request_id"]
+        )
 
     def verify_audit(self) -> dict[str, Any]:
         return dict(self._json("GET", "/admin/audit/verify"))

@@ -2,6 +2,7 @@
 
 Verbs mirror gmssl/openssl: ``sm2 keygen|sign|verify|encrypt|decrypt``, ``sm3``,
 ``sm4 encrypt|decrypt``, ``token init|info|change-pin|unlock``, ``speed``, ``selftest``;
+files: ``file encrypt|decrypt|inspect|rewrap``;
 the platform: ``serve``, ``ca init``, ``operator add``, ``enroll``, ``audit``, ``demo``.
 Exit codes: 0 success, 1 a signature/MAC did not verify, 2 usage or format error.
 """
@@ -12,7 +13,17 @@ import sys
 
 import typer
 
-from mstcrypt.cli import _common, demo, platform, selftest, sm2_cmd, speed, symmetric, token_cmd
+from mstcrypt.cli import (
+    _common,
+    demo,
+    file_cmd,
+    platform,
+    selftest,
+    sm2_cmd,
+    speed,
+    symmetric,
+    token_cmd,
+)
 
 app = typer.Typer(
     name="mstcrypt",
@@ -34,6 +45,7 @@ app.command("demo")(demo.demo_command)
 app.add_typer(platform.ca_app, name="ca")
 app.add_typer(platform.operator_app, name="operator")
 app.add_typer(platform.audit_app, name="audit")
+app.add_typer(file_cmd.app, name="file")
 
 
 @app.command("version")

@@ -184,7 +184,8 @@ class Connection:
         self._rl.write = self._pending_write
         self._pending_write = None
         label = CLIENT_FINISHED if self.is_client else SERVER_FINISHED
-        self._send_handshake(HandshakeType.FINISHED, self._verify_data(label, len(self._transcript)))
+        verify = self._verify_data(label, len(self._transcript))
+        self._send_handshake(HandshakeType.FINISHED, verify)
 
     def _abort(self, alert: AlertDescription) -> None:
         if not self._failed:
@@ -307,8 +308,8 @@ class Connection:
         handler(raw[4:], upto)
 
     def _after_handshake(self, mtype: HandshakeType) -> None:
-        renegotiation = HandshakeType.HELLO_REQUEST if self.is_client else HandshakeType.CLIENT_HELLO
-        if mtype is renegotiation:
+        hello = HandshakeType.HELLO_REQUEST if self.is_client else HandshakeType.CLIENT_HELLO
+        if mtype is hello:
             self._send_alert(AlertLevel.WARNING, AlertDescription.NO_RENEGOTIATION)
             return
         raise fail(AlertDescription.UNEXPECTED_MESSAGE, f"unexpected {mtype.name} after handshake")

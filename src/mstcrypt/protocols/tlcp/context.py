@@ -165,13 +165,12 @@ class Credentials:
         sign_h = module.key(container, KeyUsage.SIGN)
         enc_h = module.key(container, KeyUsage.ENCRYPT)
         certs = {}
-        for usage, given in ((KeyUsage.SIGN, sign_certificate), (KeyUsage.ENCRYPT, enc_certificate)):
+        given_certs = ((KeyUsage.SIGN, sign_certificate), (KeyUsage.ENCRYPT, enc_certificate))
+        for usage, given in given_certs:
             if given is None:
                 der = module.get_certificate(container, usage)
                 if der is None:
-                    raise PolicyError(
-                        f"container {container!r} holds no {usage.value} certificate"
-                    )
+                    raise PolicyError(f"container {container!r} holds no {usage.value} certificate")
                 given = Certificate.from_der(der)
             certs[usage] = given
         if certs[KeyUsage.SIGN].public_key != sign_h.public_key:

@@ -13,9 +13,7 @@ class TLCPError(MstCryptError):
     when ``received`` is true, the fatal alert the peer sent). The message says what was
     wrong and never contains key material or application data."""
 
-    def __init__(
-        self, alert: AlertDescription, message: str, *, received: bool = False
-    ) -> None:
+    def __init__(self, alert: AlertDescription, message: str, *, received: bool = False) -> None:
         self.alert = AlertDescription(alert)
         self.received = received
         super().__init__(f"{message} (alert {self.alert.name.lower()})")

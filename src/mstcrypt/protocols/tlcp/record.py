@@ -233,9 +233,7 @@ class RecordLayer:
                 f"record plaintext of {len(plaintext)} bytes exceeds 2^14",
             )
         if not plaintext and ct is not ContentType.APPLICATION_DATA:
-            raise TLCPError(
-                AlertDescription.DECODE_ERROR, f"empty {ct.name.lower()} record"
-            )
+            raise TLCPError(AlertDescription.DECODE_ERROR, f"empty {ct.name.lower()} record")
         return ct, plaintext
 
     def seal(self, content_type: ContentType, data: bytes) -> bytes:

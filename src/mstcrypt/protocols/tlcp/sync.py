@@ -1,0 +1,162 @@
+"""A minimal blocking adapter: one socket around a :class:`TLCPClient` or
+:class:`TLCPServer`. For tests, tools and simple services; an asyncio adapter belongs
+to the gateway. Sets TCP_NODELAY (the handshake is several small flights)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from datetime import datetime
+
+from mstcrypt.errors import PolicyError
+from mstcrypt.protocols.tlcp.client import TLCPClient
+from mstcrypt.protocols.tlcp.constants import AlertDescription
+from mstcrypt.protocols.tlcp.context import Session, TLCPContext
+from mstcrypt.protocols.tlcp.errors import TLCPError
+from mstcrypt.protocols.tlcp.events import (
+    AlertReceived,
+    ApplicationData,
+    ConnectionClosed,
+    HandshakeComplete,
+)
+from mstcrypt.protocols.tlcp.server import TLCPServer
+
+__all__ = ["TLCPSocket"]
+
+RECV_SIZE = 65536
+
+
+class TLCPSocket:
+    """A TLCP connection over a connected stream socket (blocking)."""
+
+    def __init__(self, sock: socket.socket, conn: TLCPClient | TLCPServer) -> None:
+        self.sock = sock
+        self.conn = conn
+        self.handshake: HandshakeComplete | None = None
+        self.alerts: list[AlertReceived] = []
+        self._plain = bytearray()
+        self._eof = False
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @classmethod
+    def connect(
+        cls,
+        address: tuple[str, int],
+        context: TLCPContext,
+        *,
+        server_name: str | None = None,
+        session: Session | None = None,
+        timeout: float | None = 30.0,
+        now: datetime | None = None,
+    ) -> TLCPSocket:
+        """Connect, run the client handshake and return the connection."""
+        sock = socket.create_connection(address, timeout=timeout)
+        try:
+            conn = TLCPClient(context, server_name=server_name, session=session, now=now)
+            s = cls(sock, conn)
+            s.do_handshake()
+        except BaseException:
+            sock.close()
+            raise
+        return s
+
+    @classmethod
+    def accept(
+        cls, sock: socket.socket, context: TLCPContext, *, now: datetime | None = None
+    ) -> TLCPSocket:
+        """Run the server handshake on an accepted socket."""
+        s = cls(sock, TLCPServer(context, now=now))
+        s.do_handshake()
+        return s
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def _pump(self) -> None:
+        """Read once from the socket and process what arrived."""
+        self._flush()
+        data = self.sock.recv(RECV_SIZE)
+        if not data:
+            self._eof = True
+            if not self.conn.handshake_complete:
+                raise TLCPError(
+                    AlertDescription.HANDSHAKE_FAILURE,
+                    "peer closed the TCP connection during the handshake",
+                    received=True,
+                )
+            return
+        try:
+            events = self.conn.receive_data(data)
+        except TLCPError:
+            with contextlib.suppress(OSError):
+                self._flush()
+            raise
+        for ev in events:
+            if isinstance(ev, HandshakeComplete):
+                self.handshake = ev
+            elif isinstance(ev, ApplicationData):
+                self._plain += ev.data
+            elif isinstance(ev, AlertReceived):
+                self.alerts.append(ev)
+            elif isinstance(ev, ConnectionClosed):
+                self._eof = True
+                if ev.alert != AlertDescription.CLOSE_NOTIFY:
+                    raise TLCPError(
+                        AlertDescription(ev.alert)
+                        if ev.alert in AlertDescription._value2member_map_
+                        else AlertDescription.HANDSHAKE_FAILURE,
+                        "peer sent a fatal alert",
+                        received=True,
+                    )
+        self._flush()
+
+    def do_handshake(self) -> HandshakeComplete:
+        while self.handshake is None:
+            if self._eof:
+                raise TLCPError(
+                    AlertDescription.HANDSHAKE_FAILURE, "connection closed during handshake"
+                )
+            self._pump()
+        return self.handshake
+
+    def sendall(self, data: bytes) -> None:
+        if self.handshake is None:
+            raise PolicyError("handshake not complete")
+        self.conn.send_application_data(data)
+        self._flush()
+
+    def recv(self, maximum: int = RECV_SIZE) -> bytes:
+        """Up to ``maximum`` bytes of application data; b"" at the end of the stream."""
+        while not self._plain and not self._eof:
+            self._pump()
+        out = bytes(self._plain[:maximum])
+        del self._plain[:maximum]
+        return out
+
+    def recv_exactly(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = self.recv(n - len(out))
+            if not chunk:
+                raise TLCPError(AlertDescription.CLOSE_NOTIFY, "stream ended early", received=True)
+            out += chunk
+        return bytes(out)
+
+    def close(self) -> None:
+        """Send close_notify and close the socket."""
+        try:
+            self.conn.close()
+            self._flush()
+        except OSError:
+            pass
+        finally:
+            self.sock.close()
+
+    def __enter__(self) -> TLCPSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
