@@ -117,7 +117,7 @@ def test_anchor_pinning(platform: Running, tmp_path: Path) -> None:
     with Client(platform.url) as c:
         with pytest.raises((VerificationError, CertificateError)):
             c.enroll(platform.code(), tok, anchor=foreign_root())
-        assert tok.get_certificate("main", KeyUsage.SIGN) is None
+        assert "main" not in tok.list_containers()  # a refused enrollment changes nothing
         real_root = c.chain()[-1]
         r = c.enroll(platform.code(), tok, anchor=real_root, replace=True)
         assert r.chain[-1].der == real_root.der

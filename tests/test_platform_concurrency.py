@@ -5,8 +5,8 @@ concurrent key rotations. The store is checked afterwards with
 
 Enrollment is rate-limited per source address (MSTCRYPT_ENROLL_RATE); the tests raise
 the limit, and the tests that are not about the rate limiter pre-create its counter rows
-(:func:`platform_helpers.seed_rate_limit`) so that its first-request race on PostgreSQL
-(test_rate_limit_first_request_race) does not mask what they check.
+(:func:`platform_helpers.seed_rate_limit`) so that a first-request race in the limiter
+(test_rate_limit_first_request_race) cannot mask what they check.
 """
 
 from __future__ import annotations
@@ -224,14 +224,6 @@ def test_concurrent_rotations_distinct_owners(
 ) -> None:
     """Rotations of different owners do not conflict: all succeed."""
     p = platform
-    xfail_on(
-        request,
-        p,
-        {"postgresql"},
-        "Kmc._publish_crl reads ca.crl_number without a row lock: concurrent rotations "
-        "(which revoke the superseded certificates and publish a CRL) compute the same "
-        "CRL number and all but one fail with IntegrityError (crls primary key) -> HTTP 500",
-    )
     seed_rate_limit(p.kmc, f"enroll:{LOCAL}")
     owners = [f"multi{i}" for i in range(8)]
     for o in owners:
@@ -243,18 +235,12 @@ def test_concurrent_rotations_distinct_owners(
 
 
 # ------------------------------------------------------------------ known races --------
-def test_rate_limit_first_request_race(platform: Platform, request: pytest.FixtureRequest) -> None:
+def test_rate_limit_first_request_race(platform: Platform) -> None:
     """The first requests of a fresh rate-limit window, concurrently: each is counted and
-    answered (here 403, unknown code), none fails."""
+    answered (here 403, unknown code), none fails. Regression test: Kmc.allow at HEAD
+    e35196e did SELECT ... FOR UPDATE of the missing (bucket, window) row, which locks
+    nothing on PostgreSQL, so concurrent first requests all INSERTed it -> 500."""
     p = platform
-    xfail_on(
-        request,
-        p,
-        {"postgresql"},
-        "Kmc.allow/allow_in: SELECT ... FOR UPDATE of a missing (bucket, window) row locks "
-        "nothing, so concurrent first requests all INSERT it and the losers fail with "
-        "IntegrityError (rate_limits primary key) -> HTTP 500",
-    )
     _, csr = terminal("nobody")
     for n in range(2, 6):  # a fresh bucket (source address) per round
         source = f"127.0.0.{n}"
@@ -269,14 +255,6 @@ def test_reenrollment_keeps_one_active_key(
     """A second code for the same owner (a new terminal): the new key becomes the active
     one and the previous active key is demoted, as rotate/distribute do."""
     p = platform
-    xfail_on(
-        request,
-        p,
-        {"sqlite", "postgresql"},
-        "Kmc.enroll inserts the new EncryptionKey as 'active' without demoting the "
-        "owner's current active key (distribute_key calls _demote_active, enroll does "
-        "not): the owner ends with two active keys",
-    )
     seed_rate_limit(p.kmc, f"enroll:{LOCAL}")
     _enrolled(p, "twice")
     _enrolled(p, "twice")
@@ -290,14 +268,6 @@ def test_concurrent_enrollments_one_owner(
 ) -> None:
     """Several codes of one owner redeemed at once: all succeed, one key stays active."""
     p = platform
-    xfail_on(
-        request,
-        p,
-        {"sqlite", "postgresql"},
-        "Kmc.enroll computes max(version)+1 without a lock: on PostgreSQL concurrent "
-        "enrollments of one owner collide on UNIQUE(owner, version) -> HTTP 500; and every "
-        "enrollment leaves its key 'active' (see test_reenrollment_keeps_one_active_key)",
-    )
     seed_rate_limit(p.kmc, f"enroll:{LOCAL}")
     codes = [p.code("crowd") for _ in range(6)]
     csrs = [terminal(f"crowd-{i}")[1] for i in range(6)]

@@ -65,7 +65,7 @@ class Appended:
 
 _HEAD = AuditHead.__table__
 _LOG = AuditRecord.__table__
-_Q_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_Q_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update(key_share=True)
 _I_LOG = insert(_LOG)
 _U_HEAD = update(_HEAD).where(_HEAD.c.id == 1)
 

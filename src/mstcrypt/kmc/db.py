@@ -54,6 +54,21 @@ class Database:
         ).returning(table.c[column])
         return int(conn.execute(stmt).scalar_one())
 
+    def lock_name(self, conn: Any, name: str) -> None:
+        """Serialise transactions about one name (an owner) until this one ends: a
+        transaction-scoped advisory lock on PostgreSQL; SQLite already serialises every
+        writer with BEGIN IMMEDIATE."""
+        if self.is_sqlite:
+            return
+        import hashlib
+
+        from sqlalchemy import text
+
+        key = int.from_bytes(
+            hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
+        )
+        conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
     def flush_deleted(self) -> None:
         """After destroying key material: on SQLite, checkpoint and truncate the WAL so
         the old page images (already zeroed in the main file by secure_delete) leave

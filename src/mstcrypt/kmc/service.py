@@ -353,9 +353,20 @@ class Kmc:
         s: Session,
         ca: CertificateAuthority,
         key: SM2PrivateKey,
-        entries: Sequence[RevokedEntry],
+        entries: Sequence[RevokedEntry] | None = None,
     ) -> CRL:
+        """Sign and store the next CRL of ``ca``. The revoked entries are read after the
+        CA row is locked, so a concurrent revocation is never left out of a newer CRL."""
         now = self.clock()
+        # lock the CA row and re-read its CRL number: concurrent revocations serialise
+        ca = s.execute(
+            select(CertificateAuthority)
+            .where(CertificateAuthority.id == ca.id)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        if entries is None:
+            entries = self._revoked_entries(s, ca)
         ca.crl_number += 1
         cert = Certificate.from_der(ca.cert_der)
         crl = build_crl(
@@ -403,7 +414,7 @@ class Kmc:
             )
             now = self.clock()
             if rec is None or _aware(rec.next_update) - now < CRL_LIFETIME / 2:
-                crl = self._publish_crl(s, ca, self._ca_key(ca), self._revoked_entries(s, ca))
+                crl = self._publish_crl(s, ca, self._ca_key(ca))
                 audit.append(
                     s,
                     actor="system",
@@ -512,7 +523,20 @@ class Kmc:
 
     def enroll(self, code: str, csr_der: bytes, *, source: str = "-") -> Enrollment:
         """Consume a code: sign the terminal's CSR key, generate and escrow its encryption
-        key pair, certify both, and wrap the encryption key to the signing key."""
+        key pair, certify both, and wrap the encryption key to the signing key. An owner's
+        previous active encryption key becomes decrypt_only (its certificate is revoked as
+        superseded). Concurrent enrollments of one owner are serialised by retrying."""
+        from sqlalchemy.exc import IntegrityError
+
+        for attempt in range(5):
+            try:
+                return self._enroll(code, csr_der, source=source)
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _enroll(self, code: str, csr_der: bytes, *, source: str) -> Enrollment:
         csr = (
             CertificationRequest.from_der(csr_der)
             if not csr_der.startswith(b"-----")
@@ -542,12 +566,18 @@ class Kmc:
             if _aware(row.expires_at) < now:
                 raise VerificationError("this enrollment code has expired")
             sign_profile, enc_profile = _ENROLL_PAIRS[Profile(row.profile)]
-            version = (
-                s.scalar(
-                    select(func.max(EncryptionKey.version)).where(EncryptionKey.owner == row.owner)
+            self.db.lock_name(s, f"owner:{row.owner}")
+            previous = list(
+                s.scalars(
+                    select(EncryptionKey)
+                    .where(EncryptionKey.owner == row.owner)
+                    .with_for_update(key_share=True)
                 )
-                or 0
-            ) + 1
+            )
+            version = max((k.version for k in previous), default=0) + 1
+            superseded = [k for k in previous if k.state == "active"]
+            for k in superseded:
+                k.state, k.updated_at = "decrypt_only", now
             key_id = _new_id()
             s.add(
                 EncryptionKey(
@@ -580,6 +610,17 @@ class Kmc:
                 usage="enc",
                 key_id=key_id,
             )
+            if superseded:
+                old_certs = list(
+                    s.scalars(
+                        select(IssuedCertificate).where(
+                            IssuedCertificate.key_id.in_([k.id for k in superseded]),
+                            IssuedCertificate.status == "active",
+                        )
+                    )
+                )
+                if old_certs:
+                    self._revoke_rows(s, old_certs, "superseded")
             audit.append(
                 s,
                 actor=f"terminal:{row.owner}",
@@ -605,7 +646,11 @@ class Kmc:
         if reason not in REVOCATION_REASONS:
             raise PolicyError(f"unknown revocation reason {reason!r}")
         with self.db.tx() as s:
-            row = s.get(IssuedCertificate, serial.lower().lstrip("0") or "0", with_for_update=True)
+            row = s.get(
+                IssuedCertificate,
+                serial.lower().lstrip("0") or "0",
+                with_for_update={"key_share": True},
+            )
             if row is None:
                 raise NotFoundError(f"no certificate with serial {serial}")
             if row.usage == "ca":
@@ -627,11 +672,11 @@ class Kmc:
             row.status, row.revoked_at, row.revocation_reason = "revoked", now, reason
         s.flush()
         ca = self._ca(s)
-        self._publish_crl(s, ca, self._ca_key(ca), self._revoked_entries(s, ca))
+        self._publish_crl(s, ca, self._ca_key(ca))
 
     # ------------------------------------------------------------------ key lifecycle ---
     def _key(self, s: Session, key_id: str, op: str) -> EncryptionKey:
-        row = s.get(EncryptionKey, key_id, with_for_update=True)
+        row = s.get(EncryptionKey, key_id, with_for_update={"key_share": True})
         if row is None:
             raise NotFoundError(f"no encryption key {key_id}")
         if row.state not in KEY_TRANSITIONS[op]:
@@ -665,6 +710,7 @@ class Kmc:
         key = SM2PrivateKey.generate()
         now = self.clock()
         with self.db.tx() as s:
+            self.db.lock_name(s, f"owner:{owner}")
             version = (
                 s.scalar(
                     select(func.max(EncryptionKey.version)).where(EncryptionKey.owner == owner)
@@ -740,7 +786,7 @@ class Kmc:
                 EncryptionKey.state == "active",
                 EncryptionKey.id != keep,
             )
-            .with_for_update()
+            .with_for_update(key_share=True)
         ):
             other.state, other.updated_at = "decrypt_only", self.clock()
 
@@ -757,13 +803,17 @@ class Kmc:
         new_key = SM2PrivateKey.generate()
         now = self.clock()
         with self.db.tx() as s:
+            self.db.lock_name(s, f"owner:{owner}")
             current = s.scalar(
                 select(EncryptionKey)
                 .where(EncryptionKey.owner == owner, EncryptionKey.state == "active")
-                .with_for_update()
+                .with_for_update(key_share=True)
             )
             if current is None:
-                raise PolicyError(f"{owner!r} has no active encryption key to rotate")
+                raise PolicyError(
+                    f"{owner!r} has no active encryption key to rotate (a concurrent "
+                    "rotation may just have replaced it; list the keys and retry)"
+                )
             version = (
                 s.scalar(
                     select(func.max(EncryptionKey.version)).where(EncryptionKey.owner == owner)
@@ -959,7 +1009,7 @@ class Kmc:
         one of them) the request is released: a key recovery as an SM2EnvelopedKey, a
         file recovery as the FEK SM2-encrypted to the recipient."""
         with self.db.tx() as s:
-            req = s.get(RecoveryRequest, request_id, with_for_update=True)
+            req = s.get(RecoveryRequest, request_id, with_for_update={"key_share": True})
             if req is None:
                 raise NotFoundError(f"no recovery request {request_id}")
             if req.status != "pending":
@@ -1134,7 +1184,7 @@ class Kmc:
     ) -> int:
         """Membership change; the group key is always rotated (forward/backward secrecy)."""
         with self.db.tx() as s:
-            g = s.get(Group, group_id, with_for_update=True)
+            g = s.get(Group, group_id, with_for_update={"key_share": True})
             if g is None:
                 raise NotFoundError(f"no group {group_id!r}")
             current = {

@@ -144,10 +144,13 @@ class Connection:
         except TLCPError as exc:
             self._abort(exc.alert)
             raise
-        except MstCryptError as exc:
+        except Exception as exc:
+            # A key operation or callback failed (a locked token, a module error, a bug in
+            # an sni_callback): the peer gets internal_error, the caller the cause.
             self._abort(AlertDescription.INTERNAL_ERROR)
+            detail = f": {exc}" if isinstance(exc, MstCryptError) else ""
             raise TLCPError(
-                AlertDescription.INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"
+                AlertDescription.INTERNAL_ERROR, f"internal error ({type(exc).__name__}{detail})"
             ) from exc
         return events
 

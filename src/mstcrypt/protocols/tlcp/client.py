@@ -226,9 +226,12 @@ class TLCPClient(Connection):
         send_certs: Credentials | None = None
         if self._cert_requested:
             send_certs = creds
+            dual = self._suite.is_ecdhe or self._ctx.ecc_client_dual_certificates
             self._send_handshake(
                 HandshakeType.CERTIFICATE,
-                encode_certificate_list(send_certs.certificate_list() if send_certs else []),
+                encode_certificate_list(
+                    send_certs.certificate_list(dual=dual) if send_certs else []
+                ),
             )
         pms = self._send_client_key_exchange(creds)
         if send_certs is not None:

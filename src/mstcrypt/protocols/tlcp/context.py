@@ -105,9 +105,13 @@ class Credentials:
             raise PolicyError("Credentials.chain must hold Certificate objects")
         object.__setattr__(self, "chain", chain)
 
-    def certificate_list(self) -> list[bytes]:
-        """DER certificates in TLCP order: signing, encryption, then the chain."""
-        return [self.sign_certificate.der, self.enc_certificate.der, *(c.der for c in self.chain)]
+    def certificate_list(self, *, dual: bool = True) -> list[bytes]:
+        """DER certificates in TLCP order: signing, encryption, then the chain (without
+        the encryption certificate when ``dual`` is false)."""
+        head = [self.sign_certificate.der]
+        if dual:
+            head.append(self.enc_certificate.der)
+        return [*head, *(c.der for c in self.chain)]
 
     @classmethod
     def from_keys(
@@ -285,6 +289,10 @@ class TLCPContext:
     - ``session_cache`` (server): enables resumption by session ID.
     - ``ecdhe_params_encoding`` (client): ClientECDHEParams framing sent; a server
       accepts both.
+    - ``ecc_client_dual_certificates`` (client): with ECC suites, send the encryption
+      certificate after the signing certificate (as Tongsuo does; ECDHE always does).
+      False sends the signing certificate and its chain only, which GmSSL's server
+      requires (it validates the list as one ordinary chain). A server accepts both.
     - ``certificate_verify_form`` / ``certificate_verify_accept``: the CertificateVerify
       input sent, and the forms accepted when verifying one.
     """
@@ -300,6 +308,7 @@ class TLCPContext:
     sni_callback: SNICallback | None = None
     session_cache: SessionCache | Any | None = None
     ecdhe_params_encoding: ECDHEParamsEncoding | str = ECDHEParamsEncoding.VECTOR
+    ecc_client_dual_certificates: bool = True
     certificate_verify_form: CertificateVerifyForm | str = CertificateVerifyForm.SM3
     certificate_verify_accept: Sequence[CertificateVerifyForm | str] = (CertificateVerifyForm.SM3,)
     max_handshake_message: int = 1 << 17

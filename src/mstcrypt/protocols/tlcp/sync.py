@@ -104,11 +104,11 @@ class TLCPSocket:
             elif isinstance(ev, ConnectionClosed):
                 self._eof = True
                 if ev.alert != AlertDescription.CLOSE_NOTIFY:
+                    self._flush()
+                    known = isinstance(ev.alert, AlertDescription)
                     raise TLCPError(
-                        AlertDescription(ev.alert)
-                        if ev.alert in AlertDescription._value2member_map_
-                        else AlertDescription.HANDSHAKE_FAILURE,
-                        "peer sent a fatal alert",
+                        ev.alert if known else AlertDescription.HANDSHAKE_FAILURE,
+                        "peer sent a fatal alert" + ("" if known else f" ({ev.alert})"),
                         received=True,
                     )
         self._flush()
