@@ -474,6 +474,8 @@ def test_blocking_socket_adapter(pki, server_id, client_id) -> None:
 
     cctx, sctx = contexts(pki, server_id, client_id, session_cache=SessionCache())
     a, b = socket.socketpair()
+    a.settimeout(20)
+    b.settimeout(20)
     result = {}
 
     def serve() -> None:
@@ -487,8 +489,7 @@ def test_blocking_socket_adapter(pki, server_id, client_id) -> None:
     t.start()
     c = TLCPSocket(a, TLCPClient(cctx, server_name=HOST))
     hs = c.do_handshake()
-    payload = bytes(range(256)) * 390 + b"tail"
-    payload = payload[:100_000]
+    payload = (bytes(range(256)) * 391)[:100_000]
     c.sendall(payload)
     assert c.recv_exactly(100_000) == payload[::-1]
     c.close()

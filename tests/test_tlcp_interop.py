@@ -17,6 +17,9 @@ Known peer behaviour the tests encode (docs/tlcp.md, FACTS.md appendix):
   messages (our CertificateVerifyForm.TRANSCRIPT); Tongsuo over SM3 of them (SM3).
 - ClientECDHEParams: GmSSL frames it as a vector (our default), Tongsuo bare (STRUCT).
 - GmSSL's TLCP has no session resumption; Tongsuo's has (session IDs).
+- ECDHE suites always authenticate the client (its encryption key takes part in the key
+  exchange), so their "auth-none" cases differ from "auth-required" only in the peer's
+  options.
 """
 
 from __future__ import annotations

@@ -230,6 +230,7 @@ class Connection:
         assert self._suite is not None
         self._established = True
         self._expect = {}
+        self._transcript = bytearray()  # no longer needed
         self._session = (
             Session(
                 session_id=self._session_id,

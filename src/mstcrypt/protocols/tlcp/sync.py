@@ -111,7 +111,12 @@ class TLCPSocket:
                         "peer sent a fatal alert" + ("" if known else f" ({ev.alert})"),
                         received=True,
                     )
-        self._flush()
+        if self.conn.closed:
+            # Our close_notify answer to the peer's: the peer may be gone already.
+            with contextlib.suppress(OSError):
+                self._flush()
+        else:
+            self._flush()
 
     def do_handshake(self) -> HandshakeComplete:
         while self.handshake is None:
