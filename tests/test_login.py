@@ -292,6 +292,7 @@ def test_replay_refused_across_instances(platform: Kmc, database_url: str) -> No
     assert e.value.reason == "replayed"
     other_kmc.db.dispose()
     assert "login.failure" in _audit_actions(platform)
+    assert platform.verify_audit().ok  # raw-path records chain like the ORM ones
 
 
 def test_revoked_user_refused(platform: Kmc) -> None:

@@ -57,6 +57,13 @@ def ensure_head(session: Session) -> None:
         session.flush()
 
 
+def check_details(details: dict[str, Any]) -> None:
+    """Refuse detail fields named like secrets (keys, codes, PINs, passwords)."""
+    for k in details:
+        if any(bad in k.lower() for bad in _FORBIDDEN_KEYS) and not k.endswith("_id"):
+            raise PolicyError(f"audit details must not carry secrets (field {k!r})")
+
+
 @dataclass(frozen=True)
 class Appended:
     seq: int
@@ -81,9 +88,7 @@ def append(
     """Append one record inside the caller's transaction (an ORM Session or a Core
     Connection). Core statements keep this cheap on hot paths such as login."""
     details = dict(details or {})
-    for k in details:
-        if any(bad in k.lower() for bad in _FORBIDDEN_KEYS) and not k.endswith("_id"):
-            raise PolicyError(f"audit details must not carry secrets (field {k!r})")
+    check_details(details)
     head = session.execute(_Q_HEAD).first()
     if head is None:
         session.execute(insert(_HEAD).values(id=1, seq=0, hash=GENESIS))

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import delete, select, update
 
 from mstcrypt.apps.login import tokens
+from mstcrypt.apps.login.fastpath import RawTx, append_audit
 from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, LoginPassword, RevokedSession
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import pbkdf2_hmac_sm3
@@ -37,24 +38,6 @@ _LP = LoginPassword.__table__
 _IC = IssuedCertificate.__table__
 _RL = RateLimit.__table__
 
-# Statements built once (SQLAlchemy memoises their cache keys): the login path is hot.
-_I_CHAL = insert(_LC)
-_Q_FAIL = select(_LF.c.key, _LF.c.locked_until).where(
-    _LF.c.key.in_(bindparam("keys", expanding=True))
-)
-_Q_CHAL = select(_LC.c.r_s, _LC.c.expires).where(
-    _LC.c.id == bindparam("cid"), _LC.c.server_name == bindparam("server")
-)
-_U_CHAL = (
-    update(_LC)
-    .where(_LC.c.id == bindparam("cid"), _LC.c.used_at.is_(None))
-    .values(used_at=bindparam("at"))
-)
-_Q_CERT = select(_IC.c.der, _IC.c.status, _IC.c.usage, _IC.c.owner).where(
-    _IC.c.serial == bindparam("serial")
-)
-_D_FAIL = delete(_LF).where(_LF.c.key.in_(bindparam("keys", expanding=True)))
-
 
 @dataclass
 class LoginPolicy:
@@ -66,6 +49,24 @@ class LoginPolicy:
     require_password: bool = False
     audiences: tuple[str, ...] = ("mstcrypt",)
     challenges_per_minute: int = 600
+
+
+class _WindowLimiter:
+    """Per-instance fixed-window limiter for challenge requests (flood protection only:
+    the security limits — lockout, single use — live in the database)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._window = -1
+        self._counts: dict[str, int] = {}
+
+    def allow(self, key: str, now: int) -> bool:
+        window = now // 60
+        if window != self._window:
+            self._window, self._counts = window, {}
+        n = self._counts.get(key, 0) + 1
+        self._counts[key] = n
+        return n <= self.limit
 
 
 class LoginService:
@@ -94,6 +95,7 @@ class LoginService:
             ttl_seconds=self.policy.challenge_ttl,
         )
         self._crl_cache: dict[str, tuple[float, CRL]] = {}
+        self._challenge_limiter = _WindowLimiter(self.policy.challenges_per_minute)
 
     @property
     def public_key(self) -> Any:
@@ -115,24 +117,19 @@ class LoginService:
     # -- step b ------------------------------------------------------------------------
     def challenge(self, *, source: str = "-") -> Challenge:
         """A fresh challenge, recorded in the database (single use, expiring)."""
+        if not self._challenge_limiter.allow(source, int(self.clock())):
+            raise PolicyError("too many login requests from this address; retry later")
         ch = self.protocol.challenge(self._now())
-        with self.kmc.db.engine.begin() as conn:
-            window = int(self.clock()) // 60
-            bucket = f"login-challenge:{source}"[:128]
-            count = self.kmc.db.upsert_increment(
-                conn, _RL, {"key": bucket, "window": window}, "count"
-            )
-            if count > self.policy.challenges_per_minute:
-                raise PolicyError("too many login requests from this address; retry later")
-            conn.execute(
-                _I_CHAL,
+        with RawTx(self.kmc.db) as tx:
+            tx.q(
+                "INSERT INTO login_challenges (id, server_name, r_s, expires, source, used_at) "
+                "VALUES (:id, :srv, :rs, :exp, :src, NULL)",
                 {
                     "id": ch.challenge_id,
-                    "server_name": self.server_name,
-                    "r_s": ch.r_s,
-                    "expires": ch.expires,
-                    "source": source[:64],
-                    "used_at": None,
+                    "srv": self.server_name,
+                    "rs": ch.r_s,
+                    "exp": ch.expires,
+                    "src": source[:64],
                 },
             )
         return ch
@@ -152,28 +149,40 @@ class LoginService:
         try:
             response = Response.from_json(response_json)
             serial, challenge_id = f"{response.cert_m.serial:x}", response.challenge_id
-            keys = [f"cert:{serial}", f"src:{source}"]
+            keys = {"k1": f"cert:{serial}", "k2": f"src:{source}"}
             crls = self._crls()
-            with self.kmc.db.engine.begin() as conn:
-                failures = conn.execute(_Q_FAIL, {"keys": keys}).all()
-                if any(locked > now for _, locked in failures):
+            with RawTx(self.kmc.db) as tx:
+                failures = tx.q(
+                    "SELECT key, locked_until FROM login_failures WHERE key IN (:k1, :k2)", keys
+                ).fetchall()
+                if any(int(locked) > now for _, locked in failures):
                     raise LoginError("locked_out", "too many failed logins; try again later")
-                row = conn.execute(
-                    _Q_CHAL, {"cid": challenge_id, "server": self.server_name}
-                ).first()
+                row = tx.q(
+                    "UPDATE login_challenges SET used_at = :at WHERE id = :cid AND "
+                    "server_name = :srv AND used_at IS NULL RETURNING r_s, expires",
+                    {"at": tx.ts(self._now()), "cid": challenge_id, "srv": self.server_name},
+                ).fetchone()
                 if row is None:
-                    raise LoginError("unknown_challenge", "unknown or expired login challenge")
-                consumed = conn.execute(_U_CHAL, {"cid": challenge_id, "at": self._now()})
-                if consumed.rowcount != 1:
+                    known = tx.q(
+                        "SELECT 1 FROM login_challenges WHERE id = :cid AND server_name = :srv",
+                        {"cid": challenge_id, "srv": self.server_name},
+                    ).fetchone()
+                    if known is None:
+                        raise LoginError("unknown_challenge", "unknown or expired login challenge")
                     raise LoginError("replayed", "this login challenge was already used")
                 issued = Challenge(
-                    self.server_name, challenge_id, row[0], row[1], b"", self.certificate
+                    self.server_name,
+                    challenge_id,
+                    bytes(row[0]),
+                    int(row[1]),
+                    b"",
+                    self.certificate,
                 )
                 cert = self.protocol.verify(response, issued, now=self._now(), crls=crls)
-                owner = self._known_certificate(conn, cert)
+                owner = self._known_certificate(tx, cert)
                 amr = ["cert", "pin"]
                 if self.policy.require_password or password is not None:
-                    self._check_password(conn, owner, password)
+                    self._check_password(tx, owner, password)
                     amr.append("pwd")
                 claims = {
                     "iss": self.server_name,
@@ -187,9 +196,9 @@ class LoginService:
                     "amr": amr,
                 }
                 if failures:
-                    conn.execute(_D_FAIL, {"keys": keys})
-                audit.append(
-                    conn,
+                    tx.q("DELETE FROM login_failures WHERE key IN (:k1, :k2)", keys)
+                append_audit(
+                    tx,
                     actor=f"user:{owner or cert.subject_str}",
                     action="login.success",
                     target=f"cert:{serial}",
@@ -201,32 +210,37 @@ class LoginService:
         return {"session_token": tokens.issue(claims, self._key.sign), "claims": claims}
 
     @staticmethod
-    def _known_certificate(conn: Any, cert: Certificate) -> str | None:
-        row = conn.execute(_Q_CERT, {"serial": f"{cert.serial:x}"}).first()
-        if row is None or row.der != cert.der:
+    def _known_certificate(tx: RawTx, cert: Certificate) -> str | None:
+        row = tx.q(
+            "SELECT der, status, usage, owner FROM certificates WHERE serial = :s",
+            {"s": f"{cert.serial:x}"},
+        ).fetchone()
+        if row is None or bytes(row[0]) != cert.der:
             raise LoginError(
                 "user_certificate_unknown_issuer",
                 "the user certificate was not issued by this platform",
             )
-        if row.status != "active":
+        if row[1] != "active":
             raise LoginError("user_certificate_revoked", "the user certificate is revoked")
-        if row.usage != "sign":
+        if row[2] != "sign":
             raise LoginError(
-                "user_certificate_key_usage", "the user certificate is not a signing certificate"
+                "user_certificate_key_usage",
+                "the user certificate is not a signing certificate",
             )
-        return row.owner
+        return None if row[3] is None else str(row[3])
 
     @staticmethod
-    def _check_password(conn: Any, owner: str | None, password: str | None) -> None:
+    def _check_password(tx: RawTx, owner: str | None, password: str | None) -> None:
         if password is None:
             raise LoginError("password_required", "a password is required by policy")
-        row = conn.execute(
-            select(_LP.c.salt, _LP.c.verifier, _LP.c.iterations).where(_LP.c.owner == (owner or ""))
-        ).first()
+        row = tx.q(
+            "SELECT salt, verifier, iterations FROM login_passwords WHERE owner = :o",
+            {"o": owner or ""},
+        ).fetchone()
         if row is None:
             raise LoginError("password_not_set", "no password is set for this user")
-        got = pbkdf2_hmac_sm3(password.encode(), row.salt, row.iterations)
-        if not hmac.compare_digest(got, row.verifier):
+        got = pbkdf2_hmac_sm3(password.encode(), bytes(row[0]), int(row[2]))
+        if not hmac.compare_digest(got, bytes(row[1])):
             raise LoginError("bad_password", "the password is not correct")
 
     def set_password(self, owner: str, password: str, *, actor: str) -> None:
