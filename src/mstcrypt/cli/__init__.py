@@ -2,7 +2,8 @@
 
 Verbs mirror gmssl/openssl: ``sm2 keygen|sign|verify|encrypt|decrypt``, ``sm3``,
 ``sm4 encrypt|decrypt``, ``token init|info|change-pin|unlock``, ``speed``, ``selftest``;
-files: ``file encrypt|decrypt|inspect|rewrap``;
+files: ``file encrypt|decrypt|inspect|rewrap``; TLCP: ``tlcp-server``, ``tlcp-client``,
+``gateway``, ``tunnel``;
 the platform: ``serve``, ``ca init``, ``operator add``, ``enroll``, ``audit``, ``demo``.
 Exit codes: 0 success, 1 a signature/MAC did not verify, 2 usage or format error.
 """
@@ -22,6 +23,7 @@ from mstcrypt.cli import (
     sm2_cmd,
     speed,
     symmetric,
+    tlcp_cmd,
     token_cmd,
 )
 
@@ -46,6 +48,10 @@ app.add_typer(platform.ca_app, name="ca")
 app.add_typer(platform.operator_app, name="operator")
 app.add_typer(platform.audit_app, name="audit")
 app.add_typer(file_cmd.app, name="file")
+app.command("tlcp-server")(tlcp_cmd.tlcp_server_command)
+app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
+app.command("gateway")(tlcp_cmd.gateway_command)
+app.command("tunnel")(tlcp_cmd.tunnel_command)
 
 
 @app.command("version")

@@ -206,6 +206,98 @@ def demo_command(
                 "after logout the session token is refused"
             )
 
+        def gateway() -> str:
+            import asyncio
+
+            from mstcrypt.apps.tlcp_gateway.config import GatewayConfig, ListenerConfig, Route
+            from mstcrypt.apps.tlcp_gateway.gateway import Gateway
+            from mstcrypt.apps.tlcp_gateway.trust import TrustMaterial
+            from mstcrypt.pki import CRL
+            from mstcrypt.protocols.tlcp import CipherSuite, Credentials, TLCPContext, aio
+
+            code = admins["alice"].create_enrollment_code(
+                "gw.example.gov.cn",
+                {"O": "Example Government Unit", "CN": "gw.example.gov.cn"},
+                profile="gateway_sign",
+                ttl_seconds=600,
+            )["code"]
+            gw_tok = SoftToken.init(
+                data_dir / "gateway.tok",
+                "gateway-pin-1",
+                "admin-unlock-code",
+                iterations=100_000,
+                overwrite=True,
+            )
+            gw_enr = public.enroll(code, gw_tok, container="gateway")
+            issuing, root = gw_enr.chain
+            crls = (public.crl("issuing"), public.crl("root"))
+
+            async def internal_service(reader: Any, writer: Any) -> None:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+                who = next(
+                    (
+                        line.split(":", 1)[1].strip()
+                        for line in head.split("\r\n")
+                        if line.lower().startswith("x-mst-client-subject:")
+                    ),
+                    "?",
+                )
+                body = f"hello {who}".encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close"
+                    b"\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+                writer.close()
+
+            async def run() -> str:
+                upstream = await asyncio.start_server(internal_service, "127.0.0.1", 0)
+                up = upstream.sockets[0].getsockname()
+                config = GatewayConfig(
+                    listeners=[
+                        ListenerConfig(
+                            port=0,
+                            routes={"gw.example.gov.cn": Route(f"127.0.0.1:{up[1]}", "http")},
+                        )
+                    ]
+                )
+                gw = Gateway(
+                    config,
+                    credentials=Credentials.from_module(gw_tok, "gateway", chain=[issuing]),
+                    trust_source=lambda: TrustMaterial((root,), (issuing,), crls),
+                )
+                await gw.start()
+                host, port = gw.addresses[0]
+                ctx = TLCPContext(
+                    credentials=Credentials.from_module(
+                        state["token"], "zhang.san", chain=[issuing]
+                    ),
+                    trust_anchors=[root],
+                    intermediates=[issuing],
+                    crls=list(crls),
+                )
+                r, w = await aio.open_connection(host, port, ctx, server_name="gw.example.gov.cn")
+                w.write(
+                    b"GET /oa/inbox HTTP/1.1\r\nHost: oa.internal\r\n"
+                    b"X-MST-Client-Subject: forged\r\n\r\n"
+                )
+                await w.drain()
+                reply = await r.read(65536)
+                suite = CipherSuite(w.get_extra_info("cipher_suite")).name
+                w.close()
+                await gw.close()
+                upstream.close()
+                body = reply.split(b"\r\n\r\n", 1)[-1].decode()
+                return f"{suite}: {body}"
+
+            out = asyncio.run(run())
+            assert "zhang.san" in out and "forged" not in out, out
+            _ = CRL
+            return (
+                "terminal → TLCP gateway (dual certificates, client auth) → internal HTTP "
+                f"service; {out}"
+            )
+
         def recovery() -> str:
             key_id = state["enrollment"].key_id
             new_token = SoftToken.init(
@@ -271,6 +363,7 @@ def demo_command(
         step("terminal signs and decrypts with its keys", use_keys)
         step("OpenSSL CLI verifies the issued chain", openssl)
         step("terminal logs in with its certificate", user_login)
+        step("terminal reaches an internal service through the TLCP gateway", gateway)
         step("lost device: key recovery under dual control", recovery)
         step("revocation published in the CRL", revoke)
         step("audit chain verifies", audit)

@@ -1,0 +1,494 @@
+"""The mobile access gateway (T/ZSA 37-2020 §6.4): TLCP from the terminal, plain TCP
+to internal services.
+
+Each listener requires a client certificate issued under the configured trust anchors
+(checked against the CRLs of the last refresh), routes by SNI (or the listener's default
+when no SNI is sent; an unknown name is refused with unrecognized_name), and either
+forwards bytes unchanged in both directions (``tcp``) or acts as an HTTP/1.1 reverse proxy
+that adds ``X-MST-Client-Subject`` and ``X-MST-Client-Serial`` to every request after
+removing any such header sent by the terminal (``http``).
+
+The gateway keeps no state another instance needs (no session cache: every connection
+is a full handshake, so revocation applies to every connection). One access log line per
+connection goes to the ``mstcrypt.gateway.access`` logger: listener, peer, SNI, client
+subject and serial, suite, upstream, result, bytes each way and duration — never keys or
+application data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mstcrypt.apps.tlcp_gateway.config import GatewayConfig, ListenerConfig, Route
+from mstcrypt.apps.tlcp_gateway.trust import (
+    TrustMaterial,
+    TrustSource,
+    call_source,
+    file_trust_source,
+)
+from mstcrypt.errors import PolicyError
+from mstcrypt.pki import name_to_str
+from mstcrypt.protocols.tlcp import (
+    AlertDescription,
+    ClientAuth,
+    Credentials,
+    TLCPContext,
+    TLCPError,
+    aio,
+)
+
+__all__ = ["SERIAL_HEADER", "SUBJECT_HEADER", "Gateway"]
+
+log = logging.getLogger("mstcrypt.gateway")
+access_log = logging.getLogger("mstcrypt.gateway.access")
+
+SUBJECT_HEADER = "X-MST-Client-Subject"
+SERIAL_HEADER = "X-MST-Client-Serial"
+_IDENTITY_HEADERS = {SUBJECT_HEADER.lower().encode(), SERIAL_HEADER.lower().encode()}
+CHUNK = 65536
+
+
+class _Idle(Exception):
+    pass
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _header_value(text: str) -> str:
+    """Printable ASCII as is; anything else percent-encoded (UTF-8)."""
+    return urllib.parse.quote(text, safe="".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25))
+
+
+class _Conn:
+    """Accounting of one terminal connection (for the access log)."""
+
+    def __init__(self, listener: str, peer: Any) -> None:
+        self.start = time.monotonic()
+        self.fields: dict[str, Any] = {
+            "listener": listener,
+            "peer": f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer),
+            "sni": "-",
+            "subject": "-",
+            "serial": "-",
+            "suite": "-",
+            "upstream": "-",
+            "result": "ok",
+        }
+        self.bytes_in = 0  # terminal -> upstream
+        self.bytes_out = 0  # upstream -> terminal
+        self.last = time.monotonic()
+
+    def line(self) -> str:
+        f = dict(self.fields)
+        f["in"] = self.bytes_in
+        f["out"] = self.bytes_out
+        f["ms"] = int((time.monotonic() - self.start) * 1000)
+        return " ".join(f'{k}="{v}"' if " " in str(v) else f"{k}={v}" for k, v in f.items())
+
+
+class Gateway:
+    """Run with ``async with Gateway(config) as gw: await gw.serve_forever()`` or
+    ``await gw.start()`` / ``await gw.close()``.
+
+    ``credentials`` and ``trust_source`` override the configuration's ``credentials`` and
+    ``trust`` sections (for example ``kmc_trust_source(kmc)``); ``refresh_interval``
+    overrides ``trust.refresh_interval``.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        credentials: Credentials | None = None,
+        trust_source: TrustSource | None = None,
+        refresh_interval: float | None = None,
+        require_crl: bool | None = None,
+    ) -> None:
+        self.config = config
+        if credentials is None:
+            if config.credentials is None:
+                raise PolicyError("the gateway needs credentials")
+            credentials = config.credentials.load()
+        self.credentials = credentials
+        trust = config.trust
+        if trust_source is None:
+            if trust is None:
+                raise PolicyError("the gateway needs a trust source (trust anchors and CRLs)")
+            trust_source = file_trust_source(
+                trust.ca_files, trust.intermediate_files, trust.crl_files, trust.crl_urls
+            )
+        self.trust_source = trust_source
+        self.refresh_interval = refresh_interval or (trust.refresh_interval if trust else 300.0)
+        self.require_crl = (
+            require_crl if require_crl is not None else bool(trust and trust.require_crl)
+        )
+        self.trust: TrustMaterial | None = None
+        self._contexts: dict[str, TLCPContext] = {}
+        self._servers: list[tuple[ListenerConfig, asyncio.Server]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._refresher: asyncio.Task[None] | None = None
+        self._closing = False
+        self.active = 0
+        self.refresh_count = 0
+
+    # --- trust ------------------------------------------------------------------------
+    def _context(self, listener: ListenerConfig, trust: TrustMaterial) -> TLCPContext:
+        def sni(host: str | None) -> Credentials | None:
+            if listener.route_for(host) is None:
+                raise TLCPError(
+                    AlertDescription.UNRECOGNIZED_NAME,
+                    "no route for this server name" if host else "server name required",
+                )
+            return None
+
+        kw: dict[str, Any] = {}
+        if listener.cipher_suites:
+            kw["cipher_suites"] = listener.cipher_suites
+        return TLCPContext(
+            credentials=self.credentials,
+            trust_anchors=trust.trust_anchors,
+            intermediates=trust.intermediates,
+            crls=trust.crls,
+            require_crl=self.require_crl,
+            client_auth=ClientAuth.REQUIRED,
+            sni_callback=sni,
+            **kw,
+        )
+
+    async def refresh_trust(self) -> TrustMaterial:
+        """Fetch the trust material now and use it for new connections."""
+        trust = await call_source(self.trust_source)
+        self._contexts = {lc.name: self._context(lc, trust) for lc in self.config.listeners}
+        self.trust = trust
+        self.refresh_count += 1
+        return trust
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            try:
+                await self.refresh_trust()
+            except Exception as exc:  # keep the previous material
+                log.warning("trust refresh failed (%s): keeping the previous CRLs", exc)
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.refresh_trust()
+        for lc in self.config.listeners:
+            server = await asyncio.start_server(
+                lambda r, w, lc=lc: self._spawn(lc, r, w), lc.host, lc.port
+            )
+            self._servers.append((lc, server))
+            log.info("gateway listening on %s", self.addresses[-1])
+        self._refresher = asyncio.create_task(self._refresh_loop())
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) of each listener, in configuration order."""
+        return [s.sockets[0].getsockname()[:2] for _, s in self._servers]
+
+    async def serve_forever(self) -> None:
+        if not self._servers:
+            await self.start()
+        try:
+            await asyncio.gather(*(s.serve_forever() for _, s in self._servers))
+        finally:
+            await self.close()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, let open connections finish for ``grace`` seconds (default
+        ``shutdown_grace``), then cut them."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._refresher is not None:
+            self._refresher.cancel()
+        for _, s in self._servers:
+            s.close()
+        grace = self.config.shutdown_grace if grace is None else grace
+        tasks = set(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        for _, s in self._servers:
+            with contextlib.suppress(Exception):
+                await s.wait_closed()
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- connections ------------------------------------------------------------------
+    def _spawn(
+        self, lc: ListenerConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.create_task(self._handle(lc, reader, writer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(
+        self, lc: ListenerConfig, raw_r: asyncio.StreamReader, raw_w: asyncio.StreamWriter
+    ) -> None:
+        rec = _Conn(lc.name, raw_w.get_extra_info("peername"))
+        if self._closing or self.active >= self.config.max_connections:
+            rec.fields["result"] = "refused:shutting_down" if self._closing else "refused:busy"
+            raw_w.close()
+            access_log.info(rec.line())
+            return
+        self.active += 1
+        writer: aio.TLCPStreamWriter | None = None
+        up_w: asyncio.StreamWriter | None = None
+        try:
+            try:
+                reader, writer = await aio.server_handshake(
+                    raw_r,
+                    raw_w,
+                    self._contexts[lc.name],
+                    timeout=self.config.handshake_timeout,
+                    limit=self.config.max_header_bytes,
+                )
+            except TLCPError as exc:
+                rec.fields["result"] = f"handshake_failed:{exc.alert.name.lower()}"
+                return
+            except TimeoutError:
+                rec.fields["result"] = "handshake_failed:timeout"
+                return
+            sni = writer.get_extra_info("server_name")
+            peer = writer.get_extra_info("peer_certificates")
+            subject, serial = name_to_str(peer[0].subject), f"{peer[0].serial:X}"
+            rec.fields.update(
+                sni=sni or "-",
+                subject=subject,
+                serial=serial,
+                suite=writer.get_extra_info("cipher_suite").name,
+            )
+            route = lc.route_for(sni)
+            assert route is not None  # the SNI callback refused unknown names
+            rec.fields["upstream"] = route.upstream
+            try:
+                async with asyncio.timeout(self.config.connect_timeout):
+                    up_r, up_w = await asyncio.open_connection(*route.address)
+            except (OSError, TimeoutError) as exc:
+                rec.fields["result"] = f"upstream_failed:{type(exc).__name__}"
+                return
+            sock = up_w.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await self._relay(rec, route, reader, writer, up_r, up_w, subject, serial)
+        except asyncio.CancelledError:
+            rec.fields["result"] = "cut:shutdown"
+            raise
+        except Exception as exc:
+            rec.fields["result"] = f"error:{type(exc).__name__}"
+            log.debug("connection error", exc_info=True)
+        finally:
+            self.active -= 1
+            if up_w is not None:
+                up_w.close()
+            if writer is not None:
+                writer.close()
+            else:
+                raw_w.close()
+            access_log.info(rec.line())
+
+    async def _relay(
+        self,
+        rec: _Conn,
+        route: Route,
+        reader: aio.TLCPStreamReader,
+        writer: aio.TLCPStreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+        subject: str,
+        serial: str,
+    ) -> None:
+        async def downstream() -> None:
+            await self._pipe(rec, up_r.read, writer, "out")
+
+        async def upstream() -> None:
+            if route.mode == "http":
+                await self._http_requests(rec, reader, writer, up_w, subject, serial)
+            else:
+                await self._pipe(rec, reader.read, up_w, "in")
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop()
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            exc = first.exception()
+            if isinstance(exc, _Idle):
+                rec.fields["result"] = "idle_timeout"
+            elif isinstance(exc, _BadRequest):
+                rec.fields["result"] = f"bad_request:{exc}"
+            elif isinstance(exc, TLCPError):
+                rec.fields["result"] = f"tlcp_error:{exc.alert.name.lower()}"
+            elif exc is not None:
+                rec.fields["result"] = f"error:{type(exc).__name__}"
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _read_idle(self, rec: _Conn, read: Callable[[], Awaitable[bytes]]) -> bytes:
+        idle = self.config.idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    return await read()
+            except TimeoutError:
+                if time.monotonic() - rec.last >= idle:
+                    raise _Idle() from None
+
+    async def _pipe(
+        self, rec: _Conn, read: Callable[[int], Awaitable[bytes]], dst: Any, direction: str
+    ) -> None:
+        while True:
+            data = await self._read_idle(rec, lambda: read(CHUNK))
+            if not data:
+                return
+            rec.last = time.monotonic()
+            if direction == "in":
+                rec.bytes_in += len(data)
+            else:
+                rec.bytes_out += len(data)
+            dst.write(data)
+            await dst.drain()
+
+    # --- HTTP reverse proxy -----------------------------------------------------------
+    async def _http_requests(
+        self,
+        rec: _Conn,
+        reader: aio.TLCPStreamReader,
+        writer: aio.TLCPStreamWriter,
+        up_w: asyncio.StreamWriter,
+        subject: str,
+        serial: str,
+    ) -> None:
+        identity = [
+            f"{SUBJECT_HEADER}: {_header_value(subject)}\r\n".encode(),
+            f"{SERIAL_HEADER}: {serial}\r\n".encode(),
+        ]
+        limit = self.config.max_header_bytes
+        while True:
+            try:
+                head = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n\r\n"))
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    raise _BadRequest("truncated request head") from None
+                return
+            except asyncio.LimitOverrunError:
+                self._http_error(writer, 431, "Request Header Fields Too Large")
+                raise _BadRequest("head too large") from None
+            if len(head) > limit:
+                self._http_error(writer, 431, "Request Header Fields Too Large")
+                raise _BadRequest("head too large")
+            rec.last = time.monotonic()
+            try:
+                out, length, chunked = _rewrite_head(head, identity)
+            except _BadRequest:
+                self._http_error(writer, 400, "Bad Request")
+                raise
+            rec.bytes_in += len(head)
+            up_w.write(out)
+            if chunked:
+                await self._copy_chunked(rec, reader, up_w)
+            elif length:
+                await self._copy_exactly(rec, reader, up_w, length)
+            await up_w.drain()
+
+    async def _copy_exactly(
+        self, rec: _Conn, reader: aio.TLCPStreamReader, up_w: asyncio.StreamWriter, n: int
+    ) -> None:
+        while n > 0:
+            want = min(n, CHUNK)
+            data = await self._read_idle(rec, lambda want=want: reader.read(want))
+            if not data:
+                raise _BadRequest("truncated body")
+            rec.last = time.monotonic()
+            rec.bytes_in += len(data)
+            n -= len(data)
+            up_w.write(data)
+            await up_w.drain()
+
+    async def _copy_chunked(
+        self, rec: _Conn, reader: aio.TLCPStreamReader, up_w: asyncio.StreamWriter
+    ) -> None:
+        while True:
+            line = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n"))
+            up_w.write(line)
+            rec.bytes_in += len(line)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _BadRequest("bad chunk size") from None
+            if size < 0:
+                raise _BadRequest("bad chunk size")
+            if size == 0:
+                while True:  # trailers, then the empty line
+                    t = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n"))
+                    up_w.write(t)
+                    rec.bytes_in += len(t)
+                    if t == b"\r\n":
+                        return
+            await self._copy_exactly(rec, reader, up_w, size + 2)
+
+    @staticmethod
+    def _http_error(writer: aio.TLCPStreamWriter, status: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
+
+
+def _rewrite_head(head: bytes, identity: list[bytes]) -> tuple[bytes, int, bool]:
+    """The request head with identity headers replaced; and the body framing
+    (Content-Length, chunked). Refuses what could be read two ways (request smuggling)."""
+    lines = head[:-4].split(b"\r\n")
+    request_line = lines[0]
+    parts = request_line.split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise _BadRequest("bad request line")
+    kept = [request_line + b"\r\n"]
+    length: int | None = None
+    chunked = False
+    for line in lines[1:]:
+        if not line or line[:1] in b" \t":
+            raise _BadRequest("obsolete line folding")
+        name, sep, value = line.partition(b":")
+        if not sep or not name or name != name.strip() or b"\n" in line or b"\r" in line:
+            raise _BadRequest("bad header line")
+        lname = name.lower()
+        if lname in _IDENTITY_HEADERS:
+            continue
+        v = value.strip()
+        if lname == b"content-length":
+            if length is not None or not v.isdigit():
+                raise _BadRequest("bad content-length")
+            length = int(v)
+        elif lname == b"transfer-encoding":
+            if v.lower() != b"chunked" or chunked:
+                raise _BadRequest("unsupported transfer-encoding")
+            chunked = True
+        kept.append(line + b"\r\n")
+    if chunked and length is not None:
+        raise _BadRequest("both content-length and transfer-encoding")
+    return b"".join([*kept, *identity, b"\r\n"]), length or 0, chunked

@@ -1,0 +1,112 @@
+"""Where the gateway's trust anchors and CRLs come from, refreshed periodically.
+
+A trust source is a callable (plain or coroutine function) returning a
+:class:`TrustMaterial`. The gateway calls it every ``refresh_interval`` seconds and builds
+new TLCP contexts from the result, so a terminal revoked at the KMC is refused within one
+refresh interval. When a refresh fails the previous material stays in use (and the
+CRLs' nextUpdate still bounds how long: an expired CRL fails validation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mstcrypt.errors import PolicyError
+from mstcrypt.pki import CRL, Certificate, load_certificates
+
+if TYPE_CHECKING:
+    from mstcrypt.kmc.service import Kmc
+
+__all__ = [
+    "TrustMaterial",
+    "TrustSource",
+    "file_trust_source",
+    "kmc_trust_source",
+    "load_crl",
+]
+
+
+@dataclass(frozen=True)
+class TrustMaterial:
+    """Trust anchors, intermediate CA certificates and CRLs for client certificates."""
+
+    trust_anchors: tuple[Certificate, ...]
+    intermediates: tuple[Certificate, ...] = ()
+    crls: tuple[CRL, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.trust_anchors:
+            raise PolicyError("trust material needs at least one trust anchor")
+        object.__setattr__(self, "trust_anchors", tuple(self.trust_anchors))
+        object.__setattr__(self, "intermediates", tuple(self.intermediates))
+        object.__setattr__(self, "crls", tuple(self.crls))
+
+
+TrustSource = Callable[[], TrustMaterial | Awaitable[TrustMaterial]]
+
+
+def load_crl(data: bytes) -> CRL:
+    """A CRL from DER or PEM bytes."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return CRL.from_pem(data)
+    return CRL.from_der(data)
+
+
+def _fetch(url: str, timeout: float, max_bytes: int) -> bytes:
+    if not url.lower().startswith(("http://", "https://")):
+        raise PolicyError(f"CRL URL {url!r} must be http or https")
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - scheme checked
+        data = resp.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PolicyError(f"CRL at {url} is larger than {max_bytes} bytes")
+    return data
+
+
+def file_trust_source(
+    ca_files: Sequence[str | Path],
+    intermediate_files: Sequence[str | Path] = (),
+    crl_files: Sequence[str | Path] = (),
+    crl_urls: Sequence[str] = (),
+    *,
+    timeout: float = 10.0,
+    max_crl_bytes: int = 16 << 20,
+) -> TrustSource:
+    """A source that re-reads PEM CA files and CRL files (DER or PEM) and fetches CRLs
+    from http(s) URLs (in a worker thread) at each refresh."""
+
+    def certs(files: Sequence[str | Path]) -> tuple[Certificate, ...]:
+        return tuple(c for f in files for c in load_certificates(Path(f).read_bytes()))
+
+    async def source() -> TrustMaterial:
+        crls = [load_crl(Path(f).read_bytes()) for f in crl_files]
+        for url in crl_urls:
+            crls.append(load_crl(await asyncio.to_thread(_fetch, url, timeout, max_crl_bytes)))
+        return TrustMaterial(certs(ca_files), certs(intermediate_files), tuple(crls))
+
+    return source
+
+
+def kmc_trust_source(kmc: Kmc) -> TrustSource:
+    """A source reading the KMC directly (same process): its root as the anchor, the
+    issuing CA as intermediate, and the newest CRL of both."""
+
+    def source() -> TrustMaterial:
+        issuing, root = kmc.chain()
+        crls = (CRL.from_der(kmc.crl("issuing")), CRL.from_der(kmc.crl("root")))
+        return TrustMaterial((root,), (issuing,), crls)
+
+    return source
+
+
+async def call_source(source: TrustSource) -> TrustMaterial:
+    result: Any = source()
+    if isinstance(result, Awaitable):
+        result = await result
+    if not isinstance(result, TrustMaterial):
+        raise PolicyError("the trust source must return TrustMaterial")
+    return result

@@ -1,0 +1,331 @@
+"""``mstcrypt tlcp-server | tlcp-client | gateway | tunnel``: TLCP endpoints (options like
+GmSSL's ``tlcp_server`` / ``tlcp_client``), the mobile access gateway and the terminal's
+local port forwarder. These functions are typer commands; ``mstcrypt.cli`` registers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mstcrypt.cli._common import err_console, fail, read_input
+from mstcrypt.protocols.tlcp import (
+    CipherSuite,
+    ClientAuth,
+    Credentials,
+    TLCPContext,
+    TLCPError,
+    aio,
+)
+
+__all__ = [
+    "gateway_command",
+    "tlcp_client_command",
+    "tlcp_server_command",
+    "tunnel_command",
+]
+
+CertOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--cert",
+        help="PEM certificate file(s): signing certificate, encryption certificate, then the "
+        "CA chain (one bundle or several files, repeatable).",
+    ),
+]
+KeyOpt = Annotated[str, typer.Option("--key", help="Signing private key (PEM PKCS#8).")]
+EncKeyOpt = Annotated[str, typer.Option("--enc-key", help="Encryption private key (PEM).")]
+PassOpt = Annotated[
+    str | None,
+    typer.Option("--pass", envvar="MSTCRYPT_KEY_PASS", help="Password of the PEM keys."),
+]
+CaOpt = Annotated[str | None, typer.Option("--cacert", help="PEM file of trusted CA certificates.")]
+SuiteOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cipher-suite",
+        help="ECC_SM4_CBC_SM3, ECC_SM4_GCM_SM3, ECDHE_SM4_CBC_SM3, ECDHE_SM4_GCM_SM3 "
+        "(or 0xE013 ...; repeatable, in preference order).",
+    ),
+]
+HostOpt = Annotated[str, typer.Option("--host")]
+
+
+def _suites(values: list[str] | None) -> dict[str, Any]:
+    if not values:
+        return {}
+    out = []
+    for v in values:
+        name = v.strip().upper().removeprefix("TLS_").removeprefix("TLCP_")
+        try:
+            out.append(CipherSuite(int(name, 16)) if name.startswith("0X") else CipherSuite[name])
+        except (KeyError, ValueError):
+            known = ", ".join(s.name for s in CipherSuite)
+            fail(f"unknown cipher suite {v!r}; expected one of {known}")
+    return {"cipher_suites": out}
+
+
+def _certs(paths: list[str]) -> list[Any]:
+    from mstcrypt.pki import load_certificates
+
+    return [c for p in paths for c in load_certificates(read_input(p))]
+
+
+def _credentials(
+    cert: list[str], key: str | None, enc_key: str | None, password: str | None, what: str
+) -> Credentials:
+    from mstcrypt.formats.keys import load_private_key
+
+    certs = _certs(cert)
+    if len(certs) < 2 or key is None or enc_key is None:
+        fail(f"{what} needs the signing and encryption certificates and both keys")
+    return Credentials.from_keys(
+        certs[0],
+        load_private_key(read_input(key), password),
+        certs[1],
+        load_private_key(read_input(enc_key), password),
+        chain=certs[2:],
+    )
+
+
+def _run(coro: Any) -> None:
+    """Run until done or until SIGINT/SIGTERM (then cancel: graceful close)."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+
+def tlcp_server_command(
+    cert: CertOpt,
+    key: KeyOpt,
+    enc_key: EncKeyOpt,
+    password: PassOpt = None,
+    cacert: CaOpt = None,
+    cipher_suite: SuiteOpt = None,
+    verify_client: Annotated[
+        bool, typer.Option("--verify-client", help="Require a client certificate.")
+    ] = False,
+    host: HostOpt = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="0 picks a free port.")] = 443,
+    echo: Annotated[bool, typer.Option("--echo", help="Send received data back.")] = False,
+    handshake_timeout: Annotated[float, typer.Option("--handshake-timeout")] = 30.0,
+) -> None:
+    """A TLCP server: prints what each client sends (or echoes it with --echo). Prints
+    "listening on HOST:PORT" on stderr when ready."""
+    creds = _credentials(cert, key, enc_key, password, "the server")
+    anchors = _certs([cacert]) if cacert else []
+    if verify_client and not anchors:
+        fail("--verify-client needs --cacert")
+    ctx = TLCPContext(
+        credentials=creds,
+        trust_anchors=anchors,
+        client_auth=ClientAuth.REQUIRED if verify_client else ClientAuth.NONE,
+        **_suites(cipher_suite),
+    )
+
+    async def handle(reader: aio.TLCPStreamReader, writer: aio.TLCPStreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        suite = writer.get_extra_info("cipher_suite")
+        certs = writer.get_extra_info("peer_certificates")
+        who = certs[0].subject_str if certs else "anonymous"
+        err_console.print(f"connection from {peer[0]}:{peer[1]} {suite.name} {who}")
+        try:
+            while data := await reader.read(65536):
+                if echo:
+                    writer.write(data)
+                    await writer.drain()
+                else:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+        except TLCPError as exc:
+            err_console.print(f"connection error: {exc}")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    def on_error(exc: BaseException, peer: Any) -> None:
+        err_console.print(f"handshake with {peer} failed: {exc}")
+
+    async def main() -> None:
+        server = await aio.start_server(
+            handle,
+            host,
+            port,
+            ctx,
+            handshake_timeout=handshake_timeout,
+            on_handshake_error=on_error,
+        )
+        bound = server.sockets[0].getsockname()
+        print(f"listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+        async with server:
+            await server.serve_forever()
+
+    _run(main())
+
+
+def tlcp_client_command(
+    cacert: Annotated[str, typer.Option("--cacert", help="PEM file of trusted CA certificates.")],
+    host: HostOpt = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 443,
+    server_name: Annotated[
+        str | None,
+        typer.Option("--server-name", help="SNI and the name checked in the certificate."),
+    ] = None,
+    no_check_hostname: Annotated[bool, typer.Option("--no-check-hostname")] = False,
+    client_cert: Annotated[
+        list[str] | None,
+        typer.Option("--client-cert", help="Client signing cert, encryption cert, chain (PEM)."),
+    ] = None,
+    client_key: Annotated[str | None, typer.Option("--client-key")] = None,
+    client_enc_key: Annotated[str | None, typer.Option("--client-enc-key")] = None,
+    password: PassOpt = None,
+    cipher_suite: SuiteOpt = None,
+    infile: Annotated[str, typer.Option("--in", help="Data to send ('-': stdin).")] = "-",
+    wait: Annotated[
+        float, typer.Option("--wait", help="Stop after this many seconds without data.")
+    ] = 2.0,
+    timeout: Annotated[float, typer.Option("--timeout", help="Connect and handshake.")] = 30.0,
+) -> None:
+    """A TLCP client: sends the input, prints what the server sends back until the server
+    closes or nothing arrives for --wait seconds, then closes with close_notify."""
+    creds = None
+    if client_cert:
+        creds = _credentials(client_cert, client_key, client_enc_key, password, "--client-cert")
+    ctx = TLCPContext(
+        credentials=creds,
+        trust_anchors=_certs([cacert]),
+        check_hostname=not no_check_hostname,
+        **_suites(cipher_suite),
+    )
+    if server_name is None and not no_check_hostname:
+        server_name = host
+    data = read_input(infile)
+
+    async def main() -> None:
+        reader, writer = await aio.open_connection(
+            host, port, ctx, server_name=server_name, timeout=timeout
+        )
+        suite = writer.get_extra_info("cipher_suite")
+        err_console.print(f"connected to {host}:{port} with {suite.name}")
+        try:
+            if data:
+                writer.write(data)
+                await writer.drain()
+            while True:
+                try:
+                    async with asyncio.timeout(wait):
+                        chunk = await reader.read(65536)
+                except TimeoutError:
+                    break
+                if not chunk:
+                    break
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    asyncio.run(main())
+
+
+def gateway_command(
+    config: Annotated[Path, typer.Argument(help="Gateway configuration (TOML or JSON).")],
+    log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+) -> None:
+    """Run the TLCP mobile access gateway until SIGINT/SIGTERM (graceful shutdown)."""
+    from mstcrypt.apps.tlcp_gateway import Gateway, GatewayConfig
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
+    gw = Gateway(GatewayConfig.from_file(config))
+
+    async def main() -> None:
+        await gw.start()
+        for host, port in gw.addresses:
+            print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+        try:
+            await gw.serve_forever()
+        finally:
+            await gw.close()
+
+    _run(main())
+
+
+def tunnel_command(
+    token: Annotated[str, typer.Option("--token", help="Soft token file (MST-CC).")],
+    gateway: Annotated[str, typer.Option("--gateway", help="Gateway host:port.")],
+    server_name: Annotated[
+        str, typer.Option("--server-name", help="Route name (SNI) at the gateway.")
+    ],
+    cacert: Annotated[str, typer.Option("--cacert", help="PEM file of trusted CA certificates.")],
+    local_port: Annotated[int, typer.Option("--local-port", help="0 picks a free port.")],
+    pin: Annotated[
+        str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN", help="Token PIN (prompted).")
+    ] = None,
+    container: Annotated[str, typer.Option("--container")] = "vpn",
+    local_host: Annotated[str, typer.Option("--local-host")] = "127.0.0.1",
+    cipher_suite: SuiteOpt = None,
+) -> None:
+    """Forward 127.0.0.1:LOCAL to a gateway route: each local connection becomes a TLCP
+    connection authenticated with the token's keys. Prints "listening on HOST:PORT"."""
+    from mstcrypt.apps.tlcp_gateway.config import parse_address
+    from mstcrypt.module import SoftToken
+
+    gw_host, gw_port = parse_address(gateway)
+    tok = SoftToken.open(token)
+    tok.login(pin if pin is not None else str(typer.prompt("PIN", hide_input=True)))
+    ctx = TLCPContext(
+        credentials=Credentials.from_module(tok, container),
+        trust_anchors=_certs([cacert]),
+        **_suites(cipher_suite),
+    )
+
+    async def pipe(read: Any, writer: Any) -> None:
+        while data := await read(65536):
+            writer.write(data)
+            await writer.drain()
+
+    async def handle(lr: asyncio.StreamReader, lw: asyncio.StreamWriter) -> None:
+        try:
+            tr, tw = await aio.open_connection(gw_host, gw_port, ctx, server_name=server_name)
+        except (TLCPError, OSError, TimeoutError) as exc:
+            err_console.print(f"gateway connection failed: {exc}")
+            lw.close()
+            return
+        tasks = [asyncio.create_task(pipe(lr.read, tw)), asyncio.create_task(pipe(tr.read, lw))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            tw.close()
+            lw.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, local_host, local_port)
+        bound = server.sockets[0].getsockname()
+        print(f"listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        _run(main())
+    finally:
+        tok.logout()

@@ -1,0 +1,654 @@
+"""The TLCP mobile access gateway (mstcrypt.apps.tlcp_gateway): TCP forwarding under
+concurrency, the HTTP reverse proxy with identity headers, CRL refresh, foreign CAs,
+unknown SNI, limits, configuration files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mstcrypt.apps.tlcp_gateway import (
+    SERIAL_HEADER,
+    SUBJECT_HEADER,
+    Gateway,
+    GatewayConfig,
+    ListenerConfig,
+    Route,
+    TrustMaterial,
+    file_trust_source,
+)
+from mstcrypt.apps.tlcp_gateway.gateway import _BadRequest, _rewrite_head
+from mstcrypt.errors import PolicyError
+from mstcrypt.formats.keys import dump_private_key
+from mstcrypt.pki import RevokedEntry
+from mstcrypt.protocols.tlcp import AlertDescription, TLCPContext, TLCPError, aio
+from mstcrypt.protocols.tlcp.testing import TestPKI
+
+ECHO, WEB = "echo.internal", "web.internal"
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+@pytest.fixture(scope="module")
+def pki() -> TestPKI:
+    return TestPKI()
+
+
+@pytest.fixture(scope="module")
+def gw_id(pki: TestPKI):
+    return pki.identity("gateway", names=[ECHO, WEB])
+
+
+@pytest.fixture(scope="module")
+def device(pki: TestPKI):
+    return pki.identity("device 1", server=False)
+
+
+class MutableTrust:
+    """A trust source whose CRL lists whatever is in ``revoked``."""
+
+    def __init__(self, pki: TestPKI) -> None:
+        self.pki = pki
+        self.revoked: list[RevokedEntry] = []
+        self.number = 0
+        self.calls = 0
+
+    def __call__(self) -> TrustMaterial:
+        self.number += 1
+        self.calls += 1
+        crl = self.pki.issuer.crl(number=self.number, entries=list(self.revoked))
+        return TrustMaterial((self.pki.root,), (), (crl,))
+
+
+async def echo_service() -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def http_service() -> asyncio.Server:
+    """Answers each request with a JSON body: method, path, headers and body length."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.IncompleteReadError:
+                    break
+                lines = head.decode().split("\r\n")
+                method, path, _ = lines[0].split(" ")
+                headers: dict[str, list[str]] = {}
+                for line in lines[1:]:
+                    if line:
+                        k, _, v = line.partition(":")
+                        headers.setdefault(k.lower(), []).append(v.strip())
+                body = await reader.readexactly(int(headers.get("content-length", ["0"])[0]))
+                out = json.dumps(
+                    {"method": method, "path": path, "headers": headers, "body": body.decode()}
+                ).encode()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(out)}\r\n\r\n".encode()
+                    + out
+                )
+                await writer.drain()
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def addr(server: asyncio.Server) -> str:
+    return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def read_response(reader: aio.TLCPStreamReader) -> tuple[bytes, dict[str, Any]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    return head, json.loads(await reader.readexactly(length))
+
+
+def client_ctx(pki: TestPKI, ident: Any) -> TLCPContext:
+    return TLCPContext(credentials=ident.credentials(), trust_anchors=[pki.root])
+
+
+async def make_gateway(pki, gw_id, trust, echo, web, **kw: Any) -> Gateway:
+    config = GatewayConfig(
+        listeners=[
+            ListenerConfig(
+                port=0,
+                routes={ECHO: Route(addr(echo)), WEB: Route(addr(web), "http")},
+                name="mobile",
+            )
+        ],
+        **kw,
+    )
+    gw = Gateway(config, credentials=gw_id.credentials(), trust_source=trust, refresh_interval=0.2)
+    await gw.start()
+    return gw
+
+
+def test_tcp_forwarding_twenty_concurrent(pki, gw_id, device, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="mstcrypt.gateway.access")
+
+    async def main() -> None:
+        echo, web = await echo_service(), await http_service()
+        gw = await make_gateway(pki, gw_id, MutableTrust(pki), echo, web)
+        host, port = gw.addresses[0]
+        cctx = client_ctx(pki, device)
+
+        async def one(i: int) -> None:
+            reader, writer = await aio.open_connection(host, port, cctx, server_name=ECHO)
+            msg = bytes((i + j) % 256 for j in range(i * 3000 + 1))
+            writer.write(msg)
+            await writer.drain()
+            assert await reader.readexactly(len(msg)) == msg
+            writer.write(b"\x00\r\n\xff")
+            assert await reader.readexactly(4) == b"\x00\r\n\xff"
+            writer.close()
+            await writer.wait_closed()
+
+        await asyncio.gather(*(one(i) for i in range(20)))
+        for _ in range(100):
+            if gw.active == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert gw.active == 0
+        await gw.close()
+        echo.close()
+        web.close()
+
+    run(main())
+    lines = [r.getMessage() for r in caplog.records if r.name == "mstcrypt.gateway.access"]
+    assert len(lines) == 20
+    assert all("result=ok" in line and f"sni={ECHO}" in line for line in lines)
+    assert all("serial=" in line and "device 1" in line for line in lines)
+
+
+def test_http_mode_adds_identity_headers(pki, gw_id, device) -> None:
+    async def main() -> None:
+        echo, web = await echo_service(), await http_service()
+        gw = await make_gateway(pki, gw_id, MutableTrust(pki), echo, web)
+        host, port = gw.addresses[0]
+        reader, writer = await aio.open_connection(
+            host, port, client_ctx(pki, device), server_name=WEB
+        )
+        writer.write(
+            b"POST /api/x HTTP/1.1\r\nHost: web.internal\r\n"
+            b"X-MST-Client-Subject: CN=forged\r\nx-mst-client-serial: 1\r\n"
+            b"Content-Length: 5\r\n\r\nhello"
+        )
+        head, got = await read_response(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert got["method"] == "POST" and got["path"] == "/api/x" and got["body"] == "hello"
+        h = got["headers"]
+        assert h[SUBJECT_HEADER.lower()] == ["CN=device 1,O=mstcrypt test,C=CN"]
+        assert h[SERIAL_HEADER.lower()] == [f"{device.sign_certificate.serial:X}"]
+        # a second request on the same connection, chunked, is rewritten too
+        writer.write(
+            b"PUT /b HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n"
+            b"X-MST-Client-Serial: 2\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        head2 = await reader.readuntil(b"\r\n\r\n")
+        assert head2.startswith(b"HTTP/1.1 200")
+        writer.close()
+        await writer.wait_closed()
+
+        # a malformed request gets 400 and the connection ends
+        reader, writer = await aio.open_connection(
+            host, port, client_ctx(pki, device), server_name=WEB
+        )
+        writer.write(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+        assert (await reader.read()).startswith(b"HTTP/1.1 400")
+        writer.close()
+        await gw.close()
+        echo.close()
+        web.close()
+
+    run(main())
+
+
+def test_revoked_terminal_refused_after_refresh(pki, gw_id, device) -> None:
+    async def main() -> None:
+        echo, web = await echo_service(), await http_service()
+        trust = MutableTrust(pki)
+        gw = await make_gateway(pki, gw_id, trust, echo, web)
+        host, port = gw.addresses[0]
+        cctx = client_ctx(pki, device)
+        r, w = await aio.open_connection(host, port, cctx, server_name=ECHO)
+        w.write(b"ok")
+        assert await r.readexactly(2) == b"ok"
+        w.close()
+
+        from datetime import UTC, datetime
+
+        trust.revoked.append(
+            RevokedEntry(device.sign_certificate.serial, datetime.now(UTC).replace(microsecond=0))
+        )
+        calls = trust.calls
+        for _ in range(100):
+            if trust.calls > calls:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(TLCPError) as info:
+            r, w = await aio.open_connection(host, port, cctx, server_name=ECHO)
+            await r.read()  # the refusal may arrive after our Finished
+        assert info.value.alert == AlertDescription.CERTIFICATE_REVOKED
+        await gw.close()
+        echo.close()
+        web.close()
+
+    run(main())
+
+
+def test_foreign_ca_and_unknown_sni_refused(pki, gw_id, device) -> None:
+    async def main() -> None:
+        echo, web = await echo_service(), await http_service()
+        gw = await make_gateway(pki, gw_id, MutableTrust(pki), echo, web)
+        host, port = gw.addresses[0]
+        stranger = TestPKI("elsewhere").identity("device x", server=False)
+        with pytest.raises(TLCPError) as info:
+            r, _ = await aio.open_connection(
+                host, port, client_ctx(pki, stranger), server_name=ECHO
+            )
+            await r.read()
+        assert info.value.alert == AlertDescription.UNKNOWN_CA
+
+        with pytest.raises(TLCPError) as info:
+            await aio.open_connection(
+                host, port, client_ctx(pki, device), server_name="secret.internal"
+            )
+        assert info.value.alert == AlertDescription.UNRECOGNIZED_NAME
+
+        no_sni = TLCPContext(
+            credentials=device.credentials(), trust_anchors=[pki.root], check_hostname=False
+        )
+        with pytest.raises(TLCPError) as info:  # no SNI and no default route
+            await aio.open_connection(host, port, no_sni)
+        assert info.value.alert == AlertDescription.UNRECOGNIZED_NAME
+        await gw.close()
+        echo.close()
+        web.close()
+
+    run(main())
+
+
+def test_limits_and_graceful_shutdown(pki, gw_id, device) -> None:
+    async def main() -> None:
+        echo, web = await echo_service(), await http_service()
+        gw = await make_gateway(
+            pki, gw_id, MutableTrust(pki), echo, web, max_connections=1, idle_timeout=0.5
+        )
+        host, port = gw.addresses[0]
+        cctx = client_ctx(pki, device)
+        r, w = await aio.open_connection(host, port, cctx, server_name=ECHO)
+        w.write(b"a")
+        assert await r.readexactly(1) == b"a"
+        # the second connection is over the limit: closed before the handshake
+        with pytest.raises(TLCPError):
+            await aio.open_connection(host, port, cctx, server_name=ECHO)
+        # idle: the gateway closes the first connection with close_notify
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+
+        r, w = await aio.open_connection(host, port, cctx, server_name=ECHO)
+        w.write(b"b")
+        assert await r.readexactly(1) == b"b"
+        await gw.close(grace=0.1)  # cuts the open connection
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        with pytest.raises(OSError):
+            await asyncio.open_connection(host, port)
+        echo.close()
+        web.close()
+
+    run(main())
+
+
+def test_config_from_toml_with_pem_files(tmp_path: Path, pki, gw_id, device) -> None:
+    files = {
+        "sign.pem": gw_id.sign_certificate.pem,
+        "enc.pem": gw_id.enc_certificate.pem,
+        "sign.key": dump_private_key(gw_id.sign_key, password="pw123456"),
+        "enc.key": dump_private_key(gw_id.enc_key, password="pw123456"),
+        "root.pem": pki.root.pem,
+        "crl.pem": pki.issuer.crl(number=1).pem,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "gw.toml").write_text(
+        """
+max_connections = 50
+idle_timeout = 60
+
+[credentials]
+cert = ["sign.pem", "enc.pem"]
+key = "sign.key"
+enc_key = "enc.key"
+password_env = "TEST_GW_PASS"
+
+[trust]
+ca_files = ["root.pem"]
+crl_files = ["crl.pem"]
+refresh_interval = 30
+require_crl = true
+
+[[listeners]]
+host = "127.0.0.1"
+port = 0
+default = "127.0.0.1:1"
+[listeners.routes]
+"echo.internal" = "127.0.0.1:2"
+"web.internal" = { upstream = "127.0.0.1:3", mode = "http" }
+""",
+        encoding="utf-8",
+    )
+    config = GatewayConfig.from_file(tmp_path / "gw.toml")
+    lc = config.listeners[0]
+    assert lc.route_for("Echo.Internal") == Route("127.0.0.1:2")
+    assert lc.route_for(WEB).mode == "http"
+    assert lc.route_for(None) == Route("127.0.0.1:1")
+    assert config.trust and config.trust.require_crl
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEST_GW_PASS", "pw123456")
+        assert config.credentials is not None
+        creds = config.credentials.load()
+    assert creds.sign_certificate == gw_id.sign_certificate
+
+    async def main() -> TrustMaterial:
+        t = config.trust
+        assert t is not None
+        src = file_trust_source(t.ca_files, t.intermediate_files, t.crl_files)
+        return await src()  # type: ignore[misc]
+
+    material = run(main())
+    assert material.trust_anchors == (pki.root,) and len(material.crls) == 1
+
+    (tmp_path / "gw.json").write_text(
+        json.dumps({"listeners": [{"port": 1, "routes": {"a": "h:1"}}], "bogus": 1})
+    )
+    with pytest.raises(PolicyError, match="bogus"):
+        GatewayConfig.from_file(tmp_path / "gw.json")
+    with pytest.raises(PolicyError):
+        Route("nohost")
+    with pytest.raises(PolicyError):
+        Route("h:1", "udp")
+
+
+def test_rewrite_head_refuses_ambiguous_requests() -> None:
+    ident = [b"X-MST-Client-Serial: 1\r\n"]
+    out, n, chunked = _rewrite_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ident)
+    assert out == b"GET / HTTP/1.1\r\nHost: a\r\nX-MST-Client-Serial: 1\r\n\r\n"
+    assert (n, chunked) == (0, False)
+    for bad in (
+        b"GET /\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+    ):
+        with pytest.raises(_BadRequest):
+            _rewrite_head(bad, ident)
+
+
+# --- command line (subprocesses) --------------------------------------------------------
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def cli(command: str, *args: str) -> list[str]:
+    """argv running one typer command of mstcrypt.cli.tlcp_cmd on its own."""
+    code = (
+        "import typer\n"
+        f"from mstcrypt.cli.tlcp_cmd import {command} as f\n"
+        "app = typer.Typer(pretty_exceptions_enable=False)\n"
+        "app.command()(f)\n"
+        "app()\n"
+    )
+    return [sys.executable, "-c", code, *args]
+
+
+async def spawn(argv: list[str]) -> tuple[asyncio.subprocess.Process, int]:
+    """Start a server command and wait for its "listening on HOST:PORT" line."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    assert proc.stderr is not None
+    seen = []
+    async with asyncio.timeout(30):
+        while True:
+            line = (await proc.stderr.readline()).decode()
+            seen.append(line)
+            if not line:
+                raise AssertionError("command exited: " + "".join(seen))
+            if line.startswith("listening on "):
+                return proc, int(line.rsplit(":", 1)[1])
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def write_identity(tmp_path: Path, prefix: str, ident: Any) -> dict[str, str]:
+    files = {
+        f"{prefix}_sign.pem": ident.sign_certificate.pem,
+        f"{prefix}_enc.pem": ident.enc_certificate.pem,
+        f"{prefix}_sign.key": dump_private_key(ident.sign_key, password="pass1234"),
+        f"{prefix}_enc.key": dump_private_key(ident.enc_key, password="pass1234"),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {k.split("_", 1)[1]: str(tmp_path / k) for k in files}
+
+
+def test_cli_tlcp_server_and_client(tmp_path: Path, pki, gw_id, device) -> None:
+    (tmp_path / "root.pem").write_bytes(pki.root.pem)
+    s = write_identity(tmp_path, "gw", gw_id)
+    c = write_identity(tmp_path, "dev", device)
+    payload = b"hello over TLCP\n" * 1000
+    (tmp_path / "in.bin").write_bytes(payload)
+
+    async def main() -> None:
+        argv = cli(
+            "tlcp_server_command",
+            *("--cert", s["sign.pem"], "--cert", s["enc.pem"]),
+            *("--key", s["sign.key"], "--enc-key", s["enc.key"], "--pass", "pass1234"),
+            *("--cacert", str(tmp_path / "root.pem"), "--verify-client", "--echo"),
+            *("--port", "0", "--cipher-suite", "ECDHE_SM4_GCM_SM3"),
+        )
+        proc, port = await spawn(argv)
+        try:
+            r, w = await aio.open_connection(
+                "127.0.0.1", port, client_ctx(pki, device), server_name=ECHO
+            )
+            assert w.get_extra_info("cipher_suite").name == "ECDHE_SM4_GCM_SM3"
+            w.write(b"ping")
+            assert await r.readexactly(4) == b"ping"
+            w.close()
+            await w.wait_closed()
+
+            client = await asyncio.create_subprocess_exec(
+                *cli(
+                    "tlcp_client_command",
+                    *("--cacert", str(tmp_path / "root.pem"), "--port", str(port)),
+                    *("--server-name", WEB, "--in", str(tmp_path / "in.bin"), "--wait", "1"),
+                    *("--client-cert", c["sign.pem"], "--client-cert", c["enc.pem"]),
+                    *("--client-key", c["sign.key"], "--client-enc-key", c["enc.key"]),
+                    *("--pass", "pass1234"),
+                ),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": SRC},
+            )
+            out, err = await asyncio.wait_for(client.communicate(), 60)
+            assert client.returncode == 0, err.decode()
+            assert out == payload
+        finally:
+            await stop(proc)
+
+    run(main())
+
+
+def test_cli_gateway_and_tunnel(tmp_path: Path, pki, gw_id) -> None:
+    from mstcrypt.module import SoftToken
+    from mstcrypt.pki import Profile, name
+
+    (tmp_path / "root.pem").write_bytes(pki.root.pem)
+    s = write_identity(tmp_path, "gw", gw_id)
+    tok = SoftToken.init(tmp_path / "token", "123456", "admin-code-1", iterations=100_000)
+    tok.create_container("vpn")
+    subject = name(C="CN", O="mstcrypt test", CN="phone 7")
+    serials = []
+    for usage, profile in (("sign", Profile.DEVICE_SIGN), ("enc", Profile.DEVICE_ENC)):
+        h = tok.generate_key_pair("vpn", usage)
+        cert = pki.issuer.issue(subject=subject, public_key=h.public_key, profile=profile)
+        tok.put_certificate("vpn", h.usage, cert.der)
+        serials.append(cert.serial)
+    tok.logout()
+
+    async def main() -> None:
+        echo, web = await echo_service(), await http_service()
+        (tmp_path / "gw.toml").write_text(
+            f"""
+idle_timeout = 30
+[credentials]
+cert = ["{s["sign.pem"]}", "{s["enc.pem"]}"]
+key = "{s["sign.key"]}"
+enc_key = "{s["enc.key"]}"
+password = "pass1234"
+[trust]
+ca_files = ["root.pem"]
+refresh_interval = 5
+[[listeners]]
+port = 0
+[listeners.routes]
+"{ECHO}" = "{addr(echo)}"
+"{WEB}" = {{ upstream = "{addr(web)}", mode = "http" }}
+""",
+            encoding="utf-8",
+        )
+        gw, gw_port = await spawn(cli("gateway_command", str(tmp_path / "gw.toml")))
+        tunnels = []
+        try:
+            for route in (ECHO, WEB):
+                argv = cli(
+                    "tunnel_command",
+                    *("--token", str(tmp_path / "token"), "--pin", "123456"),
+                    *("--gateway", f"127.0.0.1:{gw_port}", "--server-name", route),
+                    *("--cacert", str(tmp_path / "root.pem"), "--local-port", "0"),
+                )
+                tunnels.append(await spawn(argv))
+            r, w = await asyncio.open_connection("127.0.0.1", tunnels[0][1])
+            msg = bytes(range(256)) * 100
+            w.write(msg)
+            await w.drain()
+            assert await asyncio.wait_for(r.readexactly(len(msg)), 30) == msg
+            w.close()
+
+            r, w = await asyncio.open_connection("127.0.0.1", tunnels[1][1])
+            w.write(b"GET /hello HTTP/1.1\r\nHost: web\r\n\r\n")
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 30)
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            got = json.loads(await r.readexactly(length))
+            assert got["headers"][SUBJECT_HEADER.lower()] == ["CN=phone 7,O=mstcrypt test,C=CN"]
+            assert got["headers"][SERIAL_HEADER.lower()] == [f"{serials[0]:X}"]
+            w.close()
+        finally:
+            for proc, _ in tunnels:
+                await stop(proc)
+            await stop(gw)
+            echo.close()
+            web.close()
+        assert gw.returncode == 0
+        assert gw.stderr is not None
+        log = (await gw.stderr.read()).decode()
+        assert "mstcrypt.gateway.access" in log and "phone 7" in log
+        assert "pass1234" not in log
+
+    run(main())
+
+
+def test_kmc_revocation_reaches_the_gateway(tmp_path: Path, pki, gw_id) -> None:
+    """Trust from a Kmc object: a terminal enrolled at the KMC gets in; once the KMC
+    revokes its certificate it is refused after the next refresh."""
+    import secrets
+
+    from mstcrypt.apps.tlcp_gateway import kmc_trust_source
+    from mstcrypt.crypto.sm2 import SM2PrivateKey
+    from mstcrypt.formats.envelope import open_enveloped_key
+    from mstcrypt.kmc.db import Database
+    from mstcrypt.kmc.service import Kmc
+    from mstcrypt.module.server import KeyWrapper
+    from mstcrypt.pki import build_csr, name
+    from mstcrypt.protocols.tlcp import Credentials
+
+    kmc = Kmc(Database(f"sqlite:///{tmp_path / 'kmc.db'}"), KeyWrapper(secrets.token_bytes(32)))
+    kmc.create_schema()
+    kmc.init_ca(actor="test")
+    terminal = SM2PrivateKey.generate()
+    code, _ = kmc.create_enrollment_code(
+        owner="bob", subject={"C": "CN", "O": "Unit", "CN": "bob"}, actor="op"
+    )
+    e = kmc.enroll(code, build_csr(name(CN="bob"), terminal.public_key(), terminal.sign).der)
+    creds = Credentials.from_keys(
+        e.sign_certificate,
+        terminal,
+        e.encryption_certificate,
+        open_enveloped_key(e.enveloped_key, terminal),
+    )
+    cctx = TLCPContext(credentials=creds, trust_anchors=[pki.root])
+
+    async def main() -> None:
+        echo, web = await echo_service(), await http_service()
+        source = kmc_trust_source(kmc)
+        gw = await make_gateway(pki, gw_id, source, echo, web)
+        host, port = gw.addresses[0]
+        r, w = await aio.open_connection(host, port, cctx, server_name=ECHO)
+        w.write(b"in")
+        assert await r.readexactly(2) == b"in"
+        w.close()
+        kmc.revoke_certificate(f"{e.sign_certificate.serial:x}", actor="op")
+        count = gw.refresh_count
+        for _ in range(100):
+            if gw.refresh_count > count:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(TLCPError) as info:
+            r, _ = await aio.open_connection(host, port, cctx, server_name=ECHO)
+            await r.read()
+        assert info.value.alert == AlertDescription.CERTIFICATE_REVOKED
+        await gw.close()
+        echo.close()
+        web.close()
+
+    try:
+        run(main())
+    finally:
+        kmc.db.dispose()
