@@ -43,6 +43,20 @@ def _params(mode: str, key: str, iv: str, aad: str | None) -> tuple[bytes, bytes
     return k, v, a
 
 
+def _run(
+    mode: str, key: str, iv: str, aad: str | None, infile: str, out: str | None, encrypt: bool
+) -> None:
+    k, v, a = _params(mode, key, iv, aad)
+    data = read_input(infile)
+    if mode == "cbc":
+        result = _sm4.cbc_encrypt(k, v, data) if encrypt else _sm4.cbc_decrypt(k, v, data)
+    elif mode == "ctr":
+        result = _sm4.ctr(k, v, data)
+    else:
+        result = _sm4.gcm_encrypt(k, v, data, a) if encrypt else _sm4.gcm_decrypt(k, v, data, a)
+    write_output(out, result)
+
+
 @sm4_app.command("encrypt")
 def encrypt(
     mode: ModeOpt,
@@ -53,15 +67,7 @@ def encrypt(
     out: OutOpt = None,
 ) -> None:
     """Encrypt. GCM output is ciphertext ‖ 16-byte tag."""
-    k, v, a = _params(mode, key, iv, aad)
-    data = read_input(infile)
-    if mode == "cbc":
-        ct = _sm4.cbc_encrypt(k, v, data)
-    elif mode == "ctr":
-        ct = _sm4.ctr(k, v, data)
-    else:
-        ct = _sm4.gcm_encrypt(k, v, data, a)
-    write_output(out, ct)
+    _run(mode, key, iv, aad, infile, out, encrypt=True)
 
 
 @sm4_app.command("decrypt")
@@ -74,12 +80,4 @@ def decrypt(
     out: OutOpt = None,
 ) -> None:
     """Decrypt. GCM input is ciphertext ‖ tag; a wrong tag or padding exits with 2."""
-    k, v, a = _params(mode, key, iv, aad)
-    data = read_input(infile)
-    if mode == "cbc":
-        pt = _sm4.cbc_decrypt(k, v, data)
-    elif mode == "ctr":
-        pt = _sm4.ctr(k, v, data)
-    else:
-        pt = _sm4.gcm_decrypt(k, v, data, a)
-    write_output(out, pt)
+    _run(mode, key, iv, aad, infile, out, encrypt=False)

@@ -923,26 +923,49 @@ class Kmc:
         self.db.flush_deleted()
 
     # ------------------------------------------------------------------ recovery --------
+    def _new_recovery(
+        self,
+        s: Session,
+        *,
+        kind: str,
+        key_id: str | None,
+        escrow: bytes | None,
+        recipient: SM2PublicKey,
+        reason: str,
+        actor: str,
+    ) -> str:
+        rid = _new_id()
+        s.add(
+            RecoveryRequest(
+                id=rid,
+                kind=kind,
+                key_id=key_id,
+                escrow_ciphertext=escrow,
+                recipient_public_key=recipient.to_bytes(),
+                reason=reason[:500],
+                requested_by=actor,
+                approvals=[],
+                status="pending",
+                result=None,
+                created_at=self.clock(),
+            )
+        )
+        return rid
+
     def request_recovery(
         self, key_id: str, recipient: SM2PublicKey, *, reason: str, actor: str
     ) -> str:
+        """Ask for an escrowed key to be released to a new terminal (dual control)."""
         with self.db.tx() as s:
             self._key(s, key_id, "recover")
-            rid = _new_id()
-            s.add(
-                RecoveryRequest(
-                    id=rid,
-                    kind="key",
-                    escrow_ciphertext=None,
-                    key_id=key_id,
-                    recipient_public_key=recipient.to_bytes(),
-                    reason=reason[:500],
-                    requested_by=actor,
-                    approvals=[],
-                    status="pending",
-                    result=None,
-                    created_at=self.clock(),
-                )
+            rid = self._new_recovery(
+                s,
+                kind="key",
+                key_id=key_id,
+                escrow=None,
+                recipient=recipient,
+                reason=reason,
+                actor=actor,
             )
             audit.append(
                 s,
@@ -974,21 +997,14 @@ class Kmc:
         except MstCryptError:
             raise PolicyError("the escrow stanza is not a DER SM2Cipher") from None
         with self.db.tx() as s:
-            rid = _new_id()
-            s.add(
-                RecoveryRequest(
-                    id=rid,
-                    kind="file",
-                    key_id=None,
-                    escrow_ciphertext=escrow_ciphertext,
-                    recipient_public_key=recipient.to_bytes(),
-                    reason=reason[:500],
-                    requested_by=actor,
-                    approvals=[],
-                    status="pending",
-                    result=None,
-                    created_at=self.clock(),
-                )
+            rid = self._new_recovery(
+                s,
+                kind="file",
+                key_id=None,
+                escrow=escrow_ciphertext,
+                recipient=recipient,
+                reason=reason,
+                actor=actor,
             )
             audit.append(
                 s,
