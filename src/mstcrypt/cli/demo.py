@@ -30,10 +30,7 @@ def demo_command(
     """Run the platform and show a terminal enrolling, using its keys, losing its device
     and recovering its encryption key under dual control, with the audit chain checked."""
     from mstcrypt.client import Client, ServiceError
-    from mstcrypt.crypto.sm2 import SM2PrivateKey
-    from mstcrypt.formats.envelope import open_enveloped_key
     from mstcrypt.module import KeyUsage, SoftToken
-    from mstcrypt.pki import Certificate
     from mstcrypt.server.config import Settings
 
     tmp = None
@@ -212,7 +209,6 @@ def demo_command(
             from mstcrypt.apps.tlcp_gateway.config import GatewayConfig, ListenerConfig, Route
             from mstcrypt.apps.tlcp_gateway.gateway import Gateway
             from mstcrypt.apps.tlcp_gateway.trust import TrustMaterial
-            from mstcrypt.pki import CRL
             from mstcrypt.protocols.tlcp import CipherSuite, Credentials, TLCPContext, aio
 
             code = admins["alice"].create_enrollment_code(
@@ -292,7 +288,6 @@ def demo_command(
 
             out = asyncio.run(run())
             assert "zhang.san" in out and "forged" not in out, out
-            _ = CRL
             return (
                 "terminal → TLCP gateway (dual certificates, client auth) → internal HTTP "
                 f"service; {out}"
@@ -325,7 +320,6 @@ def demo_command(
             new_token.import_enveloped_key("zhang.san", env)
             pt = new_token.decrypt(new_token.key("zhang.san", KeyUsage.ENCRYPT), state["ct"])
             assert pt == b"confidential memo for zhang.san"
-            _ = open_enveloped_key, SM2PrivateKey
             return "alice requested, alice alone refused twice, bob approved → new token decrypts"
 
         def revoke() -> str:
@@ -379,4 +373,3 @@ def demo_command(
         shutil.rmtree(tmp, ignore_errors=True)
     if failed:
         raise typer.Exit(1)
-    _ = Certificate

@@ -102,6 +102,8 @@ def _run(coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
+            # not available off the main thread (RuntimeError) or on Windows
+            # (NotImplementedError): Ctrl-C then ends the loop the default way
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):

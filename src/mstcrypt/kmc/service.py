@@ -45,9 +45,6 @@ from mstcrypt.formats.envelope import build_enveloped_key
 from mstcrypt.kmc import audit
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import (
-    AuditCheckpoint,
-    AuditHead,
-    AuditRecord,
     Base,
     CertificateAuthority,
     CrlRecord,
@@ -1409,7 +1406,7 @@ class Kmc:
                     raise PolicyError("restore needs an empty store")
             for table in Base.metadata.sorted_tables:
                 rows = [
-                    {k: _dec_value(table, k, v) for k, v in r.items()}
+                    {k: _dec_value(v) for k, v in r.items()}
                     for r in data["tables"].get(table.name, [])
                 ]
                 if table.name == "audit_head":
@@ -1447,12 +1444,9 @@ def _enc_value(v: Any) -> Any:
     return v
 
 
-def _dec_value(table: Any, column: str, v: Any) -> Any:
+def _dec_value(v: Any) -> Any:
     if isinstance(v, dict) and set(v) == {"$b"}:
         return base64.b64decode(v["$b"])
     if isinstance(v, dict) and set(v) == {"$t"}:
         return datetime.fromisoformat(v["$t"])
     return v
-
-
-_ = (AuditCheckpoint, AuditHead, AuditRecord, MstCryptError)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 
 from mstcrypt.apps.login import tokens
 from mstcrypt.apps.login.fastpath import RawTx, append_audit
@@ -328,6 +328,3 @@ class LoginService:
                 delete(LoginChallenge).where(LoginChallenge.expires < int(self.clock()) - 3600)
             )
             return int(r.rowcount or 0)
-
-
-_ = (Sequence, select)
