@@ -23,7 +23,7 @@ from mstcrypt.apps.login.service import LoginService
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.service import Kmc
-from mstcrypt.module.server import KeyWrapper
+from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, build_csr, name
 from mstcrypt.protocols.login import LoginClient
 
@@ -38,7 +38,7 @@ def main() -> int:
     ap.add_argument("--database-url")
     args = ap.parse_args()
     url = args.database_url or f"sqlite:///{tempfile.mkdtemp()}/bench.db"
-    kmc = Kmc(Database(url), KeyWrapper(secrets.token_bytes(32)), crl_base_url="http://b")
+    kmc = Kmc(Database(url), SoftKeyStore(secrets.token_bytes(32)), crl_base_url="http://b")
     kmc.create_schema()
     kmc.init_ca(actor="bench")
     svc = LoginService(kmc, server_name="login.bench")

@@ -34,15 +34,16 @@ from mstcrypt.kmc.models import (
     RateLimit,
     RecoveryRequest,
 )
-from mstcrypt.kmc.service import Kmc, _code_hash
-from mstcrypt.module.server import KeyWrapper
+from mstcrypt.kmc.service import Kmc, code_hash
+from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, Certificate, build_csr, name
 from mstcrypt.server.config import Settings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MASTER_KEY_HEX = "6d737463727970742d746573742d6d61737465722d6b65792d30303030303031"
 OPERATORS = ("alice", "bob")
-CODE_HASH = _code_hash
+CODE_HASH = code_hash
+OPERATOR_ROLES = ("administrator", "registration_officer", "key_recovery_officer")
 
 
 def free_port() -> int:
@@ -57,10 +58,10 @@ def terminal(cn: str) -> tuple[SM2PrivateKey, str]:
     return key, build_csr(name(CN=cn), key.public_key(), key.sign).pem.decode()
 
 
-def add_operators(data_dir: Path) -> dict[str, str]:
-    """Operator credentials in ``data_dir/operators.json``: name -> bearer token."""
-    settings = Settings(data_dir=data_dir)
-    return {op: settings.add_operator(op) for op in OPERATORS}
+def add_operators(kmc: Kmc) -> dict[str, str]:
+    """Static operator credentials (servers run with MSTCRYPT_STATIC_OPERATORS=1):
+    name -> bearer token; alice and bob hold every role but auditor."""
+    return {op: kmc.operators.add_static(op, OPERATOR_ROLES) for op in OPERATORS}
 
 
 def master_key() -> bytes:
@@ -69,7 +70,7 @@ def master_key() -> bytes:
 
 def kmc_for(url: str) -> Kmc:
     """A Kmc over the same database and master key as the server under test."""
-    return Kmc(Database(url), KeyWrapper(master_key()))
+    return Kmc(Database(url), SoftKeyStore(master_key()))
 
 
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -203,8 +204,8 @@ class InvariantChecker:
             if token in self._blobs_ok:
                 continue
             try:
-                priv = self.kmc.wrapper.unwrap(key.key_blob, f"enc:{kid}".encode())
-                assert priv.public_key().to_bytes() == key.public_key, "blob != public key"
+                sig = self.kmc.keystore.sign(key.key_blob, f"enc:{kid}".encode(), b"check")
+                SM2PublicKey.from_bytes(key.public_key).verify(sig, b"check")
             except Exception as exc:
                 problems.append(f"key {kid}: {type(exc).__name__}: {exc}")
                 continue

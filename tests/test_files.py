@@ -575,11 +575,11 @@ def test_recovery_through_the_kmc_service(term: Terminal, tmp_path: Path) -> Non
     """End to end with the KMC's dual-control file recovery (POST /admin/file-recovery)."""
     from mstcrypt.kmc.db import Database
     from mstcrypt.kmc.service import Kmc
-    from mstcrypt.module.server import KeyWrapper
+    from mstcrypt.module.sscc import SoftKeyStore
 
     kmc = Kmc(
         Database(f"sqlite:///{tmp_path / 'kmc.db'}"),
-        KeyWrapper(secrets.token_bytes(32)),
+        SoftKeyStore(secrets.token_bytes(32)),
         crl_base_url="http://kmc.test",
     )
     kmc.create_schema()

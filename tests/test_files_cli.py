@@ -457,11 +457,11 @@ class KmcDirectory:
 def kmc(tmp_path: Path) -> Any:
     from mstcrypt.kmc.db import Database
     from mstcrypt.kmc.service import Kmc
-    from mstcrypt.module.server import KeyWrapper
+    from mstcrypt.module.sscc import SoftKeyStore
 
     k = Kmc(
         Database(f"sqlite:///{tmp_path / 'kmc.db'}"),
-        KeyWrapper(secrets.token_bytes(32)),
+        SoftKeyStore(secrets.token_bytes(32)),
         crl_base_url="http://kmc.test",
     )
     k.create_schema()

@@ -605,11 +605,11 @@ def test_kmc_revocation_reaches_the_gateway(tmp_path: Path, pki, gw_id) -> None:
     from mstcrypt.formats.envelope import open_enveloped_key
     from mstcrypt.kmc.db import Database
     from mstcrypt.kmc.service import Kmc
-    from mstcrypt.module.server import KeyWrapper
+    from mstcrypt.module.sscc import SoftKeyStore
     from mstcrypt.pki import build_csr, name
     from mstcrypt.protocols.tlcp import Credentials
 
-    kmc = Kmc(Database(f"sqlite:///{tmp_path / 'kmc.db'}"), KeyWrapper(secrets.token_bytes(32)))
+    kmc = Kmc(Database(f"sqlite:///{tmp_path / 'kmc.db'}"), SoftKeyStore(secrets.token_bytes(32)))
     kmc.create_schema()
     kmc.init_ca(actor="test")
     terminal = SM2PrivateKey.generate()

@@ -17,8 +17,9 @@ from mstcrypt.formats.envelope import open_enveloped_key
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import AuditRecord, EncryptionKey
 from mstcrypt.kmc.service import Kmc, NotFoundError
-from mstcrypt.module.server import KeyWrapper
+from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, CertificateError, build_csr, name, validate_path
+from mstcrypt.pki.profiles import KMC_ESCROW_EKU
 
 SUBJECT = {"C": "CN", "O": "Example Unit", "CN": "alice"}
 
@@ -26,7 +27,7 @@ SUBJECT = {"C": "CN", "O": "Example Unit", "CN": "alice"}
 @pytest.fixture
 def kmc(database_url: str) -> Kmc:
     k = Kmc(
-        Database(database_url), KeyWrapper(secrets.token_bytes(32)), crl_base_url="http://kmc.test"
+        Database(database_url), SoftKeyStore(secrets.token_bytes(32)), crl_base_url="http://kmc.test"
     )
     k.create_schema()
     k.init_ca(actor="test")
@@ -160,11 +161,20 @@ def test_recovery_needs_two_distinct_operators(kmc: Kmc) -> None:
     escrowed_pub = e.encryption_certificate.public_key
     new_terminal = SM2PrivateKey.generate()
     rid = kmc.request_recovery(e.key_id, new_terminal.public_key(), reason="lost", actor="op1")
-    assert kmc.approve_recovery(rid, actor="op1") is None
+    # the requester never approves their own request
     with pytest.raises(PolicyError, match="dual control"):
         kmc.approve_recovery(rid, actor="op1")
     assert kmc.recovery_result(rid)["status"] == "pending"
-    env = kmc.approve_recovery(rid, actor="op2")
+    # the second officer reviews the recipient fingerprint and must quote it
+    shown = kmc.recovery_result(rid)
+    assert shown["requested_by"] == "op1" and shown["reason"] == "lost"
+    assert shown["owner"] == "alice"
+    assert shown["recipient_fingerprint"] == new_terminal.public_key().fingerprint().hex()
+    with pytest.raises(PolicyError, match="fingerprint"):
+        kmc.approve_recovery(rid, actor="op2", recipient_fingerprint="00" * 32)
+    env = kmc.approve_recovery(
+        rid, actor="op2", recipient_fingerprint=shown["recipient_fingerprint"]
+    )
     assert env is not None
     assert open_enveloped_key(env, new_terminal).public_key() == escrowed_pub
     with pytest.raises(PolicyError, match="released"):
@@ -228,14 +238,13 @@ def test_groups_annex_d(kmc: Kmc) -> None:
 def test_backup_and_restore(kmc: Kmc, tmp_path: Path) -> None:
     terminal, e = _enroll(kmc)
     blob = kmc.backup("correct horse battery", actor="op")
-    other = Kmc(Database(f"sqlite:///{tmp_path / 'restored.db'}"), kmc.wrapper)
+    other = Kmc(Database(f"sqlite:///{tmp_path / 'restored.db'}"), kmc.keystore)
     other.create_schema()
     with pytest.raises(KeyStoreError, match="passphrase"):
         other.restore(blob, "wrong passphrase!!", actor="op")
     assert other.restore(blob, "correct horse battery", actor="op") > 0
     assert other.encryption_certificate("alice").der == e.encryption_certificate.der
     rid = other.request_recovery(e.key_id, terminal.public_key(), reason="test", actor="a")
-    other.approve_recovery(rid, actor="a")
     env = other.approve_recovery(rid, actor="b")
     assert open_enveloped_key(env, terminal).public_key() == e.encryption_certificate.public_key
     assert other.verify_audit().ok
@@ -246,9 +255,9 @@ def test_backup_and_restore(kmc: Kmc, tmp_path: Path) -> None:
 
 def test_master_key_binds_the_store(kmc: Kmc, database_url: str) -> None:
     _enroll(kmc)
-    wrong = Kmc(Database(database_url), KeyWrapper(secrets.token_bytes(32)))
+    wrong = Kmc(Database(database_url), SoftKeyStore(secrets.token_bytes(32)))
     with pytest.raises(KeyStoreError):
-        wrong.audit_key()
+        wrong.checkpoint()
     wrong.db.dispose()
 
 
@@ -353,11 +362,17 @@ def test_crl_is_refreshed_when_old(kmc: Kmc) -> None:
 
 def test_file_recovery_dual_control(kmc: Kmc) -> None:
     fek = secrets.token_bytes(32)
-    escrow = kmc.file_recovery_public_key().encrypt(fek)
+    escrow_cert = kmc.escrow_certificate()
+    assert escrow_cert.public_key == kmc.file_recovery_public_key()
+    assert escrow_cert.extended_key_usage == (KMC_ESCROW_EKU,)
+    crls = [CRL.from_der(kmc.crl("issuing")), CRL.from_der(kmc.crl("root"))]
+    validate_path(
+        escrow_cert, anchors=[kmc.chain()[1]], intermediates=[kmc.chain()[0]], crls=crls
+    )
+    escrow = escrow_cert.public_key.encrypt(fek)
     new_terminal = SM2PrivateKey.generate()
     rid = kmc.request_file_recovery(escrow, new_terminal.public_key(), reason="lost phone",
                                     actor="op1")
-    assert kmc.approve_recovery(rid, actor="op1") is None
     with pytest.raises(PolicyError, match="dual control"):
         kmc.approve_recovery(rid, actor="op1")
     released = kmc.approve_recovery(rid, actor="op2")
@@ -365,8 +380,7 @@ def test_file_recovery_dual_control(kmc: Kmc) -> None:
     assert kmc.recovery_result(rid)["kind"] == "file"
     # an escrow stanza made for another KMC is refused at release time
     other = SM2PrivateKey.generate().public_key().encrypt(fek)
-    rid2 = kmc.request_file_recovery(other, new_terminal.public_key(), reason="x", actor="a")
-    kmc.approve_recovery(rid2, actor="a")
+    rid2 = kmc.request_file_recovery(other, new_terminal.public_key(), reason="xyz", actor="a")
     with pytest.raises(PolicyError, match="not made for this KMC"):
         kmc.approve_recovery(rid2, actor="b")
     with pytest.raises(PolicyError, match="not a DER SM2Cipher"):

@@ -19,7 +19,7 @@ from mstcrypt.apps.login.service import LoginPolicy, LoginService
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.service import Kmc
-from mstcrypt.module.server import KeyWrapper
+from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, Issuer, Profile, RevokedEntry, build_csr, name
 from mstcrypt.protocols.login import Challenge, LoginClient, LoginError, LoginServer, tbs_m
 
@@ -208,7 +208,7 @@ def test_expired_challenge(pki: Pki) -> None:
 # --------------------------------------------------------------- service level -------
 @pytest.fixture
 def platform(database_url: str) -> Kmc:
-    k = Kmc(Database(database_url), KeyWrapper(secrets.token_bytes(32)), crl_base_url="http://t")
+    k = Kmc(Database(database_url), SoftKeyStore(secrets.token_bytes(32)), crl_base_url="http://t")
     k.create_schema()
     k.init_ca(actor="t")
     yield k

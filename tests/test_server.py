@@ -29,11 +29,12 @@ from mstcrypt.formats.keys import load_public_key
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import AuditCheckpoint, AuditRecord, CertificateAuthority, EnrollmentCode
 from mstcrypt.kmc.service import Kmc
-from mstcrypt.module.server import KeyWrapper
+from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, Certificate, build_csr, name, validate_path
 from mstcrypt.protocols.login import Challenge, LoginClient
 from mstcrypt.server.app import create_app
 from mstcrypt.server.config import Settings
+from platform_helpers import add_operators
 
 with warnings.catch_warnings():  # starlette warns about httpx at import time
     warnings.simplefilter("ignore")
@@ -151,7 +152,7 @@ def assert_error(r: httpx.Response, status: int, error: str | None = None) -> di
 
 
 def make_kmc(url: str) -> Kmc:
-    kmc = Kmc(Database(url), KeyWrapper(secrets.token_bytes(32)), crl_base_url="http://testserver")
+    kmc = Kmc(Database(url), SoftKeyStore(secrets.token_bytes(32)), crl_base_url="http://testserver")
     kmc.create_schema()
     kmc.init_ca(actor="test")
     return kmc
@@ -167,7 +168,7 @@ def kmc(database_url: str) -> Iterator[Kmc]:
 def _platform(kmc: Kmc, data_dir: Path, **settings: Any) -> Iterator[Platform]:
     settings.setdefault("static_operators", True)  # add_operator() bearer credentials
     s = Settings(data_dir=data_dir, checkpoint_seconds=3600, **settings)
-    ops = {n: s.add_operator(n) for n in ("alice", "bob")}
+    ops = add_operators(kmc)
     with RecordingClient(create_app(s, kmc), raise_server_exceptions=False) as c:
         yield Platform(kmc, s, c, ops)
     # whatever a test did: no response ever carried a traceback or internals

@@ -8,6 +8,8 @@ no PIN, no plaintext.
 from __future__ import annotations
 
 __all__ = [
+    "AccessDeniedError",
+    "AuthenticationError",
     "BackendError",
     "DecodeError",
     "DecryptionError",
@@ -69,6 +71,14 @@ class PinLockedError(KeyStoreError):
 
 class PolicyError(MstCryptError):
     """An operation is refused by policy (wrong key usage, state, parameter limits)."""
+
+
+class AuthenticationError(PolicyError):
+    """The caller is not authenticated (no, malformed, expired or revoked credential)."""
+
+
+class AccessDeniedError(PolicyError):
+    """The caller is authenticated but their role does not allow this operation."""
 
 
 class UnsupportedError(MstCryptError):

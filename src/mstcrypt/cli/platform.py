@@ -31,11 +31,10 @@ DataDir = Annotated[
 
 
 def _kmc(data_dir: Path | None) -> Any:
-    from mstcrypt.kmc.service import Kmc
     from mstcrypt.server.config import Settings
 
     settings = Settings.from_env(data_dir)
-    kmc = Kmc(settings.database(), settings.wrapper(), crl_base_url=settings.public_url)
+    kmc = settings.kmc()
     kmc.create_schema()
     return kmc, settings
 
@@ -66,43 +65,107 @@ def ca_init(
     console.print(cert_table("CA initialised", certs))
 
 
+RolesOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--role",
+        help="Role (repeatable): administrator, registration_officer, key_recovery_officer, "
+        "auditor (the auditor role stands alone).",
+    ),
+]
+
+
 @operator_app.command("add")
 def operator_add(
     name: str,
+    roles: RolesOpt,
     data_dir: DataDir = None,
     static: Annotated[
         bool,
         typer.Option(
             "--static",
-            help="Create a static credential "
-            "instead (accepted only with MSTCRYPT_STATIC_OPERATORS=1).",
+            help="Create a static credential instead (accepted only by a server started "
+            "with MSTCRYPT_STATIC_OPERATORS=1; for automation).",
         ),
     ] = False,
     org: Annotated[str, typer.Option("--org")] = "mstcrypt",
 ) -> None:
-    """Register an operator. By default the operator logs in with a certificate: this
-    prints a one-time enrollment code for their soft token (`mstcrypt enroll`), after
-    which `mstcrypt login` gives the session token the admin API accepts."""
-    from datetime import timedelta
-
-    from mstcrypt.server.config import Settings
-
-    settings = Settings.from_env(data_dir)
+    """Register an operator with roles. This console command needs the server's data
+    directory and SS-CC: operators are never created through the HTTP API. It prints a
+    one-time operator enrollment code; the operator enrolls their own soft token with it
+    (`mstcrypt enroll`), and that signing certificate becomes their credential."""
+    kmc, _ = _kmc(data_dir)
     if static:
-        token = settings.add_operator(name)
+        token = kmc.operators.add_static(name, roles, actor="console")
         console.print(f"operator [bold]{name}[/bold] static credential (shown once):")
         typer.echo(token)
         return
-    kmc, _ = _kmc(data_dir)
-    settings.add_certificate_operator(name)
-    code, expires = kmc.create_enrollment_code(
-        owner=name, subject={"O": org, "CN": name}, ttl=timedelta(days=1), actor="cli"
-    )
+    code, expires = kmc.operators.add(name, roles, org=org, actor="console")
     console.print(
-        f"operator [bold]{name}[/bold] registered; enrollment code (valid until "
-        f"{expires:%Y-%m-%d %H:%M} UTC):"
+        f"operator [bold]{name}[/bold] registered ({', '.join(sorted(set(roles)))}); "
+        f"enrollment code (valid until {expires:%Y-%m-%d %H:%M} UTC):"
     )
     typer.echo(code)
+
+
+@operator_app.command("enroll-code")
+def operator_enroll_code(name: str, data_dir: DataDir = None) -> None:
+    """A new operator enrollment code (new device); the next enrollment with it moves the
+    operator's credential to the new certificate."""
+    kmc, _ = _kmc(data_dir)
+    code, expires = kmc.operators.enroll_code(name, actor="console")
+    console.print(f"operator enrollment code for {name} (valid until {expires:%Y-%m-%d %H:%M} UTC):")
+    typer.echo(code)
+
+
+@operator_app.command("bind")
+def operator_bind(
+    name: str,
+    serial: Annotated[str, typer.Option("--serial", help="Signing certificate serial (hex).")],
+    data_dir: DataDir = None,
+) -> None:
+    """Bind the operator to an existing active signing certificate of theirs."""
+    kmc, _ = _kmc(data_dir)
+    kmc.operators.bind(name, serial, actor="console")
+    console.print(f"operator {name} bound to certificate {serial}")
+
+
+@operator_app.command("roles")
+def operator_roles(name: str, roles: RolesOpt, data_dir: DataDir = None) -> None:
+    """Replace an operator's roles."""
+    kmc, _ = _kmc(data_dir)
+    kmc.operators.set_roles(name, roles, actor="console")
+    console.print(f"operator {name}: {', '.join(sorted(set(roles)))}")
+
+
+@operator_app.command("disable")
+def operator_disable(name: str, data_dir: DataDir = None) -> None:
+    """Stop accepting the operator's credential (their sessions stop at once)."""
+    kmc, _ = _kmc(data_dir)
+    kmc.operators.set_status(name, "disabled", actor="console")
+    console.print(f"operator {name} disabled")
+
+
+@operator_app.command("enable")
+def operator_enable(name: str, data_dir: DataDir = None) -> None:
+    kmc, _ = _kmc(data_dir)
+    kmc.operators.set_status(name, "active", actor="console")
+    console.print(f"operator {name} enabled")
+
+
+@operator_app.command("list")
+def operator_list(data_dir: DataDir = None) -> None:
+    """Operators, their roles, state and bound certificate."""
+    kmc, _ = _kmc(data_dir)
+    t = Table(title="operators")
+    for col in ("name", "roles", "status", "certificate", "static"):
+        t.add_column(col)
+    for o in kmc.operators.list():
+        t.add_row(
+            o["name"], ", ".join(o["roles"]), o["status"], o["certificate"] or "-",
+            "yes" if o["static"] else "",
+        )
+    console.print(t)
 
 
 @audit_app.command("verify")
@@ -138,7 +201,10 @@ def serve_command(
     kmc, settings = _kmc(data_dir)
     if init and not kmc.is_initialised():
         kmc.init_ca(actor="serve")
-    uvicorn.run(create_app(settings, kmc), host=host, port=port, log_level="warning")
+    # X-Forwarded-For is interpreted by the app against MSTCRYPT_TRUSTED_PROXIES only
+    uvicorn.run(
+        create_app(settings, kmc), host=host, port=port, log_level="warning", proxy_headers=False
+    )
 
 
 def enroll_command(
@@ -220,7 +286,6 @@ def running_platform(data_dir: Path, settings: Any = None) -> Iterator[str]:
     """Start the platform in this process on a free loopback port; yields its URL."""
     import uvicorn
 
-    from mstcrypt.kmc.service import Kmc
     from mstcrypt.server.app import create_app
     from mstcrypt.server.config import Settings
 
@@ -229,7 +294,8 @@ def running_platform(data_dir: Path, settings: Any = None) -> Iterator[str]:
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     settings = settings or Settings.from_env(data_dir, public_url=url)
-    kmc = Kmc(settings.database(), settings.wrapper(), crl_base_url=url)
+    settings.public_url = url
+    kmc = settings.kmc()
     kmc.create_schema()
     if not kmc.is_initialised():
         kmc.init_ca(actor="demo")

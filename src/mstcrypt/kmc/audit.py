@@ -11,6 +11,7 @@ deleted or reordered.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.orm import Session
 
-from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
+from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import PolicyError, VerificationError
 from mstcrypt.kmc.models import AuditCheckpoint, AuditHead, AuditRecord
@@ -118,15 +119,16 @@ def checkpoint_message(seq: int, hash_hex: str) -> bytes:
     return CHECKPOINT_LABEL + seq.to_bytes(8, "big") + bytes.fromhex(hash_hex)
 
 
-def sign_checkpoint(session: Session, key: SM2PrivateKey) -> AuditCheckpoint | None:
-    """Sign the current head (no-op if it is already signed or the log is empty)."""
+def sign_checkpoint(session: Session, sign: Callable[[bytes], bytes]) -> AuditCheckpoint | None:
+    """Sign the current head with ``sign`` (the audit key's signer inside the SS-CC);
+    a no-op if the head is already signed or the log is empty."""
     head = session.get(AuditHead, 1)
     if head is None or head.seq == 0 or session.get(AuditCheckpoint, head.seq) is not None:
         return None
     cp = AuditCheckpoint(
         seq=head.seq,
         hash=head.hash,
-        signature=key.sign(checkpoint_message(head.seq, head.hash)),
+        signature=sign(checkpoint_message(head.seq, head.hash)),
         signed_at=datetime.now(UTC),
     )
     session.add(cp)

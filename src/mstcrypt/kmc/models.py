@@ -59,6 +59,9 @@ class IssuedCertificate(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: the other half of a dual-certificate pair (GM/T 0034): revoked together when the
+    #: device is lost or the holder leaves
+    pair_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
 
 
 class EncryptionKey(Base):
@@ -87,6 +90,26 @@ class EnrollmentCode(Base):
     used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: ``terminal`` (created by a registration officer) or ``operator`` (created by an
+    #: administrator at the console: the enrolled signing certificate becomes the
+    #: operator's credential)
+    purpose: Mapped[str] = mapped_column(String(16), default="terminal", server_default="terminal")
+
+
+class Operator(Base):
+    """A platform operator: roles, bound to one signing certificate (or, only where static
+    credentials are enabled, to a credential verifier). Registered only at the console."""
+
+    __tablename__ = "operators"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    roles: Mapped[list[str]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))  # pending | active | disabled
+    cert_serial: Mapped[str | None] = mapped_column(String(40), nullable=True, unique=True)
+    salt: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    verifier: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class RecoveryRequest(Base):

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from mstcrypt.errors import PolicyError
 
-__all__ = ["Profile", "ProfileSpec", "spec"]
+__all__ = ["KMC_ESCROW_EKU", "Profile", "ProfileSpec", "spec"]
 
 
 class Profile(enum.StrEnum):
@@ -64,6 +64,7 @@ class Profile(enum.StrEnum):
     WLAN_ASU_SIGN = "wlan_asu_sign"
     WLAN_ASU_ENC = "wlan_asu_enc"
     OCSP_SIGNER = "ocsp_signer"
+    KMC_ESCROW_ENC = "kmc_escrow_enc"
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ _SIGN = frozenset({"digital_signature"})
 _SIGN_NR = frozenset({"digital_signature", "non_repudiation"})
 _ENC = frozenset({"key_encipherment", "data_encipherment", "key_agreement"})
 _SERVER = ("server_auth",)
+#: extended key usage of the KMC's key-escrow (file-recovery) encryption certificate: an
+#: OID under the UUID arc 2.25 (ITU-T X.667), since no registered arc names this purpose
+KMC_ESCROW_EKU = "2.25.281197924319844938590899340921090882481"
 _DEVICE = ("client_auth", "email_protection")
 
 _SPECS: dict[Profile, ProfileSpec] = {
@@ -118,6 +122,9 @@ _SPECS: dict[Profile, ProfileSpec] = {
     Profile.WLAN_ASU_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
     Profile.WLAN_ASU_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.OCSP_SIGNER: ProfileSpec(_SIGN, ("ocsp_signing",), False, None, 365),
+    Profile.KMC_ESCROW_ENC: ProfileSpec(
+        frozenset({"key_encipherment", "data_encipherment"}), (KMC_ESCROW_EKU,), False, None, 1825
+    ),
 }
 
 

@@ -1,0 +1,362 @@
+"""Issuance and revocation: the root and issuing CAs, certificates, CRLs.
+
+Certificates are built by :class:`mstcrypt.pki.Issuer` over a signer that calls into the
+SS-CC, so the CA keys never leave the key store. Revoking one half of a dual-certificate
+pair (GM/T 0034: signing + encryption, issued together) for a reason that means the
+device or the holder is gone (:data:`PAIR_REASONS`) revokes the other half too, revokes
+the escrowed encryption key for use, and rotates every key derived for the holder
+(KDK and group keys, through :meth:`GroupService.identity_changed`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from mstcrypt.crypto.sm2 import SM2PublicKey
+from mstcrypt.errors import PolicyError
+from mstcrypt.kmc.context import KmcContext, NotFoundError, Unit, aware
+from mstcrypt.kmc.models import CertificateAuthority, CrlRecord, EncryptionKey, IssuedCertificate
+from mstcrypt.pki import CRL, Certificate, Issuer, Profile, RevokedEntry, name
+from mstcrypt.pki.ca import BACKDATE
+
+if TYPE_CHECKING:
+    from mstcrypt.kmc.groups import GroupService
+
+__all__ = ["CRL_LIFETIME", "PAIR_REASONS", "REVOCATION_REASONS", "CaService"]
+
+CRL_LIFETIME = timedelta(days=1)
+REVOCATION_REASONS = (
+    "unspecified",
+    "key_compromise",
+    "ca_compromise",
+    "affiliation_changed",
+    "superseded",
+    "cessation_of_operation",
+    "certificate_hold",
+)
+#: reasons that say the device is lost or the holder is gone: the whole pair goes
+PAIR_REASONS = frozenset({"key_compromise", "affiliation_changed", "cessation_of_operation"})
+ISSUING, ROOT = "issuing", "root"
+
+
+def serial_hex(serial: str) -> str:
+    return serial.lower().lstrip("0") or "0"
+
+
+class CaService:
+    def __init__(self, ctx: KmcContext, groups: GroupService) -> None:
+        self.ctx = ctx
+        self.groups = groups
+        self._issuers: dict[tuple[str, bytes], Issuer] = {}
+
+    # -- set-up ------------------------------------------------------------------------
+    def is_initialised(self) -> bool:
+        with self.ctx.read() as s:
+            return bool(s.scalar(select(func.count()).select_from(CertificateAuthority)))
+
+    def init(self, u: Unit, *, organisation: str, country: str, root_cn: str, sub_cn: str) -> list[Certificate]:
+        """Create the root and the issuing CA inside ``u`` (keys generated in the SS-CC)."""
+        s = u.s
+        if s.scalar(select(func.count()).select_from(CertificateAuthority)):
+            raise PolicyError("the CA is already initialised")
+        keys = self.ctx.keys
+        root_pub, root_blob = keys.generate_sm2(b"ca:root")
+        sub_pub, sub_blob = keys.generate_sm2(b"ca:issuing")
+        nb = u.now - BACKDATE
+        root = Issuer.self_signed(
+            name(C=country, O=organisation, CN=root_cn),
+            root_pub,
+            keys.signer(root_blob, b"ca:root"),
+            not_before=nb,
+        )
+        sub_cert = root.issue(
+            subject=name(C=country, O=organisation, CN=sub_cn),
+            public_key=sub_pub,
+            profile=Profile.SUB_CA,
+            not_before=nb,
+            crl_urls=self._crl_urls(ROOT),
+        )
+        rows = []
+        for i, (ca_name, level, cert, blob) in enumerate(
+            ((ROOT, "root", root.certificate, root_blob), (ISSUING, "sub", sub_cert, sub_blob)),
+            start=1,
+        ):
+            row = CertificateAuthority(
+                id=i,
+                name=ca_name,
+                level=level,
+                parent_id=None if i == 1 else 1,
+                subject=cert.subject_str,
+                cert_der=cert.der,
+                key_blob=blob,
+                crl_number=0,
+                created_at=u.now,
+            )
+            s.add(row)
+            rows.append(row)
+        s.flush()
+        for row, cert, profile in (
+            (rows[0], root.certificate, Profile.ROOT_CA),
+            (rows[1], sub_cert, Profile.SUB_CA),
+        ):
+            self._record(u, cert, ca_id=1, owner=None, profile=profile, usage="ca", key_id=None)
+            self.publish_crl(u, row.name)
+        return [sub_cert, root.certificate]
+
+    def _crl_urls(self, ca_name: str) -> list[str]:
+        base = self.ctx.crl_base_url
+        return [f"{base.rstrip('/')}/crl/{ca_name}.crl"] if base else []
+
+    # -- the CAs -----------------------------------------------------------------------
+    def _ca_row(self, s: object, ca_name: str = ISSUING) -> CertificateAuthority:
+        ca = s.scalar(select(CertificateAuthority).where(CertificateAuthority.name == ca_name))  # type: ignore[attr-defined]
+        if ca is None:
+            raise PolicyError("the CA is not initialised (run `mstcrypt ca init`)")
+        return ca
+
+    def issuer(self, ca: CertificateAuthority) -> Issuer:
+        """The :class:`Issuer` of one CA row, its signer inside the SS-CC (memoised)."""
+        key = (ca.name, ca.key_blob)
+        issuer = self._issuers.get(key)
+        if issuer is None:
+            issuer = Issuer(
+                Certificate.from_der(ca.cert_der),
+                self.ctx.keys.signer(ca.key_blob, f"ca:{ca.name}".encode()),
+            )
+            self._issuers[key] = issuer
+        return issuer
+
+    def chain(self) -> list[Certificate]:
+        """[issuing CA, root CA]."""
+        with self.ctx.read() as s:
+            return [
+                Certificate.from_der(self._ca_row(s, ISSUING).cert_der),
+                Certificate.from_der(self._ca_row(s, ROOT).cert_der),
+            ]
+
+    # -- issuance ----------------------------------------------------------------------
+    def issue(
+        self,
+        u: Unit,
+        *,
+        public_key: SM2PublicKey,
+        subject: dict[str, str],
+        profile: Profile,
+        owner: str | None,
+        usage: str,
+        key_id: str | None,
+        pair_serial: str | None = None,
+        subject_alt_names: Sequence[str] = (),
+    ) -> Certificate:
+        """Issue under the issuing CA and record the certificate, inside ``u``."""
+        ca = self._ca_row(u.s)
+        cert = self.issuer(ca).issue(
+            subject=name(**subject),
+            public_key=public_key,
+            profile=profile,
+            not_before=u.now - BACKDATE,
+            crl_urls=self._crl_urls(ISSUING),
+            subject_alt_names=[
+                *([subject["email"]] if subject.get("email") else []),
+                *subject_alt_names,
+            ],
+        )
+        self._record(
+            u,
+            cert,
+            ca_id=ca.id,
+            owner=owner,
+            profile=profile,
+            usage=usage,
+            key_id=key_id,
+            pair_serial=pair_serial,
+        )
+        return cert
+
+    def issue_pair(
+        self,
+        u: Unit,
+        *,
+        sign_public_key: SM2PublicKey,
+        enc_public_key: SM2PublicKey,
+        subject: dict[str, str],
+        profiles: tuple[Profile, Profile],
+        owner: str,
+        key_id: str,
+    ) -> tuple[Certificate, Certificate]:
+        """Dual certificates (signing, encryption) recorded as each other's pair."""
+        sign = self.issue(
+            u,
+            public_key=sign_public_key,
+            subject=subject,
+            profile=profiles[0],
+            owner=owner,
+            usage="sign",
+            key_id=None,
+        )
+        enc = self.issue(
+            u,
+            public_key=enc_public_key,
+            subject=subject,
+            profile=profiles[1],
+            owner=owner,
+            usage="enc",
+            key_id=key_id,
+            pair_serial=f"{sign.serial:x}",
+        )
+        u.s.get(IssuedCertificate, f"{sign.serial:x}").pair_serial = f"{enc.serial:x}"  # type: ignore[union-attr]
+        return sign, enc
+
+    def _record(
+        self,
+        u: Unit,
+        cert: Certificate,
+        *,
+        ca_id: int,
+        owner: str | None,
+        profile: Profile,
+        usage: str,
+        key_id: str | None,
+        pair_serial: str | None = None,
+    ) -> None:
+        u.s.add(
+            IssuedCertificate(
+                serial=f"{cert.serial:x}",
+                ca_id=ca_id,
+                subject=cert.subject_str,
+                owner=owner,
+                profile=Profile(profile).value,
+                usage=usage,
+                key_id=key_id,
+                der=cert.der,
+                fingerprint=cert.fingerprint,
+                not_before=cert.not_before,
+                not_after=cert.not_after,
+                status="active",
+                issued_at=u.now,
+                pair_serial=pair_serial,
+            )
+        )
+        u.s.flush()
+
+    # -- CRLs --------------------------------------------------------------------------
+    def publish_crl(self, u: Unit, ca_name: str = ISSUING) -> CRL:
+        """Sign and store the next CRL of ``ca_name``. The revoked entries are read after
+        the CA row is locked, so a concurrent revocation is never left out of a newer CRL."""
+        ca = u.s.execute(
+            select(CertificateAuthority)
+            .where(CertificateAuthority.name == ca_name)
+            .with_for_update(key_share=True)
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        entries = [
+            RevokedEntry(int(r.serial, 16), aware(r.revoked_at or u.now), r.revocation_reason)
+            for r in u.s.scalars(
+                select(IssuedCertificate).where(
+                    IssuedCertificate.ca_id == ca.id, IssuedCertificate.status == "revoked"
+                )
+            )
+        ]
+        ca.crl_number += 1
+        crl = self.issuer(ca).crl(
+            number=ca.crl_number,
+            entries=entries,
+            this_update=u.now,
+            next_update=u.now + CRL_LIFETIME,
+        )
+        u.s.add(
+            CrlRecord(
+                ca_id=ca.id,
+                number=ca.crl_number,
+                der=crl.der,
+                this_update=u.now,
+                next_update=u.now + CRL_LIFETIME,
+            )
+        )
+        return crl
+
+    def crl(self, ca_name: str = ISSUING) -> bytes:
+        """The newest CRL (DER), re-signed first when it is older than half its life."""
+        with self.ctx.read() as s:
+            ca = self._ca_row(s, ca_name)
+            rec = s.scalar(
+                select(CrlRecord)
+                .where(CrlRecord.ca_id == ca.id)
+                .order_by(CrlRecord.number.desc())
+                .limit(1)
+            )
+            if rec is not None and aware(rec.next_update) - self.ctx.clock() >= CRL_LIFETIME / 2:
+                return rec.der
+        with self.ctx.unit("system") as u:
+            crl = self.publish_crl(u, ca_name)
+            u.audit("crl.publish", f"ca:{ca_name}", number=crl.number)
+        return crl.der
+
+    def crl_number(self, ca_name: str = ISSUING) -> int:
+        with self.ctx.read() as s:
+            return self._ca_row(s, ca_name).crl_number
+
+    # -- revocation --------------------------------------------------------------------
+    def revoke_certificate(self, serial: str, *, reason: str = "unspecified", actor: str) -> list[str]:
+        """Revoke one certificate (and its pair, for :data:`PAIR_REASONS`). Returns the
+        serials revoked."""
+        if reason not in REVOCATION_REASONS:
+            raise PolicyError(f"unknown revocation reason {reason!r}")
+        with self.ctx.unit(actor) as u:
+            row = u.s.get(IssuedCertificate, serial_hex(serial), with_for_update={"key_share": True})
+            if row is None:
+                raise NotFoundError(f"no certificate with serial {serial}")
+            if row.usage == "ca":
+                raise PolicyError("CA certificates are not revoked through this operation")
+            if row.status == "revoked":
+                raise PolicyError("the certificate is already revoked")
+            done = self.revoke_rows(u, [row], reason)
+            u.audit("cert.revoke", f"cert:{row.serial}", reason=reason, revoked_serials=done)
+        return done
+
+    def revoke_rows(
+        self, u: Unit, rows: Sequence[IssuedCertificate], reason: str, *, why: str | None = None
+    ) -> list[str]:
+        """Revoke ``rows`` inside ``u``, publish the CRL, and make keys follow: for
+        :data:`PAIR_REASONS` the pairs go too, the escrowed keys of revoked encryption
+        certificates are revoked for use, and the holders' derived keys rotate."""
+        if reason not in REVOCATION_REASONS:
+            raise PolicyError(f"unknown revocation reason {reason!r}")
+        todo = {r.serial: r for r in rows}
+        if reason in PAIR_REASONS:
+            for r in list(todo.values()):
+                if r.pair_serial and r.pair_serial not in todo:
+                    pair = u.s.get(IssuedCertificate, r.pair_serial, with_for_update={"key_share": True})
+                    if pair is not None and pair.status == "active":
+                        todo[pair.serial] = pair
+        owners: set[str] = set()
+        for r in todo.values():
+            if r.status == "revoked":
+                continue
+            r.status, r.revoked_at, r.revocation_reason = "revoked", u.now, reason
+            if r.owner and not r.owner.startswith("service:"):
+                owners.add(r.owner)
+            if reason in PAIR_REASONS and r.key_id:
+                key = u.s.get(EncryptionKey, r.key_id, with_for_update={"key_share": True})
+                if key is not None and key.state in ("generated", "active", "decrypt_only"):
+                    key.state, key.updated_at = "revoked", u.now
+        u.s.flush()
+        self.publish_crl(u, ISSUING)
+        for owner in sorted(owners):
+            self.groups.identity_changed(u, owner, why or f"revoked:{reason}")
+        return sorted(todo)
+
+    def active_certificates(self, u: Unit, *, key_ids: Sequence[str] = (), owner: str | None = None,
+                            usage: str | None = None) -> list[IssuedCertificate]:
+        q = select(IssuedCertificate).where(IssuedCertificate.status == "active")
+        if key_ids:
+            q = q.where(IssuedCertificate.key_id.in_(list(key_ids)))
+        if owner is not None:
+            q = q.where(IssuedCertificate.owner == owner)
+        if usage is not None:
+            q = q.where(IssuedCertificate.usage == usage)
+        return list(u.s.scalars(q.with_for_update(key_share=True)))

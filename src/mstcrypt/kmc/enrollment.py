@@ -1,0 +1,234 @@
+"""Enrollment: one-time codes and the dual-certificate enrollment of a terminal.
+
+A registration officer creates a code for a terminal owner (never for an operator: those
+codes come only from the administrator's console, :meth:`OperatorService.add`). The
+terminal sends a PKCS#10 request for the signing key generated in its MST-CC; the KMC
+generates the encryption key pair in the SS-CC, certifies both, and wraps the encryption
+key to the terminal's signing key (SM2EnvelopedKey). Re-enrollment supersedes the
+owner's earlier signing and encryption certificates and rotates the owner's KDK.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from mstcrypt.crypto.sm3 import sm3
+from mstcrypt.errors import PolicyError, VerificationError
+from mstcrypt.kmc.context import KmcContext, aware, new_id
+from mstcrypt.kmc.models import EncryptionKey, EnrollmentCode, Operator
+from mstcrypt.pki import Certificate, CertificationRequest, Profile, name
+
+if TYPE_CHECKING:
+    from mstcrypt.kmc.ca import CaService
+    from mstcrypt.kmc.groups import GroupService
+
+__all__ = ["ENROLL_PAIRS", "Enrollment", "EnrollmentService", "code_hash"]
+
+CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+ENROLL_PAIRS: dict[Profile, tuple[Profile, Profile]] = {
+    Profile.DEVICE_SIGN: (Profile.DEVICE_SIGN, Profile.DEVICE_ENC),
+    Profile.GATEWAY_SIGN: (Profile.GATEWAY_SIGN, Profile.GATEWAY_ENC),
+    Profile.IM_SERVER_SIGN: (Profile.IM_SERVER_SIGN, Profile.IM_SERVER_ENC),
+    Profile.MAIL_SERVER_SIGN: (Profile.MAIL_SERVER_SIGN, Profile.MAIL_SERVER_ENC),
+    Profile.LOGIN_SERVER_SIGN: (Profile.LOGIN_SERVER_SIGN, Profile.LOGIN_SERVER_ENC),
+    Profile.SEAL_SERVER_SIGN: (Profile.SEAL_SERVER_SIGN, Profile.SEAL_SERVER_ENC),
+    Profile.WLAN_AP_SIGN: (Profile.WLAN_AP_SIGN, Profile.WLAN_AP_ENC),
+    Profile.WLAN_ASU_SIGN: (Profile.WLAN_ASU_SIGN, Profile.WLAN_ASU_ENC),
+}
+
+
+def code_hash(code: str) -> str:
+    return sm3(b"mstcrypt-enrollment-code|" + code.strip().upper().encode()).hex()
+
+
+@dataclass
+class Enrollment:
+    owner: str
+    sign_certificate: Certificate
+    encryption_certificate: Certificate
+    enveloped_key: bytes
+    chain: list[Certificate]
+    key_id: str
+
+
+def check_owner(owner: str) -> None:
+    if not owner or len(owner) > 128 or not owner.isprintable():
+        raise PolicyError("owner must be 1..128 printable characters")
+    if owner.startswith(("service:", "terminal:", "operator:", "user:", "source:")):
+        raise PolicyError(f"owner {owner!r} uses a reserved prefix")
+
+
+class EnrollmentService:
+    def __init__(self, ctx: KmcContext, ca: CaService, groups: GroupService) -> None:
+        self.ctx = ctx
+        self.ca = ca
+        self.groups = groups
+
+    def create_code(
+        self,
+        *,
+        owner: str,
+        subject: dict[str, str],
+        profile: Profile = Profile.DEVICE_SIGN,
+        ttl: timedelta = timedelta(hours=24),
+        actor: str,
+        purpose: str = "terminal",
+    ) -> tuple[str, datetime]:
+        """A one-time code (returned once, stored only as its SM3 hash). ``purpose``
+        ``operator`` is for :class:`OperatorService` alone."""
+        check_owner(owner)
+        if "CN" not in subject:
+            raise PolicyError("the subject needs a CN")
+        name(**subject)  # validates the attribute names
+        if not timedelta(minutes=1) <= ttl <= timedelta(days=30):
+            raise PolicyError("enrollment code lifetime must be between 1 minute and 30 days")
+        profile = Profile(profile)
+        if profile not in ENROLL_PAIRS:
+            raise PolicyError(f"profile {profile.value} cannot be enrolled with a code")
+        if purpose not in ("terminal", "operator"):
+            raise PolicyError(f"unknown enrollment purpose {purpose!r}")
+        code = "-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(5)) for _ in range(4))
+        with self.ctx.unit(actor) as u:
+            op = u.s.get(Operator, owner)
+            if purpose == "terminal" and op is not None:
+                raise PolicyError(
+                    f"{owner!r} is an operator: operator credentials are issued only by an "
+                    "administrator at the console (`mstcrypt operator enroll-code`)"
+                )
+            if purpose == "operator" and op is None:
+                raise PolicyError(f"{owner!r} is not a registered operator")
+            expires = u.now + ttl
+            cid = new_id()
+            u.s.add(
+                EnrollmentCode(
+                    id=cid,
+                    code_hash=code_hash(code),
+                    owner=owner,
+                    subject=subject,
+                    profile=profile.value,
+                    expires_at=expires,
+                    used_at=None,
+                    created_by=actor[:64],
+                    created_at=u.now,
+                    purpose=purpose,
+                )
+            )
+            u.audit(
+                "enroll.code",
+                f"owner:{owner}",
+                enrollment_id=cid,
+                profile=profile.value,
+                purpose=purpose,
+                expires=expires.isoformat(),
+            )
+        return code, expires
+
+    def enroll(self, code: str, csr_der: bytes, *, source: str = "-") -> Enrollment:
+        """Consume a code and enroll (see the module docstring). Concurrent enrollments
+        of one owner are serialised by retrying."""
+        for attempt in range(5):
+            try:
+                return self._enroll(code, csr_der, source=source)
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _enroll(self, code: str, csr_der: bytes, *, source: str) -> Enrollment:
+        csr = (
+            CertificationRequest.from_pem(csr_der)
+            if csr_der.startswith(b"-----")
+            else CertificationRequest.from_der(csr_der)
+        )
+        csr.verify()
+        keys = self.ctx.keys
+        with self.ctx.unit("enrollment") as u:
+            row = u.s.scalar(
+                select(EnrollmentCode).where(EnrollmentCode.code_hash == code_hash(code))
+            )
+            if row is None:
+                raise VerificationError("unknown enrollment code")
+            # consume exactly once, even with concurrent attempts on several instances
+            done = u.s.execute(
+                update(EnrollmentCode)
+                .where(EnrollmentCode.id == row.id, EnrollmentCode.used_at.is_(None))
+                .values(used_at=u.now)
+            )
+            if done.rowcount != 1:
+                raise VerificationError("this enrollment code was already used")
+            if aware(row.expires_at) < u.now:
+                raise VerificationError("this enrollment code has expired")
+            owner = row.owner
+            operator = u.s.get(Operator, owner, with_for_update={"key_share": True})
+            if (row.purpose == "operator") != (operator is not None):
+                raise VerificationError("this enrollment code no longer fits its owner")
+            u.lock(f"owner:{owner}")
+            previous = list(
+                u.s.scalars(
+                    select(EncryptionKey)
+                    .where(EncryptionKey.owner == owner)
+                    .with_for_update(key_share=True)
+                )
+            )
+            version = max((k.version for k in previous), default=0) + 1
+            for k in previous:
+                if k.state == "active":
+                    k.state, k.updated_at = "decrypt_only", u.now
+            old_certs = [
+                c
+                for c in self.ca.active_certificates(u, owner=owner)
+                if c.usage in ("sign", "enc")
+            ]
+            key_id = new_id()
+            enc_pub, blob = keys.generate_sm2(f"enc:{key_id}".encode())
+            u.s.add(
+                EncryptionKey(
+                    id=key_id,
+                    owner=owner,
+                    version=version,
+                    state="active",
+                    public_key=enc_pub.to_bytes(),
+                    key_blob=blob,
+                    created_at=u.now,
+                    updated_at=u.now,
+                )
+            )
+            u.s.flush()
+            sign_cert, enc_cert = self.ca.issue_pair(
+                u,
+                sign_public_key=csr.public_key,
+                enc_public_key=enc_pub,
+                subject=dict(row.subject),
+                profiles=ENROLL_PAIRS[Profile(row.profile)],
+                owner=owner,
+                key_id=key_id,
+            )
+            envelope = keys.export_enveloped(blob, f"enc:{key_id}".encode(), csr.public_key)
+            if old_certs:
+                self.ca.revoke_rows(u, old_certs, "superseded", why="re-enrollment")
+            elif previous:
+                self.groups.identity_changed(u, owner, "re-enrollment")
+            if operator is not None:
+                operator.cert_serial = f"{sign_cert.serial:x}"
+                operator.status = "active" if operator.status == "pending" else operator.status
+                operator.updated_at = u.now
+            u.audit(
+                "enroll",
+                f"owner:{owner}",
+                actor=f"operator:{owner}" if operator is not None else f"terminal:{owner}",
+                enrollment_id=row.id,
+                source=source,
+                sign_serial=f"{sign_cert.serial:x}",
+                enc_serial=f"{enc_cert.serial:x}",
+                key_id=key_id,
+                key_version=version,
+                superseded=[c.serial for c in old_certs],
+            )
+        return Enrollment(owner, sign_cert, enc_cert, envelope, self.ca.chain(), key_id)

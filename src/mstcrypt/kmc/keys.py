@@ -1,0 +1,239 @@
+"""Encryption-key lifecycle (generate, distribute, update, archive, revoke, destroy).
+
+State machine (:data:`~mstcrypt.kmc.context.KEY_TRANSITIONS`; anything else is refused)::
+
+    generated --distribute--> active --rotate--> decrypt_only --archive--> archived
+        \\                     |                   |                         |
+         +------revoke--------+-------revoke------+                          |
+                              v                                              v
+                           revoked --archive--> archived --destroy--> destroyed
+                           revoked --destroy--> destroyed
+
+Key material is generated in the SS-CC and leaves it only as an SM2EnvelopedKey to a
+terminal key. Operators' own keys are never generated, distributed or rotated through
+here (their credentials are the administrator's business at the console).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+
+from mstcrypt.crypto.sm2 import SM2PublicKey
+from mstcrypt.errors import PolicyError
+from mstcrypt.kmc.ca import REVOCATION_REASONS, CaService
+from mstcrypt.kmc.context import KmcContext, Unit, new_id
+from mstcrypt.kmc.models import EncryptionKey, Operator
+from mstcrypt.pki import Certificate, Profile
+
+
+__all__ = ["KeyService"]
+
+
+class KeyService:
+    def __init__(self, ctx: KmcContext, ca: CaService) -> None:
+        self.ctx = ctx
+        self.ca = ca
+
+    @staticmethod
+    def _not_operator(u: Unit, owner: str, op: str) -> None:
+        if u.s.get(Operator, owner) is not None:
+            raise PolicyError(
+                f"{owner!r} is an operator: operator keys are not {op}d through the API"
+            )
+
+    def list(self, owner: str) -> list[dict[str, Any]]:
+        with self.ctx.read() as s:
+            rows = s.scalars(
+                select(EncryptionKey)
+                .where(EncryptionKey.owner == owner)
+                .order_by(EncryptionKey.version)
+            )
+            return [
+                {
+                    "id": r.id,
+                    "owner": r.owner,
+                    "version": r.version,
+                    "state": r.state,
+                    "public_key": r.public_key.hex(),
+                    "has_material": r.key_blob is not None,
+                }
+                for r in rows
+            ]
+
+    def _new_key(self, u: Unit, owner: str, state: str) -> tuple[EncryptionKey, SM2PublicKey]:
+        version = (
+            u.s.scalar(select(func.max(EncryptionKey.version)).where(EncryptionKey.owner == owner))
+            or 0
+        ) + 1
+        key_id = new_id()
+        pub, blob = self.ctx.keys.generate_sm2(f"enc:{key_id}".encode())
+        row = EncryptionKey(
+            id=key_id,
+            owner=owner,
+            version=version,
+            state=state,
+            public_key=pub.to_bytes(),
+            key_blob=blob,
+            created_at=u.now,
+            updated_at=u.now,
+        )
+        u.s.add(row)
+        u.s.flush()
+        return row, pub
+
+    def generate(self, owner: str, *, actor: str) -> str:
+        """Generate an escrowed encryption key pair (state ``generated``)."""
+        with self.ctx.unit(actor) as u:
+            self._not_operator(u, owner, "generate")
+            u.lock(f"owner:{owner}")
+            row, _ = self._new_key(u, owner, "generated")
+            u.audit("key.generate", f"key:{row.id}", owner=owner, version=row.version)
+        return row.id
+
+    def distribute(
+        self,
+        key_id: str,
+        terminal_public_key: SM2PublicKey,
+        *,
+        subject: dict[str, str],
+        profile: Profile = Profile.DEVICE_ENC,
+        actor: str,
+    ) -> tuple[bytes, Certificate]:
+        """generated → active: certify the key and wrap it to the terminal's signing key.
+        The owner's previous active key becomes decrypt_only (its certificate superseded)."""
+        with self.ctx.unit(actor) as u:
+            row = u.key(key_id, "distribute")
+            self._not_operator(u, row.owner, "distribute")
+            u.lock(f"owner:{row.owner}")
+            previous = self._demote_active(u, row.owner, keep=row.id)
+            row.state, row.updated_at = "active", u.now
+            cert = self.ca.issue(
+                u,
+                public_key=SM2PublicKey.from_bytes(row.public_key),
+                subject=subject,
+                profile=profile,
+                owner=row.owner,
+                usage="enc",
+                key_id=row.id,
+            )
+            envelope = self.ctx.keys.export_enveloped(
+                row.key_blob or b"", f"enc:{row.id}".encode(), terminal_public_key
+            )
+            self._supersede(u, previous, row.owner)
+            u.audit(
+                "key.distribute",
+                f"key:{row.id}",
+                owner=row.owner,
+                enc_serial=f"{cert.serial:x}",
+                recipient=terminal_public_key.fingerprint().hex(),
+            )
+        return envelope, cert
+
+    def _demote_active(self, u: Unit, owner: str, keep: str) -> list[str]:
+        demoted = []
+        for other in u.s.scalars(
+            select(EncryptionKey)
+            .where(
+                EncryptionKey.owner == owner,
+                EncryptionKey.state == "active",
+                EncryptionKey.id != keep,
+            )
+            .with_for_update(key_share=True)
+        ):
+            other.state, other.updated_at = "decrypt_only", u.now
+            demoted.append(other.id)
+        return demoted
+
+    def _supersede(self, u: Unit, key_ids: list[str], owner: str) -> None:
+        old = self.ca.active_certificates(u, key_ids=key_ids) if key_ids else []
+        if old:
+            self.ca.revoke_rows(u, old, "superseded", why="key update")
+        else:
+            self.ca.groups.identity_changed(u, owner, "key update")
+
+    def rotate(
+        self,
+        owner: str,
+        terminal_public_key: SM2PublicKey,
+        *,
+        subject: dict[str, str],
+        profile: Profile = Profile.DEVICE_ENC,
+        actor: str,
+    ) -> tuple[str, bytes, Certificate]:
+        """Update: a new version becomes active (encrypts); old versions decrypt only."""
+        with self.ctx.unit(actor) as u:
+            self._not_operator(u, owner, "rotate")
+            u.lock(f"owner:{owner}")
+            current = u.s.scalar(
+                select(EncryptionKey)
+                .where(EncryptionKey.owner == owner, EncryptionKey.state == "active")
+                .with_for_update(key_share=True)
+            )
+            if current is None:
+                raise PolicyError(
+                    f"{owner!r} has no active encryption key to rotate (a concurrent "
+                    "rotation may just have replaced it; list the keys and retry)"
+                )
+            current.state, current.updated_at = "decrypt_only", u.now
+            row, pub = self._new_key(u, owner, "active")
+            cert = self.ca.issue(
+                u,
+                public_key=pub,
+                subject=subject,
+                profile=profile,
+                owner=owner,
+                usage="enc",
+                key_id=row.id,
+            )
+            envelope = self.ctx.keys.export_enveloped(
+                row.key_blob or b"", f"enc:{row.id}".encode(), terminal_public_key
+            )
+            self._supersede(u, [current.id], owner)
+            u.audit(
+                "key.rotate",
+                f"key:{row.id}",
+                owner=owner,
+                version=row.version,
+                previous_key_id=current.id,
+                enc_serial=f"{cert.serial:x}",
+            )
+        return row.id, envelope, cert
+
+    def archive(self, key_id: str, *, actor: str) -> None:
+        with self.ctx.unit(actor) as u:
+            row = u.key(key_id, "archive")
+            row.state, row.updated_at = "archived", u.now
+            u.audit("key.archive", f"key:{key_id}", owner=row.owner)
+
+    def revoke(self, key_id: str, *, reason: str = "key_compromise", actor: str) -> None:
+        """Revoke the key and, at the CA, every active certificate of it (and their pairs
+        for a lost device); the owner's derived keys rotate."""
+        with self.ctx.unit(actor) as u:
+            row = u.key(key_id, "revoke")
+            row.state, row.updated_at = "revoked", u.now
+            certs = self.ca.active_certificates(u, key_ids=[key_id])
+            if certs:
+                revoked = self.ca.revoke_rows(u, certs, reason, why="key revoked")
+            else:
+                if reason not in REVOCATION_REASONS:
+                    raise PolicyError(f"unknown revocation reason {reason!r}")
+                revoked = []
+                self.ca.groups.identity_changed(u, row.owner, "key revoked")
+            u.audit(
+                "key.revoke",
+                f"key:{key_id}",
+                owner=row.owner,
+                reason=reason,
+                revoked_serials=revoked,
+            )
+
+    def destroy(self, key_id: str, *, actor: str) -> None:
+        """Irreversibly erase the escrowed material (the row keeps only the public key)."""
+        with self.ctx.unit(actor) as u:
+            row = u.key(key_id, "destroy")
+            row.key_blob = None
+            row.state, row.updated_at = "destroyed", u.now
+            u.audit("key.destroy", f"key:{key_id}", owner=row.owner)
+            u.after_commit(self.ctx.db.flush_deleted)
