@@ -37,7 +37,6 @@ from mstcrypt.kmc.models import (
 from mstcrypt.kmc.service import Kmc, code_hash
 from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, Certificate, build_csr, name
-from mstcrypt.server.config import Settings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 MASTER_KEY_HEX = "6d737463727970742d746573742d6d61737465722d6b65792d30303030303031"
@@ -60,8 +59,9 @@ def terminal(cn: str) -> tuple[SM2PrivateKey, str]:
 
 def add_operators(kmc: Kmc) -> dict[str, str]:
     """Static operator credentials (servers run with MSTCRYPT_STATIC_OPERATORS=1):
-    name -> bearer token; alice and bob hold every role but auditor."""
-    return {op: kmc.operators.add_static(op, OPERATOR_ROLES) for op in OPERATORS}
+    short name -> bearer token of operators ``officer-alice`` and ``officer-bob``, who hold
+    every role but auditor (terminal owners in the tests are plain alice, bob, ...)."""
+    return {op: kmc.operators.add_static(f"officer-{op}", OPERATOR_ROLES) for op in OPERATORS}
 
 
 def master_key() -> bytes:

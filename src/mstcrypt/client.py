@@ -1,25 +1,33 @@
 """Client SDK for the platform: enrollment with the soft token, certificates, CRLs,
 directory lookups, and the operator API.
 
+Trust never comes from the server it authenticates: the root CA is an *anchor* preset in
+the terminal's MST-CC (``mstcrypt token init --anchor root.pem``) or given explicitly;
+every certificate the client uses from the platform (its own after enrollment, the login
+server's, a recipient's, the key-escrow certificate) is validated to that anchor with
+the CRLs. With an ``https://`` URL the HTTP API itself runs over TLCP, the server's
+certificate checked against the same anchors.
+
     from mstcrypt.client import Client
-    c = Client("http://127.0.0.1:8600")
+    c = Client("https://platform.example:8600", anchors=token.anchors())
     result = c.enroll(code, token)            # token: a logged-in SoftToken
-    cert = c.encryption_certificate("bob")    # for email / file encryption
+    cert = c.recipient_certificate("bob")     # validated, for email / file encryption
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from mstcrypt.crypto.sm2 import SM2PublicKey
-from mstcrypt.errors import MstCryptError, VerificationError
+from mstcrypt.errors import MstCryptError, PolicyError, VerificationError
 from mstcrypt.module import KeyUsage, SoftToken
 from mstcrypt.pki import CRL, Certificate, build_csr, name, validate_path
+from mstcrypt.pki.profiles import KMC_ESCROW_EKU
 
 __all__ = ["Client", "EnrollResult", "ServiceError"]
 
@@ -43,16 +51,27 @@ class EnrollResult:
     key_id: str
 
 
+def token_anchors(token: Any) -> list[Certificate]:
+    """The trust anchors preset in a soft token (empty when it has none)."""
+    getter = getattr(token, "anchors", None)
+    return [Certificate.from_der(d) for d in getter()] if getter is not None else []
+
+
 class Client:
     def __init__(
         self,
         base_url: str,
         *,
+        anchors: Sequence[Certificate] = (),
         operator_token: str | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        server_name: str | None = None,
     ) -> None:
+        self.anchors = list(anchors)
         headers = {"Authorization": f"Bearer {operator_token}"} if operator_token else {}
+        if transport is None and base_url.startswith("https://"):
+            transport = _tlcp_transport(base_url, self.anchors, server_name)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport
         )
@@ -82,6 +101,76 @@ class Client:
 
     def _json(self, method: str, path: str, **kw: Any) -> Any:
         return self._request(method, path, **kw).json()
+
+    # -- trust ---------------------------------------------------------------------------
+    def _anchors(self, token: Any = None, anchor: Certificate | None = None) -> list[Certificate]:
+        anchors = [anchor] if anchor is not None else self.anchors or token_anchors(token)
+        if not anchors:
+            raise PolicyError(
+                "no trust anchor: initialise the token with the root CA "
+                "(`mstcrypt token init --anchor root.pem`) or give one (--ca-file)"
+            )
+        return anchors
+
+    def trusted_chain(
+        self, anchors: Sequence[Certificate] | None = None
+    ) -> tuple[list[Certificate], list[CRL]]:
+        """The server's CA chain and CRLs, accepted only when they validate to one of
+        ``anchors`` (default: the client's): returns (intermediates, CRLs)."""
+        anchors = list(anchors) if anchors is not None else self._anchors()
+        chain = self.chain()
+        crls = [self.crl("issuing"), self.crl("root")]
+        intermediates = chain[:-1]
+        for ca in intermediates:
+            validate_path(
+                ca,
+                anchors=anchors,
+                intermediates=intermediates,
+                crls=crls,
+                at=datetime.now(UTC),
+            )
+        return intermediates, crls
+
+    def validate(
+        self,
+        cert: Certificate,
+        *,
+        anchors: Sequence[Certificate] | None = None,
+        key_usage: set[str] | None = None,
+        extended_key_usage: str | None = None,
+    ) -> Certificate:
+        """``cert`` if it validates to the anchors with the server's (signed) CRLs."""
+        anchors = list(anchors) if anchors is not None else self._anchors()
+        intermediates, crls = self.trusted_chain(anchors)
+        validate_path(
+            cert,
+            anchors=anchors,
+            intermediates=intermediates,
+            crls=crls,
+            at=datetime.now(UTC),
+            key_usage=key_usage,
+            extended_key_usage=extended_key_usage,
+        )
+        return cert
+
+    def recipient_certificate(
+        self, owner: str, *, anchors: Sequence[Certificate] | None = None
+    ) -> Certificate:
+        """The owner's current encryption certificate, validated for key encipherment."""
+        return self.validate(
+            self.encryption_certificate(owner), anchors=anchors, key_usage={"key_encipherment"}
+        )
+
+    def escrow_certificate(self, *, anchors: Sequence[Certificate] | None = None) -> Certificate:
+        """The KMC's key-escrow (file-recovery) certificate, validated: issued under the
+        anchors, not revoked, key encipherment, the kmc_escrow_enc extended key usage."""
+        cert = Certificate.from_pem(self._request("GET", "/ca/escrow.pem").content)
+        return self.validate(
+            cert,
+            anchors=anchors,
+            key_usage={"key_encipherment"},
+            extended_key_usage=KMC_ESCROW_EKU,
+        )
 
     # -- public ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -125,8 +214,10 @@ class Client:
     ) -> EnrollResult:
         """Enroll the logged-in soft token: its signing key is generated inside the token,
         the KMC's encryption key arrives as an SM2EnvelopedKey and is imported without
-        leaving the token in clear; both certificates are validated (against ``anchor``
-        when given, else the server's root) and stored in the container."""
+        leaving the token in clear; both certificates are validated against the anchor
+        (``anchor``, else the client's, else the token's preset root — never the root the
+        server sends) and stored in the container."""
+        anchors = self._anchors(token, anchor)
         existing = container in token.list_containers()
         if existing and not replace:
             raise MstCryptError(f"container {container!r} exists; pass replace=True to re-enroll")
@@ -144,11 +235,10 @@ class Client:
             chain = [Certificate.from_pem(p.encode()) for p in body["chain"]]
             if sign_cert.public_key != h.public_key:
                 raise VerificationError("the signing certificate is not for this token's key")
-            root = anchor or chain[-1]
             crls = [self.crl("issuing"), self.crl("root")]
             now = datetime.now(UTC)
             for cert in (sign_cert, enc_cert):
-                validate_path(cert, anchors=[root], intermediates=chain[:-1], crls=crls, at=now)
+                validate_path(cert, anchors=anchors, intermediates=chain[:-1], crls=crls, at=now)
             enc = token.import_enveloped_key(scratch, base64.b64decode(body["enveloped_key"]))
             if enc.public_key != enc_cert.public_key:
                 raise VerificationError(
@@ -182,18 +272,17 @@ class Client:
             raise MstCryptError(f"container {container!r} has no signing certificate; enroll first")
         cert = Certificate.from_der(cert_der)
         h = token.key(container, KeyUsage.SIGN)
-        chain = self.chain()
+        anchors = self._anchors(token, anchor)
+        intermediates, crls = self.trusted_chain(anchors)
         client = LoginClient(
             expected_server_name=server_name,
             certificate=cert,
             signer=lambda tbs: token.sign(h, tbs),
-            chain=chain[:-1],
-            anchors=[anchor or chain[-1]],
+            chain=intermediates,
+            anchors=anchors,
         )
         challenge = Challenge.from_json(self._json("POST", "/login/challenge"))
-        response = client.respond(
-            challenge, now=datetime.now(UTC), crls=[self.crl("issuing"), self.crl("root")]
-        )
+        response = client.respond(challenge, now=datetime.now(UTC), crls=crls)
         return dict(
             self._json(
                 "POST",
@@ -241,6 +330,9 @@ class Client:
         return list(self._json("GET", "/admin/keys", params={"owner": owner}))
 
     def key_operation(self, key_id: str, op: str, reason: str | None = None) -> None:
+        """``archive`` / ``destroy`` (administrator) or ``revoke`` (registration officer)."""
+        if op not in ("archive", "revoke", "destroy"):
+            raise PolicyError(f"unknown key operation {op!r} (archive, revoke, destroy)")
         self._json(
             "POST", f"/admin/keys/{key_id}/{op}", json={"reason": reason} if reason else None
         )
@@ -258,14 +350,19 @@ class Client:
             )["request_id"]
         )
 
-    def approve_recovery(self, request_id: str) -> dict[str, Any]:
-        return dict(self._json("POST", f"/admin/recovery/{request_id}/approve"))
+    def recovery_request(self, request_id: str) -> dict[str, Any]:
+        """What a second officer reviews: requester, reason, owner, recipient fingerprint."""
+        return dict(self._json("GET", f"/admin/recovery/{request_id}"))
 
-    def file_recovery_public_key(self) -> SM2PublicKey:
-        """The KMC's file-recovery (escrow) public key."""
-        from mstcrypt.formats.keys import load_public_key
-
-        return load_public_key(self._request("GET", "/kmc/file-recovery-key.pem").content)
+    def approve_recovery(self, request_id: str, recipient_fingerprint: str) -> dict[str, Any]:
+        """Approve as the second officer, quoting the recipient fingerprint reviewed."""
+        return dict(
+            self._json(
+                "POST",
+                f"/admin/recovery/{request_id}/approve",
+                json={"recipient_fingerprint": recipient_fingerprint},
+            )
+        )
 
     def request_file_recovery(
         self, escrow_ciphertext: bytes, recipient_public_key: bytes, reason: str
@@ -286,3 +383,18 @@ class Client:
 
     def verify_audit(self) -> dict[str, Any]:
         return dict(self._json("GET", "/admin/audit/verify"))
+
+
+def _tlcp_transport(
+    base_url: str, anchors: Sequence[Certificate], server_name: str | None
+) -> httpx.BaseTransport:
+    """HTTP over TLCP to the platform, its certificate validated against ``anchors``."""
+    from mstcrypt.protocols.tlcp.http_client import tlcp_transport
+
+    if not anchors:
+        raise PolicyError(
+            "an https:// platform URL needs the root CA to authenticate the server: preset it "
+            "in the token (`mstcrypt token init --anchor root.pem`) or pass --ca-file"
+        )
+    host = httpx.URL(base_url).host
+    return tlcp_transport(anchors=[a.der for a in anchors], server_name=server_name or host)

@@ -3,7 +3,9 @@ format in ``docs/file-format.md``).
 
 Recipients come from encryption-certificate PEM files (``--recipient-cert``), raw SM2
 public keys (``--recipient-key``) or the KMC directory (``--to OWNER --server URL``,
-validated against ``--anchor`` or the server's root and its CRLs). Decryption uses the
+validated with the CRLs against ``--anchor``: a root PEM, or a token with a preset root;
+never the server's own root), and ``--escrow`` adds a stanza for the KMC's key-escrow
+certificate, validated the same way. Decryption uses the
 soft token (``--token --pin [--container]``). Files are written atomically; a format
 or authentication error exits with code 2 and the error's code and message.
 """
@@ -12,11 +14,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, NoReturn
 
@@ -35,9 +37,10 @@ from mstcrypt.apps import files
 from mstcrypt.cli._common import EXIT_USAGE, console, err_console
 from mstcrypt.cli._common import fail as _fail
 from mstcrypt.crypto.sm2 import SM2PublicKey
+from mstcrypt.errors import MstCryptError
 from mstcrypt.formats.keys import load_public_key
 from mstcrypt.module import KeyUsage, SoftToken
-from mstcrypt.pki import Certificate, load_certificates, validate_path
+from mstcrypt.pki import Certificate, load_certificates
 
 app = typer.Typer(
     help="Encrypt files to SM2 encryption keys (T/ZSA 37-2020 §7.6).", no_args_is_help=True
@@ -62,7 +65,11 @@ ServerOpt = Annotated[
 ]
 AnchorOpt = Annotated[
     str | None,
-    typer.Option("--anchor", help="Root CA certificate (PEM) to validate directory certificates."),
+    typer.Option(
+        "--anchor",
+        help="Root CA (a PEM certificate, or a soft token with a preset root) that the "
+        "directory and escrow certificates must validate to.",
+    ),
 ]
 ProgressOpt = Annotated[
     bool | None,
@@ -90,11 +97,11 @@ def _file_errors(what: str) -> Iterator[None]:
         fail(f"{what}: {exc.strerror or exc}", EXIT_USAGE)
 
 
-def _client(server: str) -> Any:
+def _client(server: str, anchors: list[Certificate]) -> Any:
     """The platform client (a seam for tests)."""
     from mstcrypt.client import Client
 
-    return Client(server)
+    return Client(server, anchors=anchors)
 
 
 def _read_bytes(path: str) -> bytes:
@@ -114,38 +121,42 @@ def _certificates(paths: list[str]) -> list[Certificate]:
     return out
 
 
-def _directory_recipients(owners: list[str], server: str | None, anchor: str | None) -> list[Any]:
+def _anchors(anchor: str | None, token: str | None = None) -> list[Certificate]:
+    """Trust anchors: --anchor (PEM certificates, or a soft token's preset roots), else
+    the roots preset in ``token``. Never the server's own root."""
+    from mstcrypt.client import token_anchors
+
+    for source in (anchor, token):
+        if source is None:
+            continue
+        data = _read_bytes(source)
+        certs = load_certificates(data) if b"-----BEGIN" in data else []
+        if not certs:
+            try:
+                certs = token_anchors(SoftToken.open(source))
+            except MstCryptError:
+                fail(f"{source}: neither a PEM certificate nor a soft token")
+        if certs:
+            return certs
+    fail(
+        "no trust anchor: pass --anchor ROOT.pem (or a token initialised with "
+        "`mstcrypt token init --anchor`)"
+    )
+
+
+def _directory_recipients(owners: list[str], server: str | None, anchors: Any) -> list[Any]:
     if not owners:
         return []
     if server is None:
         fail("--to needs --server (the platform's URL)")
-    client = _client(server)
-    chain = client.chain()
-    if anchor is not None:
-        root = _certificates([anchor])[0]
-    else:
-        root = chain[-1]
-        err_console.print(
-            "[yellow]warning:[/yellow] trusting the server's own root CA; pass --anchor",
-            markup=True,
-        )
-    crls = [client.crl("issuing"), client.crl("root")]
-    out = []
-    for owner in owners:
-        cert = client.encryption_certificate(owner)
-        validate_path(
-            cert,
-            anchors=[root],
-            intermediates=chain[:-1],
-            crls=crls,
-            at=datetime.now(UTC),
-            key_usage={"key_encipherment"},
-        )
-        out.append(cert)
-    return out
+    roots = anchors()
+    client = _client(server, roots)
+    return [client.recipient_certificate(owner, anchors=roots) for owner in owners]
 
 
-def _escrow(escrow_key: str | None, escrow: bool, server: str | None) -> SM2PublicKey | None:
+def _escrow(
+    escrow_key: str | None, escrow: bool, server: str | None, anchors: Any
+) -> SM2PublicKey | None:
     if escrow_key is not None and escrow:
         fail("use either --escrow-key or --escrow, not both")
     if escrow_key is not None:
@@ -153,21 +164,17 @@ def _escrow(escrow_key: str | None, escrow: bool, server: str | None) -> SM2Publ
     if not escrow:
         return None
     if server is None:
-        fail("--escrow needs --server (the KMC publishes its file-recovery key)")
-    client = _client(server)
-    getter = getattr(client, "file_recovery_public_key", None)
-    if getter is not None:
-        return getter()  # type: ignore[no-any-return]
-    r = client._request("GET", "/kmc/file-recovery-key.pem")
-    return load_public_key(r.content)
+        fail("--escrow needs --server (the KMC publishes its certified escrow key)")
+    roots = anchors()
+    return _client(server, roots).escrow_certificate(anchors=roots).public_key
 
 
 def _recipients(
-    certs: list[str], keys: list[str], owners: list[str], server: str | None, anchor: str | None
+    certs: list[str], keys: list[str], owners: list[str], server: str | None, anchors: Any
 ) -> list[Any]:
     out: list[Any] = [*_certificates(certs)]
     out += [load_public_key(_read_bytes(k)) for k in keys]
-    out += _directory_recipients(owners, server, anchor)
+    out += _directory_recipients(owners, server, anchors)
     return out
 
 
@@ -269,10 +276,11 @@ def encrypt_command(
     progress: ProgressOpt = None,
 ) -> None:
     """Encrypt a file to one or more recipients (default output: INPUT.mst)."""
-    recipients = _recipients(recipient_cert or [], recipient_key or [], to or [], server, anchor)
+    anchors = functools.cache(lambda: _anchors(anchor))
+    recipients = _recipients(recipient_cert or [], recipient_key or [], to or [], server, anchors)
     if not recipients:
         fail("no recipient: use --recipient-cert, --recipient-key or --to")
-    escrow_pub = _escrow(escrow_key, escrow, server)
+    escrow_pub = _escrow(escrow_key, escrow, server, anchors)
     opts: dict[str, Any] = {"escrow": escrow_pub, "chunk_size": chunk_size}
     with _file_errors(input), _progress(progress, _size(input), "encrypting") as tick:
         if in_place:
@@ -447,7 +455,8 @@ def rewrap_command(
                     while piece := src.read(1 << 20):
                         dst.write(piece)
         else:
-            adds = _recipients(add_cert or [], add_key or [], add_to or [], server, anchor)
+            anchors = functools.cache(lambda: _anchors(anchor, token))
+            adds = _recipients(add_cert or [], add_key or [], add_to or [], server, anchors)
             new = files.rewrap_file(
                 input,
                 tok,
@@ -455,7 +464,7 @@ def rewrap_command(
                 out=out,
                 add=adds,
                 remove=remove or [],
-                escrow=_escrow(escrow_key, escrow, server),
+                escrow=_escrow(escrow_key, escrow, server, anchors),
                 remove_escrow=remove_escrow,
             )
     err_console.print(f"rewrapped {out or input}: {len(new.stanzas)} stanza(s)", highlight=False)

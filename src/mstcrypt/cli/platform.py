@@ -114,7 +114,9 @@ def operator_enroll_code(name: str, data_dir: DataDir = None) -> None:
     operator's credential to the new certificate."""
     kmc, _ = _kmc(data_dir)
     code, expires = kmc.operators.enroll_code(name, actor="console")
-    console.print(f"operator enrollment code for {name} (valid until {expires:%Y-%m-%d %H:%M} UTC):")
+    console.print(
+        f"operator enrollment code for {name} (valid until {expires:%Y-%m-%d %H:%M} UTC):"
+    )
     typer.echo(code)
 
 
@@ -162,7 +164,10 @@ def operator_list(data_dir: DataDir = None) -> None:
         t.add_column(col)
     for o in kmc.operators.list():
         t.add_row(
-            o["name"], ", ".join(o["roles"]), o["status"], o["certificate"] or "-",
+            o["name"],
+            ", ".join(o["roles"]),
+            o["status"],
+            o["certificate"] or "-",
             "yes" if o["static"] else "",
         )
     console.print(t)
@@ -207,26 +212,50 @@ def serve_command(
     )
 
 
+def _anchors(ca_file: str | None, token: Any) -> list[Any]:
+    """The trust anchor: --ca-file when given, else the root preset in the token."""
+    from mstcrypt.client import token_anchors
+    from mstcrypt.pki import load_certificates
+
+    if ca_file:
+        try:
+            certs = load_certificates(Path(ca_file).read_bytes())
+        except OSError as exc:
+            fail(f"cannot read {ca_file}: {exc.strerror}")
+        if not certs:
+            fail(f"{ca_file}: no certificate found")
+        return certs
+    anchors = token_anchors(token)
+    if not anchors:
+        fail(
+            "no trust anchor: the token has no preset root CA (`mstcrypt token init --anchor "
+            "root.pem`, or `mstcrypt token add-anchor`) and no --ca-file was given"
+        )
+    return anchors
+
+
 def enroll_command(
     server: Annotated[str, typer.Option("--server", help="Platform URL.")],
     code: Annotated[str, typer.Option("--code", help="One-time enrollment code.")],
     token: Annotated[str, typer.Option("--token", help="Soft token file.")],
     pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
     container: Annotated[str, typer.Option("--container")] = "main",
-    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+    ca_file: Annotated[
+        str | None,
+        typer.Option("--ca-file", help="Root CA (PEM) instead of the one preset in the token."),
+    ] = None,
     chain_out: Annotated[str | None, typer.Option("--chain-out")] = None,
     replace: Annotated[bool, typer.Option("--replace")] = False,
 ) -> None:
     """Enroll this terminal's soft token: dual certificates and the escrowed key."""
     from mstcrypt.client import Client
     from mstcrypt.module import SoftToken
-    from mstcrypt.pki import Certificate
 
     tok = SoftToken.open(token)
     tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
-    anchor = Certificate.from_pem(Path(ca_file).read_bytes()) if ca_file else None
-    with Client(server) as c:
-        r = c.enroll(code, tok, container=container, anchor=anchor, replace=replace)
+    anchors = _anchors(ca_file, tok)
+    with Client(server, anchors=anchors) as c:
+        r = c.enroll(code, tok, container=container, replace=replace)
     console.print(
         cert_table(
             f"enrolled {r.owner} into container {r.container!r}",
@@ -265,15 +294,12 @@ def login_command(
     from mstcrypt.cli._common import write_secret
     from mstcrypt.client import Client
     from mstcrypt.module import SoftToken
-    from mstcrypt.pki import Certificate
 
     tok = SoftToken.open(token)
     tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
-    anchor = Certificate.from_pem(Path(ca_file).read_bytes()) if ca_file else None
-    with Client(server) as c:
-        r = c.login(
-            tok, container=container, server_name=server_name, anchor=anchor, password=password
-        )
+    anchors = _anchors(ca_file, tok)
+    with Client(server, anchors=anchors) as c:
+        r = c.login(tok, container=container, server_name=server_name, password=password)
     if out:
         write_secret(out, r["session_token"].encode() + b"\n")
         console.print(f"logged in as {r['subject']}; session token written to {out}")

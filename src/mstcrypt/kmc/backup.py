@@ -74,7 +74,9 @@ class BackupService:
             raise KeyStoreError("not an mstcrypt KMC backup")
         header, body = blob[:36], blob[36:]
         try:
-            data = json.loads(sm4.gcm_decrypt(_key(passphrase, header[8:24]), header[24:36], body, header))
+            data = json.loads(
+                sm4.gcm_decrypt(_key(passphrase, header[8:24]), header[24:36], body, header)
+            )
         except DecryptionError:
             raise KeyStoreError("wrong backup passphrase or damaged backup") from None
         if data.get("format") != "mstcrypt-kmc-backup":

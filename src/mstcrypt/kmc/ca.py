@@ -58,7 +58,9 @@ class CaService:
         with self.ctx.read() as s:
             return bool(s.scalar(select(func.count()).select_from(CertificateAuthority)))
 
-    def init(self, u: Unit, *, organisation: str, country: str, root_cn: str, sub_cn: str) -> list[Certificate]:
+    def init(
+        self, u: Unit, *, organisation: str, country: str, root_cn: str, sub_cn: str
+    ) -> list[Certificate]:
         """Create the root and the issuing CA inside ``u`` (keys generated in the SS-CC)."""
         s = u.s
         if s.scalar(select(func.count()).select_from(CertificateAuthority)):
@@ -301,13 +303,17 @@ class CaService:
             return self._ca_row(s, ca_name).crl_number
 
     # -- revocation --------------------------------------------------------------------
-    def revoke_certificate(self, serial: str, *, reason: str = "unspecified", actor: str) -> list[str]:
+    def revoke_certificate(
+        self, serial: str, *, reason: str = "unspecified", actor: str
+    ) -> list[str]:
         """Revoke one certificate (and its pair, for :data:`PAIR_REASONS`). Returns the
         serials revoked."""
         if reason not in REVOCATION_REASONS:
             raise PolicyError(f"unknown revocation reason {reason!r}")
         with self.ctx.unit(actor) as u:
-            row = u.s.get(IssuedCertificate, serial_hex(serial), with_for_update={"key_share": True})
+            row = u.s.get(
+                IssuedCertificate, serial_hex(serial), with_for_update={"key_share": True}
+            )
             if row is None:
                 raise NotFoundError(f"no certificate with serial {serial}")
             if row.usage == "ca":
@@ -330,7 +336,9 @@ class CaService:
         if reason in PAIR_REASONS:
             for r in list(todo.values()):
                 if r.pair_serial and r.pair_serial not in todo:
-                    pair = u.s.get(IssuedCertificate, r.pair_serial, with_for_update={"key_share": True})
+                    pair = u.s.get(
+                        IssuedCertificate, r.pair_serial, with_for_update={"key_share": True}
+                    )
                     if pair is not None and pair.status == "active":
                         todo[pair.serial] = pair
         owners: set[str] = set()
@@ -350,8 +358,14 @@ class CaService:
             self.groups.identity_changed(u, owner, why or f"revoked:{reason}")
         return sorted(todo)
 
-    def active_certificates(self, u: Unit, *, key_ids: Sequence[str] = (), owner: str | None = None,
-                            usage: str | None = None) -> list[IssuedCertificate]:
+    def active_certificates(
+        self,
+        u: Unit,
+        *,
+        key_ids: Sequence[str] = (),
+        owner: str | None = None,
+        usage: str | None = None,
+    ) -> list[IssuedCertificate]:
         q = select(IssuedCertificate).where(IssuedCertificate.status == "active")
         if key_ids:
             q = q.where(IssuedCertificate.key_id.in_(list(key_ids)))

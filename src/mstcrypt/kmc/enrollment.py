@@ -182,9 +182,7 @@ class EnrollmentService:
                 if k.state == "active":
                     k.state, k.updated_at = "decrypt_only", u.now
             old_certs = [
-                c
-                for c in self.ca.active_certificates(u, owner=owner)
-                if c.usage in ("sign", "enc")
+                c for c in self.ca.active_certificates(u, owner=owner) if c.usage in ("sign", "enc")
             ]
             key_id = new_id()
             enc_pub, blob = keys.generate_sm2(f"enc:{key_id}".encode())

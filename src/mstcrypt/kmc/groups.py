@@ -239,5 +239,6 @@ class GroupService:
     def member_groups(self, member: str) -> list[str]:
         with self.ctx.read() as s:
             return sorted(
-                m.group_id for m in s.scalars(select(GroupMember).where(GroupMember.member == member))
+                m.group_id
+                for m in s.scalars(select(GroupMember).where(GroupMember.member == member))
             )

@@ -27,7 +27,6 @@ from mstcrypt.kmc.context import KmcContext, Unit, new_id
 from mstcrypt.kmc.models import EncryptionKey, Operator
 from mstcrypt.pki import Certificate, Profile
 
-
 __all__ = ["KeyService"]
 
 

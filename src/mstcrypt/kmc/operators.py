@@ -174,7 +174,12 @@ class OperatorService:
             if row is None:
                 raise NotFoundError(f"no operator {name!r}")
             cert = u.s.get(IssuedCertificate, serial.lower().lstrip("0") or "0")
-            if cert is None or cert.owner != name or cert.usage != "sign" or cert.status != "active":
+            if (
+                cert is None
+                or cert.owner != name
+                or cert.usage != "sign"
+                or cert.status != "active"
+            ):
                 raise PolicyError(
                     f"certificate {serial} is not an active signing certificate of {name!r}"
                 )

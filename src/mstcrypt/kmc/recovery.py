@@ -32,7 +32,9 @@ FILE_RECOVERY = "file-recovery"
 
 
 class RecoveryService:
-    def __init__(self, ctx: KmcContext, groups: GroupService, *, approvals_required: int = 1) -> None:
+    def __init__(
+        self, ctx: KmcContext, groups: GroupService, *, approvals_required: int = 1
+    ) -> None:
         if approvals_required < 1:
             raise PolicyError("recovery needs at least one approver besides the requester")
         self.ctx = ctx
@@ -235,9 +237,9 @@ class RecoveryService:
                 "owner": owner,
                 "requested_by": req.requested_by,
                 "reason": req.reason,
-                "recipient_fingerprint": SM2PublicKey.from_bytes(
-                    req.recipient_public_key
-                ).fingerprint().hex(),
+                "recipient_fingerprint": SM2PublicKey.from_bytes(req.recipient_public_key)
+                .fingerprint()
+                .hex(),
                 "created_at": req.created_at.isoformat(),
                 "status": req.status,
                 "approvals": list(req.approvals or []),

@@ -140,7 +140,9 @@ class Kmc:
     def crl(self, ca_name: str = "issuing") -> bytes:
         return self.ca.crl(ca_name)
 
-    def revoke_certificate(self, serial: str, *, reason: str = "unspecified", actor: str) -> list[str]:
+    def revoke_certificate(
+        self, serial: str, *, reason: str = "unspecified", actor: str
+    ) -> list[str]:
         return self.ca.revoke_certificate(serial, reason=reason, actor=actor)
 
     def certificate(self, serial: str) -> Certificate:

@@ -56,7 +56,9 @@ class RecoveryCreate(BaseModel):
 
 class FileRecoveryCreate(BaseModel):
     escrow_stanza: str = Field(
-        min_length=4, max_length=4096, description="base64 DER SM2Cipher from the file's escrow stanza"
+        min_length=4,
+        max_length=4096,
+        description="base64 DER SM2Cipher from the file's escrow stanza",
     )
     recipient_public_key: str = Field(
         min_length=130, max_length=130, description="hex 04‖x‖y of the new terminal's enc key"

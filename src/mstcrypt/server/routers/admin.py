@@ -51,7 +51,9 @@ ra_router = APIRouter(prefix="/admin", tags=["registration"], dependencies=[Depe
 recovery_router = APIRouter(
     prefix="/admin", tags=["recovery"], dependencies=[Depends(recovery_officer)]
 )
-admin_router = APIRouter(prefix="/admin", tags=["administration"], dependencies=[Depends(administrator)])
+admin_router = APIRouter(
+    prefix="/admin", tags=["administration"], dependencies=[Depends(administrator)]
+)
 audit_router = APIRouter(prefix="/admin", tags=["audit"], dependencies=[Depends(auditor)])
 read_router = APIRouter(prefix="/admin", tags=["keys"], dependencies=[Depends(key_readers)])
 
@@ -158,7 +160,7 @@ def request_recovery(body: RecoveryCreate, who: RecoveryOfficer, kmc: KmcDep) ->
     rid = kmc.request_recovery(
         body.key_id, _pub(body.recipient_public_key), reason=body.reason, actor=who.name
     )
-    return kmc.recovery_result(rid)
+    return {"request_id": rid, **kmc.recovery_result(rid)}
 
 
 @recovery_router.post("/file-recovery")
@@ -172,7 +174,7 @@ def request_file_recovery(
     rid = kmc.request_file_recovery(
         escrow, _pub(body.recipient_public_key), reason=body.reason, actor=who.name
     )
-    return kmc.recovery_result(rid)
+    return {"request_id": rid, **kmc.recovery_result(rid)}
 
 
 @recovery_router.get("/recovery/{request_id}")

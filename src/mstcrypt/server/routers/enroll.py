@@ -16,7 +16,9 @@ router = APIRouter(tags=["enrollment"])
 
 
 @router.post("/enroll")
-def enroll(body: EnrollRequest, kmc: KmcDep, settings: SettingsDep, source: Source) -> dict[str, Any]:
+def enroll(
+    body: EnrollRequest, kmc: KmcDep, settings: SettingsDep, source: Source
+) -> dict[str, Any]:
     if not kmc.allow(f"enroll:{source}", limit=settings.enroll_rate):
         raise RateLimited("too many enrollment attempts from this address; retry later")
     e = kmc.enroll(body.code, body.csr.encode(), source=source)

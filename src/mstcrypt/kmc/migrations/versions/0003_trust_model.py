@@ -35,9 +35,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("pair_serial", sa.String(length=40), nullable=True))
     with op.batch_alter_table("enrollment_codes", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column(
-                "purpose", sa.String(length=16), nullable=False, server_default="terminal"
-            )
+            sa.Column("purpose", sa.String(length=16), nullable=False, server_default="terminal")
         )
 
 
