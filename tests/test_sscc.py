@@ -885,13 +885,23 @@ def test_old_layout_master_key_is_still_read_with_a_warning(
     assert master.hex() not in msg
     # once moved, the new place wins; a leftover copy is reported
     (tmp_path / "data.sscc").mkdir(mode=0o700)
-    (tmp_path / "data.sscc" / "master.key").write_bytes(master)
+    moved = tmp_path / "data.sscc" / "master.key"
+    moved.write_bytes(master)
+    moved.chmod(0o644)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="mstcrypt.sscc"):
         store = open_keystore(cfg := SsccConfig.from_env(data))
-    assert cfg.master_key_file == tmp_path / "data.sscc" / "master.key"
-    assert "old master key remains" in caplog.records[0].getMessage()
+    assert cfg.master_key_file == moved
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "old master key remains" in messages
+    assert "readable by other users (mode 644)" in messages
     key.public_key().verify(store.sign(old_blob, b"ca:root", b"m"), b"m")
+    moved.chmod(0o600)
+    (data / "master.key").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mstcrypt.sscc"):
+        open_keystore(SsccConfig.from_env(data))
+    assert not caplog.records
 
 
 def test_master_key_from_environment(env: pytest.MonkeyPatch, tmp_path: Path) -> None:

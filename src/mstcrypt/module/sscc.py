@@ -24,7 +24,7 @@ Backends
     decrypt, envelope, secret wrapping). A token that implements SM2 (vendor-defined
     ``CKM_*`` values, GM/T 0016-style) can keep private keys on the token: subclass
     :class:`Pkcs11KeyStore` and override the *SM2 seam* (:meth:`ServerKeyStore._new_sm2`,
-    :meth:`ServerKeyStore._load_sm2`, :meth:`ServerKeyStore._envelope`) to return blobs
+    ``_import_sm2``, ``_load_sm2``, ``_envelope``) to return blobs
     that reference token objects (blob kind ``0x02`` is reserved for that) and operators
     whose ``sign_digest``/``decrypt`` call ``C_Sign``/``C_Decrypt``.
 
@@ -49,10 +49,10 @@ Configuration (:meth:`SsccConfig.from_env`, :func:`open_keystore`)
 * ``MSTCRYPT_SSCC_CACHE``: number of cached SM2 keys (default 256, 0 disables).
 
 The KEK is created on first use if the token has none with that label; every later
-process (and every other server instance on the same token) finds it by label. Two
-processes creating it at the same instant both back off (see :class:`Pkcs11KeyStore`).
-Open the store after forking worker processes, not before: a PKCS#11 session does not
-survive ``fork``.
+process (and every other server instance on the same token) finds it by label. The
+processes of one machine create it, load the library and log in under a shared lock file
+in the temporary directory (see :class:`Pkcs11KeyStore`). Open the store after forking
+worker processes, not before: a PKCS#11 session does not survive ``fork``.
 
 Trust boundary: the store protects keys at rest and keeps the KEK out of the process;
 its callers (the KMC services) are trusted to ask only for legitimate operations.
@@ -87,6 +87,7 @@ from mstcrypt.errors import (
     PolicyError,
     UnsupportedError,
 )
+from mstcrypt.formats.envelope import build_enveloped_key
 
 __all__ = [
     "BACKENDS",
@@ -184,9 +185,9 @@ class ServerKeyStore(ABC):
 
     Subclasses implement :meth:`_seal` and :meth:`_open` (authenticated encryption of a
     payload under the backend's KEK, ``aad`` bound in). The *SM2 seam* —
-    :meth:`_new_sm2`, :meth:`_load_sm2` and :meth:`_envelope` — defaults to keys sealed
-    as 32-byte scalars and used in process memory; a backend whose device computes SM2
-    overrides these three so that scalars never leave it.
+    :meth:`_new_sm2`, :meth:`_import_sm2`, :meth:`_load_sm2` and :meth:`_envelope` —
+    defaults to keys sealed as 32-byte scalars and used in process memory; a backend
+    whose device computes SM2 overrides these four so that scalars never leave it.
     """
 
     backend: ClassVar[str]
@@ -215,7 +216,10 @@ class ServerKeyStore(ABC):
     # -- SM2 seam (override to keep SM2 keys on a device) ------------------------------
     def _new_sm2(self, context: bytes) -> tuple[SM2PublicKey, bytes]:
         key = SM2PrivateKey.generate()
-        return key.public_key(), self._seal(key.private_bytes(), self._wrap_label + b"|" + context)
+        return key.public_key(), self._import_sm2(key, context)
+
+    def _import_sm2(self, key: SM2PrivateKey, context: bytes) -> bytes:
+        return self._seal(key.private_bytes(), self._wrap_label + b"|" + context)
 
     def _load_sm2(self, blob: bytes, context: bytes) -> SM2Operator:
         raw = self._open(blob, self._wrap_label + b"|" + context)
@@ -231,8 +235,6 @@ class ServerKeyStore(ABC):
             raise UnsupportedError(
                 f"the {self.backend} backend cannot export this key as an SM2EnvelopedKey"
             )
-        from mstcrypt.formats.envelope import build_enveloped_key
-
         return build_enveloped_key(key, recipient)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -274,7 +276,7 @@ class ServerKeyStore(ABC):
         self._check_open()
         if not isinstance(key, SM2PrivateKey):
             raise PolicyError("import_sm2 takes an SM2PrivateKey")
-        return self._seal(key.private_bytes(), self._wrap_label + b"|" + _context(context))
+        return self._import_sm2(key, _context(context))
 
     def public_key(self, blob: bytes, context: bytes) -> SM2PublicKey:
         """The public key of the key in ``blob``."""
@@ -982,6 +984,10 @@ def _ensure_master_key(path: Path) -> None:
         if not path.exists():
             atomic_write(path, secrets.token_bytes(MASTER_KEY_SIZE))
             log.info("created the SS-CC master key %s", path)
+        elif (mode := path.stat().st_mode & 0o777) & 0o077:
+            log.warning(
+                "SS-CC master key %s is readable by other users (mode %o); use 0600", path, mode
+            )
     except OSError as exc:
         raise KeyStoreError(
             f"cannot create the master key in {directory}: {exc.strerror}"
