@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -424,6 +425,33 @@ def test_cache_is_bounded_and_optional(backend: Backend) -> None:
         s.close()
     with pytest.raises(PolicyError):
         backend.open(cache_size=-1)
+
+
+def test_concurrent_threads(backend: Backend) -> None:
+    """Server worker threads share one store (and its cache, and for PKCS#11 one session):
+    every operation must come out right."""
+    s = backend.open(cache_size=0)
+    pub, blob = s.generate_sm2(CTX)
+    values = [(s.wrap_value(bytes([i]) * 40, b"v:%d" % i), i) for i in range(8)]
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            for j in range(15):
+                v, i = values[(n + j) % len(values)]
+                assert s.unwrap_value(v, b"v:%d" % i) == bytes([i]) * 40
+                pub.verify(s.sign(blob, CTX, b"t%d" % j), b"t%d" % j)
+                s.wrap_value(b"x", b"w")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s.close()
+    assert not errors, errors[0]
 
 
 def test_no_secret_in_reprs_or_errors(backend: Backend, store: ServerKeyStore) -> None:
