@@ -3,8 +3,9 @@
 Same interface as the soft token; the keystore's data key is wrapped under a server
 master key (32 bytes) taken from configuration: a key file (``MSTCRYPT_MASTER_KEY_FILE``)
 or an environment variable (``MSTCRYPT_MASTER_KEY``, hex). The master key is used
-through a KDF, never directly. An HSM backend (PKCS#11 or SDF) can implement
-:class:`~mstcrypt.module.base.CryptoModule` without callers changing.
+through a KDF, never directly. Server keys referenced from a database go through
+:mod:`mstcrypt.module.sscc` (soft or PKCS#11 backend); :class:`KeyWrapper` is its soft
+backend under the former name.
 """
 
 from __future__ import annotations
@@ -15,47 +16,12 @@ from pathlib import Path
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import kdf
-from mstcrypt.errors import KeyStoreError, PolicyError
+from mstcrypt.errors import InvalidKeyError, KeyStoreError, PolicyError
 from mstcrypt.module import keystore as ks
 from mstcrypt.module.base import CryptoModule
+from mstcrypt.module.sscc import MASTER_KEY_SIZE, SoftKeyStore, load_master_key
 
-__all__ = ["KeyWrapper", "ServerModule", "load_master_key"]
-
-MASTER_KEY_SIZE = 32
-
-
-def load_master_key(
-    *, key_file: str | os.PathLike[str] | None = None, env: str = "MSTCRYPT_MASTER_KEY"
-) -> bytes:
-    """Read the server master key from a file (raw 32 bytes or 64 hex characters) or from
-    the environment variable ``env`` (64 hex characters)."""
-    if key_file is None:
-        key_file = os.environ.get(env + "_FILE")
-    if key_file is not None:
-        try:
-            raw = Path(key_file).read_bytes()
-        except OSError as exc:
-            raise KeyStoreError(f"cannot read master key file: {exc.strerror}") from None
-        text = raw.strip()
-        if len(raw) == MASTER_KEY_SIZE:
-            if all(c in b"0123456789abcdefABCDEF" for c in raw):
-                raise KeyStoreError(
-                    "master key file holds 32 hex characters (a 16-byte key); a 32-byte key "
-                    "is needed (32 raw bytes or 64 hex characters)"
-                )
-            return raw
-    else:
-        value = os.environ.get(env)
-        if value is None:
-            raise KeyStoreError(f"no server master key: set {env} or {env}_FILE")
-        text = value.strip().encode()
-    try:
-        key = bytes.fromhex(text.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        raise KeyStoreError("master key must be 32 raw bytes or 64 hex characters") from None
-    if len(key) != MASTER_KEY_SIZE:
-        raise KeyStoreError("master key must be 32 bytes")
-    return key
+__all__ = ["MASTER_KEY_SIZE", "KeyWrapper", "ServerModule", "load_master_key"]
 
 
 class ServerModule(CryptoModule):
@@ -108,45 +74,34 @@ class ServerModule(CryptoModule):
         return f"ServerModule({str(self._path)!r}, containers={len(self._containers)})"
 
 
-class KeyWrapper:
-    """Wraps private keys for storage in a database under the server master key.
+class KeyWrapper(SoftKeyStore):
+    """The soft SS-CC under its former name, with the former methods that hand out
+    plaintext keys (``unwrap``, ``unwrap_bytes``). Kept while callers move to the
+    :class:`~mstcrypt.module.sscc.ServerKeyStore` operations, which never return a
+    private key; blobs are the same bytes either way.
 
-    ``wrap(key, context)`` returns nonce(12) ‖ SM4-GCM(KEK, nonce, d, AAD = label ‖ context);
-    the context (for example a key id and purpose) binds a blob to its row, so a blob
-    moved to another row does not unwrap. Part of the SS-CC: only this object ever sees
-    the KEK, and plaintext keys exist only in the returned SM2PrivateKey objects.
+    ``wrap(key, context)`` returns nonce(12) ‖ SM4-GCM(KEK, nonce, d, AAD = label ‖ "|" ‖
+    context) with KEK = SM3-KDF(master key ‖ label, 16).
     """
 
-    def __init__(self, master_key: bytes, *, label: bytes = b"mstcrypt-kmc-wrap") -> None:
-        if not isinstance(master_key, bytes) or len(master_key) != MASTER_KEY_SIZE:
-            raise PolicyError("server master key must be 32 bytes")
-        self._kek = kdf(master_key + label, 16)
-        self._label = label
-
     def wrap_bytes(self, secret: bytes, context: bytes) -> bytes:
-        from mstcrypt.crypto import sm4
-
-        nonce = random_bytes(12)
-        return nonce + sm4.gcm_encrypt(self._kek, nonce, secret, self._label + b"|" + context)
+        self._check_open()
+        return self._seal(secret, self._wrap_label + b"|" + context)
 
     def unwrap_bytes(self, blob: bytes, context: bytes) -> bytes:
-        from mstcrypt.crypto import sm4
-        from mstcrypt.errors import DecryptionError
-
-        if not isinstance(blob, bytes) or len(blob) < 12 + 16:
+        self._check_open()
+        if not isinstance(blob, bytes):
             raise KeyStoreError("wrapped key blob is malformed")
-        try:
-            return sm4.gcm_decrypt(self._kek, blob[:12], blob[12:], self._label + b"|" + context)
-        except DecryptionError:
-            raise KeyStoreError(
-                "wrapped key does not unwrap (wrong master key, or the blob was moved or edited)"
-            ) from None
+        return self._open(blob, self._wrap_label + b"|" + context)
 
     def wrap(self, key: SM2PrivateKey, context: bytes) -> bytes:
         return self.wrap_bytes(key.private_bytes(), context)
 
     def unwrap(self, blob: bytes, context: bytes) -> SM2PrivateKey:
-        return SM2PrivateKey.from_bytes(self.unwrap_bytes(blob, context))
+        try:
+            return SM2PrivateKey.from_bytes(self.unwrap_bytes(blob, context))
+        except InvalidKeyError:
+            raise KeyStoreError("blob does not hold a valid SM2 private key") from None
 
     def __repr__(self) -> str:
         return "KeyWrapper(<master key hidden>)"
