@@ -9,6 +9,7 @@ is not installed.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -1001,3 +1002,44 @@ def test_pkcs11_configuration_from_environment(
     finally:
         store.close()
     assert not (tmp_path.with_name(tmp_path.name + ".sscc")).exists()  # no master key file
+
+
+# --- the KMC on each backend ---------------------------------------------------------------
+
+
+def test_kmc_end_to_end_on_each_backend(backend: Backend, tmp_path: Path) -> None:
+    """The whole KMC runs on the key store: CA and escrowed keys generated in it, every
+    signature, envelope, KDK and group key through it; nothing else holds the master key."""
+    from mstcrypt.formats.envelope import open_enveloped_key
+    from mstcrypt.kmc.db import Database
+    from mstcrypt.kmc.service import Kmc
+    from mstcrypt.pki import CRL, build_csr, name, validate_path
+
+    kmc = Kmc(Database(f"sqlite:///{tmp_path / 'kmc.db'}"), backend.open())
+    kmc.create_schema()
+    issuing, root = kmc.init_ca(actor="test")
+    terminal = SM2PrivateKey.generate()
+    code, _ = kmc.create_enrollment_code(owner="alice", subject={"CN": "alice"}, actor="ra")
+    e = kmc.enroll(code, build_csr(name(CN="x"), terminal.public_key(), terminal.sign).der)
+    crls = [CRL.from_der(kmc.crl("issuing")), CRL.from_der(kmc.crl("root"))]
+    for cert in (e.sign_certificate, e.encryption_certificate, kmc.escrow_certificate()):
+        validate_path(cert, anchors=[root], intermediates=[issuing], crls=crls)
+    enc = open_enveloped_key(e.enveloped_key, terminal)
+    assert enc.public_key() == e.encryption_certificate.public_key
+    delivered = kmc.kdk_delivery("alice", actor="terminal:alice")
+    assert (
+        delivered["version"] == 1
+        and len(enc.decrypt(base64.b64decode(delivered["ciphertext"]))) == 16
+    )
+    new_device = SM2PrivateKey.generate()
+    rid = kmc.request_recovery(e.key_id, new_device.public_key(), reason="lost", actor="o1")
+    env = kmc.approve_recovery(rid, actor="o2")
+    assert env is not None and open_enveloped_key(env, new_device).public_key() == enc.public_key()
+    assert kmc.checkpoint() is not None and kmc.verify_audit().ok
+    # another store (other master key / other token) opens none of it
+    other = Kmc(kmc.db, backend.other())
+    with pytest.raises(KeyStoreError):
+        other.kdk_delivery("alice", actor="terminal:alice")
+    with pytest.raises(KeyStoreError):
+        other.revoke_certificate(f"{e.sign_certificate.serial:x}", reason="superseded", actor="ra")
+    kmc.db.dispose()

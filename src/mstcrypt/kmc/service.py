@@ -94,6 +94,7 @@ class Kmc:
     def _forget_caches(self) -> None:
         self.ca._issuers.clear()
         self.identities._cache.clear()
+        self.ctx.keys.clear_cache()
 
     # -- set-up ------------------------------------------------------------------------
     def create_schema(self) -> None:
