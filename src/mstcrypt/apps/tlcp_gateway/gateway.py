@@ -151,6 +151,7 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = False
         self.active = 0
         self.refresh_count = 0
 
@@ -222,16 +223,26 @@ class Gateway:
         finally:
             await self.close()
 
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting, let open connections finish for ``grace`` seconds (default
-        ``shutdown_grace``), then cut them."""
-        if self._closing:
-            return
+    def stop_accepting(self) -> None:
+        """Close the listeners and stop refreshing trust; open connections go on."""
         self._closing = True
         if self._refresher is not None:
             self._refresher.cancel()
         for _, s in self._servers:
             s.close()
+
+    @property
+    def connections(self) -> int:
+        """Connections being handled (handshaking or relaying)."""
+        return len(self._tasks)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, let open connections finish for ``grace`` seconds (default
+        ``shutdown_grace``), then cut them."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_accepting()
         grace = self.config.shutdown_grace if grace is None else grace
         tasks = set(self._tasks)
         if tasks:
