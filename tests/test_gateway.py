@@ -765,3 +765,42 @@ def test_cli_tunnel_checks_the_gateway_crl(tmp_path: Path, pki, gw_id) -> None:
         echo.close()
 
     run(main())
+
+
+def test_listener_and_route_options(gw_id) -> None:
+    sock = Route("unix:/run/app/app.sock", "http")
+    assert sock.unix_path == "/run/app/app.sock"
+    assert Route("127.0.0.1:80").unix_path is None
+    for bad in ("unix:relative.sock", "unix:"):
+        with pytest.raises(PolicyError, match="absolute"):
+            Route(bad)
+    lc = ListenerConfig(port=0, default=sock, match_any_name=True, client_auth="optional")
+    assert lc.route_for("anything.example") == sock and lc.route_for(None) == sock
+    assert ListenerConfig(port=0, default=sock).route_for("anything.example") is None
+    with pytest.raises(PolicyError, match="client_auth"):
+        ListenerConfig(port=0, default=sock, client_auth="sometimes")
+    with pytest.raises(PolicyError, match="default"):
+        ListenerConfig(port=0, routes={"a": sock}, match_any_name=True)
+    config = GatewayConfig.from_dict(
+        {
+            "listeners": [
+                {"port": 1, "default": "h:1", "client_auth": "none", "match_any_name": True}
+            ],
+            "trust": {"ca_files": ["root.pem"]},
+        }
+    )
+    assert config.listeners[0].match_any_name
+    assert config.trust is not None and config.trust.require_crl is True
+    with pytest.raises(PolicyError, match="require_crl"):
+        GatewayConfig.from_dict(
+            {
+                "listeners": [{"port": 1, "default": "h:1"}],
+                "trust": {"ca_files": ["root.pem"], "require_crl": "no"},
+            }
+        )
+    # No trust source is needed when no listener asks for client certificates.
+    creds = gw_id.credentials()
+    with pytest.raises(PolicyError, match="trust source"):
+        Gateway(GatewayConfig(listeners=[ListenerConfig(port=0, default=sock)]), credentials=creds)
+    open_listener = ListenerConfig(port=0, default=sock, client_auth="none")
+    assert Gateway(GatewayConfig(listeners=[open_listener]), credentials=creds).trust_source is None
