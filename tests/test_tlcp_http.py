@@ -304,6 +304,26 @@ def test_graceful_shutdown_finishes_requests_in_progress(pki, server_id) -> None
         http.get("/hello")
 
 
+def test_connection_closed_by_the_server_is_not_reused(pki, server_id) -> None:
+    """uvicorn closes an idle keep-alive connection; the gateway then closes the TLCP
+    connection, and the transport notices instead of sending on a dead connection."""
+    state: dict[str, Any] = {}
+    with ServerThread(
+        make_app(state),
+        server_credentials=server_id.credentials(),
+        uvicorn_options={"timeout_keep_alive": 0.3},
+    ) as st:
+        limits = httpx.Limits(keepalive_expiry=60)
+        with client(pki, st.port, server_name=NAME, limits=limits) as http:
+            first = http.get("/hello")
+            assert first.status_code == 200
+            time.sleep(1.0)
+            second = http.get("/hello")
+            assert second.status_code == 200
+            assert second.extensions["network_stream"] is not first.extensions["network_stream"]
+            assert state["requests"] == 2
+
+
 def test_server_options_checked(server_id) -> None:
     app = make_app({})
     with pytest.raises(PolicyError, match="trust"):
@@ -371,3 +391,72 @@ def test_tongsuo_client_gets_a_response(served, pem_files) -> None:
         check=False,
     )
     assert b"HTTP/1.1 200" in p.stdout, (p.stdout + p.stderr)[-1500:]
+
+
+RUN_SCRIPT = """
+import sys
+from pathlib import Path
+from contextlib import asynccontextmanager
+from fastapi import FastAPI
+from mstcrypt.apps.tlcp_gateway import run_asgi_tlcp
+from mstcrypt.formats.keys import load_private_key
+from mstcrypt.pki import load_certificates
+from mstcrypt.protocols.tlcp import Credentials
+
+d = Path(sys.argv[1])
+sign, enc = (load_certificates((d / n).read_bytes())[0] for n in ("sign.pem", "enc.pem"))
+keys = [load_private_key((d / n).read_bytes(), "pw-123456") for n in ("sign.key", "enc.key")]
+
+@asynccontextmanager
+async def lifespan(app):
+    yield
+    print("lifespan shutdown", file=sys.stderr, flush=True)
+
+app = FastAPI(lifespan=lifespan)
+
+@app.get("/ping")
+def ping():
+    return {"pong": True}
+
+def ready(addresses):
+    host, port = addresses[0]
+    print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
+
+run_asgi_tlcp(app, port=0, server_credentials=Credentials.from_keys(sign, keys[0], enc, keys[1]),
+              ready=ready)
+"""
+
+
+def test_run_asgi_tlcp_blocks_until_sigterm(tmp_path: Path, pki, server_id) -> None:
+    import signal
+    import sys
+
+    from mstcrypt.formats.keys import dump_private_key
+
+    for name, data in {
+        "sign.pem": server_id.sign_certificate.pem,
+        "enc.pem": server_id.enc_certificate.pem,
+        "sign.key": dump_private_key(server_id.sign_key, password="pw-123456"),
+        "enc.key": dump_private_key(server_id.enc_key, password="pw-123456"),
+    }.items():
+        (tmp_path / name).write_bytes(data)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_SCRIPT, str(tmp_path)],
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": src},
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        assert line.startswith("listening on "), line
+        port = int(line.rsplit(":", 1)[1])
+        with client(pki, port, server_name=NAME) as http:
+            assert http.get("/ping").json() == {"pong": True}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        assert "lifespan shutdown" in proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
