@@ -6,9 +6,7 @@ local port forwarder. These functions are typer commands; ``mstcrypt.cli`` regis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -98,19 +96,9 @@ def _credentials(
 
 def _run(coro: Any) -> None:
     """Run until done or until SIGINT/SIGTERM (then cancel: graceful close)."""
+    from mstcrypt.apps.tlcp_gateway.asgi import run_until_signal
 
-    async def main() -> None:
-        task = asyncio.ensure_future(coro)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # not available off the main thread (RuntimeError) or on Windows
-            # (NotImplementedError): Ctrl-C then ends the loop the default way
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    run_until_signal(coro)
 
 
 def tlcp_server_command(

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from mstcrypt.apps.tlcp_gateway.config import GatewayConfig, ListenerConfig, Route
@@ -42,7 +43,7 @@ from mstcrypt.errors import PolicyError
 from mstcrypt.pki import CRL, Certificate
 from mstcrypt.protocols.tlcp import CipherSuite, ClientAuth, Credentials
 
-__all__ = ["ASGITLCPServer", "run_asgi_tlcp", "serve_asgi_tlcp"]
+__all__ = ["ASGITLCPServer", "run_asgi_tlcp", "run_until_signal", "serve_asgi_tlcp"]
 
 log = logging.getLogger("mstcrypt.gateway")
 
@@ -159,9 +160,7 @@ class ASGITLCPServer:
                 raise PolicyError("the ASGI application failed to start (lifespan)") from None
             self._uvicorn = server
             self._main_loop = asyncio.create_task(server.main_loop())
-            listener = ListenerConfig(
-                **{**vars(self._listener), "default": Route(f"unix:{path}", "http")}
-            )
+            listener = dataclasses.replace(self._listener, default=Route(f"unix:{path}", "http"))
             gw_config = GatewayConfig(listeners=[listener], **self._gw_settings)
             self.gateway = Gateway(
                 gw_config,
@@ -240,18 +239,25 @@ async def serve_asgi_tlcp(
     await server.serve_forever()
 
 
-def run_asgi_tlcp(app: Any, **kwargs: Any) -> None:
-    """Blocking :func:`serve_asgi_tlcp` for the command line: runs until SIGINT or
-    SIGTERM, then shuts down gracefully."""
+def run_until_signal(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coro`` in a new event loop until it is done or until SIGINT/SIGTERM, which
+    cancel it (a graceful close, for the servers here)."""
 
     async def main() -> None:
-        task = asyncio.ensure_future(serve_asgi_tlcp(app, **kwargs))
+        task = asyncio.ensure_future(coro)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            # not available off the main thread or on Windows: Ctrl-C then ends the loop
+            # not available off the main thread (RuntimeError) or on Windows
+            # (NotImplementedError): Ctrl-C then ends the loop the default way
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
+
+
+def run_asgi_tlcp(app: Any, **kwargs: Any) -> None:
+    """Blocking :func:`serve_asgi_tlcp` for the command line: runs until SIGINT or
+    SIGTERM, then shuts down gracefully."""
+    run_until_signal(serve_asgi_tlcp(app, **kwargs))
