@@ -23,10 +23,11 @@ from mstcrypt.apps.tlcp_gateway import (
     GatewayConfig,
     ListenerConfig,
     Route,
+    TrustConfig,
     TrustMaterial,
     file_trust_source,
 )
-from mstcrypt.apps.tlcp_gateway.gateway import _BadRequest, _rewrite_head
+from mstcrypt.apps.tlcp_gateway.http import HTTPRequestError, parse_request_head
 from mstcrypt.errors import PolicyError
 from mstcrypt.formats.keys import dump_private_key
 from mstcrypt.pki import RevokedEntry
@@ -394,21 +395,22 @@ default = "127.0.0.1:1"
         Route("h:1", "udp")
 
 
-def test_rewrite_head_refuses_ambiguous_requests() -> None:
-    ident = [b"X-MST-Client-Serial: 1\r\n"]
-    out, n, chunked = _rewrite_head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", ident)
-    assert out == b"GET / HTTP/1.1\r\nHost: a\r\nX-MST-Client-Serial: 1\r\n\r\n"
-    assert (n, chunked) == (0, False)
+def test_request_head_is_reframed_and_ambiguous_requests_refused() -> None:
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nX-MST-Client-Serial: 9\r\n\r\n")
+    ident = [(b"X-MST-Client-Serial", b"1")]
+    assert req.encode(ident) == b"GET / HTTP/1.1\r\nHost: a\r\nX-MST-Client-Serial: 1\r\n\r\n"
+    assert (req.content_length, req.chunked, req.close) == (None, False, False)
     for bad in (
         b"GET /\r\n\r\n",
-        b"GET / HTTP/1.1\r\n folded\r\n\r\n",
-        b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
-        b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
-        b"GET / HTTP/1.1\r\nNoColon\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nNoColon\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",
     ):
-        with pytest.raises(_BadRequest):
-            _rewrite_head(bad, ident)
+        with pytest.raises(HTTPRequestError):
+            parse_request_head(bad)
 
 
 # --- command line (subprocesses) --------------------------------------------------------
@@ -521,6 +523,7 @@ def test_cli_gateway_and_tunnel(tmp_path: Path, pki, gw_id) -> None:
     from mstcrypt.pki import Profile, name
 
     (tmp_path / "root.pem").write_bytes(pki.root.pem)
+    (tmp_path / "crl.pem").write_bytes(pki.issuer.crl(number=1).pem)
     s = write_identity(tmp_path, "gw", gw_id)
     tok = SoftToken.init(tmp_path / "token", "123456", "admin-code-1", iterations=100_000)
     tok.create_container("vpn")
@@ -545,6 +548,7 @@ enc_key = "{s["enc.key"]}"
 password = "pass1234"
 [trust]
 ca_files = ["root.pem"]
+crl_files = ["crl.pem"]
 refresh_interval = 5
 [[listeners]]
 port = 0
@@ -563,6 +567,7 @@ port = 0
                     *("--token", str(tmp_path / "token"), "--pin", "123456"),
                     *("--gateway", f"127.0.0.1:{gw_port}", "--server-name", route),
                     *("--cacert", str(tmp_path / "root.pem"), "--local-port", "0"),
+                    *("--crl", str(tmp_path / "crl.pem")),
                 )
                 tunnels.append(await spawn(argv))
             r, w = await asyncio.open_connection("127.0.0.1", tunnels[0][1])
@@ -652,3 +657,150 @@ def test_kmc_revocation_reaches_the_gateway(tmp_path: Path, pki, gw_id) -> None:
         run(main())
     finally:
         kmc.db.dispose()
+
+
+def test_gateway_requires_crls_by_default(pki, gw_id, device, caplog) -> None:
+    """Without a CRL for the terminal's issuer the gateway refuses it; turning the check
+    off is possible but logged as a warning."""
+
+    def no_crls() -> TrustMaterial:
+        return TrustMaterial((pki.root,))
+
+    async def attempt(**kw: Any) -> None:
+        echo, web = await echo_service(), await http_service()
+        config = GatewayConfig(listeners=[ListenerConfig(port=0, routes={ECHO: Route(addr(echo))})])
+        gw = Gateway(config, credentials=gw_id.credentials(), trust_source=no_crls, **kw)
+        await gw.start()
+        host, port = gw.addresses[0]
+        try:
+            r, w = await aio.open_connection(host, port, client_ctx(pki, device), server_name=ECHO)
+            w.write(b"x")
+            assert await r.readexactly(1) == b"x"
+            w.close()
+        finally:
+            await gw.close()
+            echo.close()
+            web.close()
+
+    with pytest.raises(TLCPError) as info:
+        run(attempt())
+    assert info.value.alert == AlertDescription.CERTIFICATE_UNKNOWN
+    caplog.set_level(logging.WARNING, logger="mstcrypt.gateway")
+    run(attempt(require_crl=False))
+    assert any("require_crl is off" in r.getMessage() for r in caplog.records)
+    assert TrustConfig(ca_files=("root.pem",)).require_crl is True
+
+
+def test_cli_tunnel_checks_the_gateway_crl(tmp_path: Path, pki, gw_id) -> None:
+    """The tunnel refuses to start without a CRL source, and refuses a gateway whose
+    certificate the CRL lists as revoked."""
+    from datetime import UTC, datetime
+
+    from mstcrypt.module import SoftToken
+    from mstcrypt.pki import Profile, name
+
+    (tmp_path / "root.pem").write_bytes(pki.root.pem)
+    revoked_at = datetime.now(UTC).replace(microsecond=0)
+    entries = [RevokedEntry(gw_id.sign_certificate.serial, revoked_at)]
+    (tmp_path / "revoked.pem").write_bytes(pki.issuer.crl(number=7, entries=entries).pem)
+    tok = SoftToken.init(tmp_path / "token", "123456", "admin-code-1", iterations=100_000)
+    tok.create_container("vpn")
+    for usage, profile in (("sign", Profile.DEVICE_SIGN), ("enc", Profile.DEVICE_ENC)):
+        h = tok.generate_key_pair("vpn", usage)
+        subject = name(C="CN", O="mstcrypt test", CN="phone 8")
+        cert = pki.issuer.issue(subject=subject, public_key=h.public_key, profile=profile)
+        tok.put_certificate("vpn", h.usage, cert.der)
+    tok.logout()
+    env = {**os.environ, "PYTHONPATH": SRC}
+
+    async def main() -> None:
+        echo = await echo_service()
+        gw_ctx = TLCPContext(
+            credentials=gw_id.credentials(),
+            trust_anchors=[pki.root],
+            client_auth="required",
+        )
+
+        async def relay(r: aio.TLCPStreamReader, w: aio.TLCPStreamWriter) -> None:
+            w.write(await r.read(100))
+            w.close()
+
+        gw = await aio.start_server(relay, "127.0.0.1", 0, gw_ctx)
+        gw_port = gw.sockets[0].getsockname()[1]
+        base = [
+            *("--token", str(tmp_path / "token"), "--pin", "123456"),
+            *("--gateway", f"127.0.0.1:{gw_port}", "--server-name", ECHO),
+            *("--cacert", str(tmp_path / "root.pem"), "--local-port", "0"),
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            *cli("tunnel_command", *base), stderr=asyncio.subprocess.PIPE, env=env
+        )
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode != 0 and b"--crl" in err
+
+        tunnel, port = await spawn(
+            cli("tunnel_command", *base, "--crl", str(tmp_path / "revoked.pem"))
+        )
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"secret")
+            await w.drain()
+            assert await asyncio.wait_for(r.read(), 30) == b""  # never relayed
+            w.close()
+        finally:
+            await stop(tunnel)
+        assert tunnel.stderr is not None
+        log = (await tunnel.stderr.read()).decode()
+        assert "certificate_revoked" in log
+
+        tunnel, port = await spawn(cli("tunnel_command", *base, "--no-crl-check"))
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"hello")
+            assert await asyncio.wait_for(r.read(), 30) == b"hello"
+            w.close()
+        finally:
+            await stop(tunnel)
+        gw.close()
+        echo.close()
+
+    run(main())
+
+
+def test_listener_and_route_options(gw_id) -> None:
+    sock = Route("unix:/run/app/app.sock", "http")
+    assert sock.unix_path == "/run/app/app.sock"
+    assert Route("127.0.0.1:80").unix_path is None
+    for bad in ("unix:relative.sock", "unix:"):
+        with pytest.raises(PolicyError, match="absolute"):
+            Route(bad)
+    lc = ListenerConfig(port=0, default=sock, match_any_name=True, client_auth="optional")
+    assert lc.route_for("anything.example") == sock and lc.route_for(None) == sock
+    assert ListenerConfig(port=0, default=sock).route_for("anything.example") is None
+    with pytest.raises(PolicyError, match="client_auth"):
+        ListenerConfig(port=0, default=sock, client_auth="sometimes")
+    with pytest.raises(PolicyError, match="default"):
+        ListenerConfig(port=0, routes={"a": sock}, match_any_name=True)
+    config = GatewayConfig.from_dict(
+        {
+            "listeners": [
+                {"port": 1, "default": "h:1", "client_auth": "none", "match_any_name": True}
+            ],
+            "trust": {"ca_files": ["root.pem"]},
+        }
+    )
+    assert config.listeners[0].match_any_name
+    assert config.trust is not None and config.trust.require_crl is True
+    with pytest.raises(PolicyError, match="require_crl"):
+        GatewayConfig.from_dict(
+            {
+                "listeners": [{"port": 1, "default": "h:1"}],
+                "trust": {"ca_files": ["root.pem"], "require_crl": "no"},
+            }
+        )
+    # No trust source is needed when no listener asks for client certificates.
+    creds = gw_id.credentials()
+    with pytest.raises(PolicyError, match="trust source"):
+        Gateway(GatewayConfig(listeners=[ListenerConfig(port=0, default=sock)]), credentials=creds)
+    open_listener = ListenerConfig(port=0, default=sock, client_auth="none")
+    assert Gateway(GatewayConfig(listeners=[open_listener]), credentials=creds).trust_source is None

@@ -5,8 +5,11 @@ handshake with the right alert, sent to the peer."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -695,3 +698,84 @@ def test_resumption_with_a_tampered_finished(pki, ids) -> None:
     with pytest.raises(TLCPError) as ei:
         c3.receive_data(flight)
     check(ei.value, c3, A.ILLEGAL_PARAMETER)
+
+
+# --- certificates with other algorithms (made by the OpenSSL CLI) --------------------
+
+
+def _openssl_certificate(tmp: Path, kind: str) -> bytes:
+    """A self-signed DER certificate with an ECDSA P-256 or an RSA key, made by the
+    openssl CLI (the TLCP code never sees how it was made)."""
+    newkey = {"ecdsa": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]}.get(
+        kind, ["-newkey", "rsa:2048"]
+    )
+    out = tmp / f"{kind}.der"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", *newkey, "-nodes", "-days", "2"),
+            *("-subj", f"/CN={HOST}", "-addext", f"subjectAltName=DNS:{HOST}"),
+            *("-keyout", str(tmp / f"{kind}.key"), "-outform", "DER", "-out", str(out)),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return out.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def foreign_certs(tmp_path_factory) -> dict[str, bytes]:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is needed to make ECDSA and RSA certificates")
+    tmp = tmp_path_factory.mktemp("foreign")
+    return {kind: _openssl_certificate(tmp, kind) for kind in ("ecdsa", "rsa")}
+
+
+def _replace_cert(i: int, der: bytes) -> Callable[[bytes], bytes]:
+    def fn(body: bytes) -> bytes:
+        c = _certs(body)
+        c[i] = der
+        return vec(b"".join(vec(x, 3) for x in c), 3)
+
+    return fn
+
+
+def _closed_with(conn: TLCPClient | TLCPServer, record: bytes) -> AlertDescription | int:
+    """Feed the fatal alert record to the other side; the alert it reports."""
+    closed = [e for e in conn.receive_data(record) if isinstance(e, ConnectionClosed)]
+    assert len(closed) == 1 and conn.closed
+    return closed[0].alert
+
+
+@pytest.mark.parametrize("kind", ["ecdsa", "rsa"])
+@pytest.mark.parametrize("position", [0, 1, 2], ids=["signing", "encryption", "ca"])
+@pytest.mark.parametrize("suite", [ECC, ECDHE], ids=["ECC", "ECDHE"])
+def test_non_sm2_peer_certificates_are_unsupported(
+    pki, ids, foreign_certs, kind, position, suite
+) -> None:
+    """A peer presenting an ECDSA P-256 or RSA certificate (as its signing, encryption or
+    CA certificate) gets unsupported_certificate, not internal_error, from our client and
+    from our server."""
+    der = foreign_certs[kind]
+    swap = on_message(H.CERTIFICATE, _replace_cert(position, der))
+
+    # The server sends it: the client refuses with unsupported_certificate.
+    s = ids["server"]
+    server_creds = Credentials.from_keys(
+        s.sign_certificate, s.sign_key, s.enc_certificate, s.enc_key, [pki.root]
+    )
+    cctx, sctx = ctxs(pki, ids, suite, server_creds=server_creds)
+    err, client, server = fail(cctx, sctx, to_client=swap)
+    assert "not an SM2 certificate" in str(err)
+    record = check(err, client, A.UNSUPPORTED_CERTIFICATE)
+    assert _closed_with(server, record) == A.UNSUPPORTED_CERTIFICATE
+
+    # The client sends it: the server refuses with unsupported_certificate.
+    c = ids["client"]
+    client_creds = Credentials.from_keys(
+        c.sign_certificate, c.sign_key, c.enc_certificate, c.enc_key, [pki.root]
+    )
+    cctx, sctx = ctxs(pki, ids, suite, client_creds=client_creds)
+    err, client, server = fail(cctx, sctx, to_server=swap)
+    record = check(err, server, A.UNSUPPORTED_CERTIFICATE)
+    assert _closed_with(client, record) == A.UNSUPPORTED_CERTIFICATE

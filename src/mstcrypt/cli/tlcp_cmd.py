@@ -6,9 +6,7 @@ local port forwarder. These functions are typer commands; ``mstcrypt.cli`` regis
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from mstcrypt.cli._common import err_console, fail, read_input
+from mstcrypt.errors import MstCryptError
 from mstcrypt.protocols.tlcp import (
     CipherSuite,
     ClientAuth,
@@ -97,19 +96,9 @@ def _credentials(
 
 def _run(coro: Any) -> None:
     """Run until done or until SIGINT/SIGTERM (then cancel: graceful close)."""
+    from mstcrypt.apps.tlcp_gateway.asgi import run_until_signal
 
-    async def main() -> None:
-        task = asyncio.ensure_future(coro)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # not available off the main thread (RuntimeError) or on Windows
-            # (NotImplementedError): Ctrl-C then ends the loop the default way
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    run_until_signal(coro)
 
 
 def tlcp_server_command(
@@ -245,17 +234,29 @@ def tlcp_client_command(
     asyncio.run(main())
 
 
+NoCrlOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-crl-check",
+        help="Accept certificates whose issuer has no CRL (no revocation check; not recommended).",
+    ),
+]
+
+
 def gateway_command(
     config: Annotated[Path, typer.Argument(help="Gateway configuration (TOML or JSON).")],
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
+    no_crl_check: NoCrlOpt = False,
 ) -> None:
-    """Run the TLCP mobile access gateway until SIGINT/SIGTERM (graceful shutdown)."""
+    """Run the TLCP mobile access gateway until SIGINT/SIGTERM (graceful shutdown).
+    Client certificates are checked against the CRLs of the [trust] section, and refused
+    when their issuer has none (unless require_crl = false or --no-crl-check)."""
     from mstcrypt.apps.tlcp_gateway import Gateway, GatewayConfig
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    gw = Gateway(GatewayConfig.from_file(config))
+    gw = Gateway(GatewayConfig.from_file(config), require_crl=False if no_crl_check else None)
 
     async def main() -> None:
         await gw.start()
@@ -283,20 +284,67 @@ def tunnel_command(
     container: Annotated[str, typer.Option("--container")] = "vpn",
     local_host: Annotated[str, typer.Option("--local-host")] = "127.0.0.1",
     cipher_suite: SuiteOpt = None,
+    crl: Annotated[
+        list[str] | None,
+        typer.Option("--crl", help="CRL file (DER or PEM) of a CA of the gateway's chain."),
+    ] = None,
+    crl_url: Annotated[
+        list[str] | None,
+        typer.Option("--crl-url", help="http(s) URL of such a CRL (fetched and refreshed)."),
+    ] = None,
+    crl_refresh: Annotated[
+        float, typer.Option("--crl-refresh", help="Seconds between CRL re-reads.")
+    ] = 300.0,
+    no_crl_check: NoCrlOpt = False,
 ) -> None:
     """Forward 127.0.0.1:LOCAL to a gateway route: each local connection becomes a TLCP
-    connection authenticated with the token's keys. Prints "listening on HOST:PORT"."""
+    connection authenticated with the token's keys. Prints "listening on HOST:PORT".
+
+    The gateway's certificates are checked against CRLs: every CA of its chain below the
+    anchors needs one, from --crl files or --crl-url URLs (plus the cRLDistributionPoints
+    of the certificates in --cacert), re-read every --crl-refresh seconds; a failed
+    re-read keeps the previous CRLs (their nextUpdate still bounds them)."""
     from mstcrypt.apps.tlcp_gateway.config import parse_address
+    from mstcrypt.apps.tlcp_gateway.trust import TrustMaterial, call_source, file_trust_source
     from mstcrypt.module import SoftToken
 
     gw_host, gw_port = parse_address(gateway)
+    crl_files = list(crl or [])
+    urls = list(crl_url or [])
+    urls += [u for c in _certs([cacert]) for u in c.crl_urls if u not in urls]
+    if no_crl_check:
+        err_console.print(
+            "warning: --no-crl-check: the gateway's certificates are not checked for revocation"
+        )
+    elif not crl_files and not urls:
+        fail(
+            "the tunnel checks the gateway's certificates against CRLs: give --crl FILE or "
+            "--crl-url URL for each CA of the gateway's chain (or --no-crl-check)"
+        )
+    source = file_trust_source([cacert], (), crl_files, urls)
     tok = SoftToken.open(token)
     tok.login(pin if pin is not None else str(typer.prompt("PIN", hide_input=True)))
-    ctx = TLCPContext(
-        credentials=Credentials.from_module(tok, container),
-        trust_anchors=_certs([cacert]),
-        **_suites(cipher_suite),
-    )
+    creds = Credentials.from_module(tok, container)
+    suites = _suites(cipher_suite)
+    state: dict[str, TLCPContext] = {}
+
+    def use(material: TrustMaterial) -> None:
+        state["ctx"] = TLCPContext(
+            credentials=creds,
+            trust_anchors=material.trust_anchors,
+            intermediates=material.intermediates,
+            crls=material.crls,
+            require_crl=not no_crl_check,
+            **suites,
+        )
+
+    async def refresh_loop() -> None:
+        while True:
+            await asyncio.sleep(crl_refresh)
+            try:
+                use(await call_source(source))
+            except Exception as exc:
+                err_console.print(f"CRL refresh failed ({exc}): keeping the previous CRLs")
 
     async def pipe(read: Any, writer: Any) -> None:
         while data := await read(65536):
@@ -305,7 +353,9 @@ def tunnel_command(
 
     async def handle(lr: asyncio.StreamReader, lw: asyncio.StreamWriter) -> None:
         try:
-            tr, tw = await aio.open_connection(gw_host, gw_port, ctx, server_name=server_name)
+            tr, tw = await aio.open_connection(
+                gw_host, gw_port, state["ctx"], server_name=server_name
+            )
         except (TLCPError, OSError, TimeoutError) as exc:
             err_console.print(f"gateway connection failed: {exc}")
             lw.close()
@@ -321,11 +371,19 @@ def tunnel_command(
             lw.close()
 
     async def main() -> None:
+        try:
+            use(await call_source(source))
+        except (OSError, MstCryptError) as exc:
+            fail(f"cannot load the trust anchors and CRLs: {exc}")
+        refresher = asyncio.create_task(refresh_loop())
         server = await asyncio.start_server(handle, local_host, local_port)
         bound = server.sockets[0].getsockname()
         print(f"listening on {bound[0]}:{bound[1]}", file=sys.stderr, flush=True)
-        async with server:
-            await server.serve_forever()
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            refresher.cancel()
 
     try:
         _run(main())

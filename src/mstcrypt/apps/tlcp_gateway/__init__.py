@@ -2,6 +2,7 @@
 encryption): terminals connect with TLCP and client certificates; the gateway forwards to
 internal TCP or HTTP services. See :mod:`.gateway` and :mod:`.config`."""
 
+from mstcrypt.apps.tlcp_gateway.asgi import ASGITLCPServer, run_asgi_tlcp, serve_asgi_tlcp
 from mstcrypt.apps.tlcp_gateway.config import (
     CredentialsConfig,
     GatewayConfig,
@@ -21,6 +22,7 @@ from mstcrypt.apps.tlcp_gateway.trust import (
 __all__ = [
     "SERIAL_HEADER",
     "SUBJECT_HEADER",
+    "ASGITLCPServer",
     "CredentialsConfig",
     "Gateway",
     "GatewayConfig",
@@ -32,4 +34,6 @@ __all__ = [
     "file_trust_source",
     "kmc_trust_source",
     "load_crl",
+    "run_asgi_tlcp",
+    "serve_asgi_tlcp",
 ]

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from mstcrypt.errors import PolicyError
-from mstcrypt.protocols.tlcp import CipherSuite, Credentials
+from mstcrypt.protocols.tlcp import CipherSuite, ClientAuth, Credentials
 
 __all__ = [
     "CredentialsConfig",
@@ -75,16 +75,28 @@ def parse_address(value: str) -> tuple[str, int]:
 
 @dataclass(frozen=True)
 class Route:
-    """Where a connection goes: ``upstream`` ``host:port``; ``mode`` ``tcp`` (bytes
-    forwarded unchanged) or ``http`` (HTTP/1.1 reverse proxy adding identity headers)."""
+    """Where a connection goes: ``upstream`` ``host:port`` or ``unix:/absolute/path`` (a
+    Unix socket); ``mode`` ``tcp`` (bytes forwarded unchanged) or ``http`` (HTTP/1.1
+    reverse proxy adding identity headers)."""
 
     upstream: str
     mode: str = "tcp"
 
     def __post_init__(self) -> None:
-        parse_address(self.upstream)
+        if self.unix_path is not None:
+            if not self.unix_path.startswith("/") or "\x00" in self.unix_path:
+                raise PolicyError(f"upstream {self.upstream!r}: unix: needs an absolute path")
+        else:
+            parse_address(self.upstream)
         if self.mode not in MODES:
             raise PolicyError(f"route mode {self.mode!r}: expected one of {', '.join(MODES)}")
+
+    @property
+    def unix_path(self) -> str | None:
+        """The socket path of a ``unix:`` upstream, else None."""
+        if isinstance(self.upstream, str) and self.upstream.startswith("unix:"):
+            return self.upstream[len("unix:") :]
+        return None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -105,8 +117,10 @@ class Route:
 @dataclass
 class ListenerConfig:
     """One TLCP listener. ``routes`` maps a server name (SNI, case-insensitive) to a
-    route; ``default`` serves connections that send no SNI. Any other name is refused
-    with unrecognized_name."""
+    route; ``default`` serves connections that send no SNI (and, with
+    ``match_any_name``, every name without a route). Any other name is refused with
+    unrecognized_name. ``client_auth`` is ``required`` (the default: terminals present a
+    certificate under the trust anchors), ``optional`` or ``none``."""
 
     port: int
     host: str = "127.0.0.1"
@@ -114,8 +128,19 @@ class ListenerConfig:
     default: Route | None = None
     cipher_suites: tuple[CipherSuite, ...] | None = None
     name: str = ""
+    client_auth: ClientAuth | str = ClientAuth.REQUIRED
+    match_any_name: bool = False
 
     def __post_init__(self) -> None:
+        try:
+            self.client_auth = ClientAuth(self.client_auth)
+        except ValueError:
+            choices = ", ".join(a.value for a in ClientAuth)
+            raise PolicyError(
+                f"listener client_auth {self.client_auth!r}: expected one of {choices}"
+            ) from None
+        if self.match_any_name and self.default is None:
+            raise PolicyError("match_any_name needs a default route")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise PolicyError("listener port must be in 0..65535")
         self.routes = {k.lower().rstrip("."): Route.parse(v) for k, v in self.routes.items()}
@@ -134,7 +159,10 @@ class ListenerConfig:
     def route_for(self, server_name: str | None) -> Route | None:
         if server_name is None:
             return self.default
-        return self.routes.get(server_name.lower().rstrip("."))
+        route = self.routes.get(server_name.lower().rstrip("."))
+        if route is None and self.match_any_name:
+            return self.default
+        return route
 
 
 def _suite(value: CipherSuite | str | int) -> CipherSuite:
@@ -206,14 +234,18 @@ class CredentialsConfig:
 @dataclass
 class TrustConfig:
     """Trust anchors, intermediates and CRLs for client certificates, re-read every
-    ``refresh_interval`` seconds (files re-read, URLs fetched, DER or PEM)."""
+    ``refresh_interval`` seconds (files re-read, URLs fetched, DER or PEM).
+
+    ``require_crl`` (default true) refuses a client certificate whose issuer has no CRL
+    here: every CA of the terminals' chains needs a CRL in ``crl_files`` or
+    ``crl_urls``. Setting it false (not recommended) is logged as a warning."""
 
     ca_files: tuple[Path, ...] = ()
     intermediate_files: tuple[Path, ...] = ()
     crl_files: tuple[Path, ...] = ()
     crl_urls: tuple[str, ...] = ()
     refresh_interval: float = 300.0
-    require_crl: bool = False
+    require_crl: bool = True
 
     def __post_init__(self) -> None:
         self.ca_files = tuple(Path(p) for p in self.ca_files)
@@ -286,7 +318,8 @@ class GatewayConfig:
 
         listeners = []
         for entry in data.get("listeners", []):
-            _only(entry, {"host", "port", "routes", "default", "mode", "cipher_suites", "name"}, "")
+            known = {"host", "port", "routes", "default", "mode", "cipher_suites", "name"}
+            _only(entry, known | {"client_auth", "match_any_name"}, "")
             mode = str(entry.get("mode", "tcp"))
             routes = {str(k): Route.parse(v, mode) for k, v in entry.get("routes", {}).items()}
             default = entry.get("default")
@@ -298,6 +331,8 @@ class GatewayConfig:
                     default=None if default is None else Route.parse(default, mode),
                     cipher_suites=entry.get("cipher_suites"),
                     name=str(entry.get("name", "")),
+                    client_auth=str(entry.get("client_auth", "required")),
+                    match_any_name=_bool(entry.get("match_any_name", False), "match_any_name"),
                 )
             )
         creds = None
@@ -325,7 +360,7 @@ class GatewayConfig:
                 crl_files=paths(t.get("crl_files")),
                 crl_urls=tuple([urls] if isinstance(urls, str) else urls),
                 refresh_interval=float(t.get("refresh_interval", 300.0)),
-                require_crl=bool(t.get("require_crl", False)),
+                require_crl=_bool(t.get("require_crl", True), "require_crl"),
             )
         numbers = {k: data[k] for k in top - {"listeners", "credentials", "trust"} if k in data}
         return cls(listeners=listeners, credentials=creds, trust=trust, **numbers)
@@ -337,6 +372,12 @@ def _only(table: Any, allowed: set[str], what: str) -> None:
     unknown = set(table) - allowed
     if unknown:
         raise PolicyError(f"unknown {what or 'listener'} setting(s): {', '.join(sorted(unknown))}")
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise PolicyError(f"{what} must be true or false")
+    return value
 
 
 def _read(path: Path) -> bytes:

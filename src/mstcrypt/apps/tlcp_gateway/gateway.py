@@ -27,6 +27,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mstcrypt.apps.tlcp_gateway.config import GatewayConfig, ListenerConfig, Route
+from mstcrypt.apps.tlcp_gateway.http import (
+    MAX_CHUNK_LINE,
+    MAX_FIELDS,
+    HTTPRequestError,
+    check_trailer_line,
+    parse_chunk_size,
+    parse_request_head,
+)
 from mstcrypt.apps.tlcp_gateway.trust import (
     TrustMaterial,
     TrustSource,
@@ -51,15 +59,10 @@ access_log = logging.getLogger("mstcrypt.gateway.access")
 
 SUBJECT_HEADER = "X-MST-Client-Subject"
 SERIAL_HEADER = "X-MST-Client-Serial"
-_IDENTITY_HEADERS = {SUBJECT_HEADER.lower().encode(), SERIAL_HEADER.lower().encode()}
 CHUNK = 65536
 
 
 class _Idle(Exception):
-    pass
-
-
-class _BadRequest(Exception):
     pass
 
 
@@ -101,7 +104,12 @@ class Gateway:
 
     ``credentials`` and ``trust_source`` override the configuration's ``credentials`` and
     ``trust`` sections (for example ``kmc_trust_source(kmc)``); ``refresh_interval``
-    overrides ``trust.refresh_interval``.
+    overrides ``trust.refresh_interval``. A trust source is needed unless every listener
+    has ``client_auth = "none"``.
+
+    Client certificates are checked against CRLs, and a certificate whose issuer has no
+    CRL in the trust material is refused (``require_crl``, default true, from
+    ``trust.require_crl`` or the argument). Turning that off is logged as a warning.
     """
 
     def __init__(
@@ -120,28 +128,35 @@ class Gateway:
             credentials = config.credentials.load()
         self.credentials = credentials
         trust = config.trust
-        if trust_source is None:
-            if trust is None:
-                raise PolicyError("the gateway needs a trust source (trust anchors and CRLs)")
+        authenticates = any(lc.client_auth is not ClientAuth.NONE for lc in config.listeners)
+        if trust_source is None and trust is not None:
             trust_source = file_trust_source(
                 trust.ca_files, trust.intermediate_files, trust.crl_files, trust.crl_urls
             )
+        if trust_source is None and authenticates:
+            raise PolicyError("the gateway needs a trust source (trust anchors and CRLs)")
         self.trust_source = trust_source
         self.refresh_interval = refresh_interval or (trust.refresh_interval if trust else 300.0)
-        self.require_crl = (
-            require_crl if require_crl is not None else bool(trust and trust.require_crl)
-        )
+        if require_crl is None:
+            require_crl = trust.require_crl if trust is not None else True
+        self.require_crl = require_crl
+        if authenticates and not require_crl:
+            log.warning(
+                "require_crl is off: a client certificate whose issuer has no CRL is accepted "
+                "without a revocation check"
+            )
         self.trust: TrustMaterial | None = None
         self._contexts: dict[str, TLCPContext] = {}
         self._servers: list[tuple[ListenerConfig, asyncio.Server]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refresher: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = False
         self.active = 0
         self.refresh_count = 0
 
     # --- trust ------------------------------------------------------------------------
-    def _context(self, listener: ListenerConfig, trust: TrustMaterial) -> TLCPContext:
+    def _context(self, listener: ListenerConfig, trust: TrustMaterial | None) -> TLCPContext:
         def sni(host: str | None) -> Credentials | None:
             if listener.route_for(host) is None:
                 raise TLCPError(
@@ -153,20 +168,23 @@ class Gateway:
         kw: dict[str, Any] = {}
         if listener.cipher_suites:
             kw["cipher_suites"] = listener.cipher_suites
+        if trust is not None:
+            kw.update(
+                trust_anchors=trust.trust_anchors,
+                intermediates=trust.intermediates,
+                crls=trust.crls,
+            )
         return TLCPContext(
             credentials=self.credentials,
-            trust_anchors=trust.trust_anchors,
-            intermediates=trust.intermediates,
-            crls=trust.crls,
             require_crl=self.require_crl,
-            client_auth=ClientAuth.REQUIRED,
+            client_auth=listener.client_auth,
             sni_callback=sni,
             **kw,
         )
 
-    async def refresh_trust(self) -> TrustMaterial:
+    async def refresh_trust(self) -> TrustMaterial | None:
         """Fetch the trust material now and use it for new connections."""
-        trust = await call_source(self.trust_source)
+        trust = None if self.trust_source is None else await call_source(self.trust_source)
         self._contexts = {lc.name: self._context(lc, trust) for lc in self.config.listeners}
         self.trust = trust
         self.refresh_count += 1
@@ -189,7 +207,8 @@ class Gateway:
             )
             self._servers.append((lc, server))
             log.info("gateway listening on %s", self.addresses[-1])
-        self._refresher = asyncio.create_task(self._refresh_loop())
+        if self.trust_source is not None:
+            self._refresher = asyncio.create_task(self._refresh_loop())
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -204,16 +223,26 @@ class Gateway:
         finally:
             await self.close()
 
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting, let open connections finish for ``grace`` seconds (default
-        ``shutdown_grace``), then cut them."""
-        if self._closing:
-            return
+    def stop_accepting(self) -> None:
+        """Close the listeners and stop refreshing trust; open connections go on."""
         self._closing = True
         if self._refresher is not None:
             self._refresher.cancel()
         for _, s in self._servers:
             s.close()
+
+    @property
+    def connections(self) -> int:
+        """Connections being handled (handshaking or relaying)."""
+        return len(self._tasks)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, let open connections finish for ``grace`` seconds (default
+        ``shutdown_grace``), then cut them."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop_accepting()
         grace = self.config.shutdown_grace if grace is None else grace
         tasks = set(self._tasks)
         if tasks:
@@ -270,11 +299,13 @@ class Gateway:
                 return
             sni = writer.get_extra_info("server_name")
             peer = writer.get_extra_info("peer_certificates")
-            subject, serial = name_to_str(peer[0].subject), f"{peer[0].serial:X}"
+            subject = serial = None
+            if peer:
+                subject, serial = name_to_str(peer[0].subject), f"{peer[0].serial:X}"
             rec.fields.update(
                 sni=sni or "-",
-                subject=subject,
-                serial=serial,
+                subject=subject or "-",
+                serial=serial or "-",
                 suite=writer.get_extra_info("cipher_suite").name,
             )
             route = lc.route_for(sni)
@@ -282,15 +313,14 @@ class Gateway:
             rec.fields["upstream"] = route.upstream
             try:
                 async with asyncio.timeout(self.config.connect_timeout):
-                    up_r, up_w = await asyncio.open_connection(*route.address)
+                    up_r, up_w = await _open_upstream(route)
             except (OSError, TimeoutError) as exc:
                 rec.fields["result"] = f"upstream_failed:{type(exc).__name__}"
                 return
-            sock = up_w.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            await self._relay(rec, route, reader, writer, up_r, up_w, subject, serial)
+            peername = raw_w.get_extra_info("peername")
+            peer_host = peername[0] if isinstance(peername, tuple) else None
+            added = _added_headers(subject, serial, peer_host)
+            await self._relay(rec, route, reader, writer, up_r, up_w, added)
         except asyncio.CancelledError:
             rec.fields["result"] = "cut:shutdown"
             raise
@@ -315,30 +345,38 @@ class Gateway:
         writer: aio.TLCPStreamWriter,
         up_r: asyncio.StreamReader,
         up_w: asyncio.StreamWriter,
-        subject: str,
-        serial: str,
+        added: list[tuple[bytes, bytes]],
     ) -> None:
         async def downstream() -> None:
             await self._pipe(rec, up_r.read, writer, "out")
 
-        async def upstream() -> None:
-            if route.mode == "http":
-                await self._http_requests(rec, reader, writer, up_w, subject, serial)
-            else:
-                await self._pipe(rec, reader.read, up_w, "in")
+        down = asyncio.create_task(downstream())
 
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        async def upstream() -> None:
+            if route.mode != "http":
+                await self._pipe(rec, reader.read, up_w, "in")
+                return
+            try:
+                last = await self._http_requests(rec, reader, up_w, added)
+            except HTTPRequestError as exc:
+                down.cancel()
+                self._http_error(writer, exc.status)
+                raise
+            if last:  # Connection: close: let the response through, then end
+                await down
+
+        tasks = [asyncio.create_task(upstream()), down]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             first = done.pop()
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            exc = first.exception()
+            exc = None if first.cancelled() else first.exception()
             if isinstance(exc, _Idle):
                 rec.fields["result"] = "idle_timeout"
-            elif isinstance(exc, _BadRequest):
-                rec.fields["result"] = f"bad_request:{exc}"
+            elif isinstance(exc, HTTPRequestError):
+                rec.fields["result"] = f"bad_request:{str(exc).replace(' ', '_')}"
             elif isinstance(exc, TLCPError):
                 rec.fields["result"] = f"tlcp_error:{exc.alert.name.lower()}"
             elif exc is not None:
@@ -377,42 +415,35 @@ class Gateway:
         self,
         rec: _Conn,
         reader: aio.TLCPStreamReader,
-        writer: aio.TLCPStreamWriter,
         up_w: asyncio.StreamWriter,
-        subject: str,
-        serial: str,
-    ) -> None:
-        identity = [
-            f"{SUBJECT_HEADER}: {_header_value(subject)}\r\n".encode(),
-            f"{SERIAL_HEADER}: {serial}\r\n".encode(),
-        ]
+        added: list[tuple[bytes, bytes]],
+    ) -> bool:
+        """Forward requests one by one, each re-framed (see :mod:`.http`) with the
+        gateway's identity and forwarding headers ``added``. True when the last one asked
+        to close the connection, False at the end of the terminal's stream."""
         limit = self.config.max_header_bytes
         while True:
             try:
                 head = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n\r\n"))
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
-                    raise _BadRequest("truncated request head") from None
-                return
+                    raise HTTPRequestError("truncated request head") from None
+                return False
             except asyncio.LimitOverrunError:
-                self._http_error(writer, 431, "Request Header Fields Too Large")
-                raise _BadRequest("head too large") from None
+                raise HTTPRequestError("request head too large", 431) from None
             if len(head) > limit:
-                self._http_error(writer, 431, "Request Header Fields Too Large")
-                raise _BadRequest("head too large")
+                raise HTTPRequestError("request head too large", 431)
             rec.last = time.monotonic()
-            try:
-                out, length, chunked = _rewrite_head(head, identity)
-            except _BadRequest:
-                self._http_error(writer, 400, "Bad Request")
-                raise
+            req = parse_request_head(head)
             rec.bytes_in += len(head)
-            up_w.write(out)
-            if chunked:
+            up_w.write(req.encode(added))
+            if req.chunked:
                 await self._copy_chunked(rec, reader, up_w)
-            elif length:
-                await self._copy_exactly(rec, reader, up_w, length)
+            elif req.content_length:
+                await self._copy_exactly(rec, reader, up_w, req.content_length)
             await up_w.drain()
+            if req.close:
+                return True
 
     async def _copy_exactly(
         self, rec: _Conn, reader: aio.TLCPStreamReader, up_w: asyncio.StreamWriter, n: int
@@ -421,37 +452,56 @@ class Gateway:
             want = min(n, CHUNK)
             data = await self._read_idle(rec, lambda want=want: reader.read(want))
             if not data:
-                raise _BadRequest("truncated body")
+                raise HTTPRequestError("truncated body")
             rec.last = time.monotonic()
             rec.bytes_in += len(data)
             n -= len(data)
             up_w.write(data)
             await up_w.drain()
 
+    async def _read_line(self, rec: _Conn, reader: aio.TLCPStreamReader, limit: int) -> bytes:
+        try:
+            line = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n"))
+        except asyncio.IncompleteReadError:
+            raise HTTPRequestError("truncated chunked body") from None
+        except asyncio.LimitOverrunError:
+            raise HTTPRequestError("line too long in a chunked body") from None
+        if len(line) > limit:
+            raise HTTPRequestError("line too long in a chunked body")
+        rec.last = time.monotonic()
+        rec.bytes_in += len(line)
+        return line
+
     async def _copy_chunked(
         self, rec: _Conn, reader: aio.TLCPStreamReader, up_w: asyncio.StreamWriter
     ) -> None:
+        """Re-emit the chunks with canonical size lines; read, check and drop the
+        trailers (never forwarded)."""
         while True:
-            line = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n"))
-            up_w.write(line)
-            rec.bytes_in += len(line)
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _BadRequest("bad chunk size") from None
-            if size < 0:
-                raise _BadRequest("bad chunk size")
+            size = parse_chunk_size(await self._read_line(rec, reader, MAX_CHUNK_LINE))
             if size == 0:
-                while True:  # trailers, then the empty line
-                    t = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n"))
-                    up_w.write(t)
-                    rec.bytes_in += len(t)
-                    if t == b"\r\n":
-                        return
-            await self._copy_exactly(rec, reader, up_w, size + 2)
+                break
+            up_w.write(b"%X\r\n" % size)
+            await self._copy_exactly(rec, reader, up_w, size)
+            try:
+                crlf = await self._read_idle(rec, lambda: reader.readexactly(2))
+            except asyncio.IncompleteReadError:
+                raise HTTPRequestError("truncated chunked body") from None
+            if crlf != b"\r\n":
+                raise HTTPRequestError("chunk data not followed by CRLF")
+            up_w.write(b"\r\n")
+        budget, fields = self.config.max_header_bytes, 0
+        while (line := await self._read_line(rec, reader, budget)) != b"\r\n":
+            check_trailer_line(line)
+            budget -= len(line)
+            fields += 1
+            if fields > MAX_FIELDS or budget <= 0:
+                raise HTTPRequestError("trailer section too large", 431)
+        up_w.write(b"0\r\n\r\n")
 
     @staticmethod
-    def _http_error(writer: aio.TLCPStreamWriter, status: int, reason: str) -> None:
+    def _http_error(writer: aio.TLCPStreamWriter, status: int) -> None:
+        reason = {400: "Bad Request", 431: "Request Header Fields Too Large"}.get(status, "Error")
         with contextlib.suppress(Exception):
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
@@ -459,36 +509,27 @@ class Gateway:
             )
 
 
-def _rewrite_head(head: bytes, identity: list[bytes]) -> tuple[bytes, int, bool]:
-    """The request head with identity headers replaced; and the body framing
-    (Content-Length, chunked). Refuses what could be read two ways (request smuggling)."""
-    lines = head[:-4].split(b"\r\n")
-    request_line = lines[0]
-    parts = request_line.split(b" ")
-    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-        raise _BadRequest("bad request line")
-    kept = [request_line + b"\r\n"]
-    length: int | None = None
-    chunked = False
-    for line in lines[1:]:
-        if not line or line[:1] in b" \t":
-            raise _BadRequest("obsolete line folding")
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip() or b"\n" in line or b"\r" in line:
-            raise _BadRequest("bad header line")
-        lname = name.lower()
-        if lname in _IDENTITY_HEADERS:
-            continue
-        v = value.strip()
-        if lname == b"content-length":
-            if length is not None or not v.isdigit():
-                raise _BadRequest("bad content-length")
-            length = int(v)
-        elif lname == b"transfer-encoding":
-            if v.lower() != b"chunked" or chunked:
-                raise _BadRequest("unsupported transfer-encoding")
-            chunked = True
-        kept.append(line + b"\r\n")
-    if chunked and length is not None:
-        raise _BadRequest("both content-length and transfer-encoding")
-    return b"".join([*kept, *identity, b"\r\n"]), length or 0, chunked
+async def _open_upstream(route: Route) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if route.unix_path is not None:
+        return await asyncio.open_unix_connection(route.unix_path)
+    reader, writer = await asyncio.open_connection(*route.address)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
+
+
+def _added_headers(
+    subject: str | None, serial: str | None, peer_host: str | None
+) -> list[tuple[bytes, bytes]]:
+    """The headers the gateway asserts: the client certificate's subject and serial (when
+    the terminal presented one) and where the request came from."""
+    out = []
+    if subject is not None and serial is not None:
+        out.append((SUBJECT_HEADER.encode(), _header_value(subject).encode()))
+        out.append((SERIAL_HEADER.encode(), serial.encode()))
+    if peer_host:
+        out.append((b"X-Forwarded-For", peer_host.encode("ascii", "replace")))
+    out.append((b"X-Forwarded-Proto", b"https"))
+    return out

@@ -75,9 +75,14 @@ def file_trust_source(
     *,
     timeout: float = 10.0,
     max_crl_bytes: int = 16 << 20,
+    fetch: Callable[[str], bytes] | None = None,
 ) -> TrustSource:
     """A source that re-reads PEM CA files and CRL files (DER or PEM) and fetches CRLs
-    from http(s) URLs (in a worker thread) at each refresh."""
+    from http(s) URLs (in a worker thread) at each refresh. ``fetch(url) -> bytes``
+    replaces the default fetcher (urllib: plain HTTP or standard TLS), for example with
+    one going through :mod:`mstcrypt.protocols.tlcp.http_client` when the CRLs are
+    published over TLCP. A CRL is signed, so the channel it comes through needs no
+    authentication."""
 
     def certs(files: Sequence[str | Path]) -> tuple[Certificate, ...]:
         return tuple(c for f in files for c in load_certificates(Path(f).read_bytes()))
@@ -85,7 +90,13 @@ def file_trust_source(
     async def source() -> TrustMaterial:
         crls = [load_crl(Path(f).read_bytes()) for f in crl_files]
         for url in crl_urls:
-            crls.append(load_crl(await asyncio.to_thread(_fetch, url, timeout, max_crl_bytes)))
+            if fetch is None:
+                data = await asyncio.to_thread(_fetch, url, timeout, max_crl_bytes)
+            else:
+                data = await asyncio.to_thread(fetch, url)
+                if len(data) > max_crl_bytes:
+                    raise PolicyError(f"CRL at {url} is larger than {max_crl_bytes} bytes")
+            crls.append(load_crl(data))
         return TrustMaterial(certs(ca_files), certs(intermediate_files), tuple(crls))
 
     return source

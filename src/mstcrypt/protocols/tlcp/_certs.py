@@ -7,7 +7,7 @@ import ipaddress
 from collections.abc import Sequence
 from datetime import datetime
 
-from mstcrypt.errors import DecodeError
+from mstcrypt.errors import DecodeError, UnsupportedError
 from mstcrypt.pki import Certificate, CertificateError, validate_path
 from mstcrypt.protocols.tlcp.constants import AlertDescription
 from mstcrypt.protocols.tlcp.context import TLCPContext
@@ -34,10 +34,18 @@ ENC_USAGES = frozenset({"key_encipherment", "key_agreement"})
 
 
 def parse_chain(ders: Sequence[bytes]) -> tuple[Certificate, ...]:
+    """Parse the peer's certificate list. A certificate that is not an SM2 certificate
+    signed with SM2-with-SM3 (an RSA or ECDSA certificate, say) is ``unsupported_certificate``;
+    one that does not parse is ``bad_certificate``."""
     out = []
     for i, der in enumerate(ders):
         try:
             out.append(Certificate.from_der(der))
+        except UnsupportedError as exc:
+            raise TLCPError(
+                AlertDescription.UNSUPPORTED_CERTIFICATE,
+                f"certificate {i} is not an SM2 certificate: {exc}",
+            ) from None
         except DecodeError as exc:
             raise TLCPError(
                 AlertDescription.BAD_CERTIFICATE, f"certificate {i} is malformed: {exc}"

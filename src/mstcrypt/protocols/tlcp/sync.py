@@ -118,6 +118,11 @@ class TLCPSocket:
         else:
             self._flush()
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of application data received and not read yet."""
+        return len(self._plain)
+
     def do_handshake(self) -> HandshakeComplete:
         while self.handshake is None:
             if self._eof:
