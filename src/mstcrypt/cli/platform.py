@@ -192,23 +192,82 @@ def audit_checkpoint(data_dir: DataDir = None) -> None:
     console.print(f"signed checkpoint at record {kmc.checkpoint()}")
 
 
+def _endpoint_names(settings: Any, names: list[str] | None, host: str) -> list[str]:
+    import ipaddress
+    import urllib.parse
+
+    out = list(names or [])
+    public = urllib.parse.urlsplit(settings.public_url).hostname
+    if public:
+        out.append(public)
+    if host not in ("0.0.0.0", "::"):  # noqa: S104 - a name, not a bind
+        out.append(host)
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(out[-1] if out else "127.0.0.1").is_loopback:
+            out += ["localhost", "127.0.0.1"]
+    return list(dict.fromkeys(out)) or ["localhost"]
+
+
 def serve_command(
     host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port")] = 8600,
     data_dir: DataDir = None,
     init: Annotated[bool, typer.Option("--init", help="Initialise the CA if needed.")] = False,
+    tls: Annotated[
+        str,
+        typer.Option(
+            "--tls",
+            help="tlcp (default): terminate TLCP here with certificates from the platform's "
+            "own CA; none: plain HTTP for a TLS-terminating reverse proxy on this host "
+            "(set MSTCRYPT_TRUSTED_PROXIES to its address).",
+        ),
+    ] = "tlcp",
+    server_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server-name",
+            help="Name (DNS or IP) clients dial, certified in the endpoint's certificate "
+            "(repeatable; default: MSTCRYPT_PUBLIC_URL's host and --host).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the platform (CA, CRL, directory, enrollment, KMC, admin) over HTTP."""
-    import uvicorn
-
+    """Run the platform (CA, CRL, directory, enrollment, KMC, admin) over TLCP."""
     from mstcrypt.server.app import create_app
 
+    if tls not in ("tlcp", "none"):
+        fail("--tls is tlcp or none")
     kmc, settings = _kmc(data_dir)
     if init and not kmc.is_initialised():
         kmc.init_ca(actor="serve")
-    # X-Forwarded-For is interpreted by the app against MSTCRYPT_TRUSTED_PROXIES only
-    uvicorn.run(
-        create_app(settings, kmc), host=host, port=port, log_level="warning", proxy_headers=False
+    if not kmc.is_initialised():
+        fail("the CA is not initialised: run `mstcrypt ca init` first (or pass --init)")
+    app = create_app(settings, kmc)
+    if tls == "none":
+        import uvicorn
+
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            console.print(
+                "[yellow]warning:[/yellow] plain HTTP on a non-loopback address: enrollment "
+                "codes and session tokens would cross the network in clear"
+            )
+        # X-Forwarded-For is interpreted by the app against MSTCRYPT_TRUSTED_PROXIES only
+        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+        return
+    from mstcrypt.apps.tlcp_gateway.asgi import run_asgi_tlcp
+    from mstcrypt.server.tlcp import platform_credentials
+
+    names = _endpoint_names(settings, server_name, host)
+    creds = platform_credentials(kmc, names)
+    console.print(
+        f"platform on tlcp://{host}:{port} as {', '.join(names)} "
+        f"(certificate {creds.sign_certificate.serial:x} from the platform's CA)"
+    )
+    run_asgi_tlcp(
+        app,
+        host=host,
+        port=port,
+        server_credentials=creds,
+        uvicorn_options={"log_level": "warning"},
     )
 
 
@@ -308,36 +367,87 @@ def login_command(
 
 
 @contextlib.contextmanager
-def running_platform(data_dir: Path, settings: Any = None) -> Iterator[str]:
-    """Start the platform in this process on a free loopback port; yields its URL."""
-    import uvicorn
-
+def running_platform(data_dir: Path, settings: Any = None, *, tls: bool = True) -> Iterator[str]:
+    """Start the platform in this process on a free loopback port — over TLCP with the
+    platform's own certificates (``https://`` URL) unless ``tls`` is false — and yield
+    its URL."""
     from mstcrypt.server.app import create_app
     from mstcrypt.server.config import Settings
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     settings = settings or Settings.from_env(data_dir, public_url=url)
     settings.public_url = url
     kmc = settings.kmc()
     kmc.create_schema()
     if not kmc.is_initialised():
         kmc.init_ca(actor="demo")
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, kmc), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
+    app = create_app(settings, kmc)
+    if tls:
+        runner: Any = _TlcpRunner(app, kmc, port)
+    else:
+        import uvicorn
+
+        runner = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+    thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
-    while not server.started:
+    while not runner.started:
         if time.monotonic() > deadline or not thread.is_alive():
             fail("the platform did not start")
         time.sleep(0.05)
     try:
         yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        runner.should_exit = True
+        thread.join(timeout=15)
         kmc.db.dispose()
+
+
+class _TlcpRunner:
+    """The TLCP endpoint in a thread's event loop, with uvicorn.Server's start/stop flags."""
+
+    def __init__(self, app: Any, kmc: Any, port: int) -> None:
+        from mstcrypt.server.tlcp import platform_credentials
+
+        self.app, self.port = app, port
+        self.credentials = platform_credentials(kmc, ["127.0.0.1", "localhost"])
+        self.started = False
+        self._exit: Any = None
+
+    @property
+    def should_exit(self) -> bool:
+        return False
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value and self._exit is not None:
+            self._loop.call_soon_threadsafe(self._exit.set)
+
+    def run(self) -> None:
+        import asyncio
+
+        from mstcrypt.apps.tlcp_gateway.asgi import ASGITLCPServer
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._exit = asyncio.Event()
+            server = ASGITLCPServer(
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                server_credentials=self.credentials,
+                uvicorn_options={"log_level": "warning"},
+            )
+            await server.start()
+            self.started = True
+            try:
+                await self._exit.wait()
+            finally:
+                await server.close()
+
+        asyncio.run(main())

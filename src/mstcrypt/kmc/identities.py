@@ -133,11 +133,14 @@ class IdentityService:
                 cert is not None
                 and cert.public_key == ident.public_key()
                 and self._profile_of(cert) == profile.value
+                and cert.subject_str.endswith(f"CN={common_name}")
+                and set(cert.subject_alt_names) == set(sans)
             ):
                 return ident
         with self.ctx.unit(actor) as u:
             row = u.s.get(ServiceKey, name, with_for_update={"key_share": True})
             pub = SM2PublicKey.from_bytes(row.public_key) if row else self.create_key(u, name)
+            old = self.ca.active_certificates(u, owner=f"service:{name}")
             cert = self.ca.issue(
                 u,
                 public_key=pub,
@@ -148,6 +151,8 @@ class IdentityService:
                 key_id=None,
                 subject_alt_names=sans,
             )
+            if old:
+                self.ca.revoke_rows(u, old, "superseded", why="service certificate renewed")
             u.audit(
                 "service.identity",
                 f"service:{name}",

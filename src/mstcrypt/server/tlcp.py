@@ -1,0 +1,41 @@
+"""The platform's own TLCP endpoint: ``mstcrypt serve`` terminates TLCP itself with dual
+certificates from its own CA (keys in the SS-CC), so enrollment codes, session tokens and
+operator requests never cross the network in clear.
+
+The terminal validates the endpoint's certificate against the root preset in its token
+and the server name it dialled (:func:`mstcrypt.protocols.tlcp.http_client.tlcp_transport`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mstcrypt.kmc.service import Kmc
+from mstcrypt.pki import Profile
+from mstcrypt.protocols.tlcp import Credentials
+
+__all__ = ["SIGN_IDENTITY", "ENC_IDENTITY", "platform_credentials"]
+
+SIGN_IDENTITY = "platform-tlcp-sign"
+ENC_IDENTITY = "platform-tlcp-enc"
+
+
+def platform_credentials(kmc: Kmc, names: Sequence[str]) -> Credentials:
+    """The endpoint's signing and encryption identities (created and certified on first
+    use, re-certified when ``names`` change), as TLCP credentials whose private-key
+    operations run in the SS-CC. ``names[0]`` is the CN; all names are SANs."""
+    names = list(dict.fromkeys(names))
+    sign, sign_cert = kmc.service_identity(
+        SIGN_IDENTITY, Profile.GATEWAY_SIGN, names[0], subject_alt_names=names
+    )
+    enc, enc_cert = kmc.service_identity(
+        ENC_IDENTITY, Profile.GATEWAY_ENC, names[0], subject_alt_names=names
+    )
+    issuing = kmc.chain()[0]
+    return Credentials(
+        sign_certificate=sign_cert,
+        enc_certificate=enc_cert,
+        sign=lambda data: sign.sign(data),
+        decrypt=enc.decrypt,
+        chain=(issuing,),
+    )
