@@ -39,7 +39,15 @@ from dataclasses import dataclass
 
 from mstcrypt.errors import PolicyError
 
-__all__ = ["Profile", "ProfileSpec", "spec"]
+__all__ = ["POLICY_LOGIN_SERVER", "Profile", "ProfileSpec", "spec"]
+
+#: certificatePolicies marker of the login server's signing certificate (T/ZSA 37-2020
+#: §7.3): a terminal accepts Cert-S only when it carries this policy, so no other
+#: certificate of the platform (a user's device certificate, a gateway's) can stand in
+#: for the information system. A UUID-derived OID (ITU-T X.667, arc 2.25): no
+#: registration needed and no collision with anyone else's. A policy rather than an
+#: EKU because GmSSL rejects certificates with EKU values it does not know.
+POLICY_LOGIN_SERVER = "2.25.231913627963803899251756409685742611395"
 
 
 class Profile(enum.StrEnum):
@@ -74,7 +82,8 @@ class ProfileSpec:
     key_encipherment, data_encipherment, key_agreement, key_cert_sign, crl_sign);
     ``extended_key_usage`` asn1crypto KeyPurposeId names or dotted OIDs, in the order
     they are written; ``path_len`` is the basicConstraints pathLenConstraint of a CA
-    (None: no limit, or not a CA); ``default_days`` the usual lifetime.
+    (None: no limit, or not a CA); ``default_days`` the usual lifetime; ``policies``
+    the certificatePolicies identifiers written (dotted OIDs, non-critical).
     """
 
     key_usage: frozenset[str]
@@ -82,6 +91,7 @@ class ProfileSpec:
     is_ca: bool
     path_len: int | None
     default_days: int
+    policies: tuple[str, ...] = ()
 
     @property
     def is_encryption(self) -> bool:
@@ -108,7 +118,9 @@ _SPECS: dict[Profile, ProfileSpec] = {
     Profile.IM_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.MAIL_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
     Profile.MAIL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.LOGIN_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.LOGIN_SERVER_SIGN: ProfileSpec(
+        _SIGN, _SERVER, False, None, 1095, policies=(POLICY_LOGIN_SERVER,)
+    ),
     Profile.LOGIN_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.SEAL_SERVER_SIGN: ProfileSpec(_SIGN_NR, _SERVER, False, None, 1095),
     Profile.SEAL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
