@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from mstcrypt.apps.login import tokens
 from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, RevokedSession
-from mstcrypt.apps.login.service import LoginPolicy, LoginService
+from mstcrypt.apps.login.service import LoginPolicy, LoginService, source_bucket
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.db import Database
@@ -419,9 +419,21 @@ def test_source_rate_limit_locks_the_source_only(platform: Kmc) -> None:
     assert e.value.reason == "locked_out"
     _login(svc, alice, platform, source="10.0.0.1")
     _login(svc, bob, platform, source="10.0.0.2")
-    # a real X-Forwarded-For spoof is the server's business; here a distinct source is
-    # a distinct bucket
-    _login(svc, bob, platform, source="evil2")
+    # IPv6: one bucket per /64, so rotating through one's own /64 gains nothing
+    for i in range(4):
+        _junk(svc, alice, platform, f"2001:db8:0:7::{i + 1:x}", i)
+    with pytest.raises(PolicyError, match="failed logins from this address"):
+        svc.challenge(source="2001:db8:0:7:ffff::1")
+    _login(svc, bob, platform, source="2001:db8:0:8::1")
+
+
+def test_source_bucket() -> None:
+    assert source_bucket("192.0.2.7") == "192.0.2.7"
+    assert source_bucket("2001:db8:1:2:3:4:5:6") == source_bucket("2001:db8:1:2::1")
+    assert source_bucket("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert source_bucket("2001:db8:1:3::1") != source_bucket("2001:db8:1:2::1")
+    assert source_bucket("::ffff:192.0.2.7") == "192.0.2.7"
+    assert source_bucket("-") == "-" and len(source_bucket("x" * 500)) == 120
 
 
 def test_wrong_password_after_valid_signature_locks_the_certificate(platform: Kmc) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import time
@@ -54,7 +55,7 @@ from mstcrypt.protocols.login import (
     check_login_server_certificate,
 )
 
-__all__ = ["LoginPolicy", "LoginService"]
+__all__ = ["LoginPolicy", "LoginService", "source_bucket"]
 
 _LC = LoginChallenge.__table__
 _LF = LoginFailures.__table__
@@ -88,6 +89,22 @@ class LoginPolicy:
     challenges_per_minute: int = 600
     purge_every: int = 256
     purge_batch: int = 1000
+
+
+def source_bucket(source: str) -> str:
+    """The rate-limit bucket of a client address: an IPv4 address as it is, an IPv6
+    address by its /64 (one subscriber holds a whole /64 and could otherwise rotate
+    through it), an IPv4-mapped IPv6 address as its IPv4 address; anything else (a
+    name, "-") as given, truncated."""
+    try:
+        ip = ipaddress.ip_address(source.split("%", 1)[0])
+    except ValueError:
+        return source[:120]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
 
 
 class _WindowLimiter:
@@ -176,7 +193,7 @@ class LoginService:
     def challenge(self, *, source: str = "-") -> Challenge:
         """A fresh challenge, recorded in the database (single use, expiring)."""
         now = int(self.clock())
-        if not self._challenge_limiter.allow(source, now):
+        if not self._challenge_limiter.allow(source_bucket(source), now):
             raise PolicyError("too many login requests from this address; retry later")
         ch = self.protocol.challenge(self._now())
         with RawTx(self.kmc.db) as tx:
@@ -207,7 +224,7 @@ class LoginService:
 
     @staticmethod
     def _source_key(source: str) -> str:
-        return f"src:{source[:120]}"
+        return f"src:{source_bucket(source)}"
 
     # -- step e/f ------------------------------------------------------------------------
     def respond(
@@ -295,14 +312,14 @@ class LoginService:
                     details={"source": source, "jti": claims["jti"], "amr": amr},
                 )
         except LoginError as exc:
-            self._fail(
-                serial if exc.reason in _CERT_FACTOR_FAILURES else None,
-                source,
-                exc.reason,
-                challenge_id,
-                source_locked=source_locked,
-                claimed=serial,
-            )
+            if not source_locked:  # a locked source costs no write and grows no log
+                self._fail(
+                    serial if exc.reason in _CERT_FACTOR_FAILURES else None,
+                    source,
+                    exc.reason,
+                    challenge_id,
+                    claimed=serial,
+                )
             raise
         return {"session_token": tokens.issue(claims, self._key.sign), "claims": claims}
 
@@ -363,13 +380,12 @@ class LoginService:
         reason: str,
         challenge_id: str | None = None,
         *,
-        source_locked: bool = False,
         claimed: str | None = None,
     ) -> None:
-        """Record a failed attempt: consume its challenge; unless the source is locked,
-        count it against the source and, when ``cert_serial`` is given (a wrong password
-        after a valid Token-M), against that certificate; audit it. ``claimed`` is the
-        serial of the certificate the request presented (audited, never counted)."""
+        """Record a failed attempt: consume its challenge, count it against the source
+        and, when ``cert_serial`` is given (a wrong password after a valid Token-M),
+        against that certificate; audit it. ``claimed`` is the serial of the certificate
+        the request presented (audited, never counted)."""
         now = int(self.clock())
         p = self.policy
         with RawTx(self.kmc.db) as tx:
@@ -378,8 +394,6 @@ class LoginService:
                     "UPDATE login_challenges SET used_at = :at WHERE id = :cid AND used_at IS NULL",
                     {"at": tx.ts(self._now()), "cid": challenge_id},
                 )
-            if source_locked:
-                return  # neither counted (no extension) nor audited (no log growth)
             counters = [(self._source_key(source), p.source_max_failures)]
             if cert_serial is not None:
                 counters.append((f"cert:{cert_serial}", p.max_failures))
