@@ -19,7 +19,7 @@ from mstcrypt.kmc.models import AuditRecord, EncryptionKey
 from mstcrypt.kmc.service import Kmc, NotFoundError
 from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, CertificateError, build_csr, name, validate_path
-from mstcrypt.pki.profiles import KMC_ESCROW_EKU
+from mstcrypt.pki.profiles import POLICY_KMC_ESCROW
 
 SUBJECT = {"C": "CN", "O": "Example Unit", "CN": "alice"}
 
@@ -364,7 +364,7 @@ def test_file_recovery_dual_control(kmc: Kmc) -> None:
     fek = secrets.token_bytes(32)
     escrow_cert = kmc.escrow_certificate()
     assert escrow_cert.public_key == kmc.file_recovery_public_key()
-    assert escrow_cert.extended_key_usage == (KMC_ESCROW_EKU,)
+    assert escrow_cert.policies == (POLICY_KMC_ESCROW,) and not escrow_cert.extended_key_usage
     crls = [CRL.from_der(kmc.crl("issuing")), CRL.from_der(kmc.crl("root"))]
     validate_path(
         escrow_cert, anchors=[kmc.chain()[1]], intermediates=[kmc.chain()[0]], crls=crls

@@ -8,20 +8,32 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from mstcrypt.apps.login import tokens
-from mstcrypt.apps.login.service import LoginPolicy, LoginService
+from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, RevokedSession
+from mstcrypt.apps.login.service import LoginPolicy, LoginService, source_bucket
 from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.db import Database
+from mstcrypt.kmc.models import AuditRecord
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, Issuer, Profile, RevokedEntry, build_csr, name
-from mstcrypt.protocols.login import Challenge, LoginClient, LoginError, LoginServer, tbs_m
+from mstcrypt.protocols.login import (
+    Challenge,
+    LoginClient,
+    LoginError,
+    LoginServer,
+    Response,
+    tbs_m,
+)
 
 NOW = datetime.now(UTC)
 
@@ -177,6 +189,20 @@ def test_bad_certificates_refused_on_both_sides(pki: Pki, side: str, problem: st
     assert e.value.reason == f"{side}_certificate_{problem}"
 
 
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _stray_bits(text: str) -> str:
+    """``text`` (padded base64 of a length not divisible by 3) with the unused bits of
+    its last character set: the same bytes to a lenient decoder, not the canonical
+    text."""
+    body = text.rstrip("=")
+    unused = {1: 2, 2: 4}[len(text) - len(body)]
+    out = body[:-1] + _B64[_B64.index(body[-1]) | ((1 << unused) - 1)] + text[len(body) :]
+    assert out != text and base64.b64decode(out, validate=True) == base64.b64decode(text)
+    return out
+
+
 def test_malformed_messages(pki: Pki) -> None:
     server, _ = _pair(pki)
     good = server.challenge(NOW).to_json()
@@ -187,6 +213,7 @@ def test_malformed_messages(pki: Pki) -> None:
         lambda d: d.update(cert_s="junk"),
         lambda d: d.update(expires="soon"),
         lambda d: d.update(chain="x"),
+        lambda d: d.update(r_s=_stray_bits(d["r_s"])),
     ):
         d = dict(good)
         mutate(d)
@@ -194,6 +221,10 @@ def test_malformed_messages(pki: Pki) -> None:
             Challenge.from_json(d)
     with pytest.raises(LoginError):
         Challenge.from_json([1, 2])
+    server, client = _pair(pki)
+    resp = client.respond(server.challenge(NOW), now=NOW, crls=pki.crls()).to_json()
+    with pytest.raises(LoginError, match="canonical"):
+        Response.from_json(dict(resp, r_m=_stray_bits(resp["r_m"])))
 
 
 def test_expired_challenge(pki: Pki) -> None:
@@ -305,31 +336,178 @@ def test_revoked_user_refused(platform: Kmc) -> None:
     assert e.value.reason == "user_certificate_revoked"
 
 
-def test_lockout_per_certificate_and_source(platform: Kmc) -> None:
+class Clock:
+    """An injected clock for the service (the terminal keeps real time)."""
+
+    def __init__(self) -> None:
+        self.t = time.time()
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _junk(svc: LoginService, victim: LoginClient, kmc: Kmc, source: str, i: int) -> LoginError:
+    """One response presenting ``victim``'s certificate with a signature the attacker can
+    make: garbage DER, random bytes, or a valid SM2 signature by another key."""
+    ch = svc.challenge(source=source)
+    resp = victim.respond(ch, now=datetime.now(UTC), crls=_crls(kmc)).to_json()
+    tbs = tbm = base64.b64decode(resp["r_m"])
+    if i % 3 == 0:
+        token = b"\x30\x06\x02\x01\x01\x02\x01\x01"
+    elif i % 3 == 1:
+        token = secrets.token_bytes(72)
+    else:  # well-formed, over the right bytes, by the attacker's own key
+        tbs = tbs_m(
+            "login.example",
+            ch.challenge_id,
+            ch.r_s,
+            tbm,
+            bytes.fromhex(ch.cert_s.fingerprint),
+            bytes.fromhex(victim.certificate.fingerprint),
+        )
+        token = SM2PrivateKey.generate().sign(tbs)
+    resp["token_m"] = base64.b64encode(token).decode()
+    with pytest.raises(LoginError) as e:
+        svc.respond(resp, source=source)
+    return e.value
+
+
+def _failure_rows(kmc: Kmc) -> dict[str, tuple[int, int]]:
+    with kmc.db.tx() as s:
+        return {r.key: (r.failures, r.locked_until) for r in s.scalars(select(LoginFailures))}
+
+
+def test_junk_with_someones_certificate_does_not_lock_them(platform: Kmc) -> None:
+    """Finding 4: twenty junk responses presenting alice's certificate (before: five
+    locked her out) leave alice able to log in; they count against their source only."""
+    svc = LoginService(platform, server_name="login.example")
+    alice = _user(platform)
+    serial = f"{alice.certificate.serial:x}"
+    reasons = {_junk(svc, alice, platform, f"evil-{i % 2}", i).reason for i in range(20)}
+    assert reasons == {"bad_token_m"}
+    rows = _failure_rows(platform)
+    assert f"cert:{serial}" not in rows  # nothing counted against alice
+    assert rows["src:evil-0"][0] == rows["src:evil-1"][0] == 10
+    r = _login(svc, alice, platform, source="10.0.0.7")
+    assert r["claims"]["serial"] == serial
+    # the audit says which certificate was presented, and that it was not counted
+    with platform.db.tx() as s:
+        recs = s.scalars(select(AuditRecord).where(AuditRecord.action == "login.failure")).all()
+    assert len(recs) == 20 and {r.target for r in recs} == {f"cert:{serial}"}
+    assert not any(r.details["counted_for_certificate"] for r in recs)
+
+
+def test_source_rate_limit_locks_the_source_only(platform: Kmc) -> None:
+    clock = Clock()
     svc = LoginService(
         platform,
         server_name="login.example",
-        policy=LoginPolicy(max_failures=3, lockout_seconds=600),
+        policy=LoginPolicy(source_max_failures=4, lockout_seconds=600),
+        clock=clock,
     )
-    user = _user(platform)
-    for _ in range(3):
-        ch = svc.challenge(source="s1")
-        resp = user.respond(ch, now=datetime.now(UTC), crls=_crls(platform)).to_json()
-        resp["r_m"] = base64.b64encode(secrets.token_bytes(32)).decode()  # breaks Token-M
+    alice, bob = _user(platform), _user(platform, "bob")
+    for i in range(4):
+        _junk(svc, alice, platform, "evil", i)
+    assert _failure_rows(platform)["src:evil"][1] == int(clock.t) + 600
+    with pytest.raises(PolicyError, match="failed logins from this address"):
+        svc.challenge(source="evil")
+    # a challenge obtained elsewhere and answered from the locked source: refused
+    ch = svc.challenge(source="elsewhere")
+    resp = bob.respond(ch, now=datetime.now(UTC), crls=_crls(platform))
+    with pytest.raises(LoginError) as e:
+        svc.respond(resp.to_json(), source="evil")
+    assert e.value.reason == "locked_out"
+    _login(svc, alice, platform, source="10.0.0.1")
+    _login(svc, bob, platform, source="10.0.0.2")
+    # IPv6: one bucket per /64, so rotating through one's own /64 gains nothing
+    for i in range(4):
+        _junk(svc, alice, platform, f"2001:db8:0:7::{i + 1:x}", i)
+    with pytest.raises(PolicyError, match="failed logins from this address"):
+        svc.challenge(source="2001:db8:0:7:ffff::1")
+    _login(svc, bob, platform, source="2001:db8:0:8::1")
+
+
+def test_source_bucket() -> None:
+    assert source_bucket("192.0.2.7") == "192.0.2.7"
+    assert source_bucket("2001:db8:1:2:3:4:5:6") == source_bucket("2001:db8:1:2::1")
+    assert source_bucket("2001:db8:1:2::1") == "2001:db8:1:2::/64"
+    assert source_bucket("2001:db8:1:3::1") != source_bucket("2001:db8:1:2::1")
+    assert source_bucket("::ffff:192.0.2.7") == "192.0.2.7"
+    assert source_bucket("-") == "-" and len(source_bucket("x" * 500)) == 120
+
+
+def test_wrong_password_after_valid_signature_locks_the_certificate(platform: Kmc) -> None:
+    svc = LoginService(
+        platform,
+        server_name="login.example",
+        policy=LoginPolicy(require_password=True, max_failures=3, lockout_seconds=600),
+    )
+    alice, bob = _user(platform), _user(platform, "bob")
+    svc.set_password("alice", "correct horse", actor="op")
+    svc.set_password("bob", "battery staple", actor="op")
+    for i in range(3):
         with pytest.raises(LoginError) as e:
-            svc.respond(resp, source="s1")
-        assert e.value.reason == "bad_token_m"
+            _login_pw(svc, alice, platform, "wrong guess", source=f"s{i}")
+        assert e.value.reason == "bad_password"
+    assert _failure_rows(platform)[f"cert:{alice.certificate.serial:x}"][0] == 3
     with pytest.raises(LoginError) as e:
-        _login(svc, user, platform, source="s2")  # the certificate is locked
-    assert e.value.reason == "locked_out"
-    other = _user(platform, "bob")
+        _login_pw(svc, alice, platform, "correct horse", source="fresh")
+    assert e.value.reason == "locked_out" and "certificate" in str(e.value)
+    _login_pw(svc, bob, platform, "battery staple", source="s0")
+    assert "login.lockout" in _audit_actions(platform)
+
+
+def _login_pw(svc: LoginService, user: LoginClient, kmc: Kmc, password: str, source: str) -> dict:
+    ch = svc.challenge(source=source)
+    resp = user.respond(ch, now=datetime.now(UTC), crls=_crls(kmc))
+    return svc.respond(resp.to_json(), source=source, password=password)
+
+
+def test_active_lock_is_not_extended(platform: Kmc) -> None:
+    """Finding 4: attempts during a lock (of a certificate or of a source) neither count
+    nor move its end (before: each one restarted the lockout)."""
+    clock = Clock()
+    svc = LoginService(
+        platform,
+        server_name="login.example",
+        policy=LoginPolicy(
+            require_password=True, max_failures=2, source_max_failures=2, lockout_seconds=600
+        ),
+        clock=clock,
+    )
+    alice = _user(platform)
+    svc.set_password("alice", "correct horse", actor="op")
+    t0 = clock.t
+    for i in range(2):
+        with pytest.raises(LoginError):
+            _login_pw(svc, alice, platform, "wrong guess", source=f"a{i}")
+    for i in range(2):
+        _junk(svc, alice, platform, "evil", i)
+    key = f"cert:{alice.certificate.serial:x}"
+    before = _failure_rows(platform)
+    assert before[key][1] == before["src:evil"][1] == int(t0) + 600
+    for dt in (1, 300, 599):
+        clock.t = t0 + dt
+        for pw in ("wrong guess", "correct horse"):
+            with pytest.raises(LoginError) as e:
+                _login_pw(svc, alice, platform, pw, source=f"b{dt}")
+            assert e.value.reason == "locked_out"
+        ch = svc.challenge(source="elsewhere")
+        resp = alice.respond(ch, now=datetime.now(UTC), crls=_crls(platform))
+        with pytest.raises(LoginError) as e:
+            svc.respond(resp.to_json(), source="evil", password="correct horse")
+        assert e.value.reason == "locked_out"
+    after = _failure_rows(platform)
+    assert after[key] == before[key] and after["src:evil"] == before["src:evil"]
+    clock.t = t0 + 601
+    r = _login_pw(svc, alice, platform, "correct horse", source="evil")
+    assert r["claims"]["amr"] == ["cert", "pin", "pwd"]
+    assert key not in _failure_rows(platform)  # a success clears the certificate count
+    # a finished lock starts a new window: one more wrong password does not re-lock
     with pytest.raises(LoginError) as e:
-        _login(svc, other, platform, source="s1")  # the source address is locked
-    assert e.value.reason == "locked_out"
-    _login(svc, other, platform, source="s3")
-    real = svc.clock
-    svc.clock = lambda: real() + 601
-    _login(svc, user, platform, source="s2")  # lock expired
+        _login_pw(svc, alice, platform, "wrong guess", source="c")
+    assert e.value.reason == "bad_password"
+    _login_pw(svc, alice, platform, "correct horse", source="c")
 
 
 def test_session_refused_after_logout_expiry_and_tamper(platform: Kmc) -> None:
@@ -499,3 +677,246 @@ def test_cli_enroll_and_login(tmp_path: Path) -> None:
         env["MSTCRYPT_PIN"] = "000000"
         r = cli("login", "--server", url, "--token", tok)
         assert r.returncode == 2 and "wrong PIN" in r.stderr
+
+
+# --------------------------------------------------------------- server identity (5) --
+def test_user_device_certificate_cannot_impersonate_the_login_server(platform: Kmc) -> None:
+    """Finding 5: mallory, enrolled like any terminal (even under the server's name),
+    signs a perfectly formed challenge with her device key; alice's client refuses it
+    (before: the chain and key usage were all it checked)."""
+    alice = _user(platform)
+    key = SM2PrivateKey.generate()
+    code, _ = platform.create_enrollment_code(
+        owner="mallory", subject={"CN": "login.example"}, actor="op"
+    )
+    e = platform.enroll(code, build_csr(name(CN="login.example"), key.public_key(), key.sign).der)
+    chain = platform.chain()
+    fake = LoginServer(
+        server_name="login.example",
+        certificate=e.sign_certificate,
+        signer=key.sign,
+        chain=chain[:-1],
+        anchors=chain[-1:],
+    )
+    ch = Challenge.from_json(fake.challenge(datetime.now(UTC)).to_json())
+    with pytest.raises(LoginError) as err:
+        alice.respond(ch, now=datetime.now(UTC), crls=_crls(platform))
+    assert err.value.reason == "server_certificate_profile"
+    assert "not a login-server certificate" in str(err.value)
+    # the genuine server's challenge is accepted by the same client
+    svc = LoginService(platform, server_name="login.example")
+    _login(svc, alice, platform)
+
+
+def test_login_server_certificate_checks(pki: Pki) -> None:
+    sk, login_cert = pki.leaf("login.test", Profile.LOGIN_SERVER_SIGN)
+    gk, gateway = pki.leaf("login.test", Profile.GATEWAY_SIGN)  # serverAuth, no policy
+    ok, other = pki.leaf("other.test", Profile.LOGIN_SERVER_SIGN)
+    nk, by_san = pki.leaf(
+        "Login Service", Profile.LOGIN_SERVER_SIGN, subject_alt_names=["LOGIN.test"]
+    )
+
+    def attempt(cert: object, signer: object, **client_kw: object) -> None:
+        server = LoginServer(
+            server_name="login.test",
+            certificate=cert,
+            signer=signer,
+            chain=[],
+            anchors=[pki.root.certificate],
+        )
+        uk, uc = pki.leaf("alice", Profile.DEVICE_SIGN)
+        client = LoginClient(
+            expected_server_name="login.test",
+            certificate=uc,
+            signer=uk.sign,
+            chain=[],
+            anchors=[pki.root.certificate],
+            **client_kw,
+        )
+        ch = server.challenge(NOW)
+        server.verify(client.respond(ch, now=NOW, crls=pki.crls()), ch, now=NOW, crls=pki.crls())
+
+    attempt(login_cert, sk.sign)
+    attempt(by_san, nk.sign)  # a DNS subjectAltName equal to the name (ASCII case-blind)
+    for cert, key, reason in (
+        (gateway, gk, "server_certificate_profile"),
+        (other, ok, "server_certificate_name"),
+    ):
+        with pytest.raises(LoginError) as e:
+            attempt(cert, key.sign)
+        assert e.value.reason == reason
+    # a pinned certificate is the one accepted, whatever its profile; others are refused
+    attempt(gateway, gk.sign, server_fingerprint=gateway.fingerprint.upper())
+    with pytest.raises(LoginError) as e:
+        attempt(login_cert, sk.sign, server_fingerprint=gateway.fingerprint)
+    assert e.value.reason == "server_certificate_not_pinned"
+
+
+def test_outdated_login_certificate_is_superseded(platform: Kmc) -> None:
+    """A login identity issued before the login-server policy (or to another name) is
+    replaced at start-up, and the old certificate revoked."""
+    _, old = platform.service_identity("login", Profile.GATEWAY_SIGN, "login.example")
+    svc = LoginService(platform, server_name="login.example")
+    assert svc.certificate != old and svc.certificate.policies
+    renamed = LoginService(platform, server_name="login2.example")
+    assert renamed.certificate != svc.certificate
+    revoked = CRL.from_der(platform.crl())
+    assert revoked.is_revoked(old.serial) and revoked.is_revoked(svc.certificate.serial)
+    user = _user(platform)
+    user = LoginClient(
+        expected_server_name="login2.example",
+        certificate=user.certificate,
+        signer=user._signer,
+        chain=user.chain,
+        anchors=user.anchors,
+    )
+    _login(renamed, user, platform)
+
+
+# --------------------------------------------------------------- sessions (2, 11) -----
+def test_session_dies_with_its_certificate_across_instances(
+    platform: Kmc, database_url: str
+) -> None:
+    """Finding 2: revoking the signing certificate through the KMC ends its sessions at
+    the next call, at every instance (before: they lived until exp)."""
+    svc1 = LoginService(platform, server_name="login.example")
+    other_kmc = Kmc(Database(database_url), platform.wrapper)
+    svc2 = LoginService(other_kmc, server_name="login.example")
+    alice, bob = _user(platform), _user(platform, "bob")
+    tok = _login(svc1, alice, platform)["session_token"]
+    bob_tok = _login(svc2, bob, platform)["session_token"]
+    for svc in (svc1, svc2):
+        assert svc.verify_session(tok)["owner"] == "alice"
+    platform.revoke_certificate(
+        f"{alice.certificate.serial:x}", reason="key_compromise", actor="op"
+    )
+    for svc in (svc2, svc1):
+        with pytest.raises(tokens.TokenError, match="certificate is revoked"):
+            svc.verify_session(tok)
+        assert svc.verify_session(bob_tok)["owner"] == "bob"
+    other_kmc.db.dispose()
+
+
+def _retoken(token: str, part: int, text: str) -> str:
+    parts = token.split(".")
+    parts[part] = text
+    return ".".join(parts)
+
+
+def test_session_token_base64_is_strict(platform: Kmc) -> None:
+    """Finding 11: only the canonical unpadded base64url of each part is accepted."""
+    svc = LoginService(platform, server_name="login.example")
+    user = _user(platform)
+    # a token with a part whose last character carries unused bits (len % 4 in {2, 3})
+    for _ in range(40):
+        token = _login(svc, user, platform)["session_token"]
+        loose = [i for i in (1, 2) if len(token.split(".")[i]) % 4]
+        if loose:
+            break
+    assert loose, "no token part with unused bits in 40 logins"
+    svc.verify_session(token)
+    i = loose[0]
+    part = token.split(".")[i]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    bits = 4 if len(part) % 4 == 2 else 2
+    last = alphabet.index(part[-1])
+    assert last & ((1 << bits) - 1) == 0  # what we issue is canonical
+    stray = part[:-1] + alphabet[last | ((1 << bits) - 1)]
+    pad = "=" * (-len(part) % 4)
+    # the lenient decoder reads these as the same bytes: the signature would still verify
+    assert base64.urlsafe_b64decode(stray + pad) == base64.urlsafe_b64decode(part + pad)
+    assert base64.urlsafe_b64decode(part[:3] + "\n" + part[3:] + pad) == (
+        base64.urlsafe_b64decode(part + pad)
+    )
+    mutants = {
+        "trailing bits": _retoken(token, i, stray),
+        "padding": _retoken(token, i, part + pad),
+        "newline": _retoken(token, i, part[:3] + "\n" + part[3:]),
+        "space": _retoken(token, i, part[:3] + " " + part[3:]),
+        "standard alphabet": _retoken(token, i, part.replace("-", "+").replace("_", "/"))
+        if ("-" in part or "_" in part)
+        else _retoken(token, i, part[:-1] + "+"),
+        "non-alphabet": _retoken(token, i, part[:3] + "!" + part[3:]),
+        "non-ascii": _retoken(token, i, part[:3] + "\u0661" + part[3:]),
+        "impossible length": _retoken(token, i, part + "A" * (5 - len(part) % 4)),
+    }
+    for what, bad in mutants.items():
+        assert bad != token, what
+        with pytest.raises(tokens.TokenError, match="base64"):
+            svc.verify_session(bad)
+    svc.verify_session(token)
+
+
+def test_session_claims_parse_strictly() -> None:
+    key = SM2PrivateKey.generate()
+
+    def token(claims_json: bytes) -> str:
+        signed = b"MST1." + base64.urlsafe_b64encode(claims_json).rstrip(b"=")
+        sig = base64.urlsafe_b64encode(key.sign(signed)).rstrip(b"=")
+        return (signed + b"." + sig).decode()
+
+    now = int(time.time())
+    good = b'{"exp":%d,"iat":%d,"jti":"j","serial":"1"}' % (now + 60, now)
+    assert tokens.verify(token(good), key.public_key(), audience=None, now=now)["jti"] == "j"
+    for bad, why in (
+        (b'{"exp":%d,"exp":1,"iat":%d,"jti":"j"}' % (now + 60, now), "repeat"),
+        (b'{"exp":NaN,"iat":%d,"jti":"j"}' % now, "NaN"),
+        (b'{"exp":true,"iat":%d,"jti":"j"}' % now, "exp/iat"),
+        (b"\xff\xfe", "JSON"),
+    ):
+        with pytest.raises(tokens.TokenError, match=why):
+            tokens.verify(token(bad), key.public_key(), audience=None, now=now)
+
+
+# --------------------------------------------------------------- purge (11) -----------
+def _count(kmc: Kmc, model: type) -> int:
+    with kmc.db.tx() as s:
+        return len(s.scalars(select(model)).all())
+
+
+def test_expired_rows_are_purged_automatically(platform: Kmc) -> None:
+    clock = Clock()
+    policy = LoginPolicy(session_ttl=120, purge_every=4, source_max_failures=3)
+    svc = LoginService(platform, server_name="login.example", policy=policy, clock=clock)
+    alice = _user(platform)
+    t0 = clock.t
+    svc.logout(_login(svc, alice, platform)["session_token"])
+    for i in range(3):  # locks source "evil"
+        _junk(svc, alice, platform, "evil", i)
+    svc.challenge(source="idle")  # never answered
+    stale = {"login_challenges": 5, "login_failures": 1, "revoked_sessions": 1}
+    assert _count(platform, LoginChallenge) == stale["login_challenges"]
+    assert set(_failure_rows(platform)) == {"src:evil"}
+    assert _count(platform, RevokedSession) == 1
+    # a purge now keeps all of them: nothing has expired
+    assert svc.purge() == dict.fromkeys(stale, 0)
+    # later, a source locked just now keeps its row while old rows go
+    clock.t = t0 + policy.failure_window + policy.lockout_seconds + 1
+    for i in range(3):
+        _junk(svc, alice, platform, "evil2", i)
+    issued_before = svc._issued
+    for _ in range(policy.purge_every):  # one of these triggers the purge
+        svc.challenge(source="later")
+    assert svc._issued - issued_before == policy.purge_every
+    assert set(_failure_rows(platform)) == {"src:evil2"}
+    assert _count(platform, RevokedSession) == 0
+    with platform.db.tx() as s:
+        left = s.scalars(select(LoginChallenge.expires)).all()
+    assert left and all(exp >= clock.t for exp in left)
+
+
+def test_purge_is_bounded(platform: Kmc) -> None:
+    clock = Clock()
+    svc = LoginService(
+        platform,
+        server_name="login.example",
+        policy=LoginPolicy(purge_every=0),
+        clock=clock,
+    )
+    for _ in range(5):
+        svc.challenge(source="x")
+    clock.t += 3600
+    assert svc.purge(batch=2)["login_challenges"] == 2
+    assert _count(platform, LoginChallenge) == 3
+    assert svc.purge()["login_challenges"] == 3
+    assert _count(platform, LoginChallenge) == 0

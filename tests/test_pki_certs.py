@@ -225,6 +225,8 @@ def test_profile_extensions(profile: Profile, root: Certificate, root_key: SM2Pr
     assert cert.is_ca == s.is_ca
     assert cert.path_len == s.path_len
     assert set(cert.extended_key_usage) == set(s.extended_key_usage)
+    assert cert.policies == s.policies
+    assert ("2.5.29.32" in cert.extensions) == bool(s.policies)
     assert s.default_days <= 3653  # GmSSL's maximum validity
     if profile in CA:
         assert cert.extensions["2.5.29.19"] is True  # basicConstraints critical
@@ -367,6 +369,7 @@ def test_extra_extensions(root: Certificate, root_key: SM2PrivateKey) -> None:
     assert cert.extensions["1.2.156.10260.4.1.1"] is False
     assert cert.extension_value("1.2.156.10260.4.1.1") == ident
     assert "2.5.29.32" in cert.extensions
+    assert cert.policies == ("1.2.156.112562.2.1.1.1",)
     assert cert.unsupported_critical_extensions == ()
     _, crit = issue(
         root, root_key, Profile.DEVICE_SIGN, extra_extensions=[("1.2.3.4", True, b"\x05\x00")]

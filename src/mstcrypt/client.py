@@ -27,7 +27,7 @@ import httpx
 from mstcrypt.errors import MstCryptError, PolicyError, VerificationError
 from mstcrypt.module import KeyUsage, SoftToken
 from mstcrypt.pki import CRL, Certificate, build_csr, name, validate_path
-from mstcrypt.pki.profiles import KMC_ESCROW_EKU
+from mstcrypt.pki.profiles import POLICY_KMC_ESCROW
 
 __all__ = ["Client", "EnrollResult", "ServiceError"]
 
@@ -163,14 +163,13 @@ class Client:
 
     def escrow_certificate(self, *, anchors: Sequence[Certificate] | None = None) -> Certificate:
         """The KMC's key-escrow (file-recovery) certificate, validated: issued under the
-        anchors, not revoked, key encipherment, the kmc_escrow_enc extended key usage."""
+        anchors, not revoked, key encipherment, the KMC escrow certificate policy."""
         cert = Certificate.from_pem(self._request("GET", "/ca/escrow.pem").content)
-        return self.validate(
-            cert,
-            anchors=anchors,
-            key_usage={"key_encipherment"},
-            extended_key_usage=KMC_ESCROW_EKU,
-        )
+        if POLICY_KMC_ESCROW not in cert.policies:
+            raise VerificationError(
+                "the escrow certificate lacks the KMC escrow policy: not the KMC's escrow key"
+            )
+        return self.validate(cert, anchors=anchors, key_usage={"key_encipherment"})
 
     # -- public ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -12,7 +12,8 @@ the subjectPublicKey bits (32 bytes, GmSSL's method; see
 :func:`mstcrypt.pki.key_identifier`); authorityKeyIdentifier = the issuer's SKI (taken
 from the issuer certificate when one is given, otherwise computed the same way from
 ``issuer_public_key``); keyUsage (critical); basicConstraints (critical for CAs);
-extendedKeyUsage; subjectAltName and cRLDistributionPoints when given.
+extendedKeyUsage; certificatePolicies when the profile names policies; subjectAltName
+and cRLDistributionPoints when given.
 
 End-entity certificates carry no basicConstraints at all (RFC 5280 §4.2.1.9 allows
 that): the DER of ``CA:FALSE`` is an empty SEQUENCE, which GmSSL 3.x rejects
@@ -73,6 +74,7 @@ class Certificate:
         "_not_after",
         "_not_before",
         "_path_len",
+        "_policies",
         "_public_key",
         "_san",
         "_serial",
@@ -154,6 +156,12 @@ class Certificate:
             aki = exts.get(c.OID_AUTHORITY_KEY_ID)
             aki_id = aki[1]["key_identifier"].native if aki else None
             setattr_(self, "_aki", bytes(aki_id) if aki_id is not None else None)
+            pol = exts.get(c.OID_CERT_POLICIES)
+            setattr_(
+                self,
+                "_policies",
+                tuple(p["policy_identifier"].dotted for p in pol[1]) if pol else (),
+            )
             san = exts.get(c.OID_SUBJECT_ALT_NAME)
             setattr_(self, "_san", c.general_names(san[1]) if san else ())
             urls: list[str] = []
@@ -301,6 +309,11 @@ class Certificate:
     @property
     def subject_alt_names(self) -> tuple[str, ...]:
         return self._san
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        """certificatePolicies identifiers (dotted OIDs); empty when absent."""
+        return self._policies
 
     @property
     def crl_urls(self) -> tuple[str, ...]:
@@ -510,6 +523,14 @@ def build_certificate(
     if prof.extended_key_usage:
         exts.append(
             _ext("extended_key_usage", False, [c.eku_oid(e) for e in prof.extended_key_usage])
+        )
+    if prof.policies:
+        exts.append(
+            _ext(
+                "certificate_policies",
+                False,
+                [{"policy_identifier": oid} for oid in prof.policies],
+            )
         )
     exts.append(_ext("key_identifier", False, c.key_identifier(public_key, key_id_method)))
     exts.append(_ext("authority_key_identifier", False, {"key_identifier": aki}))

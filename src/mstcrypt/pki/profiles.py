@@ -39,7 +39,19 @@ from dataclasses import dataclass
 
 from mstcrypt.errors import PolicyError
 
-__all__ = ["KMC_ESCROW_EKU", "Profile", "ProfileSpec", "spec"]
+__all__ = ["POLICY_KMC_ESCROW", "POLICY_LOGIN_SERVER", "Profile", "ProfileSpec", "spec"]
+
+#: certificatePolicies marker of the login server's signing certificate (T/ZSA 37-2020
+#: §7.3): a terminal accepts Cert-S only when it carries this policy, so no other
+#: certificate of the platform (a user's device certificate, a gateway's) can stand in
+#: for the information system. A UUID-derived OID (ITU-T X.667, arc 2.25): no
+#: registration needed and no collision with anyone else's. A policy rather than an
+#: EKU because GmSSL rejects certificates with EKU values it does not know.
+POLICY_LOGIN_SERVER = "2.25.231913627963803899251756409685742611395"
+#: certificatePolicies marker of the KMC's key-escrow (file-recovery) encryption
+#: certificate: a terminal adds an escrow stanza only for a certificate carrying it (so no
+#: user's encryption certificate can pose as the KMC's). Same arc and reasoning as above.
+POLICY_KMC_ESCROW = "2.25.281197924319844938590899340921090882481"
 
 
 class Profile(enum.StrEnum):
@@ -75,7 +87,8 @@ class ProfileSpec:
     key_encipherment, data_encipherment, key_agreement, key_cert_sign, crl_sign);
     ``extended_key_usage`` asn1crypto KeyPurposeId names or dotted OIDs, in the order
     they are written; ``path_len`` is the basicConstraints pathLenConstraint of a CA
-    (None: no limit, or not a CA); ``default_days`` the usual lifetime.
+    (None: no limit, or not a CA); ``default_days`` the usual lifetime; ``policies``
+    the certificatePolicies identifiers written (dotted OIDs, non-critical).
     """
 
     key_usage: frozenset[str]
@@ -83,6 +96,7 @@ class ProfileSpec:
     is_ca: bool
     path_len: int | None
     default_days: int
+    policies: tuple[str, ...] = ()
 
     @property
     def is_encryption(self) -> bool:
@@ -95,9 +109,7 @@ _SIGN = frozenset({"digital_signature"})
 _SIGN_NR = frozenset({"digital_signature", "non_repudiation"})
 _ENC = frozenset({"key_encipherment", "data_encipherment", "key_agreement"})
 _SERVER = ("server_auth",)
-#: extended key usage of the KMC's key-escrow (file-recovery) encryption certificate: an
-#: OID under the UUID arc 2.25 (ITU-T X.667), since no registered arc names this purpose
-KMC_ESCROW_EKU = "2.25.281197924319844938590899340921090882481"
+
 _DEVICE = ("client_auth", "email_protection")
 
 _SPECS: dict[Profile, ProfileSpec] = {
@@ -112,7 +124,9 @@ _SPECS: dict[Profile, ProfileSpec] = {
     Profile.IM_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.MAIL_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
     Profile.MAIL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.LOGIN_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
+    Profile.LOGIN_SERVER_SIGN: ProfileSpec(
+        _SIGN, _SERVER, False, None, 1095, policies=(POLICY_LOGIN_SERVER,)
+    ),
     Profile.LOGIN_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.SEAL_SERVER_SIGN: ProfileSpec(_SIGN_NR, _SERVER, False, None, 1095),
     Profile.SEAL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
@@ -123,7 +137,12 @@ _SPECS: dict[Profile, ProfileSpec] = {
     Profile.WLAN_ASU_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.OCSP_SIGNER: ProfileSpec(_SIGN, ("ocsp_signing",), False, None, 365),
     Profile.KMC_ESCROW_ENC: ProfileSpec(
-        frozenset({"key_encipherment", "data_encipherment"}), (KMC_ESCROW_EKU,), False, None, 1825
+        frozenset({"key_encipherment", "data_encipherment"}),
+        (),
+        False,
+        None,
+        1825,
+        policies=(POLICY_KMC_ESCROW,),
     ),
 }
 

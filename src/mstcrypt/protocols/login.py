@@ -37,6 +37,7 @@ from typing import Any
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.errors import DecodeError, PolicyError, VerificationError
 from mstcrypt.pki import CRL, Certificate, CertificateError, validate_path
+from mstcrypt.pki.profiles import POLICY_LOGIN_SERVER
 
 __all__ = [
     "Challenge",
@@ -44,6 +45,7 @@ __all__ = [
     "LoginError",
     "LoginServer",
     "Response",
+    "check_login_server_certificate",
     "tbs_m",
     "tbs_s",
 ]
@@ -104,12 +106,16 @@ def _b64(b: bytes) -> str:
 
 
 def _unb64(s: Any, what: str, size: int | None = None) -> bytes:
+    """Strict base64: alphabet and padding checked, and only the canonical encoding
+    (no stray bits in the last character) is accepted."""
     if not isinstance(s, str):
         raise LoginError("malformed", f"{what} is missing")
     try:
         raw = base64.b64decode(s, validate=True)
     except ValueError:
         raise LoginError("malformed", f"{what} is not base64") from None
+    if base64.b64encode(raw).decode() != s:
+        raise LoginError("malformed", f"{what} is not canonical base64")
     if size is not None and len(raw) != size:
         raise LoginError("malformed", f"{what} must be {size} bytes")
     return raw
@@ -325,8 +331,70 @@ class LoginServer:
         return response.cert_m
 
 
+def _common_names(cert: Certificate) -> list[str]:
+    return [
+        str(attr["value"].native)
+        for rdn in cert.subject.chosen
+        for attr in rdn
+        if attr["type"].native == "common_name"
+    ]
+
+
+def _dns_names(cert: Certificate) -> list[str]:
+    """subjectAltName entries that can be host names (not e-mail addresses or URIs)."""
+    return [n for n in cert.subject_alt_names if "@" not in n and "://" not in n]
+
+
+def check_login_server_certificate(
+    cert: Certificate, *, server_name: str, fingerprint: str | None = None
+) -> None:
+    """Step c: that a valid Cert-S is *the login server's*, not merely a certificate
+    of the same CA (a user's device certificate, a gateway's).
+
+    With ``fingerprint`` (SM3 of the DER, hex, e.g. pinned at enrollment) the
+    certificate must be exactly that one. Otherwise it must be a login-server
+    certificate (certificatePolicies :data:`~mstcrypt.pki.profiles.POLICY_LOGIN_SERVER`
+    and EKU serverAuth, both present: an absent EKU does not count) issued to
+    ``server_name`` (subject CN equal to it, or a subjectAltName host name equal to it
+    ignoring ASCII case). Raises :class:`LoginError` naming what is wrong."""
+    if fingerprint is not None:
+        pin = fingerprint.strip().lower().replace(":", "")
+        if not hmac.compare_digest(cert.fingerprint.encode(), pin.encode()):
+            raise LoginError(
+                "server_certificate_not_pinned",
+                "the server certificate is not the pinned one (its SM3 fingerprint differs)",
+            )
+        return
+    if POLICY_LOGIN_SERVER not in cert.policies:
+        raise LoginError(
+            "server_certificate_profile",
+            "the server certificate is not a login-server certificate (it lacks the "
+            f"login-server certificate policy {POLICY_LOGIN_SERVER})",
+        )
+    if "server_auth" not in cert.extended_key_usage:
+        raise LoginError(
+            "server_certificate_profile",
+            "the server certificate is not a login-server certificate (its extended key "
+            "usage lacks serverAuth)",
+        )
+    wanted = server_name.encode()
+    if not any(hmac.compare_digest(cn.encode(), wanted) for cn in _common_names(cert)) and not any(
+        dns.isascii() and dns.lower() == server_name.lower() for dns in _dns_names(cert)
+    ):
+        raise LoginError(
+            "server_certificate_name",
+            f"the server certificate is not issued to {server_name!r} (neither its CN nor "
+            "a DNS subjectAltName matches)",
+        )
+
+
 class LoginClient:
-    """The terminal's side; ``signer`` signs with d_M inside the MST-CC (PIN-gated)."""
+    """The terminal's side; ``signer`` signs with d_M inside the MST-CC (PIN-gated).
+
+    Cert-S must chain to ``anchors`` and be the login server's: a login-server
+    certificate issued to ``expected_server_name``, or, when ``server_fingerprint`` is
+    given, exactly the certificate with that SM3 fingerprint (see
+    :func:`check_login_server_certificate`)."""
 
     def __init__(
         self,
@@ -336,12 +404,14 @@ class LoginClient:
         signer: Signer,
         chain: Sequence[Certificate],
         anchors: Sequence[Certificate],
+        server_fingerprint: str | None = None,
     ) -> None:
         self.expected_server_name = expected_server_name
         self.certificate = certificate
         self._signer = signer
         self.chain = tuple(chain)
         self.anchors = tuple(anchors)
+        self.server_fingerprint = server_fingerprint
 
     def respond(self, challenge: Challenge, *, now: datetime, crls: Sequence[CRL]) -> Response:
         """Steps c and d: check the server, then sign R_S ‖ R_M (with both identities)."""
@@ -358,6 +428,11 @@ class LoginClient:
             crls=crls,
             at=now,
             who="server",
+        )
+        check_login_server_certificate(
+            challenge.cert_s,
+            server_name=self.expected_server_name,
+            fingerprint=self.server_fingerprint,
         )
         try:
             challenge.cert_s.public_key.verify(

@@ -66,6 +66,23 @@ class RawTx:
         return dt
 
 
+def read_row(db: Database, sql: str, params: dict[str, Any]) -> Any:
+    """One row of a read-only query (``:name`` parameters) on a pooled DB-API
+    connection, without taking SQLite's write lock (RawTx begins IMMEDIATE)."""
+    raw = db.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        try:
+            cur.execute(sql if db.is_sqlite else _NAMED.sub(r"%(\1)s", sql), params)
+            return cur.fetchone()
+        finally:
+            cur.close()
+    finally:
+        if not db.is_sqlite:
+            raw.rollback()  # end the implicit read transaction before the pool takes it
+        raw.close()
+
+
 def append_audit(
     tx: RawTx, *, actor: str, action: str, target: str, details: dict[str, Any]
 ) -> None:
