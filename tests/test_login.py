@@ -25,7 +25,7 @@ from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import AuditRecord
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
-from mstcrypt.pki import CRL, Issuer, Profile, RevokedEntry, build_csr, name
+from mstcrypt.pki import CRL, Certificate, Issuer, Profile, RevokedEntry, build_csr, name
 from mstcrypt.protocols.login import (
     Challenge,
     LoginClient,
@@ -246,9 +246,10 @@ def platform(database_url: str) -> Kmc:
     k.db.dispose()
 
 
-def _user(kmc: Kmc, owner: str = "alice") -> LoginClient:
+def _user(kmc: Kmc, owner: str = "alice", *, code: str | None = None) -> LoginClient:
     key = SM2PrivateKey.generate()
-    code, _ = kmc.create_enrollment_code(owner=owner, subject={"CN": owner}, actor="op")
+    if code is None:
+        code, _ = kmc.create_enrollment_code(owner=owner, subject={"CN": owner}, actor="op")
     e = kmc.enroll(code, build_csr(name(CN=owner), key.public_key(), key.sign).der)
     chain = kmc.chain()
     return LoginClient(
@@ -300,7 +301,7 @@ def _audit_actions(kmc: Kmc) -> list[str]:
 
 def test_replay_refused_across_instances(platform: Kmc, database_url: str) -> None:
     svc1 = LoginService(platform, server_name="login.example")
-    other_kmc = Kmc(Database(database_url), platform.wrapper)
+    other_kmc = Kmc(Database(database_url), platform.keystore)
     svc2 = LoginService(other_kmc, server_name="login.example")
     assert svc2.certificate == svc1.certificate  # the same identity from the shared DB
     user = _user(platform)
@@ -571,12 +572,12 @@ def test_operator_uses_session_token(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MSTCRYPT_STATIC_OPERATORS", "0")
     settings = Settings.from_env(tmp_path, login_server_name="login.example")
     assert settings.static_operators is False
-    kmc = Kmc(settings.database(), settings.wrapper(), crl_base_url="http://t")
+    kmc = Kmc(settings.database(), settings.keystore(), crl_base_url="http://t")
     kmc.create_schema()
     kmc.init_ca(actor="t")
-    static = settings.add_operator("legacy")
-    settings.add_certificate_operator("alice")
-    alice = _user(kmc, "alice")
+    static = kmc.operators.add_static("legacy", ["registration_officer"])
+    op_code, _ = kmc.operators.add("alice", ["registration_officer"])
+    alice = _user(kmc, "alice", code=op_code)
     mallory = _user(kmc, "mallory")
     with TestClient(create_app(settings, kmc)) as http:
 
@@ -649,9 +650,14 @@ def test_cli_enroll_and_login(tmp_path: Path) -> None:
             timeout=120,
         )
 
-    with running_platform(data) as url:
-        token = Settings.from_env(data).add_operator("op")
-        with Client(url, operator_token=token) as admin:
+    settings = Settings.from_env(data, static_operators=True)
+    with running_platform(data, settings) as url:
+        kmc = settings.kmc()
+        token = kmc.operators.add_static("op", ["registration_officer"])
+        root = data / "root.pem"
+        root.write_bytes(kmc.chain()[-1].pem)
+        kmc.db.dispose()
+        with Client(url, anchors=[Certificate.from_pem(root.read_bytes())], operator_token=token) as admin:
             code = admin.create_enrollment_code("carol", {"CN": "carol"})["code"]
         tok = str(tmp_path / "carol.tok")
         r = cli(
@@ -663,6 +669,8 @@ def test_cli_enroll_and_login(tmp_path: Path) -> None:
             "admin-code-1",
             "--iterations",
             "100000",
+            "--anchor",
+            str(root),
         )
         assert r.returncode == 0, r.stderr
         r = cli("enroll", "--server", url, "--code", code, "--token", tok)
@@ -670,7 +678,7 @@ def test_cli_enroll_and_login(tmp_path: Path) -> None:
         r = cli("login", "--server", url, "--token", tok, "--out", str(tmp_path / "s.tok"))
         assert r.returncode == 0, r.stderr
         session = (tmp_path / "s.tok").read_text().strip()
-        with Client(url) as c:
+        with Client(url, anchors=[Certificate.from_pem(root.read_bytes())]) as c:
             assert c.session(session)["owner"] == "carol"
         r = cli("login", "--server", url, "--token", tok, "--server-name", "evil")
         assert r.returncode == 1 and "another server name" in r.stderr
@@ -780,7 +788,7 @@ def test_session_dies_with_its_certificate_across_instances(
     """Finding 2: revoking the signing certificate through the KMC ends its sessions at
     the next call, at every instance (before: they lived until exp)."""
     svc1 = LoginService(platform, server_name="login.example")
-    other_kmc = Kmc(Database(database_url), platform.wrapper)
+    other_kmc = Kmc(Database(database_url), platform.keystore)
     svc2 = LoginService(other_kmc, server_name="login.example")
     alice, bob = _user(platform), _user(platform, "bob")
     tok = _login(svc1, alice, platform)["session_token"]

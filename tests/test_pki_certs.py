@@ -196,6 +196,7 @@ ENC = {
     Profile.SEAL_SERVER_ENC,
     Profile.WLAN_AP_ENC,
     Profile.WLAN_ASU_ENC,
+    Profile.KMC_ESCROW_ENC,
 }
 CA = {Profile.ROOT_CA, Profile.SUB_CA, Profile.DISTRIBUTION_CHANNEL_CA}
 SERVERS = {

@@ -57,7 +57,6 @@ class IdentityService:
     def __init__(self, ctx: KmcContext, ca: CaService) -> None:
         self.ctx = ctx
         self.ca = ca
-        self._cache: dict[str, ServiceIdentity] = {}
 
     def create_key(self, u: Unit, name: str) -> SM2PublicKey:
         """A new service key ``name`` inside ``u`` (replacing an earlier one)."""
@@ -68,7 +67,6 @@ class IdentityService:
             u.s.flush()
         u.s.add(ServiceKey(name=name, public_key=pub.to_bytes(), key_blob=blob, created_at=u.now))
         u.s.flush()
-        self._cache.pop(name, None)
         return pub
 
     def key(self, name: str) -> ServiceIdentity:
@@ -102,14 +100,10 @@ class IdentityService:
     ) -> ServiceIdentity:
         """The key and certificate of one of our services, created once, certified by
         the issuing CA. When several instances create it at once, one wins."""
-        cached = self._cache.get(name)
-        if cached is not None and cached.certificate is not None:
-            return cached
         try:
             ident = self._identity(name, profile, common_name, subject_alt_names, actor)
         except IntegrityError:
             ident = self._identity(name, profile, common_name, subject_alt_names, actor)
-        self._cache[name] = ident
         return ident
 
     def _identity(
@@ -134,6 +128,7 @@ class IdentityService:
                 and cert.public_key == ident.public_key()
                 and self._profile_of(cert) == profile.value
                 and cert.subject_str.endswith(f"CN={common_name}")
+                and set(cert.policies) == set(spec(profile).policies)
                 and set(cert.subject_alt_names) == set(sans)
             ):
                 return ident

@@ -93,7 +93,6 @@ class Kmc:
 
     def _forget_caches(self) -> None:
         self.ca._issuers.clear()
-        self.identities._cache.clear()
         self.ctx.keys.clear_cache()
 
     # -- set-up ------------------------------------------------------------------------

@@ -137,7 +137,7 @@ _SPECS: dict[Profile, ProfileSpec] = {
     Profile.WLAN_ASU_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.OCSP_SIGNER: ProfileSpec(_SIGN, ("ocsp_signing",), False, None, 365),
     Profile.KMC_ESCROW_ENC: ProfileSpec(
-        frozenset({"key_encipherment", "data_encipherment"}),
+        _ENC,
         (),
         False,
         None,

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
+from mstcrypt.apps.login.tokens import TokenError
 from mstcrypt.errors import AccessDeniedError, AuthenticationError, VerificationError
 from mstcrypt.kmc.operators import OperatorIdentity
 from mstcrypt.kmc.service import Kmc
@@ -91,6 +92,8 @@ def session(token: Bearer, login: LoginDep) -> dict[str, Any]:
         raise AuthenticationError("a session token from certificate login is required")
     try:
         return dict(login.verify_session(token))
+    except TokenError:
+        raise
     except VerificationError as exc:
         raise AuthenticationError(f"session token refused: {exc}") from None
 
