@@ -54,40 +54,43 @@ def demo_command(
     console.print(f"[bold]mstcrypt demo[/bold] — data directory {data_dir}")
     settings = Settings.from_env(data_dir)
     state: dict[str, Any] = {}
-    with running_platform(data_dir) as url:
-        console.print(f"platform listening on {url} (SQLite at {data_dir / 'mstcrypt.db'})")
-        public = Client(url)
+    with running_platform(data_dir, settings) as url:
+        console_kmc = settings.kmc()  # the administrator's console: same database and SS-CC
+        root = console_kmc.chain()[-1]
+        (data_dir / "root.pem").write_bytes(root.pem)
+        console.print(
+            f"platform listening on {url} over TLCP (SQLite at {data_dir / 'mstcrypt.db'}); "
+            f"root CA {root.fingerprint[:16]}… preset in every token below"
+        )
+        public = Client(url, anchors=[root])
         admins: dict[str, Client] = {}
 
+        def new_token(path: Path, pin: str) -> Any:
+            return SoftToken.init(
+                path,
+                pin,
+                "admin-unlock-code",
+                iterations=100_000,
+                overwrite=True,
+                anchors=[root.der],
+            )
+
         def operators() -> str:
-            from datetime import timedelta
-
-            from mstcrypt.kmc.service import Kmc
-
-            kmc = Kmc(settings.database(), settings.wrapper())
-            for op in ("alice", "bob"):
-                # `mstcrypt operator add` does this on the server: register + one-time code
-                settings.add_certificate_operator(op)
-                code, _ = kmc.create_enrollment_code(
-                    owner=op,
-                    subject={"O": "mstcrypt", "CN": op},
-                    ttl=timedelta(minutes=10),
-                    actor="bootstrap",
-                )
-                tok = SoftToken.init(
-                    data_dir / f"{op}.tok",
-                    f"{op}-pin-2468",
-                    "admin-unlock-code",
-                    iterations=100_000,
-                    overwrite=True,
-                )
+            roles = {
+                "alice": ["registration_officer", "key_recovery_officer"],
+                "bob": ["key_recovery_officer"],
+                "carol": ["administrator"],
+            }
+            for op, op_roles in roles.items():
+                # `mstcrypt operator add NAME --role ...` at the console: a one-time code
+                code, _ = console_kmc.operators.add(op, op_roles, actor="console")
+                tok = new_token(data_dir / f"{op}.tok", f"{op}-pin-2468")
                 public.enroll(code, tok, container=op)
                 session = public.login(tok, container=op)["session_token"]
-                admins[op] = Client(url, operator_token=session)
-            kmc.db.dispose()
+                admins[op] = Client(url, anchors=[root], operator_token=session)
             return (
-                "operators alice and bob enrolled their soft tokens and logged in with "
-                "their certificates (§7.3); the admin API takes their session tokens"
+                "console registered alice (registration + key recovery), bob (key recovery) "
+                "and carol (administrator); each enrolled a token and logged in (§7.3)"
             )
 
         def health() -> str:
@@ -107,16 +110,19 @@ def demo_command(
                 ttl_seconds=600,
             )
             state["code"] = r["code"]
-            return f"operator alice issued one-time code {r['code']} for zhang.san"
+            try:
+                admins["alice"].create_enrollment_code("bob", {"CN": "bob"}, ttl_seconds=600)
+                raise AssertionError("a code for an operator's name was issued")
+            except ServiceError as exc:
+                if "operator" not in exc.detail:
+                    raise
+            return (
+                f"alice issued one-time code {r['code']} for zhang.san; a code for operator "
+                "bob's name is refused (operators come only from the console)"
+            )
 
         def enroll() -> str:
-            tok = SoftToken.init(
-                data_dir / "zhang.san.tok",
-                "246810",
-                "admin-unlock-code",
-                iterations=100_000,
-                overwrite=True,
-            )
+            tok = new_token(data_dir / "zhang.san.tok", "246810")
             r = public.enroll(state["code"], tok, container="zhang.san")
             state.update(token=tok, enrollment=r)
             console.print(
@@ -131,13 +137,7 @@ def demo_command(
             )
 
         def reuse() -> str:
-            tok2 = SoftToken.init(
-                data_dir / "attacker.tok",
-                "135790",
-                "admin-unlock-code",
-                iterations=100_000,
-                overwrite=True,
-            )
+            tok2 = new_token(data_dir / "attacker.tok", "135790")
             try:
                 public.enroll(state["code"], tok2, container="x")
             except ServiceError as exc:
@@ -151,7 +151,7 @@ def demo_command(
             h = tok.key("zhang.san", KeyUsage.SIGN)
             sig = tok.sign(h, b"official document")
             r.sign_certificate.public_key.verify(sig, b"official document")
-            cert = public.encryption_certificate("zhang.san")
+            cert = public.recipient_certificate("zhang.san")
             state["ct"] = cert.public_key.encrypt(b"confidential memo for zhang.san")
             pt = tok.decrypt(tok.key("zhang.san", KeyUsage.ENCRYPT), state["ct"])
             assert pt == b"confidential memo for zhang.san"
@@ -217,13 +217,7 @@ def demo_command(
                 profile="gateway_sign",
                 ttl_seconds=600,
             )["code"]
-            gw_tok = SoftToken.init(
-                data_dir / "gateway.tok",
-                "gateway-pin-1",
-                "admin-unlock-code",
-                iterations=100_000,
-                overwrite=True,
-            )
+            gw_tok = new_token(data_dir / "gateway.tok", "gateway-pin-1")
             gw_enr = public.enroll(code, gw_tok, container="gateway")
             issuing, root = gw_enr.chain
             crls = (public.crl("issuing"), public.crl("root"))
@@ -294,48 +288,47 @@ def demo_command(
             )
 
         def recovery() -> str:
-            key_id = state["enrollment"].key_id
-            new_token = SoftToken.init(
-                data_dir / "zhang.san-new.tok",
-                "112233",
-                "admin-unlock-code",
-                iterations=100_000,
-                overwrite=True,
-            )
-            new_token.create_container("zhang.san")
-            h = new_token.generate_key_pair("zhang.san", KeyUsage.SIGN)
-            rid = admins["alice"].request_recovery(key_id, h.public_key.to_bytes(), "device lost")
-            first = admins["alice"].approve_recovery(rid)
-            assert first["status"] == "pending"
-            try:
-                admins["alice"].approve_recovery(rid)
-                raise AssertionError("one operator approved twice")
-            except Exception as exc:
-                if "dual control" not in str(exc):
-                    raise
-            done = admins["bob"].approve_recovery(rid)
             import base64
 
+            key_id = state["enrollment"].key_id
+            new_token_ = new_token(data_dir / "zhang.san-new.tok", "112233")
+            new_token_.create_container("zhang.san")
+            h = new_token_.generate_key_pair("zhang.san", KeyUsage.SIGN)
+            rid = admins["alice"].request_recovery(key_id, h.public_key.to_bytes(), "device lost")
+            try:
+                admins["alice"].approve_recovery(rid, h.public_key.fingerprint().hex())
+                raise AssertionError("the requester approved her own request")
+            except ServiceError as exc:
+                if "dual control" not in exc.detail:
+                    raise
+            review = admins["bob"].recovery_request(rid)
+            assert review["requested_by"] == "alice" and review["owner"] == "zhang.san"
+            done = admins["bob"].approve_recovery(rid, review["recipient_fingerprint"])
             env = base64.b64decode(done["enveloped_key"])
-            new_token.import_enveloped_key("zhang.san", env)
-            pt = new_token.decrypt(new_token.key("zhang.san", KeyUsage.ENCRYPT), state["ct"])
+            new_token_.import_enveloped_key("zhang.san", env)
+            pt = new_token_.decrypt(new_token_.key("zhang.san", KeyUsage.ENCRYPT), state["ct"])
             assert pt == b"confidential memo for zhang.san"
-            return "alice requested, alice alone refused twice, bob approved → new token decrypts"
+            return (
+                "alice requested, her own approval refused; bob reviewed requester, reason and "
+                f"recipient {review['recipient_fingerprint'][:16]}… and approved → new token "
+                "decrypts"
+            )
 
         def revoke() -> str:
             r = state["enrollment"]
             admins["alice"].revoke_certificate(f"{r.sign_certificate.serial:x}", "key_compromise")
             crl = public.crl()
             assert crl.is_revoked(r.sign_certificate.serial)
-            _, status = public.certificate(f"{r.sign_certificate.serial:x}")
+            assert crl.is_revoked(r.encryption_certificate.serial)
+            _, status = public.certificate(f"{r.encryption_certificate.serial:x}")
             return (
-                f"lost device's signing certificate revoked; CRL #{crl.number} lists it "
-                f"(directory status: {status})"
+                f"lost device: both certificates of the pair revoked; CRL #{crl.number} lists "
+                f"them (encryption certificate: {status}); KDK and group keys rotated"
             )
 
         def audit() -> str:
-            admins["alice"]._json("POST", "/admin/audit/checkpoint")
-            v = admins["bob"].verify_audit()
+            admins["carol"]._json("POST", "/admin/audit/checkpoint")
+            v = admins["carol"].verify_audit()
             assert v["ok"], v
             return f"{v['records']} hash-chained records, {v['checkpoints']} signed checkpoints"
 
@@ -350,8 +343,8 @@ def demo_command(
 
         step("power-on self test", kats)
         step("platform health", health)
-        step("operators enroll and log in with certificates", operators)
-        step("operator creates an enrollment code", code)
+        step("console registers operators; they enroll and log in", operators)
+        step("registration officer creates an enrollment code", code)
         step("terminal enrolls with its soft token", enroll)
         step("enrollment code cannot be reused", reuse)
         step("terminal signs and decrypts with its keys", use_keys)
@@ -363,6 +356,7 @@ def demo_command(
         step("audit chain verifies", audit)
         for c in (*admins.values(), public):
             c.close()
+        console_kmc.db.dispose()
     t = Table(title="demo summary")
     for col in ("step", "result", "detail"):
         t.add_column(col)
