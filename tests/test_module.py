@@ -153,7 +153,7 @@ def peer_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
 def _with_keys(mod: CryptoModule, container: str = "dev") -> tuple[KeyHandle, KeyHandle]:
     mod.create_container(container)
     hs = mod.generate_key_pair(container, SIGN)
-    he = mod.generate_key_pair(container, ENC)
+    he = mod.generate_key_pair(container, ENC, escrowed=False)
     remember(mod)
     return hs, he
 
@@ -183,7 +183,7 @@ def test_container_lifecycle(factory: Factory, mod: CryptoModule) -> None:
 
     hs = mod.generate_key_pair("b")  # default usage: sign
     assert hs.usage is SIGN and hs.container == "b"
-    he = mod.generate_key_pair("b", "enc")
+    he = mod.generate_key_pair("b", "enc", escrowed=False)
     assert he.usage is ENC
     remember(mod)
     assert hs.public_key != he.public_key
@@ -628,7 +628,7 @@ def _op_delete(mod: CryptoModule) -> None:
 
 
 def _op_import(mod: CryptoModule) -> None:
-    mod.import_key_pair("dev", SM2PrivateKey.generate(), ENC)
+    mod.import_key_pair("dev", SM2PrivateKey.generate(), ENC, allow_plaintext_import=True)
 
 
 def _op_cert(mod: CryptoModule) -> None:
@@ -693,7 +693,7 @@ def token_path(tmp_path: Path) -> Path:
     tok = SoftToken.init(path, PIN, ADMIN, iterations=ITER, label="phone")
     tok.create_container("dev")
     tok.generate_key_pair("dev", SIGN)
-    tok.generate_key_pair("dev", ENC)
+    tok.generate_key_pair("dev", ENC, escrowed=False)
     remember(tok)
     tok.logout()
     return path
@@ -858,22 +858,57 @@ def test_lockout_custom_max_retries(tmp_path: Path, max_retries: int) -> None:
     assert SoftToken.open(path).info().locked
 
 
-def test_unlock_sets_new_pin_and_resets_counter(token_path: Path) -> None:
+def test_unlock_seals_keys_and_sets_new_pin(token_path: Path) -> None:
     pub = _pub(token_path)
     _lock_out(token_path, 6)
     tok = SoftToken.open(token_path)
     tok.unlock(ADMIN, NEW_PIN)
     assert tok.logged_in
-    assert tok.export_public_key("dev").to_bytes() == pub
+    assert tok.list_containers() == []  # the administrator code opened no key
     info = tok.info()
     assert (info.pin_failures, info.admin_failures, info.locked) == (0, 0, False)
+    assert info.recovery_needed and info.pin_change_required and info.containers == {}
+    assert [s.containers for s in info.sealed] == [{"dev": ("enc", "sign")}]
     with raises(PinIncorrectError):
         SoftToken.open(token_path).login(PIN)
-    assert _pub(token_path, NEW_PIN) == pub
-    assert SoftToken.open(token_path).info().pin_failures == 0
-    # unlock also works on a token that is not locked
-    SoftToken.open(token_path).unlock(ADMIN.encode(), PIN)
+    assert SoftToken.open(token_path).info().pin_failures == 1
+    # the administrator knows the new PIN: no key may be stored under it
+    tok.create_container("new")
+    with raises(PolicyError, match="administrator"):
+        tok.generate_key_pair("new", SIGN)
+    with raises(PolicyError, match="administrator"):
+        tok.import_key_pair("new", SM2PrivateKey.generate(), allow_plaintext_import=True)
+
+    # the user proves the old PIN: the keys come back, re-keyed under that PIN
+    assert tok.recover_sealed(PIN) == ["dev"]
+    assert tok.export_public_key("dev").to_bytes() == pub
+    assert tok.list_containers() == ["dev", "new"]
+    info = tok.info()
+    assert not info.recovery_needed and not info.pin_change_required
+    assert info.containers == {"dev": ("enc", "sign"), "new": ()}
     assert _pub(token_path, PIN) == pub
+    with raises(PinIncorrectError):  # the administrator's PIN opens nothing any more
+        SoftToken.open(token_path).login(NEW_PIN)
+
+
+def test_unlock_refused_when_not_locked(token_path: Path) -> None:
+    """The attack of finding 8: the administrator code on a token that is not locked
+    reset the PIN and yielded every key. Now it is refused and not even counted."""
+    pub = _pub(token_path)
+    for wrong in range(2):
+        with raises(PinIncorrectError):
+            SoftToken.open(token_path).login(f"wrong-{wrong:04d}")
+    tok = SoftToken.open(token_path)
+    with raises(PolicyError, match="not locked"):
+        tok.unlock(ADMIN, NEW_PIN)
+    with raises(PolicyError, match="not locked"):
+        tok.unlock(ADMIN.encode(), NEW_PIN)
+    assert not tok.logged_in and tok._containers == {}
+    info = tok.info()
+    assert (info.pin_failures, info.admin_failures, info.sealed) == (2, 0, ())
+    assert _pub(token_path, PIN) == pub  # PIN and keys untouched
+    with raises(PinIncorrectError):
+        SoftToken.open(token_path).login(NEW_PIN)
 
 
 def test_wrong_admin_code_counted(token_path: Path) -> None:
@@ -895,11 +930,10 @@ def test_wrong_admin_code_counted(token_path: Path) -> None:
 
 
 def test_admin_failures_reset_by_successful_unlock(token_path: Path) -> None:
+    _lock_out(token_path, 6)
     for _ in range(3):
         with raises(PinIncorrectError):
             SoftToken.open(token_path).unlock("not-the-admin-code", NEW_PIN)
-    assert SoftToken.open(token_path).info().admin_failures == 3
-    SoftToken.open(token_path).login(PIN)  # a user login keeps the admin counter
     assert SoftToken.open(token_path).info().admin_failures == 3
     SoftToken.open(token_path).unlock(ADMIN, NEW_PIN)
     assert SoftToken.open(token_path).info().admin_failures == 0
@@ -918,9 +952,10 @@ def test_change_pin(token_path: Path) -> None:
     with raises(PinIncorrectError):
         SoftToken.open(token_path).login(PIN)
     assert _pub(token_path, NEW_PIN) == pub
-    # the administrator slot is untouched
+    # the administrator code still unlocks (a locked token) after a PIN change
+    _lock_out(token_path, 6)
     SoftToken.open(token_path).unlock(ADMIN, PIN)
-    assert _pub(token_path, PIN) == pub
+    assert SoftToken.open(token_path).info().sealed
     assert not list(token_path.parent.glob("*.tmp"))
 
 
