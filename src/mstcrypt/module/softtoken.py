@@ -633,6 +633,9 @@ class SoftToken(CryptoModule):
         )
         dek = random_bytes(16)
         self._set_slot(h, "user", new_b, dek)
+        # A fresh verifier: a version-1 administrator slot wrapped the DEK that the
+        # sealed body is encrypted under.
+        self._set_slot(h, "admin", admin_b, random_bytes(16))
         self._write(h, {"containers": {}}, dek)
         self._count(0, 0, sealed_failures)
         self._dek = dek
@@ -667,9 +670,10 @@ class SoftToken(CryptoModule):
         if not entries:
             raise PolicyError("the token holds no sealed keys")
         old_b = _raw(old_pin)
+        # (the old PIN passed the "differs from the administrator code" check when it was
+        # set; a new one is checked once the old PIN is proven, so that this call is no
+        # uncounted oracle for the administrator code)
         target = _secret(new_pin, "PIN", MIN_PIN) if new_pin is not None else old_b
-        if self._try_slot("admin", target) is not None:
-            raise PolicyError("the PIN must differ from the administrator code")
         user, admin, failures = self._read_counter()
         if failures >= self.max_retries:
             raise PinLockedError(
@@ -690,6 +694,8 @@ class SoftToken(CryptoModule):
             if left <= 0:
                 raise PinLockedError("wrong old PIN; recovery of the sealed keys is now locked")
             raise PinIncorrectError(f"wrong old PIN ({left} attempts left)", left)
+        if new_pin is not None and self._try_slot("admin", target) is not None:
+            raise PolicyError("the PIN must differ from the administrator code")
         parsed = [(e["generation"], self._parse_containers(p)) for e, p in opened]
         snapshot = self._payload()
         restored = []
