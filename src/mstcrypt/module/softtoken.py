@@ -660,8 +660,9 @@ class SoftToken(CryptoModule):
     ) -> list[str]:
         """After an administrator unlock: prove the PIN that was valid before it and get
         the sealed keys back. The token is re-keyed under that PIN (or ``new_pin``),
-        which the administrator does not know. Containers whose names are taken now are
-        restored as ``<name>.gen<N>``. Returns the restored container names.
+        which the administrator does not know. Containers whose names are taken now by a
+        container holding keys or certificates are restored as ``<name>.gen<N>``.
+        Returns the restored container names.
 
         Wrong old PINs are counted (before the check) and never reset by an unlock; after
         ``max_retries`` of them recovery is refused for good (:meth:`discard_sealed`)."""
@@ -716,8 +717,9 @@ class SoftToken(CryptoModule):
         return sorted(restored)
 
     def _free_name(self, name: str, gen: int) -> str:
-        if name not in self._containers:
-            return name
+        current = self._containers.get(name)
+        if current is None or not (current.keys or current.certs):
+            return name  # free, or an empty container a recovery may fill
         base = f"{name[:50]}.gen{gen}"
         candidate, i = base, 1
         while candidate in self._containers:
