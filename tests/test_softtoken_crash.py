@@ -315,32 +315,6 @@ def _finish_unlock(path: Path, template: Template) -> str:
     return state
 
 
-def test_unlock_killed_at_every_hook(templates: dict[str, Template], tmp_path: Path) -> None:
-    stages = _hook_stages(templates, "locked", "unlock", tmp_path)
-    template = templates["locked"]
-    for n in range(1, len(stages) + 1):
-        for rep in range(HOOK_REPEATS):
-            path = template.copy_to(tmp_path / f"k{n}-{rep}")
-            stage = _run_hooked(path, "unlock", n)
-            assert stage == stages[n - 1]
-            expect = "new" if stage == "after-rename" else "old"
-            assert _finish_unlock(path, template) == expect
-
-
-def test_unlock_killed_after_random_delay(templates: dict[str, Template], tmp_path: Path) -> None:
-    rng = random.Random(3720)
-    template = templates["locked"]
-    killed = 0
-    for i in range(RANDOM_RUNS):
-        path = template.copy_to(tmp_path / f"r{i}")
-        hit = _run_killed_after(path, "unlock", rng.uniform(0, MAX_DELAY))
-        killed += hit
-        state = _finish_unlock(path, template)
-        if not hit:
-            assert state == "new"
-    assert killed > 0
-
-
 # -- recovery of sealed keys ------------------------------------------------------------------
 
 
@@ -362,26 +336,40 @@ def _finish_recover(path: Path, template: Template) -> str:
     return state
 
 
-def test_recover_killed_at_every_hook(templates: dict[str, Template], tmp_path: Path) -> None:
-    stages = _hook_stages(templates, "sealed", "recover", tmp_path)
-    template = templates["sealed"]
+# -- unlock and recovery, killed -----------------------------------------------------------
+
+#: op -> (template, check after the crash, state after the rename, state before it,
+#: repeats per hook position, random runs)
+_ADMIN_OPS = {
+    "unlock": ("locked", _finish_unlock, "new", "old", HOOK_REPEATS, RANDOM_RUNS),
+    "recover": ("sealed", _finish_recover, "recovered", "sealed", 1, RANDOM_RUNS // 2),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_ADMIN_OPS))
+def test_killed_at_every_hook(op: str, templates: dict[str, Template], tmp_path: Path) -> None:
+    name, finish, after, before, repeats, _ = _ADMIN_OPS[op]
+    stages = _hook_stages(templates, name, op, tmp_path)
+    template = templates[name]
     for n in range(1, len(stages) + 1):
-        path = template.copy_to(tmp_path / f"k{n}")
-        stage = _run_hooked(path, "recover", n)
-        assert stage == stages[n - 1]
-        expect = "recovered" if stage == "after-rename" else "sealed"
-        assert _finish_recover(path, template) == expect
+        for rep in range(repeats):
+            path = template.copy_to(tmp_path / f"k{n}-{rep}")
+            stage = _run_hooked(path, op, n)
+            assert stage == stages[n - 1]
+            assert finish(path, template) == (after if stage == "after-rename" else before)
 
 
-def test_recover_killed_after_random_delay(templates: dict[str, Template], tmp_path: Path) -> None:
-    rng = random.Random(9)
-    template = templates["sealed"]
+@pytest.mark.parametrize("op", sorted(_ADMIN_OPS))
+def test_killed_after_random_delay(op: str, templates: dict[str, Template], tmp_path: Path) -> None:
+    name, finish, after, _, _, runs = _ADMIN_OPS[op]
+    rng = random.Random(f"{op}-3720")
+    template = templates[name]
     killed = 0
-    for i in range(RANDOM_RUNS // 2):
+    for i in range(runs):
         path = template.copy_to(tmp_path / f"r{i}")
-        hit = _run_killed_after(path, "recover", rng.uniform(0, MAX_DELAY))
+        hit = _run_killed_after(path, op, rng.uniform(0, MAX_DELAY))
         killed += hit
-        state = _finish_recover(path, template)
+        state = finish(path, template)
         if not hit:
-            assert state == "recovered"
+            assert state == after
     assert killed > 0
