@@ -52,7 +52,13 @@ from mstcrypt.formats._der import load_strict
 from mstcrypt.module import keystore as ks
 from mstcrypt.module.base import CryptoModule, KeyUsage
 
-__all__ = ["SealedKeySet", "SoftToken", "TokenInfo"]
+__all__ = [
+    "SealedKeySet",
+    "SoftToken",
+    "TokenInfo",
+    "anchor_fingerprint",
+    "normalise_fingerprint",
+]
 
 FORMAT_VERSION = 2
 MIN_ITERATIONS = 100_000
