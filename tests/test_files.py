@@ -38,7 +38,7 @@ class Terminal:
         self.handles: dict[str, Any] = {}
         for n in names:
             self.token.create_container(n)
-            self.handles[n] = self.token.generate_key_pair(n, KeyUsage.ENCRYPT)
+            self.handles[n] = self.token.generate_key_pair(n, KeyUsage.ENCRYPT, escrowed=False)
 
     def pub(self, n: str) -> Any:
         return self.handles[n].public_key

@@ -73,7 +73,7 @@ CHILD = textwrap.dedent(
     tok = SoftToken.init(os.path.join(workdir, "t.tok"), "123456", "admin-code-1",
                          iterations=100_000)
     tok.create_container("me")
-    h = tok.generate_key_pair("me", KeyUsage.ENCRYPT)
+    h = tok.generate_key_pair("me", KeyUsage.ENCRYPT, escrowed=False)
     path = os.path.join(workdir, "big.mst")
     gen = Generated(size)
     t0 = time.perf_counter()

@@ -63,7 +63,7 @@ class Env:
         self.keys: dict[str, Any] = {}
         for n in ("alice", "bob"):
             tok.create_container(n)
-            h = tok.generate_key_pair(n, KeyUsage.ENCRYPT)
+            h = tok.generate_key_pair(n, KeyUsage.ENCRYPT, escrowed=False)
             self.keys[n] = h.public_key
             cert = self.ca.issue(
                 subject=name(CN=n), public_key=h.public_key, profile=Profile.DEVICE_ENC
@@ -272,7 +272,7 @@ def kit_token(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = SoftToken.init(path, PIN, "admin-code-1", iterations=100_000)
     tok.create_container("reader")
     key = SM2PrivateKey.from_bytes(bytes.fromhex(MANIFEST["reader"]["private_key"]))
-    tok.import_key_pair("reader", key, KeyUsage.ENCRYPT)
+    tok.import_key_pair("reader", key, KeyUsage.ENCRYPT, allow_plaintext_import=True)
     return path
 
 

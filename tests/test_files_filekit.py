@@ -45,7 +45,7 @@ def reader(tmp_path_factory: pytest.TempPathFactory) -> tuple[SoftToken, Any]:
     tok = SoftToken.init(tmp_path_factory.mktemp("kit") / "t.tok", "123456", "admin-code-1")
     tok.create_container("reader")
     key = SM2PrivateKey.from_bytes(bytes.fromhex(MANIFEST["reader"]["private_key"]))
-    handle = tok.import_key_pair("reader", key, KeyUsage.ENCRYPT)
+    handle = tok.import_key_pair("reader", key, KeyUsage.ENCRYPT, allow_plaintext_import=True)
     assert handle.public_key.to_bytes().hex() == MANIFEST["reader"]["public_key"]
     return tok, handle
 

@@ -530,7 +530,7 @@ def test_cli_gateway_and_tunnel(tmp_path: Path, pki, gw_id) -> None:
     subject = name(C="CN", O="mstcrypt test", CN="phone 7")
     serials = []
     for usage, profile in (("sign", Profile.DEVICE_SIGN), ("enc", Profile.DEVICE_ENC)):
-        h = tok.generate_key_pair("vpn", usage)
+        h = tok.generate_key_pair("vpn", usage, escrowed=False)
         cert = pki.issuer.issue(subject=subject, public_key=h.public_key, profile=profile)
         tok.put_certificate("vpn", h.usage, cert.der)
         serials.append(cert.serial)

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import (
     DecodeError,
@@ -37,14 +38,21 @@ from mstcrypt.errors import (
 from mstcrypt.formats.envelope import EnvelopedKey, build_enveloped_key
 from mstcrypt.module import (
     CryptoModule,
+    KeyExchange,
     KeyHandle,
+    KeyOrigin,
+    KeyProvenance,
     KeyUsage,
     ServerModule,
     SessionKeyHandle,
     SoftToken,
 )
 from mstcrypt.module import keystore as ks
+from mstcrypt.module.base import MAX_PENDING_EXCHANGES
 from mstcrypt.module.server import load_master_key
+from mstcrypt.module.softtoken import _body_aad, anchor_fingerprint
+from mstcrypt.pki import Issuer
+from mstcrypt.pki import name as dn
 
 ITER = 100_000  # the minimum the soft token accepts; keeps PBKDF2 cheap
 PIN = "pin-4711-user"
@@ -153,7 +161,7 @@ def peer_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
 def _with_keys(mod: CryptoModule, container: str = "dev") -> tuple[KeyHandle, KeyHandle]:
     mod.create_container(container)
     hs = mod.generate_key_pair(container, SIGN)
-    he = mod.generate_key_pair(container, ENC)
+    he = mod.generate_key_pair(container, ENC, escrowed=False)
     remember(mod)
     return hs, he
 
@@ -183,7 +191,7 @@ def test_container_lifecycle(factory: Factory, mod: CryptoModule) -> None:
 
     hs = mod.generate_key_pair("b")  # default usage: sign
     assert hs.usage is SIGN and hs.container == "b"
-    he = mod.generate_key_pair("b", "enc")
+    he = mod.generate_key_pair("b", "enc", escrowed=False)
     assert he.usage is ENC
     remember(mod)
     assert hs.public_key != he.public_key
@@ -628,7 +636,7 @@ def _op_delete(mod: CryptoModule) -> None:
 
 
 def _op_import(mod: CryptoModule) -> None:
-    mod.import_key_pair("dev", SM2PrivateKey.generate(), ENC)
+    mod.import_key_pair("dev", SM2PrivateKey.generate(), ENC, allow_plaintext_import=True)
 
 
 def _op_cert(mod: CryptoModule) -> None:
@@ -693,7 +701,7 @@ def token_path(tmp_path: Path) -> Path:
     tok = SoftToken.init(path, PIN, ADMIN, iterations=ITER, label="phone")
     tok.create_container("dev")
     tok.generate_key_pair("dev", SIGN)
-    tok.generate_key_pair("dev", ENC)
+    tok.generate_key_pair("dev", ENC, escrowed=False)
     remember(tok)
     tok.logout()
     return path
@@ -858,22 +866,57 @@ def test_lockout_custom_max_retries(tmp_path: Path, max_retries: int) -> None:
     assert SoftToken.open(path).info().locked
 
 
-def test_unlock_sets_new_pin_and_resets_counter(token_path: Path) -> None:
+def test_unlock_seals_keys_and_sets_new_pin(token_path: Path) -> None:
     pub = _pub(token_path)
     _lock_out(token_path, 6)
     tok = SoftToken.open(token_path)
     tok.unlock(ADMIN, NEW_PIN)
     assert tok.logged_in
-    assert tok.export_public_key("dev").to_bytes() == pub
+    assert tok.list_containers() == []  # the administrator code opened no key
     info = tok.info()
     assert (info.pin_failures, info.admin_failures, info.locked) == (0, 0, False)
+    assert info.recovery_needed and info.pin_change_required and info.containers == {}
+    assert [s.containers for s in info.sealed] == [{"dev": ("enc", "sign")}]
     with raises(PinIncorrectError):
         SoftToken.open(token_path).login(PIN)
-    assert _pub(token_path, NEW_PIN) == pub
-    assert SoftToken.open(token_path).info().pin_failures == 0
-    # unlock also works on a token that is not locked
-    SoftToken.open(token_path).unlock(ADMIN.encode(), PIN)
+    assert SoftToken.open(token_path).info().pin_failures == 1
+    # the administrator knows the new PIN: no key may be stored under it
+    tok.create_container("new")
+    with raises(PolicyError, match="administrator"):
+        tok.generate_key_pair("new", SIGN)
+    with raises(PolicyError, match="administrator"):
+        tok.import_key_pair("new", SM2PrivateKey.generate(), allow_plaintext_import=True)
+
+    # the user proves the old PIN: the keys come back, re-keyed under that PIN
+    assert tok.recover_sealed(PIN) == ["dev"]
+    assert tok.export_public_key("dev").to_bytes() == pub
+    assert tok.list_containers() == ["dev", "new"]
+    info = tok.info()
+    assert not info.recovery_needed and not info.pin_change_required
+    assert info.containers == {"dev": ("enc", "sign"), "new": ()}
     assert _pub(token_path, PIN) == pub
+    with raises(PinIncorrectError):  # the administrator's PIN opens nothing any more
+        SoftToken.open(token_path).login(NEW_PIN)
+
+
+def test_unlock_refused_when_not_locked(token_path: Path) -> None:
+    """The attack of finding 8: the administrator code on a token that is not locked
+    reset the PIN and yielded every key. Now it is refused and not even counted."""
+    pub = _pub(token_path)
+    for wrong in range(2):
+        with raises(PinIncorrectError):
+            SoftToken.open(token_path).login(f"wrong-{wrong:04d}")
+    tok = SoftToken.open(token_path)
+    with raises(PolicyError, match="not locked"):
+        tok.unlock(ADMIN, NEW_PIN)
+    with raises(PolicyError, match="not locked"):
+        tok.unlock(ADMIN.encode(), NEW_PIN)
+    assert not tok.logged_in and tok._containers == {}
+    info = tok.info()
+    assert (info.pin_failures, info.admin_failures, info.sealed) == (2, 0, ())
+    assert _pub(token_path, PIN) == pub  # PIN and keys untouched
+    with raises(PinIncorrectError):
+        SoftToken.open(token_path).login(NEW_PIN)
 
 
 def test_wrong_admin_code_counted(token_path: Path) -> None:
@@ -895,11 +938,10 @@ def test_wrong_admin_code_counted(token_path: Path) -> None:
 
 
 def test_admin_failures_reset_by_successful_unlock(token_path: Path) -> None:
+    _lock_out(token_path, 6)
     for _ in range(3):
         with raises(PinIncorrectError):
             SoftToken.open(token_path).unlock("not-the-admin-code", NEW_PIN)
-    assert SoftToken.open(token_path).info().admin_failures == 3
-    SoftToken.open(token_path).login(PIN)  # a user login keeps the admin counter
     assert SoftToken.open(token_path).info().admin_failures == 3
     SoftToken.open(token_path).unlock(ADMIN, NEW_PIN)
     assert SoftToken.open(token_path).info().admin_failures == 0
@@ -918,9 +960,10 @@ def test_change_pin(token_path: Path) -> None:
     with raises(PinIncorrectError):
         SoftToken.open(token_path).login(PIN)
     assert _pub(token_path, NEW_PIN) == pub
-    # the administrator slot is untouched
+    # the administrator code still unlocks (a locked token) after a PIN change
+    _lock_out(token_path, 6)
     SoftToken.open(token_path).unlock(ADMIN, PIN)
-    assert _pub(token_path, PIN) == pub
+    assert SoftToken.open(token_path).info().sealed
     assert not list(token_path.parent.glob("*.tmp"))
 
 
@@ -1118,6 +1161,528 @@ def test_tampered_header_field_name_is_keystore_error(
     token_path.write_bytes(_fix_checksum(data.replace(old, new)))
     with raises(KeyStoreError):
         SoftToken.open(token_path).login(PIN)
+
+
+# ---------------------------------------------------------------------------------------
+# private keys stay in the module (issue 9, finding 7)
+# ---------------------------------------------------------------------------------------
+
+
+def _reachable(root: object, max_depth: int = 10) -> Iterator[object]:
+    """Every value reachable from ``root`` by attribute walk: ``vars()``/``__dict__`` and
+    ``__slots__`` of objects, recursively, and into plain containers."""
+    seen: set[int] = set()
+    stack: list[tuple[object, int]] = [(root, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if id(obj) in seen or depth > max_depth:
+            continue
+        seen.add(id(obj))
+        yield obj
+        if isinstance(obj, str | bytes | bytearray | int | float | type(None)):
+            continue
+        children: list[object] = []
+        if isinstance(obj, dict):
+            children = [*obj.keys(), *obj.values()]
+        elif isinstance(obj, list | tuple | set | frozenset):
+            children = list(obj)
+        else:
+            d = getattr(obj, "__dict__", None)
+            if isinstance(d, dict):
+                children += list(d.values())
+            for cls in type(obj).__mro__:
+                for slot in getattr(cls, "__slots__", ()):
+                    if slot not in ("__weakref__", "__dict__") and hasattr(obj, slot):
+                        children.append(getattr(obj, slot))
+        stack += [(c, depth + 1) for c in children]
+
+
+def _assert_holds_no_private(obj: object, scalars: list[int]) -> None:
+    raws = [d.to_bytes(32, "big") for d in scalars]
+    for v in _reachable(obj):
+        assert not isinstance(
+            v, SM2PrivateKey | CryptoModule | KeyExchangeInitiator | KeyExchangeResponder
+        ), type(v).__name__
+        if isinstance(v, int) and not isinstance(v, bool):
+            assert v not in scalars, "a private scalar is reachable"
+        if isinstance(v, bytes | bytearray):
+            assert not any(r in v or r.hex().encode() in v for r in raws)
+        if isinstance(v, str):
+            assert not any(r.hex() in v.lower() for r in raws)
+
+
+@pytest.mark.parametrize("confirm", [False, True])
+def test_key_exchange_objects_hold_no_private_scalar(
+    mod: CryptoModule, peer: CryptoModule, confirm: bool
+) -> None:
+    _with_keys(mod)
+    _with_keys(peer)
+    ha, hb = mod.key("dev", ENC), peer.key("dev", ENC)
+    d_a = mod._containers["dev"].keys[ENC].private_int()
+    d_b = peer._containers["dev"].keys[ENC].private_int()
+    a = mod.key_exchange_initiator(ha, hb.public_key, confirm=confirm)
+    b = peer.key_exchange_responder(hb, ha.public_key, confirm=confirm)
+    assert isinstance(a, KeyExchange) and isinstance(b, KeyExchange)
+    # white box: the ephemeral scalars r_A, r_B live in the modules
+    r_a = mod._exchanges[a._handle_id]._r
+    r_b = peer._exchanges[b._handle_id]._r
+    scalars = [d_a, d_b, r_a, r_b]
+    for x in scalars:
+        remember(x.to_bytes(32, "big"))
+    _assert_holds_no_private([a, b], scalars)
+    with raises(PolicyError, match="responder"):
+        a.respond(b.ephemeral)
+    with raises(PolicyError, match="initiator"):
+        b.finish(a.ephemeral)
+
+    reply = b.respond(a.ephemeral)
+    _assert_holds_no_private([b, reply], scalars)
+    k_a, s_a = a.finish(*reply)
+    k_b = b.confirm(s_a) if confirm else b.key  # type: ignore[arg-type]
+    assert k_a == k_b == a.key == b.key and len(k_a) == 16
+    remember(k_a)
+    _assert_holds_no_private([a, b, k_a, s_a], scalars)
+    assert "KeyExchange(" in repr(a) and k_a.hex() not in repr(a)
+    # the module forgets the private state once the exchange ended; steps run once
+    assert a._handle_id not in mod._exchanges and b._handle_id not in peer._exchanges
+    with raises(KeyStoreError):
+        a.finish(*reply)
+    # the agreed key as a module session key
+    iv, ct = mod.encrypt(a.session_key(), b"agreed")
+    assert peer.decrypt_symmetric(b.session_key(), iv, ct) == b"agreed"
+
+    # the walk does find a scalar where one is: the crypto-layer object holds d and r
+    raw = KeyExchangeInitiator(mod._containers["dev"].keys[ENC], hb.public_key)
+    with pytest.raises(AssertionError):
+        _assert_holds_no_private(raw, [d_a])
+
+
+def test_key_exchange_state_is_bounded_and_dropped(mod: CryptoModule) -> None:
+    hs, _ = _with_keys(mod)
+    peer_pub = SM2PrivateKey.generate().public_key()
+    first = mod.key_exchange_initiator(hs, peer_pub)
+    for _ in range(MAX_PENDING_EXCHANGES):
+        mod.key_exchange_responder(hs, peer_pub)
+    assert len(mod._exchanges) == MAX_PENDING_EXCHANGES
+    with raises(KeyStoreError, match="ended or was dropped"):
+        first.finish(mod.key_exchange_initiator(hs, peer_pub).ephemeral)
+    if isinstance(mod, SoftToken):  # a logout drops every exchange
+        pending = mod.key_exchange_initiator(hs, peer_pub)
+        mod.logout()
+        mod.login(PIN)
+        with raises(KeyStoreError):
+            pending.finish(pending.ephemeral)
+        assert mod._exchanges == {}
+
+
+def test_plaintext_import_needs_explicit_flag(factory: Factory, mod: CryptoModule) -> None:
+    mod.create_container("dev")
+    key = SM2PrivateKey.generate()
+    remember(key)
+    path = factory.base / "ks"
+    before = path.read_bytes()
+    for kw in ({}, {"allow_plaintext_import": False}, {"allow_plaintext_import": 1}):
+        with raises(PolicyError, match="allow_plaintext_import"):
+            mod.import_key_pair("dev", key, ENC, **kw)  # type: ignore[arg-type]
+    assert path.read_bytes() == before
+    with raises(KeyStoreError):
+        mod.key("dev", ENC)
+    h = mod.import_key_pair("dev", key, ENC, allow_plaintext_import=True)
+    assert h.public_key == key.public_key()
+    assert mod.key_provenance("dev", ENC) == KeyProvenance(KeyOrigin.IMPORTED, None)
+    del mod
+    assert factory.reopen("ks").key_provenance("dev", ENC).origin is KeyOrigin.IMPORTED
+
+
+def test_local_encryption_key_needs_unescrowed_acknowledgement(
+    factory: Factory, mod: CryptoModule
+) -> None:
+    mod.create_container("dev")
+    path = factory.base / "ks"
+    before = path.read_bytes()
+    for kw in ({}, {"escrowed": True}, {"escrowed": None}):
+        with raises(PolicyError, match="escrow"):
+            mod.generate_key_pair("dev", ENC, **kw)  # type: ignore[arg-type]
+    with raises(PolicyError, match="never escrowed"):
+        mod.generate_key_pair("dev", SIGN, escrowed=True)
+    assert path.read_bytes() == before
+    hs = mod.generate_key_pair("dev", SIGN)
+    mod.generate_key_pair("dev", ENC, escrowed=False)
+    remember(mod)
+    not_escrowed = KeyProvenance(KeyOrigin.GENERATED, False)
+    assert mod.key_provenance("dev", SIGN) == not_escrowed
+    assert mod.key_provenance("dev", ENC) == not_escrowed
+    kmc = SM2PrivateKey.generate()
+    remember(kmc)
+    mod.import_enveloped_key("dev", build_enveloped_key(kmc, hs.public_key), replace=True)
+    assert mod.key_provenance("dev", "enc") == KeyProvenance(KeyOrigin.KMC, True)
+    with raises(PolicyError):
+        mod.key_provenance("dev", "nope")
+    mod.create_container("empty")
+    with raises(KeyStoreError):
+        mod.key_provenance("empty", SIGN)
+    del mod
+    again = factory.reopen("ks")
+    assert again.key_provenance("dev", ENC) == KeyProvenance(KeyOrigin.KMC, True)
+    assert again.key_provenance("dev", SIGN) == not_escrowed
+
+
+# ---------------------------------------------------------------------------------------
+# the administrator code opens no key; change-PIN re-keys (issue 9, finding 8)
+# ---------------------------------------------------------------------------------------
+
+
+def _admin_only_attack(path: Path, admin: bytes) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """What someone holding only the administrator code gets from a token file: every
+    slot of the header tried with KEKs derived from the code, and every value that
+    unwraps tried as the key of every encrypted body in the file. Returns (the values
+    that unwrapped, the bodies that opened)."""
+    image = ks.parse(path.read_bytes())
+    h = image.header
+    serial = h["serial"]
+    slots = [h["slots"]["user"], h["slots"]["admin"], *(e["slot"] for e in h.get("sealed", []))]
+    keys = []
+    for slot in slots:
+        salt = base64.b64decode(slot["salt"])
+        for label in ("user", "admin"):
+            kek = ks.derive_kek(admin, salt, h["kdf"]["iterations"], label.encode())
+            for aad in ("user", "admin"):
+                value = ks.unwrap(kek, slot["wrapped"], f"{serial}:{aad}".encode())
+                if value is not None:
+                    keys.append(value)
+    bodies = [
+        (image.body_nonce, image.body, [image.prefix, _body_aad(serial, h.get("generation", 0))])
+    ]
+    for e in h.get("sealed", []):
+        aads = [_body_aad(serial, e["generation"])]
+        aads += [base64.b64decode(e["aad"])] if "aad" in e else []
+        bodies.append((base64.b64decode(e["nonce"]), base64.b64decode(e["body"]), aads))
+    opened = []
+    for key in keys:
+        for nonce, body, aads in bodies:
+            for aad in aads:
+                with contextlib.suppress(KeyStoreError):
+                    opened.append(ks.open_blob(key, nonce, body, aad))
+    return keys, opened
+
+
+def test_admin_code_alone_cannot_read_the_keys(token_path: Path) -> None:
+    tok = SoftToken.open(token_path)
+    tok.login(PIN)
+    privs = _private_keys(tok)
+    tok.logout()
+    keys, opened = _admin_only_attack(token_path, ADMIN.encode())
+    assert keys and opened == []  # the code verifies, and opens nothing
+
+    _lock_out(token_path, 6)
+    SoftToken.open(token_path).unlock(ADMIN, NEW_PIN)
+    keys, opened = _admin_only_attack(token_path, ADMIN.encode())
+    assert keys and opened == []
+    _assert_files_hide(token_path.parent, privs)
+
+    # through the API: the administrator's new PIN opens an empty token, and neither
+    # the code nor that PIN recovers the sealed keys
+    tok = SoftToken.open(token_path)
+    tok.login(NEW_PIN)
+    assert tok.list_containers() == [] and _private_keys(tok) == []
+    for guess in (ADMIN, NEW_PIN):
+        with raises(PinIncorrectError):
+            tok.recover_sealed(guess)
+    assert tok.info().sealed_failures == 2
+    assert tok.recover_sealed(PIN) == ["dev"]
+    assert sorted(_private_keys(tok)) == sorted(privs)
+    assert tok.info().sealed_failures == 0
+
+
+def _make_v1_token(path: Path, *, wrong: int = 0) -> list[SM2PrivateKey]:
+    """A token file as version 1 wrote it: both slots wrap the DEK; the body's AAD is
+    the whole file prefix."""
+    serial, dek = os.urandom(8).hex(), os.urandom(16)
+    header: dict[str, Any] = {
+        "format": "mstcrypt-softtoken",
+        "version": 1,
+        "serial": serial,
+        "label": "old",
+        "created": "2024-01-01T00:00:00Z",
+        "max_retries": 6,
+        "epoch": 0,
+        "kdf": {"alg": "pbkdf2-hmac-sm3", "iterations": ITER},
+        "slots": {},
+    }
+    for name, secret in (("user", PIN), ("admin", ADMIN)):
+        salt = os.urandom(16)
+        kek = ks.derive_kek(secret.encode(), salt, ITER, name.encode())
+        header["slots"][name] = {
+            "salt": ks.b64e(salt),
+            "wrapped": ks.wrap(kek, dek, f"{serial}:{name}".encode()),
+        }
+    keys = [SM2PrivateKey.generate(), SM2PrivateKey.generate()]
+    remember(*keys)
+    payload = {
+        "containers": {
+            "dev": {
+                "keys": {
+                    "sign": keys[0].private_bytes().hex(),
+                    "enc": keys[1].private_bytes().hex(),
+                },
+                "certs": {"sign": b"cert".hex()},
+            }
+        }
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(ks.build(header, payload, dek))
+    counter = {"serial": serial, "epoch": 0, "user_failures": wrong, "admin_failures": 0}
+    _pin_file(path).write_text(json.dumps(counter))
+    return keys
+
+
+def test_version1_token_is_upgraded_and_its_admin_slot_retired(tmp_path: Path) -> None:
+    path = tmp_path / "v1" / "token.mst"
+    keys = _make_v1_token(path)
+    _, opened = _admin_only_attack(path, ADMIN.encode())
+    assert len(opened) == 1  # the hole of version 1, which the attack finds
+    tok = SoftToken.open(path)
+    assert tok.anchors() == [] and tok.info().sealed == () and tok.info().containers == {}
+    tok.login(PIN)  # upgrades the file under a fresh DEK
+    assert ks.parse(path.read_bytes()).header["version"] == 2
+    assert tok.export_public_key("dev", SIGN) == keys[0].public_key()
+    assert tok.get_certificate("dev", SIGN) == b"cert"
+    assert tok.key_provenance("dev", ENC).origin is KeyOrigin.UNKNOWN
+    _, opened = _admin_only_attack(path, ADMIN.encode())
+    assert opened == []
+    again = SoftToken.open(path)
+    assert again.info().containers == {"dev": ("enc", "sign")}
+    again.login(PIN)
+    assert again.decrypt(again.key("dev", ENC), keys[1].public_key().encrypt(b"m")) == b"m"
+    _lock_out(path, 6)  # the administrator code still unlocks the upgraded token
+    SoftToken.open(path).unlock(ADMIN, NEW_PIN)
+
+
+def test_version1_locked_token_unlock_seals_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "v1" / "token.mst"
+    keys = _make_v1_token(path, wrong=6)
+    with raises(PinLockedError):
+        SoftToken.open(path).login(PIN)
+    tok = SoftToken.open(path)
+    tok.unlock(ADMIN, NEW_PIN)
+    assert tok.list_containers() == []
+    assert [s.generation for s in tok.info().sealed] == [0]
+    _, opened = _admin_only_attack(path, ADMIN.encode())
+    assert opened == []
+    assert tok.recover_sealed(PIN) == ["dev"]
+    assert tok.export_public_key("dev", ENC) == keys[1].public_key()
+
+
+def test_change_pin_rekeys_so_an_old_copy_opens_nothing_newer(
+    token_path: Path, tmp_path: Path
+) -> None:
+    old_data = token_path.read_bytes()
+    old_counter = _pin_file(token_path).read_bytes()
+    tok = SoftToken.open(token_path)
+    tok.change_pin(PIN, NEW_PIN)
+    tok.create_container("later")
+    tok.generate_key_pair("later", SIGN)
+    later = tok._containers["later"].keys[SIGN].private_bytes()
+    remember(later)
+    new_data = token_path.read_bytes()
+    new = ks.parse(new_data)
+
+    # the old copy opened with the old PIN: what was there before, nothing after
+    copy = tmp_path / "copy" / "token.mst"
+    copy.parent.mkdir()
+    copy.write_bytes(old_data)
+    _pin_file(copy).write_bytes(old_counter)
+    old = SoftToken.open(copy)
+    old.login(PIN)
+    assert old.list_containers() == ["dev"]
+    # its DEK does not open the new body, under any AAD
+    old_dek: bytes = old._dek  # type: ignore[assignment]
+    for aad in (new.prefix, _body_aad(new.header["serial"], new.header["generation"])):
+        with raises(KeyStoreError):
+            ks.open_blob(old_dek, new.body_nonce, new.body, aad)
+    # grafting the old user slot into the new file: the old PIN opens the slot, the body
+    # refuses (a tampering error, not a wrong PIN)
+    h = json.loads(ks.canonical_json(new.header))
+    h["slots"]["user"] = ks.parse(old_data).header["slots"]["user"]
+    hb = ks.canonical_json(h)
+    grafted = ks.MAGIC + struct.pack(">I", len(hb)) + hb + new.body_nonce + new.body
+    token_path.write_bytes(grafted + sm3(grafted))
+    with raises(KeyStoreError) as e:
+        SoftToken.open(token_path).login(PIN)
+    assert type(e.value) is KeyStoreError
+    _assert_files_hide(tmp_path, [later])
+    token_path.write_bytes(new_data)
+    assert _pub(token_path, NEW_PIN)
+
+
+def test_recover_after_reenrollment_keeps_both(token_path: Path) -> None:
+    pub = _pub(token_path)
+    _lock_out(token_path, 6)
+    tok = SoftToken.open(token_path)
+    tok.unlock(ADMIN, NEW_PIN)
+    tok.change_pin(NEW_PIN, "user-chosen-pin")  # now the user may store keys again
+    assert not tok.info().pin_change_required and tok.info().recovery_needed
+    tok.create_container("dev")
+    fresh = tok.generate_key_pair("dev", SIGN)
+    remember(tok)
+    with raises(PolicyError):
+        tok.recover_sealed(PIN, new_pin="12345")
+    with raises(PolicyError):  # checked after the old PIN is proven: no admin-code oracle
+        tok.recover_sealed(PIN, new_pin=ADMIN)
+    with raises(PinIncorrectError):
+        tok.recover_sealed("not-the-old-pin", new_pin=ADMIN)
+    assert tok.recover_sealed(PIN, new_pin="after-recovery") == ["dev.gen0"]
+    assert tok.key("dev", SIGN).public_key == fresh.public_key
+    assert tok.export_public_key("dev.gen0", SIGN).to_bytes() == pub
+    assert _pub(token_path, "after-recovery") == fresh.public_key.to_bytes()
+    with raises(PinIncorrectError):
+        SoftToken.open(token_path).login("user-chosen-pin")
+    with raises(PolicyError, match="no sealed"):
+        tok.recover_sealed(PIN)
+
+
+def test_recover_sealed_guesses_are_limited_across_unlocks(tmp_path: Path) -> None:
+    path = tmp_path / "t"
+    tok = SoftToken.init(path, PIN, ADMIN, iterations=ITER, max_retries=3)
+    tok.create_container("dev")
+    tok.generate_key_pair("dev", SIGN)
+    remember(tok)
+    tok.logout()
+    _lock_out(path, 3)
+    tok = SoftToken.open(path)
+    tok.unlock(ADMIN, NEW_PIN)
+    lefts = []
+    for guess in ("guess-0001", "guess-0002"):
+        with raises(PinIncorrectError) as e:
+            tok.recover_sealed(guess)
+        lefts.append(e.value.retries_left)
+    assert lefts == [2, 1]
+    # another lockout and unlock does not give the attacker fresh guesses
+    _lock_out(path, 3)
+    tok = SoftToken.open(path)
+    tok.unlock(ADMIN, "second-admin-pin")
+    info = tok.info()
+    assert len(info.sealed) == 2 and info.sealed_failures == 2
+    with raises(PinLockedError):
+        tok.recover_sealed("guess-0003")
+    assert tok.info().sealed_recovery_locked
+    with raises(PinLockedError):  # even the right PIN: recovery is over
+        tok.recover_sealed(PIN)
+    assert tok.discard_sealed() == 2
+    info = tok.info()
+    assert info.sealed == () and info.sealed_failures == 0 and not info.recovery_needed
+    assert tok.discard_sealed() == 0
+    with raises(PolicyError, match="no sealed"):
+        tok.recover_sealed(PIN)
+
+
+def test_recover_and_discard_need_login(token_path: Path) -> None:
+    tok = SoftToken.open(token_path)
+    with raises(KeyStoreError, match="not logged in"):
+        tok.recover_sealed(PIN)
+    with raises(KeyStoreError, match="not logged in"):
+        tok.discard_sealed()
+
+
+# ---------------------------------------------------------------------------------------
+# trust anchors preset in the token (issue 9, finding 6)
+# ---------------------------------------------------------------------------------------
+
+
+def _root(cn: str) -> bytes:
+    key = SM2PrivateKey.generate()
+    return Issuer.self_signed(dn(CN=cn), key.public_key(), key.sign).certificate.der
+
+
+def test_anchors_preset_at_init_and_changed_only_with_pin(tmp_path: Path) -> None:
+    r1, r2, r3 = _root("Root 1"), _root("Root 2"), _root("Root 3")
+    fp2 = anchor_fingerprint(r2)
+    assert fp2 == sm3(r2).hex()
+    spelled = ":".join(fp2[i : i + 2] for i in range(0, 64, 2)).upper()
+    path = tmp_path / "t"
+    SoftToken.init(
+        path,
+        PIN,
+        ADMIN,
+        iterations=ITER,
+        anchors=[r1, r1],
+        anchor_fingerprints=[spelled, anchor_fingerprint(r1)],
+    ).logout()
+    tok = SoftToken.open(path)  # no PIN needed to read them
+    assert tok.anchors() == [r1] and tok.anchor_pins() == [fp2]
+    info = tok.info()
+    assert info.anchor_fingerprints == (anchor_fingerprint(r1),) and info.anchor_pins == (fp2,)
+    before = path.read_bytes()
+    with raises(KeyStoreError, match="not logged in"):
+        tok.add_anchor(r3, replace=True)
+    with raises(KeyStoreError, match="not logged in"):
+        tok.pin_anchor(r2)
+    assert path.read_bytes() == before
+
+    tok.login(PIN)
+    with raises(PolicyError, match="replace"):
+        tok.add_anchor(r3)
+    with raises(PolicyError, match="fingerprint"):  # a fetched root that is not the pinned one
+        tok.pin_anchor(r3)
+    tok.pin_anchor(r2)
+    assert tok.anchors() == [r1, r2] and tok.anchor_pins() == []
+    tok.pin_anchor(r2)  # already there
+    with raises(PolicyError, match="no pinned"):
+        tok.pin_anchor(r3)
+    tok.add_anchor(r3, replace=True)
+    assert SoftToken.open(path).anchors() == [r3]
+    tok.set_anchors([r1], fingerprints=[fp2], replace=True)
+    assert SoftToken.open(path).anchors() == [r1]
+    assert SoftToken.open(path).anchor_pins() == [fp2]
+
+    # anchors survive an administrator unlock and a PIN change
+    tok.logout()
+    _lock_out(path, 6)
+    t2 = SoftToken.open(path)
+    t2.unlock(ADMIN, NEW_PIN)
+    t2.change_pin(NEW_PIN, "user-chosen-pin")
+    assert SoftToken.open(path).anchors() == [r1]
+
+
+def test_anchor_inputs_are_checked(tmp_path: Path) -> None:
+    r1 = _root("Root")
+    cases: list[tuple[dict[str, Any], type[Exception]]] = [
+        ({"anchors": [b"not a certificate"]}, DecodeError),
+        ({"anchors": [r1 + b"\x00"]}, DecodeError),
+        ({"anchors": [r1[:-1]]}, DecodeError),
+        ({"anchors": ["pem text"]}, PolicyError),
+        ({"anchors": r1}, PolicyError),  # bytes, not a list of certificates
+        ({"anchor_fingerprints": "ab" * 32}, PolicyError),
+        ({"anchor_fingerprints": ["ab" * 31]}, PolicyError),
+        ({"anchor_fingerprints": ["zz" * 32]}, PolicyError),
+        ({"anchor_fingerprints": [f"{i:064x}" for i in range(17)]}, PolicyError),
+    ]
+    for kw, exc in cases:
+        with raises(exc):
+            SoftToken.init(tmp_path / "t", PIN, ADMIN, iterations=ITER, **kw)
+        assert not (tmp_path / "t").exists()
+    tok = SoftToken.init(tmp_path / "t", PIN, ADMIN, iterations=ITER)
+    with raises(PolicyError, match="no trust anchor"):
+        tok.set_anchors([])
+
+
+def test_anchor_edit_without_pin_is_detected_at_login(tmp_path: Path) -> None:
+    """Someone who can write the file swaps the root (and fixes the unkeyed checksum):
+    read before login the swap shows, but the next login refuses the token."""
+    real, evil = _root("Real Root"), _root("Evil Root")
+    path = tmp_path / "t"
+    SoftToken.init(path, PIN, ADMIN, iterations=ITER, anchors=[real]).logout()
+    image = ks.parse(path.read_bytes())
+    h = json.loads(image.header_bytes)
+    h["anchors"] = [ks.b64e(evil)]
+    hb = ks.canonical_json(h)
+    data = ks.MAGIC + struct.pack(">I", len(hb)) + hb + image.body_nonce + image.body
+    path.write_bytes(data + sm3(data))
+    tok = SoftToken.open(path)
+    assert tok.anchors() == [evil]
+    with raises(KeyStoreError, match="header was modified"):
+        tok.login(PIN)
+    assert not tok.logged_in
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""kill -9 during SoftToken.change_pin() and SoftToken.unlock().
+"""kill -9 during SoftToken.change_pin(), SoftToken.unlock() and
+SoftToken.recover_sealed().
 
 A child process opens a copy of a prepared token and runs the operation; it is killed
 with SIGKILL either by its own ``crash_hook`` at the N-th hook call (every position of
 the atomic write: each ``write``, ``before-rename``, ``after-rename``) or by the parent
-after a random delay. Afterwards the token must open with the old PIN or the new one
-(never neither), hold the same keys, and keep working with the child's stray temporary
-files lying next to it."""
+after a random delay. Afterwards the token is in the old state or the new one, never
+bricked: a PIN change leaves the old PIN or the new one working with the same keys; an
+administrator unlock leaves the token locked (and unlockable) or unlocked with the keys
+sealed; a recovery leaves the keys sealed (and recoverable) or recovered. In every case
+the old PIN gets the same keys back, and the child's stray temporary files do not
+disturb the next open or write."""
 
 from __future__ import annotations
 
@@ -58,8 +62,11 @@ if wait == "1":
     sys.stdin.readline()
 if op == "change":
     tok.change_pin(secret, new)
-else:
+elif op == "unlock":
     tok.unlock(secret, new)
+else:  # recover: the administrator's PIN is current, the user proves the old one
+    tok.login(new)
+    tok.recover_sealed(secret)
 sys.stdout.write("DONE %s\n" % ",".join(stages))
 sys.stdout.flush()
 """
@@ -84,19 +91,23 @@ def _pin(path: Path) -> Path:
     return path.with_name(path.name + ".pin")
 
 
-def _make_template(directory: Path, *, max_retries: int = 6, wrong: int = 0) -> Template:
+def _make_template(
+    directory: Path, *, max_retries: int = 6, wrong: int = 0, sealed: bool = False
+) -> Template:
     directory.mkdir(parents=True)
     path = directory / "token.mst"
     tok = SoftToken.init(path, PIN, ADMIN, iterations=ITER, max_retries=max_retries)
     tok.create_container("dev")
     hs = tok.generate_key_pair("dev", KeyUsage.SIGN)
-    he = tok.generate_key_pair("dev", KeyUsage.ENCRYPT)
+    he = tok.generate_key_pair("dev", KeyUsage.ENCRYPT, escrowed=False)
     tok.put_certificate("dev", KeyUsage.SIGN, b"cert")
     private = tuple(k.private_bytes() for k in tok._containers["dev"].keys.values())
     tok.logout()
     for i in range(wrong):
         with pytest.raises((PinIncorrectError, PinLockedError)):
             SoftToken.open(path).login(f"wrong-pin-{i}")
+    if sealed:
+        SoftToken.open(path).unlock(ADMIN, NEW_PIN)
     return Template(path, hs.public_key, he.public_key, private)
 
 
@@ -105,8 +116,8 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Template]:
     base = tmp_path_factory.mktemp("templates")
     return {
         "fresh": _make_template(base / "fresh"),
-        "two-failures": _make_template(base / "two", wrong=2),
         "locked": _make_template(base / "locked", max_retries=3, wrong=3),
+        "sealed": _make_template(base / "sealed", max_retries=3, wrong=3, sealed=True),
     }
 
 
@@ -114,7 +125,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Template]:
 
 
 def _argv(path: Path, op: str, kill_at: int, wait: bool) -> list[str]:
-    secret = PIN if op == "change" else ADMIN
+    secret = ADMIN if op == "unlock" else PIN
     return [
         sys.executable,
         "-c",
@@ -281,58 +292,84 @@ def test_change_pin_killed_after_random_delay(
 # -- unlock ---------------------------------------------------------------------------------
 
 
-def test_unlock_killed_at_every_hook(templates: dict[str, Template], tmp_path: Path) -> None:
-    """Unlock of a token with 2 wrong PINs behind it (not locked): old PIN or new."""
-    stages = _hook_stages(templates, "two-failures", "unlock", tmp_path)
-    template = templates["two-failures"]
-    for n in range(1, len(stages) + 1):
-        for rep in range(HOOK_REPEATS):
-            path = template.copy_to(tmp_path / f"k{n}-{rep}")
-            stage = _run_hooked(path, "unlock", n)
-            assert stage == stages[n - 1]
-            expect = "new" if stage == "after-rename" else "old"
-            _check_token(path, template, PIN, expect)
-
-
-def test_unlock_killed_after_random_delay(templates: dict[str, Template], tmp_path: Path) -> None:
-    rng = random.Random(3720)
-    template = templates["two-failures"]
-    killed = 0
-    for i in range(RANDOM_RUNS):
-        path = template.copy_to(tmp_path / f"r{i}")
-        hit = _run_killed_after(path, "unlock", rng.uniform(0, MAX_DELAY))
-        killed += hit
-        _check_token(path, template, PIN, None if hit else "new")
-    assert killed > 0
-
-
-def _recover_locked(path: Path, template: Template) -> None:
-    """After an interrupted unlock of a locked token, the administrator can always finish
-    the job: either the new PIN already works or a repeated unlock succeeds."""
+def _finish_unlock(path: Path, template: Template) -> str:
+    """After an (interrupted) unlock of a locked token: either the new PIN works and the
+    keys are sealed, or the token is still locked (the old PIN does not get around the
+    lock) and a repeated unlock succeeds. Either way the old PIN then recovers the same
+    keys. Returns "new" or "old" (the state the crash left)."""
+    tok = SoftToken.open(path)
     try:
-        SoftToken.open(path).login(NEW_PIN)
+        tok.login(NEW_PIN)
+        state = "new"
     except PinLockedError:
-        with pytest.raises(PinLockedError):  # the old PIN does not get around the lock
+        with pytest.raises(PinLockedError):
             SoftToken.open(path).login(PIN)
-        SoftToken.open(path).unlock(ADMIN, NEW_PIN)
-    _check_token(path, template, PIN, "new")
+        tok = SoftToken.open(path)
+        tok.unlock(ADMIN, NEW_PIN)
+        state = "old"
+    assert tok.list_containers() == []
+    assert [list(s.containers) for s in tok.info().sealed] == [["dev"]]
+    _assert_no_cleartext(path.parent, template)
+    assert tok.recover_sealed(PIN) == ["dev"]
+    _check_token(path, template, PIN, "old")
+    return state
 
 
-def test_unlock_of_locked_token_killed_at_every_hook_is_recoverable(
-    templates: dict[str, Template], tmp_path: Path
-) -> None:
-    stages = _hook_stages(templates, "locked", "unlock", tmp_path)
-    template = templates["locked"]
+# -- recovery of sealed keys ------------------------------------------------------------------
+
+
+def _finish_recover(path: Path, template: Template) -> str:
+    """After an (interrupted) recovery: the old PIN opens the recovered keys, or the
+    administrator's PIN still opens the token with the keys sealed and a repeated
+    recovery succeeds. Returns "recovered" or "sealed"."""
+    tok = SoftToken.open(path)
+    try:
+        tok.login(PIN)
+        state = "recovered"
+        assert tok.info().sealed == ()
+    except PinIncorrectError:
+        tok.login(NEW_PIN)
+        state = "sealed"
+        assert tok.list_containers() == [] and len(tok.info().sealed) == 1
+        assert tok.recover_sealed(PIN) == ["dev"]
+    _check_token(path, template, PIN, "old")
+    return state
+
+
+# -- unlock and recovery, killed -----------------------------------------------------------
+
+#: op -> (template, check after the crash, state after the rename, state before it,
+#: repeats per hook position, random runs)
+_ADMIN_OPS = {
+    "unlock": ("locked", _finish_unlock, "new", "old", HOOK_REPEATS, RANDOM_RUNS),
+    "recover": ("sealed", _finish_recover, "recovered", "sealed", 1, RANDOM_RUNS // 2),
+}
+
+
+@pytest.mark.parametrize("op", sorted(_ADMIN_OPS))
+def test_killed_at_every_hook(op: str, templates: dict[str, Template], tmp_path: Path) -> None:
+    name, finish, after, before, repeats, _ = _ADMIN_OPS[op]
+    stages = _hook_stages(templates, name, op, tmp_path)
+    template = templates[name]
     for n in range(1, len(stages) + 1):
-        path = template.copy_to(tmp_path / f"k{n}")
-        assert _run_hooked(path, "unlock", n) == stages[n - 1]
-        _recover_locked(path, template)
+        for rep in range(repeats):
+            path = template.copy_to(tmp_path / f"k{n}-{rep}")
+            stage = _run_hooked(path, op, n)
+            assert stage == stages[n - 1]
+            assert finish(path, template) == (after if stage == "after-rename" else before)
 
 
-def test_unlock_of_locked_token_killed_after_rename_opens_with_new_pin(
-    templates: dict[str, Template], tmp_path: Path
-) -> None:
-    stages = _hook_stages(templates, "locked", "unlock", tmp_path)
-    path = templates["locked"].copy_to(tmp_path / "k")
-    assert _run_hooked(path, "unlock", stages.index("after-rename") + 1) == "after-rename"
-    SoftToken.open(path).login(NEW_PIN)
+@pytest.mark.parametrize("op", sorted(_ADMIN_OPS))
+def test_killed_after_random_delay(op: str, templates: dict[str, Template], tmp_path: Path) -> None:
+    name, finish, after, _, _, runs = _ADMIN_OPS[op]
+    rng = random.Random(f"{op}-3720")
+    template = templates[name]
+    killed = 0
+    for i in range(runs):
+        path = template.copy_to(tmp_path / f"r{i}")
+        hit = _run_killed_after(path, op, rng.uniform(0, MAX_DELAY))
+        killed += hit
+        state = finish(path, template)
+        if not hit:
+            assert state == after
+    assert killed > 0

@@ -269,7 +269,7 @@ def test_keys_in_a_crypto_module(tmp_path: Path, pki, client_id) -> None:
     module = ServerModule(tmp_path / "sscc.ks", b"k" * 32, create=True)
     module.create_container("gw")
     sign_h = module.generate_key_pair("gw", "sign")
-    enc_h = module.generate_key_pair("gw", "enc")
+    enc_h = module.generate_key_pair("gw", "enc", escrowed=False)
     from mstcrypt.pki import Profile, name
 
     subject = name(C="CN", O="mstcrypt test", CN="gateway")

@@ -2,7 +2,15 @@
 
 A module holds *containers*; each container has up to one signing key pair and one
 encryption key pair, plus the matching certificates. Callers use handles; the private
-keys stay inside the module object and in its wrapped storage.
+keys stay inside the module object and in its wrapped storage. Operations that need a
+private scalar (signing, decryption, the SM2 key exchange) run inside the module; what
+they hand back holds public values and derived keys only.
+
+Key policy (T/ZSA 37-2020 §6.4.4, §7.6.4; GM/T 0034 dual certificates): signing keys
+are made inside the module and never leave it; encryption keys are made by the KMC,
+which keeps an escrow copy, and arrive as a GB/T 35276 SM2EnvelopedKey. Generating an
+encryption key locally (not escrowed) or importing a plaintext key needs an explicit
+acknowledgement, and the container records where each key came from.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ import enum
 import re
 import secrets
 import threading
+import weakref
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,11 +30,22 @@ from typing import Any
 from mstcrypt.crypto import sm4
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SignatureEncoding, SM2PrivateKey, SM2PublicKey
-from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder
+from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder, Role
 from mstcrypt.errors import KeyStoreError, MstCryptError, PolicyError
 from mstcrypt.formats.envelope import EnvelopedKey
 
-__all__ = ["CryptoModule", "KeyHandle", "KeyUsage", "SessionKeyHandle"]
+__all__ = [
+    "CryptoModule",
+    "KeyExchange",
+    "KeyHandle",
+    "KeyOrigin",
+    "KeyProvenance",
+    "KeyUsage",
+    "SessionKeyHandle",
+]
+
+#: Key exchanges started but not finished that a module keeps (oldest dropped first).
+MAX_PENDING_EXCHANGES = 256
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -65,10 +86,116 @@ class SessionKeyHandle:
         return f"SessionKeyHandle({self.handle_id})"
 
 
+class KeyOrigin(enum.StrEnum):
+    """Where a key pair in a container came from."""
+
+    GENERATED = "generated"  # made inside this module
+    KMC = "kmc"  # made by the KMC, imported as an SM2EnvelopedKey (escrowed there)
+    IMPORTED = "imported"  # a plaintext key imported with allow_plaintext_import
+    UNKNOWN = "unknown"  # written by a version that did not record it
+
+
+@dataclass(frozen=True)
+class KeyProvenance:
+    """Origin of a key and whether the KMC holds an escrow copy (None: unknown)."""
+
+    origin: KeyOrigin
+    escrowed: bool | None
+
+
+_UNKNOWN = KeyProvenance(KeyOrigin.UNKNOWN, None)
+
+
 @dataclass
 class _Container:
     keys: dict[KeyUsage, SM2PrivateKey] = field(default_factory=dict)
     certs: dict[KeyUsage, bytes] = field(default_factory=dict)
+    meta: dict[KeyUsage, KeyProvenance] = field(default_factory=dict)
+
+
+# Modules by id, so that a KeyExchange (which holds no reference to its module, and so
+# nothing through which a private key could be reached) can call back into it.
+_MODULES: weakref.WeakValueDictionary[str, CryptoModule] = weakref.WeakValueDictionary()
+
+
+class KeyExchange:
+    """One SM2 key exchange (GB/T 32918.3) run inside a module with one of its keys.
+
+    Holds public values only — the role, this side's ephemeral point R, Z_A and Z_B, and
+    once agreed the shared key K — never the private key or the ephemeral scalar r, which
+    stay in the module. Initiator: send :attr:`ephemeral`, call :meth:`finish` with the
+    responder's reply. Responder: :meth:`respond` to R_A, then :meth:`confirm` with S_A
+    when confirmation is on. Each step runs once; the module forgets the exchange's
+    private state when it ends (agreed or failed).
+    """
+
+    __slots__ = (
+        "_handle_id",
+        "_module_id",
+        "ephemeral",
+        "key",
+        "role",
+        "z_initiator",
+        "z_responder",
+    )
+
+    def __init__(
+        self, module_id: str, handle_id: str, role: Role, ephemeral: bytes, za: bytes, zb: bytes
+    ) -> None:
+        self._module_id = module_id
+        self._handle_id = handle_id
+        self.role = role
+        self.ephemeral = ephemeral
+        self.z_initiator = za
+        self.z_responder = zb
+        self.key: bytes | None = None
+
+    def _module(self) -> CryptoModule:
+        mod = _MODULES.get(self._module_id)
+        if mod is None:
+            raise KeyStoreError("the module that ran this key exchange is gone")
+        return mod
+
+    def _need(self, role: Role) -> None:
+        if self.role is not role:
+            raise PolicyError(
+                f"this step belongs to the {role.value}; this side is the {self.role.value}"
+            )
+
+    def finish(
+        self, peer_ephemeral: bytes, peer_confirm: bytes | None = None
+    ) -> tuple[bytes, bytes | None]:
+        """Initiator: process R_B (and S_B). Returns (K, S_A); S_A is None without
+        confirmation. Raises VerificationError if S_B does not match."""
+        self._need(Role.INITIATOR)
+        key, s_a = self._module()._kex_finish(self._handle_id, peer_ephemeral, peer_confirm)
+        self.key = key
+        return key, s_a
+
+    def respond(self, peer_ephemeral: bytes) -> tuple[bytes, bytes | None]:
+        """Responder: process R_A; returns (R_B, S_B). Without confirmation :attr:`key`
+        is set at once."""
+        self._need(Role.RESPONDER)
+        r_b, s_b, key = self._module()._kex_respond(self._handle_id, peer_ephemeral)
+        self.key = key
+        return r_b, s_b
+
+    def confirm(self, peer_confirm: bytes) -> bytes:
+        """Responder with confirmation: check S_A; returns K."""
+        self._need(Role.RESPONDER)
+        key = self._module()._kex_confirm(self._handle_id, peer_confirm)
+        self.key = key
+        return key
+
+    def session_key(self) -> SessionKeyHandle:
+        """The agreed 16-byte key as a module session key (for encrypt/decrypt_symmetric)."""
+        if self.key is None:
+            raise PolicyError("the key exchange has not produced a key yet")
+        return self._module()._kex_session(self.key)
+
+    def __repr__(self) -> str:
+        state = "agreed" if self.key is not None else "pending"
+        return f"KeyExchange({self.role.value}, {state})"
 
 
 class CryptoModule(ABC):
@@ -79,7 +206,11 @@ class CryptoModule(ABC):
         self._id = secrets.token_hex(8)
         self._containers: dict[str, _Container] = {}
         self._sessions: dict[str, bytes] = {}
+        self._exchanges: OrderedDict[str, KeyExchangeInitiator | KeyExchangeResponder] = (
+            OrderedDict()
+        )
         self._lock = threading.RLock()
+        _MODULES[self._id] = self
 
     # -- hooks -----------------------------------------------------------------------
     @abstractmethod
@@ -89,6 +220,10 @@ class CryptoModule(ABC):
     def _require_open(self) -> None:
         """Raise if the module is not usable (e.g. a token not logged in)."""
 
+    def _require_may_add_keys(self) -> None:
+        """Raise if new private keys may not be stored now (a soft token whose PIN was
+        set by an administrator)."""
+
     # -- (de)serialisation of containers, used by subclasses ----------------------------
     def _payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -96,26 +231,43 @@ class CryptoModule(ABC):
             out[name] = {
                 "keys": {u.value: k.private_bytes().hex() for u, k in c.keys.items()},
                 "certs": {u.value: v.hex() for u, v in c.certs.items()},
+                "meta": {
+                    u.value: {"origin": m.origin.value, "escrowed": m.escrowed}
+                    for u, m in c.meta.items()
+                    if u in c.keys and m.origin is not KeyOrigin.UNKNOWN
+                },
             }
         return {"containers": out}
 
-    def _load_payload(self, payload: dict[str, Any]) -> None:
+    @staticmethod
+    def _parse_containers(payload: dict[str, Any]) -> dict[str, _Container]:
         containers: dict[str, _Container] = {}
         try:
             for name, c in payload["containers"].items():
+                if not isinstance(name, str) or not _NAME.fullmatch(name):
+                    raise TypeError
                 cont = _Container()
                 for u, d in c["keys"].items():
                     cont.keys[KeyUsage(u)] = SM2PrivateKey.from_bytes(bytes.fromhex(d))
                 for u, v in c["certs"].items():
                     cont.certs[KeyUsage(u)] = bytes.fromhex(v)
+                for u, m in c.get("meta", {}).items():
+                    escrowed = m["escrowed"]
+                    if escrowed not in (True, False, None) or KeyUsage(u) not in cont.keys:
+                        raise TypeError
+                    cont.meta[KeyUsage(u)] = KeyProvenance(KeyOrigin(m["origin"]), escrowed)
                 containers[name] = cont
         except (KeyError, TypeError, ValueError, AttributeError, MstCryptError):
             raise KeyStoreError("keystore payload has the wrong shape") from None
-        self._containers = containers
+        return containers
+
+    def _load_payload(self, payload: dict[str, Any]) -> None:
+        self._containers = self._parse_containers(payload)
 
     def _clear(self) -> None:
         self._containers = {}
         self._sessions = {}
+        self._exchanges.clear()
 
     # -- transactions --------------------------------------------------------------------
     @contextmanager
@@ -173,17 +325,38 @@ class CryptoModule(ABC):
 
     # -- key pairs -----------------------------------------------------------------------
     def generate_key_pair(
-        self, container: str, usage: KeyUsage | str = KeyUsage.SIGN, *, replace: bool = False
+        self,
+        container: str,
+        usage: KeyUsage | str = KeyUsage.SIGN,
+        *,
+        replace: bool = False,
+        escrowed: bool | None = None,
     ) -> KeyHandle:
         """Generate an SM2 key pair inside the module (signing keys are made here).
-        Replacing a key drops the certificate of the old key."""
+        Replacing a key drops the certificate of the old key.
+
+        Encryption keys come from the KMC, which escrows them (:meth:`import_enveloped_key`).
+        A locally generated encryption key has no escrow copy: losing the token loses
+        every file encrypted to it, and the organisation cannot recover them. It is
+        refused unless the caller acknowledges that with ``escrowed=False``; the
+        container records the key as not escrowed."""
         self._require_open()
         usage = _usage(usage)
+        if usage is KeyUsage.ENCRYPT and escrowed is not False:
+            raise PolicyError(
+                "encryption keys come from the KMC, which escrows them (enrollment or key "
+                "distribution, imported with import_enveloped_key); a key generated here "
+                "is not escrowed: pass escrowed=False to acknowledge that"
+            )
+        if usage is KeyUsage.SIGN and escrowed:
+            raise PolicyError("signing keys are never escrowed")
+        self._require_may_add_keys()
         with self._transaction():
             c = self._get(container)
             if usage in c.keys and not replace:
                 raise PolicyError(f"container {container!r} already has a {usage.value} key")
             c.keys[usage] = SM2PrivateKey.generate()
+            c.meta[usage] = KeyProvenance(KeyOrigin.GENERATED, False)
             c.certs.pop(usage, None)
         return self.key(container, usage)
 
@@ -202,6 +375,7 @@ class CryptoModule(ABC):
         self._require_open()
         usage, unwrap_with = _usage(usage), _usage(unwrap_with)
         env = EnvelopedKey.from_der(enveloped_der)
+        self._require_may_add_keys()
         with self._transaction():
             c = self._get(container)
             if usage in c.keys and not replace:
@@ -213,6 +387,7 @@ class CryptoModule(ABC):
                     "enveloped key"
                 )
             c.keys[usage] = env.open(unwrapper)
+            c.meta[usage] = KeyProvenance(KeyOrigin.KMC, usage is KeyUsage.ENCRYPT)
             c.certs.pop(usage, None)
         return self.key(container, usage)
 
@@ -223,17 +398,29 @@ class CryptoModule(ABC):
         usage: KeyUsage | str = KeyUsage.SIGN,
         *,
         replace: bool = False,
+        allow_plaintext_import: bool = False,
     ) -> KeyHandle:
-        """Import a plaintext key (migration from PEM files; prefer enveloped import)."""
+        """Import a plaintext key (migration from PEM files). A key that existed outside
+        a module may have copies anywhere, so this is refused unless the caller passes
+        ``allow_plaintext_import=True``; keys from the KMC arrive enveloped
+        (:meth:`import_enveloped_key`). The container records the key as imported."""
         self._require_open()
+        if allow_plaintext_import is not True:
+            raise PolicyError(
+                "plaintext private-key import is refused by policy: keys from the KMC are "
+                "imported enveloped (import_enveloped_key); pass allow_plaintext_import=True "
+                "to migrate a key that existed outside a module"
+            )
         if not isinstance(key, SM2PrivateKey):
             raise PolicyError("import_key_pair needs an SM2PrivateKey")
         usage = _usage(usage)
+        self._require_may_add_keys()
         with self._transaction():
             c = self._get(container)
             if usage in c.keys and not replace:
                 raise PolicyError(f"container {container!r} already has a {usage.value} key")
-            c.keys[usage] = key
+            c.keys[usage] = SM2PrivateKey.from_bytes(key.private_bytes())  # a copy of our own
+            c.meta[usage] = KeyProvenance(KeyOrigin.IMPORTED, None)
             c.certs.pop(usage, None)
         return self.key(container, usage)
 
@@ -248,6 +435,13 @@ class CryptoModule(ABC):
 
     def export_public_key(self, container: str, usage: KeyUsage = KeyUsage.SIGN) -> SM2PublicKey:
         return self.key(container, usage).public_key
+
+    def key_provenance(
+        self, container: str, usage: KeyUsage | str = KeyUsage.SIGN
+    ) -> KeyProvenance:
+        """Where the container's key came from and whether the KMC escrows it."""
+        self.key(container, usage)
+        return self._get(container).meta.get(_usage(usage), _UNKNOWN)
 
     # -- certificates ---------------------------------------------------------------------
     def put_certificate(self, container: str, usage: KeyUsage | str, cert_der: bytes) -> None:
@@ -317,14 +511,68 @@ class CryptoModule(ABC):
 
     def key_exchange_initiator(
         self, handle: KeyHandle, peer_public: SM2PublicKey, **kw: Any
-    ) -> KeyExchangeInitiator:
-        """SM2 key exchange as initiator with this key (see :mod:`sm2_kex`)."""
-        return KeyExchangeInitiator(self._private(handle), peer_public, **kw)
+    ) -> KeyExchange:
+        """Start an SM2 key exchange as initiator with this key. Keywords as
+        :class:`~mstcrypt.crypto.sm2_kex.KeyExchangeInitiator` (own_id, peer_id, klen,
+        confirm, ephemeral). The private state stays in the module."""
+        return self._start_exchange(KeyExchangeInitiator(self._private(handle), peer_public, **kw))
 
     def key_exchange_responder(
         self, handle: KeyHandle, peer_public: SM2PublicKey, **kw: Any
-    ) -> KeyExchangeResponder:
-        return KeyExchangeResponder(self._private(handle), peer_public, **kw)
+    ) -> KeyExchange:
+        """Start an SM2 key exchange as responder with this key (see the initiator)."""
+        return self._start_exchange(KeyExchangeResponder(self._private(handle), peer_public, **kw))
+
+    def _start_exchange(self, side: KeyExchangeInitiator | KeyExchangeResponder) -> KeyExchange:
+        hid = secrets.token_hex(8)
+        with self._lock:
+            self._exchanges[hid] = side
+            while len(self._exchanges) > MAX_PENDING_EXCHANGES:
+                self._exchanges.popitem(last=False)
+        role = Role.INITIATOR if isinstance(side, KeyExchangeInitiator) else Role.RESPONDER
+        return KeyExchange(self._id, hid, role, side.ephemeral, side.z_initiator, side.z_responder)
+
+    def _exchange(self, hid: str, *, keep: bool) -> KeyExchangeInitiator | KeyExchangeResponder:
+        self._require_open()
+        with self._lock:
+            side = self._exchanges.get(hid) if keep else self._exchanges.pop(hid, None)
+        if side is None:
+            raise KeyStoreError("the key exchange already ended or was dropped")
+        return side
+
+    def _kex_finish(
+        self, hid: str, peer_ephemeral: bytes, peer_confirm: bytes | None
+    ) -> tuple[bytes, bytes | None]:
+        side = self._exchange(hid, keep=False)
+        assert isinstance(side, KeyExchangeInitiator)
+        return side.finish(peer_ephemeral, peer_confirm)
+
+    def _kex_respond(
+        self, hid: str, peer_ephemeral: bytes
+    ) -> tuple[bytes, bytes | None, bytes | None]:
+        side = self._exchange(hid, keep=True)
+        assert isinstance(side, KeyExchangeResponder)
+        try:
+            r_b, s_b = side.respond(peer_ephemeral)
+        except BaseException:
+            self._drop_exchange(hid)
+            raise
+        if side.key is not None:  # no confirmation: done
+            self._drop_exchange(hid)
+        return r_b, s_b, side.key
+
+    def _kex_confirm(self, hid: str, peer_confirm: bytes) -> bytes:
+        side = self._exchange(hid, keep=False)
+        assert isinstance(side, KeyExchangeResponder)
+        return side.confirm(peer_confirm)
+
+    def _drop_exchange(self, hid: str) -> None:
+        with self._lock:
+            self._exchanges.pop(hid, None)
+
+    def _kex_session(self, key: bytes) -> SessionKeyHandle:
+        self._require_open()
+        return self._new_session(key)
 
     # -- session keys ----------------------------------------------------------------------
     def _session(self, h: SessionKeyHandle) -> bytes:

@@ -108,9 +108,16 @@ def parse(data: bytes) -> KeyStoreImage:
     return KeyStoreImage(header, header_bytes, prefix, nonce, body)
 
 
-def open_body(image: KeyStoreImage, dek: bytes) -> dict[str, Any]:
+def open_body(image: KeyStoreImage, dek: bytes, aad: bytes | None = None) -> dict[str, Any]:
+    """Decrypt and authenticate the body; its AAD is the file prefix unless ``aad`` is
+    given (the soft token binds its body to the token and generation instead, and
+    authenticates the header with a digest inside the payload)."""
+    return open_blob(dek, image.body_nonce, image.body, image.prefix if aad is None else aad)
+
+
+def open_blob(dek: bytes, nonce: bytes, body: bytes, aad: bytes) -> dict[str, Any]:
     try:
-        payload = sm4.gcm_decrypt(dek, image.body_nonce, image.body, image.prefix)
+        payload = sm4.gcm_decrypt(dek, nonce, body, aad)
     except DecryptionError:
         raise KeyStoreError("keystore body failed authentication (tampered)") from None
     try:
@@ -122,11 +129,13 @@ def open_body(image: KeyStoreImage, dek: bytes) -> dict[str, Any]:
     return obj
 
 
-def build(header: dict[str, Any], payload: dict[str, Any], dek: bytes) -> bytes:
+def build(
+    header: dict[str, Any], payload: dict[str, Any], dek: bytes, aad: bytes | None = None
+) -> bytes:
     hb = canonical_json(header)
     prefix = MAGIC + struct.pack(">I", len(hb)) + hb
     nonce = random_bytes(12)
-    body = sm4.gcm_encrypt(dek, nonce, canonical_json(payload), prefix)
+    body = sm4.gcm_encrypt(dek, nonce, canonical_json(payload), prefix if aad is None else aad)
     data = prefix + nonce + body
     return data + sm3(data)
 

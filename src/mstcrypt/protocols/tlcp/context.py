@@ -190,12 +190,14 @@ class Credentials:
             peer_ephemeral: bytes,
             klen: int,
         ) -> bytes:
-            make: Any = (
-                module.key_exchange_initiator if initiator else module.key_exchange_responder
-            )
-            return _run_exchange(
-                make(enc_h, peer_public, klen=klen, ephemeral=ephemeral), peer_ephemeral
-            )
+            # The exchange runs inside the module; only public values come back.
+            make = module.key_exchange_initiator if initiator else module.key_exchange_responder
+            kx = make(enc_h, peer_public, klen=klen, ephemeral=ephemeral)
+            if initiator:
+                return kx.finish(peer_ephemeral)[0]
+            kx.respond(peer_ephemeral)
+            assert kx.key is not None
+            return kx.key
 
         return cls(
             sign_certificate=certs[KeyUsage.SIGN],
