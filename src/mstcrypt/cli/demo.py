@@ -323,7 +323,7 @@ def demo_command(
             _, status = public.certificate(f"{r.encryption_certificate.serial:x}")
             return (
                 f"lost device: both certificates of the pair revoked; CRL #{crl.number} lists "
-                f"them (encryption certificate: {status}); KDK and group keys rotated"
+                f"them (encryption certificate: {status}); the holder's KDK and groups rekeyed"
             )
 
         def audit() -> str:
