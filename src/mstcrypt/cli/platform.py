@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mstcrypt.cli._common import console, fail, write_output
+from mstcrypt.cli._common import console, err_console, fail, write_output
 
 ca_app = typer.Typer(help="Certificate authority administration.", no_args_is_help=True)
 operator_app = typer.Typer(help="Operator credentials for the admin API.", no_args_is_help=True)
@@ -75,6 +75,22 @@ RolesOpt = Annotated[
 ]
 
 
+@ca_app.command("root")
+def ca_root(
+    data_dir: DataDir = None,
+    out: Annotated[str | None, typer.Option("--out", help="Write the PEM here.")] = None,
+) -> None:
+    """Export the root CA certificate, the trust anchor to preset in every token
+    (`mstcrypt token init --anchor`), with its SM3 fingerprint for an out-of-band check."""
+    kmc, _ = _kmc(data_dir)
+    root = kmc.chain()[-1]
+    err_console.print(f"root CA {root.subject_str}\nSM3 fingerprint {root.fingerprint}")
+    if out:
+        write_output(out, root.pem)
+    else:
+        typer.echo(root.pem.decode(), nl=False)
+
+
 @operator_app.command("add")
 def operator_add(
     name: str,
@@ -97,11 +113,11 @@ def operator_add(
     kmc, _ = _kmc(data_dir)
     if static:
         token = kmc.operators.add_static(name, roles, actor="console")
-        console.print(f"operator [bold]{name}[/bold] static credential (shown once):")
+        err_console.print(f"operator [bold]{name}[/bold] static credential (shown once):")
         typer.echo(token)
         return
     code, expires = kmc.operators.add(name, roles, org=org, actor="console")
-    console.print(
+    err_console.print(
         f"operator [bold]{name}[/bold] registered ({', '.join(sorted(set(roles)))}); "
         f"enrollment code (valid until {expires:%Y-%m-%d %H:%M} UTC):"
     )
@@ -114,7 +130,7 @@ def operator_enroll_code(name: str, data_dir: DataDir = None) -> None:
     operator's credential to the new certificate."""
     kmc, _ = _kmc(data_dir)
     code, expires = kmc.operators.enroll_code(name, actor="console")
-    console.print(
+    err_console.print(
         f"operator enrollment code for {name} (valid until {expires:%Y-%m-%d %H:%M} UTC):"
     )
     typer.echo(code)
