@@ -19,6 +19,7 @@ __all__ = [
     "PinIncorrectError",
     "PinLockedError",
     "PolicyError",
+    "RateLimitError",
     "SignatureFormatError",
     "UnsupportedError",
     "VerificationError",
@@ -79,6 +80,10 @@ class AuthenticationError(PolicyError):
 
 class AccessDeniedError(PolicyError):
     """The caller is authenticated but their role does not allow this operation."""
+
+
+class RateLimitError(PolicyError):
+    """Too many requests or failures from one source; retry later."""
 
 
 class UnsupportedError(MstCryptError):

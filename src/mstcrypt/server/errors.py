@@ -10,15 +10,13 @@ from mstcrypt.errors import (
     KeyStoreError,
     MstCryptError,
     PolicyError,
+    RateLimitError,
     UnsupportedError,
     VerificationError,
 )
 from mstcrypt.kmc.context import NotFoundError
 
-
-class RateLimited(PolicyError):
-    """Too many requests from one source."""
-
+RateLimited = RateLimitError
 
 STATUS: list[tuple[type[Exception], int]] = [
     (TokenError, 401),

@@ -42,7 +42,7 @@ from mstcrypt.apps.login.fastpath import RawTx, append_audit, read_row
 from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, LoginPassword, RevokedSession
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import pbkdf2_hmac_sm3
-from mstcrypt.errors import PolicyError
+from mstcrypt.errors import PolicyError, RateLimitError
 from mstcrypt.kmc import audit
 from mstcrypt.kmc.models import IssuedCertificate, RateLimit
 from mstcrypt.kmc.service import Kmc
@@ -194,7 +194,7 @@ class LoginService:
         """A fresh challenge, recorded in the database (single use, expiring)."""
         now = int(self.clock())
         if not self._challenge_limiter.allow(source_bucket(source), now):
-            raise PolicyError("too many login requests from this address; retry later")
+            raise RateLimitError("too many login requests from this address; retry later")
         ch = self.protocol.challenge(self._now())
         with RawTx(self.kmc.db) as tx:
             locked = tx.q(
@@ -202,7 +202,7 @@ class LoginService:
                 {"k": self._source_key(source)},
             ).fetchone()
             if locked is not None and int(locked[0]) > now:
-                raise PolicyError("too many failed logins from this address; try again later")
+                raise RateLimitError("too many failed logins from this address; try again later")
             tx.q(
                 "INSERT INTO login_challenges (id, server_name, r_s, expires, source, used_at) "
                 "VALUES (:id, :srv, :rs, :exp, :src, NULL)",
