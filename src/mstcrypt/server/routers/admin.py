@@ -158,7 +158,7 @@ def request_recovery(body: RecoveryCreate, who: RecoveryOfficer, kmc: KmcDep) ->
     rid = kmc.request_recovery(
         body.key_id, _pub(body.recipient_public_key), reason=body.reason, actor=who.name
     )
-    return kmc.recovery_result(rid)
+    return {"request_id": rid, **kmc.recovery_result(rid)}
 
 
 @recovery_router.post("/file-recovery")
@@ -172,7 +172,7 @@ def request_file_recovery(
     rid = kmc.request_file_recovery(
         escrow, _pub(body.recipient_public_key), reason=body.reason, actor=who.name
     )
-    return kmc.recovery_result(rid)
+    return {"request_id": rid, **kmc.recovery_result(rid)}
 
 
 @recovery_router.get("/recovery/{request_id}")
