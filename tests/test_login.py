@@ -215,9 +215,10 @@ def platform(database_url: str) -> Kmc:
     k.db.dispose()
 
 
-def _user(kmc: Kmc, owner: str = "alice") -> LoginClient:
+def _user(kmc: Kmc, owner: str = "alice", code: str | None = None) -> LoginClient:
     key = SM2PrivateKey.generate()
-    code, _ = kmc.create_enrollment_code(owner=owner, subject={"CN": owner}, actor="op")
+    if code is None:
+        code, _ = kmc.create_enrollment_code(owner=owner, subject={"CN": owner}, actor="op")
     e = kmc.enroll(code, build_csr(name(CN=owner), key.public_key(), key.sign).der)
     chain = kmc.chain()
     return LoginClient(
@@ -269,7 +270,7 @@ def _audit_actions(kmc: Kmc) -> list[str]:
 
 def test_replay_refused_across_instances(platform: Kmc, database_url: str) -> None:
     svc1 = LoginService(platform, server_name="login.example")
-    other_kmc = Kmc(Database(database_url), platform.wrapper)
+    other_kmc = Kmc(Database(database_url), platform.keystore)
     svc2 = LoginService(other_kmc, server_name="login.example")
     assert svc2.certificate == svc1.certificate  # the same identity from the shared DB
     user = _user(platform)
@@ -393,12 +394,12 @@ def test_operator_uses_session_token(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("MSTCRYPT_STATIC_OPERATORS", "0")
     settings = Settings.from_env(tmp_path, login_server_name="login.example")
     assert settings.static_operators is False
-    kmc = Kmc(settings.database(), settings.wrapper(), crl_base_url="http://t")
+    kmc = Kmc(settings.database(), settings.keystore(), crl_base_url="http://t")
     kmc.create_schema()
     kmc.init_ca(actor="t")
-    static = settings.add_operator("legacy")
-    settings.add_certificate_operator("alice")
-    alice = _user(kmc, "alice")
+    static = kmc.operators.add_static("legacy", ["registration_officer"])
+    operator_code, _ = kmc.operators.add("alice", ["registration_officer"])
+    alice = _user(kmc, "alice", operator_code)
     mallory = _user(kmc, "mallory")
     with TestClient(create_app(settings, kmc)) as http:
 
@@ -438,7 +439,8 @@ def test_operator_uses_session_token(tmp_path: Path, monkeypatch: pytest.MonkeyP
         )
         assert r.status_code == 401
         r = http.get("/login/session", headers={"Authorization": f"Bearer {tok}"})
-        assert r.status_code == 401 and r.json()["error"] == "TokenError"
+        assert r.status_code == 401 and r.json()["error"] == "AuthenticationError"
+        assert "revoked" in r.json()["detail"]
         ch = http.post("/login/challenge").json()
         resp = alice.respond(Challenge.from_json(ch), now=datetime.now(UTC), crls=_crls(kmc))
         ok = http.post("/login/response", json={"response": resp.to_json()})
@@ -472,7 +474,7 @@ def test_cli_enroll_and_login(tmp_path: Path) -> None:
         )
 
     with running_platform(data) as url:
-        token = Settings.from_env(data).add_operator("op")
+        token = Settings.from_env(data).kmc().operators.add_static("op", ["registration_officer"])
         with Client(url, operator_token=token) as admin:
             code = admin.create_enrollment_code("carol", {"CN": "carol"})["code"]
         tok = str(tmp_path / "carol.tok")

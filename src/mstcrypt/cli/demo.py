@@ -305,22 +305,26 @@ def demo_command(
             new_token.create_container("zhang.san")
             h = new_token.generate_key_pair("zhang.san", KeyUsage.SIGN)
             rid = admins["alice"].request_recovery(key_id, h.public_key.to_bytes(), "device lost")
-            first = admins["alice"].approve_recovery(rid)
-            assert first["status"] == "pending"
+            fingerprint = h.public_key.fingerprint().hex()  # read off the new device
             try:
-                admins["alice"].approve_recovery(rid)
-                raise AssertionError("one operator approved twice")
+                admins["alice"].approve_recovery(rid, fingerprint)
+                raise AssertionError("the requester approved their own request")
             except Exception as exc:
                 if "dual control" not in str(exc):
                     raise
-            done = admins["bob"].approve_recovery(rid)
+            review = admins["bob"].recovery(rid)
+            assert review["status"] == "pending" and review["requested_by"] == "alice"
+            done = admins["bob"].approve_recovery(rid, fingerprint)
             import base64
 
             env = base64.b64decode(done["enveloped_key"])
             new_token.import_enveloped_key("zhang.san", env)
             pt = new_token.decrypt(new_token.key("zhang.san", KeyUsage.ENCRYPT), state["ct"])
             assert pt == b"confidential memo for zhang.san"
-            return "alice requested, alice alone refused twice, bob approved → new token decrypts"
+            return (
+                "alice requested, alice's own approval refused, bob reviewed and approved "
+                "quoting the new device's key fingerprint → new token decrypts"
+            )
 
         def revoke() -> str:
             r = state["enrollment"]
