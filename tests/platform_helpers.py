@@ -41,6 +41,9 @@ from mstcrypt.pki import CRL, Certificate, build_csr, name
 SRC = Path(__file__).resolve().parents[1] / "src"
 MASTER_KEY_HEX = "6d737463727970742d746573742d6d61737465722d6b65792d30303030303031"
 OPERATORS = ("alice", "bob")
+#: the operators' registered names: operators are not terminal owners, so tests can enroll
+#: terminals named alice and bob next to them
+OPERATOR_NAMES = {"alice": "officer-alice", "bob": "officer-bob"}
 CODE_HASH = code_hash
 OPERATOR_ROLES = ("administrator", "registration_officer", "key_recovery_officer")
 
@@ -59,9 +62,9 @@ def terminal(cn: str) -> tuple[SM2PrivateKey, str]:
 
 def add_operators(kmc: Kmc) -> dict[str, str]:
     """Static operator credentials (servers run with MSTCRYPT_STATIC_OPERATORS=1):
-    short name -> bearer token of operators ``officer-alice`` and ``officer-bob``, who hold
-    every role but auditor (terminal owners in the tests are plain alice, bob, ...)."""
-    return {op: kmc.operators.add_static(f"officer-{op}", OPERATOR_ROLES) for op in OPERATORS}
+    "alice" / "bob" -> bearer token of the operators officer-alice / officer-bob, who hold
+    every role but auditor."""
+    return {op: kmc.operators.add_static(OPERATOR_NAMES[op], OPERATOR_ROLES) for op in OPERATORS}
 
 
 def master_key() -> bytes:

@@ -570,8 +570,13 @@ def test_cli_signature_verified_by_openssl(
 def test_missing_sm2_backend_fails_clearly_at_import(tmp_path: Path) -> None:
     env = {"MSTCRYPT_LIBCRYPTO": str(tmp_path / "libcrypto-missing.so"), "PATH": "/usr/bin"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent / "src")
-    p = subprocess.run([sys.executable, "-c", "import mstcrypt.crypto.sm2"], env=env,
-                       capture_output=True, text=True, check=False)
+    p = subprocess.run(
+        [sys.executable, "-c", "import mstcrypt.crypto.sm2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert p.returncode != 0
     assert "BackendError" in p.stderr and "libcrypto-missing.so" in p.stderr
     assert "OpenSSL 3" in p.stderr

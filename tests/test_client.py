@@ -25,6 +25,7 @@ from mstcrypt.formats.envelope import open_enveloped_key
 from mstcrypt.module import KeyUsage, SoftToken
 from mstcrypt.pki import Certificate, CertificateError, Issuer, name
 from mstcrypt.server.config import Settings
+from platform_helpers import add_operators
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECT = {"C": "CN", "O": "Example Unit", "CN": "alice", "email": "alice@example.cn"}
@@ -52,9 +53,12 @@ def platform(database_url: str, tmp_path: Path) -> Iterator[Running]:
         data_dir=data_dir,
         database_url=database_url,
         checkpoint_seconds=3600,
-        static_operators=True,  # add_operator() bearer credentials for the operator API
+        static_operators=True,  # static bearer credentials for the operator API
     )
-    ops = {n: settings.add_operator(n) for n in ("alice", "bob")}
+    kmc = settings.kmc()
+    kmc.create_schema()
+    ops = add_operators(kmc)  # officer-alice and officer-bob
+    kmc.db.dispose()
     with running_platform(data_dir, settings) as url:
         yield Running(url, ops, data_dir)
 
@@ -142,7 +146,7 @@ def test_service_errors(platform: Running, tmp_path: Path) -> None:
         assert (exc.value.status, exc.value.error) == (409, "PolicyError")
         with pytest.raises(ServiceError) as exc:
             c.create_enrollment_code("x", {"CN": "x"})  # no operator credential
-        assert (exc.value.status, exc.value.error) == (401, "Unauthorized")
+        assert (exc.value.status, exc.value.error) == (401, "AuthenticationError")
     with Client(platform.url, operator_token="op_wrong") as c, pytest.raises(ServiceError) as exc:
         c.keys("alice")
     assert exc.value.status == 401 and exc.value.detail == "invalid operator credential"
@@ -165,11 +169,17 @@ def test_operator_api(platform: Running, tmp_path: Path) -> None:
         # recovery under dual control to a new terminal
         new_terminal = SM2PrivateKey.generate()
         rid = a.request_recovery(r.key_id, new_terminal.public_key().to_bytes(), "device lost")
-        assert a.approve_recovery(rid)["status"] == "pending"
+        fingerprint = new_terminal.public_key().fingerprint().hex()
         with pytest.raises(ServiceError, match="dual control") as exc:
-            a.approve_recovery(rid)
+            a.approve_recovery(rid, fingerprint)  # the requester
         assert exc.value.status == 409
-        done = b.approve_recovery(rid)
+        review = b.recovery(rid)
+        assert review["requested_by"] == "officer-alice" and review["owner"] == "alice"
+        assert review["recipient_fingerprint"] == fingerprint and review["status"] == "pending"
+        with pytest.raises(ServiceError, match="fingerprint") as exc:
+            b.approve_recovery(rid, "00" * 32)
+        assert exc.value.status == 409
+        done = b.approve_recovery(rid, fingerprint)
         assert done["status"] == "released"
         key = open_enveloped_key(base64.b64decode(done["enveloped_key"]), new_terminal)
         assert key.public_key() == r.encryption_certificate.public_key
@@ -178,11 +188,11 @@ def test_operator_api(platform: Running, tmp_path: Path) -> None:
         a.revoke_certificate(serial, "key_compromise")
         assert Client(platform.url).certificate(serial)[1] == "revoked"
         assert Client(platform.url).crl().is_revoked(r.sign_certificate.serial)
-        # key lifecycle
+        # key lifecycle: the lost device's escrowed key was revoked with the pair
+        assert a.keys("alice")[0]["state"] == "revoked"
         with pytest.raises(ServiceError) as exc:
-            a.key_operation(r.key_id, "destroy")
+            a.key_operation(r.key_id, "revoke", "superseded")
         assert exc.value.status == 409
-        a.key_operation(r.key_id, "revoke", "superseded")
         a.key_operation(r.key_id, "destroy")
         assert a.keys("alice")[0]["state"] == "destroyed"
         assert b.verify_audit()["ok"] is True

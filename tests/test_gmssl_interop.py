@@ -41,8 +41,9 @@ def gm(*args: str, data: bytes | None = None, check: bool = True) -> bytes:
     env = dict(os.environ)
     lib = Path(GMSSL).resolve().parent.parent / "lib"
     env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
-    p = subprocess.run([GMSSL, *args], input=data, capture_output=True, env=env, check=False,
-                       timeout=60)
+    p = subprocess.run(
+        [GMSSL, *args], input=data, capture_output=True, env=env, check=False, timeout=60
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"gmssl {' '.join(args)} failed: {p.stderr.decode()[:300]}")
     return p.stdout
@@ -81,8 +82,17 @@ def test_signatures_both_ways(signer_id: str, tmp_path: Path, gm_key: tuple[Path
     key.public_key().verify(sig, msg.read_bytes(), signer_id=signer_id.encode())
     # mstcrypt -> gmssl
     (tmp_path / "s").write_bytes(key.sign(msg.read_bytes(), signer_id=signer_id.encode()))
-    out = gm("sm2verify", "-pubkey", str(p), "-id", signer_id, "-in", str(msg), "-sig",
-             str(tmp_path / "s"))
+    out = gm(
+        "sm2verify",
+        "-pubkey",
+        str(p),
+        "-id",
+        signer_id,
+        "-in",
+        str(msg),
+        "-sig",
+        str(tmp_path / "s"),
+    )
     assert b"success" in out.lower() or out == b""
 
 
@@ -107,31 +117,95 @@ def test_key_exchange_with_confirmation(we_initiate: bool, tmp_path: Path) -> No
     theirs = load_private_key(gk.read_bytes(), PASS).public_key()
     common = ["-pass", PASS, "-exch_pass", PASS, "-bin", "-keylen", "48"]
     if we_initiate:
-        a = KeyExchangeInitiator(ours, theirs, own_id=b"Alice", peer_id=b"Bob", klen=48,
-                                 confirm=True)
+        a = KeyExchangeInitiator(
+            ours, theirs, own_id=b"Alice", peer_id=b"Bob", klen=48, confirm=True
+        )
         (tmp_path / "ra").write_bytes(a.ephemeral)
-        gm("sm2exch", "-stage", "respond", "-key", str(gk), "-id", "Bob", "-peer_pubkey",
-           str(tmp_path / "our_pub.pem"), "-peer_id", "Alice", "-in", str(tmp_path / "ra"),
-           "-exch_keyout", str(tmp_path / "rb.pem"), "-secret_state_out",
-           str(tmp_path / "state"), "-out", str(tmp_path / "rbsb"), *common)
+        gm(
+            "sm2exch",
+            "-stage",
+            "respond",
+            "-key",
+            str(gk),
+            "-id",
+            "Bob",
+            "-peer_pubkey",
+            str(tmp_path / "our_pub.pem"),
+            "-peer_id",
+            "Alice",
+            "-in",
+            str(tmp_path / "ra"),
+            "-exch_keyout",
+            str(tmp_path / "rb.pem"),
+            "-secret_state_out",
+            str(tmp_path / "state"),
+            "-out",
+            str(tmp_path / "rbsb"),
+            *common,
+        )
         rbsb = (tmp_path / "rbsb").read_bytes()
         key, s_a = a.finish(rbsb[:65], rbsb[65:])
         (tmp_path / "sa").write_bytes(s_a or b"")
-        gm("sm2exch", "-stage", "finish", "-key", str(gk), "-id", "Bob", "-peer_pubkey",
-           str(tmp_path / "our_pub.pem"), "-peer_id", "Alice", "-exch_key",
-           str(tmp_path / "rb.pem"), "-secret_state", str(tmp_path / "state"), "-in",
-           str(tmp_path / "sa"), "-keyout", str(tmp_path / "k"), *common)
+        gm(
+            "sm2exch",
+            "-stage",
+            "finish",
+            "-key",
+            str(gk),
+            "-id",
+            "Bob",
+            "-peer_pubkey",
+            str(tmp_path / "our_pub.pem"),
+            "-peer_id",
+            "Alice",
+            "-exch_key",
+            str(tmp_path / "rb.pem"),
+            "-secret_state",
+            str(tmp_path / "state"),
+            "-in",
+            str(tmp_path / "sa"),
+            "-keyout",
+            str(tmp_path / "k"),
+            *common,
+        )
     else:
-        gm("sm2exch", "-stage", "init", "-exch_keyout", str(tmp_path / "ra.pem"), "-out",
-           str(tmp_path / "ra"), *common)
-        b = KeyExchangeResponder(ours, theirs, own_id=b"Bob", peer_id=b"Alice", klen=48,
-                                 confirm=True)
+        gm(
+            "sm2exch",
+            "-stage",
+            "init",
+            "-exch_keyout",
+            str(tmp_path / "ra.pem"),
+            "-out",
+            str(tmp_path / "ra"),
+            *common,
+        )
+        b = KeyExchangeResponder(
+            ours, theirs, own_id=b"Bob", peer_id=b"Alice", klen=48, confirm=True
+        )
         r_b, s_b = b.respond((tmp_path / "ra").read_bytes())
         (tmp_path / "rbsb").write_bytes(r_b + (s_b or b""))
-        gm("sm2exch", "-stage", "confirm", "-key", str(gk), "-id", "Alice", "-peer_pubkey",
-           str(tmp_path / "our_pub.pem"), "-peer_id", "Bob", "-exch_key",
-           str(tmp_path / "ra.pem"), "-in", str(tmp_path / "rbsb"), "-keyout",
-           str(tmp_path / "k"), "-out", str(tmp_path / "sa"), *common)
+        gm(
+            "sm2exch",
+            "-stage",
+            "confirm",
+            "-key",
+            str(gk),
+            "-id",
+            "Alice",
+            "-peer_pubkey",
+            str(tmp_path / "our_pub.pem"),
+            "-peer_id",
+            "Bob",
+            "-exch_key",
+            str(tmp_path / "ra.pem"),
+            "-in",
+            str(tmp_path / "rbsb"),
+            "-keyout",
+            str(tmp_path / "k"),
+            "-out",
+            str(tmp_path / "sa"),
+            *common,
+        )
         key = b.confirm((tmp_path / "sa").read_bytes())
     assert (tmp_path / "k").read_bytes() == key
 
@@ -142,14 +216,46 @@ def test_sm3_sm4_zuc_agree(tmp_path: Path) -> None:
     f.write_bytes(data)
     assert gm("sm3", "-in", str(f)).decode().split()[0] == sm3.sm3(data).hex()
     key, iv, nonce = random_bytes(16), random_bytes(16), random_bytes(12)
-    assert gm("sm4_cbc", "-encrypt", "-pkcs7_padding", "-key", key.hex(), "-iv", iv.hex(),
-              "-in", str(f)) == \
-        sm4.cbc_encrypt(key, iv, data)
-    assert gm("sm4_ctr", "-encrypt", "-key", key.hex(), "-iv", iv.hex(), "-in", str(f)) == \
-        sm4.ctr(key, iv, data)
-    assert gm("sm4_gcm", "-encrypt", "-key", key.hex(), "-iv", nonce.hex(), "-aad_hex",
-              "0011", "-in", str(f)) == sm4.gcm_encrypt(key, nonce, data, b"\x00\x11")
-    assert gm("sm4_ccm", "-encrypt", "-key", key.hex(), "-iv", nonce.hex(), "-aad_hex",
-              "0011", "-in", str(f)) == sm4.ccm_encrypt(key, nonce, data, b"\x00\x11")
-    assert gm("zuc_128_eea3", "-key", key.hex(), "-count", "0x1234", "-bearer", "5",
-              "-direction", "1", "-in", str(f)) == zuc.eea3(key, 0x1234, 5, 1, data, 8000)
+    assert gm(
+        "sm4_cbc", "-encrypt", "-pkcs7_padding", "-key", key.hex(), "-iv", iv.hex(), "-in", str(f)
+    ) == sm4.cbc_encrypt(key, iv, data)
+    assert gm("sm4_ctr", "-encrypt", "-key", key.hex(), "-iv", iv.hex(), "-in", str(f)) == sm4.ctr(
+        key, iv, data
+    )
+    assert gm(
+        "sm4_gcm",
+        "-encrypt",
+        "-key",
+        key.hex(),
+        "-iv",
+        nonce.hex(),
+        "-aad_hex",
+        "0011",
+        "-in",
+        str(f),
+    ) == sm4.gcm_encrypt(key, nonce, data, b"\x00\x11")
+    assert gm(
+        "sm4_ccm",
+        "-encrypt",
+        "-key",
+        key.hex(),
+        "-iv",
+        nonce.hex(),
+        "-aad_hex",
+        "0011",
+        "-in",
+        str(f),
+    ) == sm4.ccm_encrypt(key, nonce, data, b"\x00\x11")
+    assert gm(
+        "zuc_128_eea3",
+        "-key",
+        key.hex(),
+        "-count",
+        "0x1234",
+        "-bearer",
+        "5",
+        "-direction",
+        "1",
+        "-in",
+        str(f),
+    ) == zuc.eea3(key, 0x1234, 5, 1, data, 8000)

@@ -27,7 +27,9 @@ SUBJECT = {"C": "CN", "O": "Example Unit", "CN": "alice"}
 @pytest.fixture
 def kmc(database_url: str) -> Kmc:
     k = Kmc(
-        Database(database_url), SoftKeyStore(secrets.token_bytes(32)), crl_base_url="http://kmc.test"
+        Database(database_url),
+        SoftKeyStore(secrets.token_bytes(32)),
+        crl_base_url="http://kmc.test",
     )
     k.create_schema()
     k.init_ca(actor="test")
@@ -366,13 +368,12 @@ def test_file_recovery_dual_control(kmc: Kmc) -> None:
     assert escrow_cert.public_key == kmc.file_recovery_public_key()
     assert escrow_cert.policies == (POLICY_KMC_ESCROW,) and not escrow_cert.extended_key_usage
     crls = [CRL.from_der(kmc.crl("issuing")), CRL.from_der(kmc.crl("root"))]
-    validate_path(
-        escrow_cert, anchors=[kmc.chain()[1]], intermediates=[kmc.chain()[0]], crls=crls
-    )
+    validate_path(escrow_cert, anchors=[kmc.chain()[1]], intermediates=[kmc.chain()[0]], crls=crls)
     escrow = escrow_cert.public_key.encrypt(fek)
     new_terminal = SM2PrivateKey.generate()
-    rid = kmc.request_file_recovery(escrow, new_terminal.public_key(), reason="lost phone",
-                                    actor="op1")
+    rid = kmc.request_file_recovery(
+        escrow, new_terminal.public_key(), reason="lost phone", actor="op1"
+    )
     with pytest.raises(PolicyError, match="dual control"):
         kmc.approve_recovery(rid, actor="op1")
     released = kmc.approve_recovery(rid, actor="op2")
@@ -385,3 +386,133 @@ def test_file_recovery_dual_control(kmc: Kmc) -> None:
         kmc.approve_recovery(rid2, actor="b")
     with pytest.raises(PolicyError, match="not a DER SM2Cipher"):
         kmc.request_file_recovery(b"junk", new_terminal.public_key(), reason="x", actor="a")
+
+
+# ---------------------------------------------------------------- trust model (issue 9) -
+def test_operator_roles_registration_and_binding(kmc: Kmc) -> None:
+    from mstcrypt.errors import AuthenticationError
+
+    ops = kmc.operators
+    for roles, match in (
+        ([], "at least one role"),
+        (["root"], "unknown role"),
+        (["auditor", "administrator"], "cannot be combined"),
+    ):
+        with pytest.raises(PolicyError, match=match):
+            ops.add("op1", roles)
+    with pytest.raises(PolicyError, match="operator name"):
+        ops.add("bad name!", ["auditor"])
+    _enroll(kmc, "alice")
+    with pytest.raises(PolicyError, match="terminal certificates"):
+        ops.add("alice", ["auditor"])  # a terminal owner does not become an operator
+    code, _ = ops.add("op1", ["key_recovery_officer", "registration_officer"])
+    with pytest.raises(PolicyError, match="already exists"):
+        ops.add("op1", ["auditor"])
+    assert ops.list()[0] | {"certificate": None} == {
+        "name": "op1",
+        "roles": ["key_recovery_officer", "registration_officer"],
+        "status": "pending",
+        "certificate": None,
+        "static": False,
+    }
+    # operator codes come from the console only; terminal codes never name an operator
+    with pytest.raises(PolicyError, match="is an operator"):
+        kmc.create_enrollment_code(owner="op1", subject={"CN": "op1"}, actor="ra")
+    with pytest.raises(PolicyError, match="not a registered operator"):
+        ops.enroll_code("alice")
+    key = SM2PrivateKey.generate()
+    e = kmc.enroll(code, build_csr(name(CN="op1"), key.public_key(), key.sign).der)
+    serial = f"{e.sign_certificate.serial:x}"
+    assert ops.list()[0]["status"] == "active" and ops.list()[0]["certificate"] == serial
+    who = ops.from_session({"owner": "op1", "serial": serial})
+    assert who.name == "op1" and who.via == "certificate" and who.has("key_recovery_officer")
+    for claims, match in (
+        ({"owner": "op1", "serial": "1234"}, "not the one bound"),
+        ({"owner": "alice", "serial": serial}, "not an operator"),
+        ({"owner": None, "serial": serial}, "not an operator"),
+    ):
+        with pytest.raises(AuthenticationError, match=match):
+            ops.from_session(claims)
+    ops.set_roles("op1", ["auditor"])
+    assert ops.from_session({"owner": "op1", "serial": serial}).roles == {"auditor"}
+    ops.set_status("op1", "disabled")
+    with pytest.raises(AuthenticationError, match="disabled"):
+        ops.from_session({"owner": "op1", "serial": serial})
+    # a new device through a new operator code moves the binding
+    ops.set_status("op1", "active")
+    key2 = SM2PrivateKey.generate()
+    code2, _ = ops.enroll_code("op1")
+    e2 = kmc.enroll(code2, build_csr(name(CN="op1"), key2.public_key(), key2.sign).der)
+    serial2 = f"{e2.sign_certificate.serial:x}"
+    assert ops.from_session({"owner": "op1", "serial": serial2}).name == "op1"
+    with pytest.raises(AuthenticationError, match="not the one bound"):
+        ops.from_session({"owner": "op1", "serial": serial})
+    assert kmc.certificate_status(serial) == "revoked"
+    # operators' keys are not generated, distributed or rotated for them
+    with pytest.raises(PolicyError, match="is an operator"):
+        kmc.generate_key("op1", actor="ra")
+    with pytest.raises(PolicyError, match="is an operator"):
+        kmc.rotate_key("op1", key2.public_key(), subject={"CN": "op1"}, actor="ra")
+    assert kmc.verify_audit().ok
+
+
+def test_key_update_keeps_the_dual_certificate_pair(kmc: Kmc) -> None:
+    terminal, e = _enroll(kmc)
+    new_id, _, new_enc = kmc.rotate_key("alice", terminal.public_key(), subject=SUBJECT, actor="ra")
+    revoked = kmc.revoke_certificate(
+        f"{e.sign_certificate.serial:x}", reason="key_compromise", actor="ra"
+    )
+    assert f"{new_enc.serial:x}" in revoked
+    assert kmc.certificate_status(f"{new_enc.serial:x}") == "revoked"
+    assert {k["id"]: k["state"] for k in kmc.keys("alice")}[new_id] == "revoked"
+    # a certificate revoked for another reason leaves its pair alone
+    _, b = _enroll(kmc, "bob")
+    kmc.revoke_certificate(f"{b.sign_certificate.serial:x}", reason="superseded", actor="ra")
+    assert kmc.certificate_status(f"{b.encryption_certificate.serial:x}") == "active"
+
+
+def test_recovery_never_for_oneself(kmc: Kmc) -> None:
+    _, alice = _enroll(kmc, "alice")
+    _, bob = _enroll(kmc, "bob")
+    stranger = SM2PrivateKey.generate().public_key()
+    with pytest.raises(PolicyError, match="their own key"):
+        kmc.request_recovery(alice.key_id, stranger, reason="lost", actor="alice")
+    for own in (bob.encryption_certificate.public_key, bob.sign_certificate.public_key):
+        with pytest.raises(PolicyError, match="certified to this operator"):
+            kmc.request_recovery(alice.key_id, own, reason="lost", actor="bob")
+    rid = kmc.request_recovery(alice.key_id, stranger, reason="lost", actor="op1")
+    with pytest.raises(PolicyError, match="their own key"):
+        kmc.approve_recovery(rid, actor="alice")
+    rid = kmc.request_recovery(
+        alice.key_id, bob.encryption_certificate.public_key, reason="lost", actor="op1"
+    )
+    with pytest.raises(PolicyError, match="certified to this operator"):
+        kmc.approve_recovery(rid, actor="bob")
+    assert kmc.recovery_result(rid)["status"] == "pending"
+
+
+def test_identity_changes_rotate_kdk_and_groups(kmc: Kmc) -> None:
+    from mstcrypt.kmc.models import Group, MemberKdk
+
+    def versions() -> tuple[dict[str, int], dict[str, int]]:
+        with kmc.db.tx() as s:
+            kdks: dict[str, int] = {}
+            for r in s.scalars(select(MemberKdk)):
+                kdks[r.member] = max(kdks.get(r.member, 0), r.version)
+            return kdks, {g.id: g.current_version for g in s.scalars(select(Group))}
+
+    t = {who: _enroll(kmc, who) for who in ("alice", "bob", "carol")}
+    for who in t:
+        kmc.kdk_delivery(who, actor=f"terminal:{who}")
+    kmc.create_group("ab", ["alice", "bob"], actor="ra")
+    kmc.create_group("bc", ["bob", "carol"], actor="ra")
+    assert versions() == ({"alice": 1, "bob": 1, "carol": 1}, {"ab": 1, "bc": 1})
+    kmc.revoke_key(t["alice"][1].key_id, reason="key_compromise", actor="ra")
+    assert versions() == ({"alice": 2, "bob": 1, "carol": 1}, {"ab": 2, "bc": 1})
+    _enroll(kmc, "carol")  # re-enrollment
+    assert versions() == ({"alice": 2, "bob": 1, "carol": 2}, {"ab": 2, "bc": 2})
+    new = SM2PrivateKey.generate().public_key()
+    rid = kmc.request_recovery(t["bob"][1].key_id, new, reason="new phone", actor="op1")
+    kmc.approve_recovery(rid, actor="op2", recipient_fingerprint=new.fingerprint().hex())
+    assert versions() == ({"alice": 2, "bob": 2, "carol": 2}, {"ab": 3, "bc": 3})
+    assert kmc.verify_audit().ok

@@ -21,6 +21,11 @@ def test_ruff_clean() -> None:
     ruff = _ruff()
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]')")
-    p = subprocess.run([*ruff, "check", "src", "tests", "bench"], cwd=ROOT, capture_output=True,
-                       text=True, check=False)
+    p = subprocess.run(
+        [*ruff, "check", "src", "tests", "bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert p.returncode == 0, p.stdout[-3000:]

@@ -246,7 +246,7 @@ def platform(database_url: str) -> Kmc:
     k.db.dispose()
 
 
-def _user(kmc: Kmc, owner: str = "alice", *, code: str | None = None) -> LoginClient:
+def _user(kmc: Kmc, owner: str = "alice", code: str | None = None) -> LoginClient:
     key = SM2PrivateKey.generate()
     if code is None:
         code, _ = kmc.create_enrollment_code(owner=owner, subject={"CN": owner}, actor="op")
@@ -576,8 +576,8 @@ def test_operator_uses_session_token(tmp_path: Path, monkeypatch: pytest.MonkeyP
     kmc.create_schema()
     kmc.init_ca(actor="t")
     static = kmc.operators.add_static("legacy", ["registration_officer"])
-    op_code, _ = kmc.operators.add("alice", ["registration_officer"])
-    alice = _user(kmc, "alice", code=op_code)
+    operator_code, _ = kmc.operators.add("alice", ["registration_officer"])
+    alice = _user(kmc, "alice", operator_code)
     mallory = _user(kmc, "mallory")
     with TestClient(create_app(settings, kmc)) as http:
 
@@ -617,7 +617,8 @@ def test_operator_uses_session_token(tmp_path: Path, monkeypatch: pytest.MonkeyP
         )
         assert r.status_code == 401
         r = http.get("/login/session", headers={"Authorization": f"Bearer {tok}"})
-        assert r.status_code == 401 and r.json()["error"] == "TokenError"
+        assert r.status_code == 401 and r.json()["error"] == "AuthenticationError"
+        assert "revoked" in r.json()["detail"]
         ch = http.post("/login/challenge").json()
         resp = alice.respond(Challenge.from_json(ch), now=datetime.now(UTC), crls=_crls(kmc))
         ok = http.post("/login/response", json={"response": resp.to_json()})
@@ -657,7 +658,9 @@ def test_cli_enroll_and_login(tmp_path: Path) -> None:
         root = data / "root.pem"
         root.write_bytes(kmc.chain()[-1].pem)
         kmc.db.dispose()
-        with Client(url, anchors=[Certificate.from_pem(root.read_bytes())], operator_token=token) as admin:
+        with Client(
+            url, anchors=[Certificate.from_pem(root.read_bytes())], operator_token=token
+        ) as admin:
             code = admin.create_enrollment_code("carol", {"CN": "carol"})["code"]
         tok = str(tmp_path / "carol.tok")
         r = cli(

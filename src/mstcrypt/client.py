@@ -349,12 +349,15 @@ class Client:
             )["request_id"]
         )
 
-    def recovery_request(self, request_id: str) -> dict[str, Any]:
-        """What a second officer reviews: requester, reason, owner, recipient fingerprint."""
+    def recovery(self, request_id: str) -> dict[str, Any]:
+        """A recovery request as the second officer reviews it (requester, reason, owner,
+        recipient fingerprint, approvals) and, once released, its result."""
         return dict(self._json("GET", f"/admin/recovery/{request_id}"))
 
     def approve_recovery(self, request_id: str, recipient_fingerprint: str) -> dict[str, Any]:
-        """Approve as the second officer, quoting the recipient fingerprint reviewed."""
+        """Approve a request filed by another officer (dual control), quoting the SM3
+        fingerprint of the recipient key as obtained from the new device: the KMC refuses
+        the approval if the request names another key."""
         return dict(
             self._json(
                 "POST",

@@ -301,7 +301,7 @@ def demo_command(
             except ServiceError as exc:
                 if "dual control" not in exc.detail:
                     raise
-            review = admins["bob"].recovery_request(rid)
+            review = admins["bob"].recovery(rid)
             assert review["requested_by"] == "alice" and review["owner"] == "zhang.san"
             done = admins["bob"].approve_recovery(rid, review["recipient_fingerprint"])
             env = base64.b64decode(done["enveloped_key"])

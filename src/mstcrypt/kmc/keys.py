@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.ca import REVOCATION_REASONS, CaService
-from mstcrypt.kmc.context import KmcContext, Unit, new_id
-from mstcrypt.kmc.models import EncryptionKey, Operator
+from mstcrypt.kmc.context import KmcContext, Unit, aware, new_id
+from mstcrypt.kmc.models import EncryptionKey, IssuedCertificate, Operator
 from mstcrypt.pki import Certificate, Profile
 
 __all__ = ["KeyService"]
@@ -117,6 +117,7 @@ class KeyService:
                 usage="enc",
                 key_id=row.id,
             )
+            self._pair_with_signing(u, row.owner, cert)
             envelope = self.ctx.keys.export_enveloped(
                 row.key_blob or b"", f"enc:{row.id}".encode(), terminal_public_key
             )
@@ -129,6 +130,17 @@ class KeyService:
                 recipient=terminal_public_key.fingerprint().hex(),
             )
         return envelope, cert
+
+    def _pair_with_signing(self, u: Unit, owner: str, enc: Certificate) -> None:
+        """GM/T 0034 dual certificates: a new encryption certificate becomes the pair of
+        the owner's current signing certificate, so a revocation for a lost device
+        (:data:`~mstcrypt.kmc.ca.PAIR_REASONS`) still takes both after a key update."""
+        signs = self.ca.active_certificates(u, owner=owner, usage="sign")
+        row = u.s.get(IssuedCertificate, f"{enc.serial:x}")
+        if not signs or row is None:
+            return
+        sign = max(signs, key=lambda c: aware(c.issued_at))
+        row.pair_serial, sign.pair_serial = sign.serial, row.serial
 
     def _demote_active(self, u: Unit, owner: str, keep: str) -> list[str]:
         demoted = []
@@ -186,6 +198,7 @@ class KeyService:
                 usage="enc",
                 key_id=row.id,
             )
+            self._pair_with_signing(u, owner, cert)
             envelope = self.ctx.keys.export_enveloped(
                 row.key_blob or b"", f"enc:{row.id}".encode(), terminal_public_key
             )
