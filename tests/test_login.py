@@ -617,7 +617,7 @@ def test_operator_uses_session_token(tmp_path: Path, monkeypatch: pytest.MonkeyP
         )
         assert r.status_code == 401
         r = http.get("/login/session", headers={"Authorization": f"Bearer {tok}"})
-        assert r.status_code == 401 and r.json()["error"] == "AuthenticationError"
+        assert r.status_code == 401 and r.json()["error"] == "TokenError"
         assert "revoked" in r.json()["detail"]
         ch = http.post("/login/challenge").json()
         resp = alice.respond(Challenge.from_json(ch), now=datetime.now(UTC), crls=_crls(kmc))

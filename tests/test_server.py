@@ -51,7 +51,7 @@ from mstcrypt.kmc.models import (
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.server import KeyWrapper
 from mstcrypt.pki import CRL, Certificate, build_csr, name, validate_path
-from mstcrypt.pki.profiles import KMC_ESCROW_EKU
+from mstcrypt.pki.profiles import POLICY_KMC_ESCROW
 from platform_helpers import OPERATOR_ROLES, master_key
 
 with warnings.catch_warnings():  # starlette warns about httpx at import time
@@ -270,7 +270,7 @@ def test_enroll_rate_limit(kmc: Kmc, tmp_path: Path) -> None:
             r = p.c.post("/enroll", json={"code": "AAAAA-BBBBB-CCCCC-DDDDD", "csr": csr_pem(t)})
             assert_error(r, 403, "VerificationError")
         r = p.c.post("/enroll", json={"code": spare, "csr": csr_pem(t)})
-        assert "too many" in assert_error(r, 429, "RateLimited")["detail"]
+        assert "too many" in assert_error(r, 429, "RateLimitError")["detail"]
         # another address has its own budget
         with TestClient(p.c.app, client=("192.0.2.7", 4242)) as other:
             r = other.post("/enroll", json={"code": "AAAAA-BBBBB-CCCCC-DDDDD", "csr": csr_pem(t)})
@@ -705,7 +705,7 @@ def test_file_recovery_dual_control(p: Platform) -> None:
     escrow_cert = Certificate.from_pem(r.content)
     issuing, root = split_pem(p.c.get("/ca/chain.pem").content)
     validate_path(escrow_cert, anchors=[root], intermediates=[issuing], crls=p.crls())
-    assert escrow_cert.extended_key_usage == (KMC_ESCROW_EKU,)
+    assert escrow_cert.policies == (POLICY_KMC_ESCROW,)
     assert "key_encipherment" in escrow_cert.key_usage
     assert "digital_signature" not in escrow_cert.key_usage
     fek = secrets.token_bytes(16)
