@@ -27,8 +27,10 @@ from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, build_csr, name
 from mstcrypt.protocols.login import LoginClient
 
-SERVER_SM2_OPS = "3 SM2 operations per login (sign Token-S, verify Token-M, sign the session " \
-                 "token) + 4 verifications per new certificate/CRL pair (memoised 60 s)"
+SERVER_SM2_OPS = (
+    "3 SM2 operations per login (sign Token-S, verify Token-M, sign the session "
+    "token) + 4 verifications per new certificate/CRL pair (memoised 60 s)"
+)
 
 
 def main() -> int:
@@ -48,9 +50,15 @@ def main() -> int:
         key = SM2PrivateKey.generate()
         code, _ = kmc.create_enrollment_code(owner=f"u{i}", subject={"CN": f"u{i}"}, actor="b")
         e = kmc.enroll(code, build_csr(name(CN=f"u{i}"), key.public_key(), key.sign).der)
-        users.append(LoginClient(expected_server_name="login.bench",
-                                 certificate=e.sign_certificate, signer=key.sign,
-                                 chain=chain[:-1], anchors=chain[-1:]))
+        users.append(
+            LoginClient(
+                expected_server_name="login.bench",
+                certificate=e.sign_certificate,
+                signer=key.sign,
+                chain=chain[:-1],
+                anchors=chain[-1:],
+            )
+        )
     crls = [CRL.from_der(kmc.crl()), CRL.from_der(kmc.crl("root"))]
     # warm up (path memo, statement caches)
     for u in users:
@@ -61,8 +69,10 @@ def main() -> int:
     challenges = [svc.challenge(source=f"10.0.{i % 250}.{i % 7}") for i in range(args.count)]
     t_ch, w_ch = time.process_time() - t0, time.perf_counter() - w0
     now = datetime.now(UTC)
-    responses = [users[i % len(users)].respond(c, now=now, crls=crls).to_json()
-                 for i, c in enumerate(challenges)]
+    responses = [
+        users[i % len(users)].respond(c, now=now, crls=crls).to_json()
+        for i, c in enumerate(challenges)
+    ]
     t0 = time.process_time()
     w0 = time.perf_counter()
     for i, r in enumerate(responses):
@@ -71,11 +81,15 @@ def main() -> int:
     cpu = t_ch + t_resp
     wall = w_ch + w_resp
     print(f"database: {url.split(':')[0]}")
-    print(f"server logins/s on one core (CPU time): {args.count / cpu:,.0f}   "
-          f"(wall clock: {args.count / wall:,.0f})   target >= 500 "
-          f"{'ok' if args.count / cpu >= 500 else 'BELOW'}")
-    print(f"  challenge: {t_ch / args.count * 1e3:.2f} ms CPU, response: "
-          f"{t_resp / args.count * 1e3:.2f} ms CPU")
+    print(
+        f"server logins/s on one core (CPU time): {args.count / cpu:,.0f}   "
+        f"(wall clock: {args.count / wall:,.0f})   target >= 500 "
+        f"{'ok' if args.count / cpu >= 500 else 'BELOW'}"
+    )
+    print(
+        f"  challenge: {t_ch / args.count * 1e3:.2f} ms CPU, response: "
+        f"{t_resp / args.count * 1e3:.2f} ms CPU"
+    )
     print(f"  {SERVER_SM2_OPS}")
     kmc.db.dispose()
     return 0

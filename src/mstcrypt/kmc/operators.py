@@ -105,8 +105,8 @@ class OperatorService:
             )
             if issued is not None:
                 raise PolicyError(
-                    f"{name!r} already holds terminal certificates; an operator gets a name of "
-                    "their own (or bind a certificate with `operator bind`)"
+                    f"{name!r} already holds terminal certificates (issued through codes an "
+                    "operator created): an operator gets a name of their own"
                 )
             u.s.add(
                 Operator(
@@ -168,7 +168,8 @@ class OperatorService:
         return token
 
     def bind(self, name: str, serial: str, *, actor: str = "console") -> None:
-        """Bind the operator to an existing, active signing certificate of theirs."""
+        """Bind a registered operator to an existing, active signing certificate of theirs
+        (issued under the operator's own name, which only operator codes can enroll)."""
         with self.ctx.unit(actor) as u:
             row = u.s.get(Operator, name, with_for_update={"key_share": True})
             if row is None:
