@@ -140,9 +140,11 @@ def test_anchor_pinning(platform: Running, tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="root CA"):
         Client(platform.url)
     # a client whose anchor is not the platform's root refuses the TLCP server
-    with Client(platform.url, anchors=[foreign_root()]) as c:
-        with pytest.raises(TLCPError, match="unknown_ca"):
-            c.health()
+    with (
+        Client(platform.url, anchors=[foreign_root()]) as c,
+        pytest.raises(TLCPError, match="unknown_ca"),
+    ):
+        c.health()
     with platform.client() as c:
         # the certificates the server returns are checked against the anchor given
         with pytest.raises((VerificationError, CertificateError)):
@@ -298,7 +300,9 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     static = p.stdout.strip()
     assert static.startswith("op_") and static.encode() not in (data / "mstcrypt.db").read_bytes()
-    p = mstcrypt("operator", "add", "officer-dan", "--role", "auditor", "--role", "administrator", *d)
+    p = mstcrypt(
+        "operator", "add", "officer-dan", "--role", "auditor", "--role", "administrator", *d
+    )
     assert p.returncode == 2 and "auditor role cannot be combined" in p.stderr
     op_tok, tok = tmp_path / "operator.tok", tmp_path / "terminal.tok"
     for path in (op_tok, tok):
@@ -320,9 +324,11 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
         session = p.stdout.strip().splitlines()[-1]
         assert session.startswith("MST1.")
-        with Client(url, anchors=anchors, operator_token=static) as c:
-            with pytest.raises(ServiceError) as exc:
-                c.keys("alice")  # static credentials are off unless MSTCRYPT_STATIC_OPERATORS=1
+        with (
+            Client(url, anchors=anchors, operator_token=static) as c,
+            pytest.raises(ServiceError) as exc,
+        ):
+            c.keys("alice")  # static credentials are off unless MSTCRYPT_STATIC_OPERATORS=1
         assert exc.value.status == 401
         with Client(url, anchors=anchors, operator_token=session) as admin:
             code = admin.create_enrollment_code("zhang", {**SUBJECT, "CN": "zhang"})["code"]
