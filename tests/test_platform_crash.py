@@ -501,9 +501,9 @@ def test_kill9_during_platform_operations(database_url: str, tmp_path: Path) -> 
         root = kmc.chain()[-1]
         before = checker.check().audit_actions
         proc, url = rig.start(anchors=[root])
-        started = checker.check()  # the endpoint certified its TLCP keys, nothing else
-        assert set(started.audit_actions - before) == {"service.identity"}, started.audit_actions
-        model.expected_audit = started.audit_records
+        up = checker.check()  # the endpoint certified its TLCP keys, nothing else
+        assert set(up.audit_actions - before) == {"service.identity"}, up.audit_actions
+        model.expected_audit = up.audit_records
         auth = {"Authorization": f"Bearer {tokens['alice']}"}
         with tlcp_client(url, [root], timeout=30) as http:
             verify = http.get("/admin/audit/verify", headers=auth).json()
