@@ -14,7 +14,7 @@ from mstcrypt.kmc.service import Kmc
 from mstcrypt.pki import Profile
 from mstcrypt.protocols.tlcp import Credentials
 
-__all__ = ["SIGN_IDENTITY", "ENC_IDENTITY", "platform_credentials"]
+__all__ = ["ENC_IDENTITY", "SIGN_IDENTITY", "platform_credentials"]
 
 SIGN_IDENTITY = "platform-tlcp-sign"
 ENC_IDENTITY = "platform-tlcp-enc"
