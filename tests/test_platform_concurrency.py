@@ -323,3 +323,73 @@ def test_concurrent_enrollments_one_owner(
     mine = [c for c in snap.certs.values() if c.owner == "crowd"]
     assert len(mine) == 12 and sum(c.status == "active" for c in mine) == 2
     assert sum(c.revocation_reason == "superseded" for c in mine) == 10
+
+
+# ------------------------------------------------------------------ the checker --------
+def test_invariant_checker_sees_broken_rules(database_url: str) -> None:
+    """The checker the tests above rely on reports each rule broken in the store: a
+    re-enrollment that left the old certificate active, a recovery the requester approved
+    or released with too few approvers, an operator bound to another's certificate."""
+    from sqlalchemy import update
+
+    from mstcrypt.kmc.models import IssuedCertificate, Operator, RecoveryRequest
+
+    kmc = kmc_for(database_url)
+    try:
+        kmc.create_schema()
+        kmc.init_ca(actor="test")
+        add_operators(kmc)
+        checker = InvariantChecker(kmc)
+        serials = []
+        for _ in range(2):  # a terminal, then its replacement
+            _, csr = terminal("eve")
+            code, _exp = kmc.create_enrollment_code(owner="eve", subject={"CN": "eve"}, actor="op")
+            e = kmc.enroll(code, csr.encode())
+            serials.append(f"{e.sign_certificate.serial:x}")
+        recipient = SM2PrivateKey.generate().public_key()
+        rid = kmc.request_recovery(e.key_id, recipient, reason="lost", actor="officer-alice")
+        kmc.approve_recovery(rid, actor="officer-bob")
+        snap = checker.check()
+        assert snap.certs[serials[0]].revocation_reason == "superseded"
+        assert snap.recoveries[rid].status == "released"
+
+        def broken(change: Any, expected: str) -> None:
+            with kmc.db.tx() as s:
+                undo = change(s)
+            with pytest.raises(AssertionError, match=expected):
+                checker.check()
+            with kmc.db.tx() as s:
+                undo(s)
+            checker.check()
+
+        def reactivate(s: Any) -> Any:
+            s.execute(
+                update(IssuedCertificate)
+                .where(IssuedCertificate.serial == serials[0])
+                .values(status="active")
+            )
+            return lambda s: s.execute(
+                update(IssuedCertificate)
+                .where(IssuedCertificate.serial == serials[0])
+                .values(status="revoked")
+            )
+
+        def approvals(value: list[str]) -> Any:
+            def change(s: Any) -> Any:
+                q = update(RecoveryRequest).where(RecoveryRequest.id == rid)
+                s.execute(q.values(approvals=value))
+                return lambda s: s.execute(q.values(approvals=["officer-bob"]))
+
+            return change
+
+        def bind_to_eve(s: Any) -> Any:
+            q = update(Operator).where(Operator.name == "officer-alice")
+            s.execute(q.values(cert_serial=serials[1]))
+            return lambda s: s.execute(q.values(cert_serial=None))
+
+        broken(reactivate, "re-enrollment left .* active")
+        broken(approvals(["officer-bob", "officer-alice"]), "the requester officer-alice approved")
+        broken(approvals([]), "released with approvals")
+        broken(bind_to_eve, "bound to .*, not theirs")
+    finally:
+        kmc.db.dispose()
