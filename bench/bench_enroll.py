@@ -1,14 +1,19 @@
-"""Enrollments per second over HTTP, and in-process for comparison.
+"""Enrollments per second over the platform's TLCP endpoint (or plain HTTP), and
+in-process for comparison.
 
-    PYTHONPATH=src python bench/bench_enroll.py [--clients 8] [--count 200]
+    PYTHONPATH=src python bench/bench_enroll.py [--clients 8] [--count 200] [--tls none]
         [--database-url postgresql+psycopg://user:pw@host/db]
 
 The platform is started in this process (``running_platform``) on a fresh SQLite data
 directory, or on a throwaway database created on the PostgreSQL server of
-``--database-url`` (the role needs CREATEDB; the database is dropped at the end).
+``--database-url`` (the role needs CREATEDB; the database is dropped at the end). By
+default it serves TLCP with its own certificates, as ``mstcrypt serve`` does; each client
+thread keeps one TLCP connection alive, authenticating the server with the platform's
+root. ``--tls none`` measures plain HTTP (the reverse-proxy set-up).
 
-One enrollment = POST /admin/enrollment-codes (static operator credential) + POST /enroll
-with a fresh terminal key's CSR. The CSRs are built before the clock starts: that is
+One enrollment = POST /admin/enrollment-codes (a static registration-officer credential,
+the server started with static operators enabled) + POST /enroll with a fresh terminal
+key's CSR. The CSRs are built before the clock starts: that is
 terminal work (1 key generation + 1 signature + build_csr's self-check each), not the
 platform's. Latency is reported for the whole enrollment and for POST /enroll alone.
 
@@ -40,6 +45,7 @@ from mstcrypt.crypto import sm2  # noqa: E402
 from mstcrypt.crypto.sm2 import SM2PrivateKey  # noqa: E402
 from mstcrypt.kmc.service import Kmc  # noqa: E402
 from mstcrypt.pki import build_csr, name  # noqa: E402
+from mstcrypt.protocols.tlcp.http_client import tlcp_transport  # noqa: E402
 from mstcrypt.server.config import Settings  # noqa: E402
 
 SUBJECT = {"C": "CN", "O": "Bench Unit", "CN": "terminal"}
@@ -55,7 +61,8 @@ SM2_OPS = [
     ("encryption certificate: self-check verify", 1),
     ("audit record (SM3 hash chain only); checkpoint: none per enrollment", 0),
 ]
-# not per enrollment: the issuing CA key is unwrapped once and cached (Kmc._ca_key);
+# the private-key operations run in the SS-CC (the soft key store by default);
+# not per enrollment: the issuing CA key is unwrapped once and cached by the SS-CC;
 # the static operator credential is PBKDF2-checked once and cached; the enrollment code
 # is SM3-hashed; the rate limiter is a counter row.
 
@@ -178,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=8, help="client threads (default 8)")
     ap.add_argument("--count", type=int, default=200, help="enrollments (default 200)")
     ap.add_argument("--database-url", default=None, help="PostgreSQL server (default: SQLite)")
+    ap.add_argument(
+        "--tls", choices=("tlcp", "none"), default="tlcp", help="endpoint (default tlcp)"
+    )
     args = ap.parse_args(argv)
+    tls = args.tls == "tlcp"
     clients, count = max(1, args.clients), max(1, args.count)
 
     with (
@@ -194,18 +205,25 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_seconds=3600,
             static_operators=True,
         )
-        op = settings.add_operator("bench")
         print(f"mstcrypt enrollment benchmark — {backend}")
         print(f"preparing {count} terminal CSRs (terminal-side work, not timed) ...")
         requests = csrs(count)
-        with running_platform(data_dir, settings) as url:
+        with running_platform(data_dir, settings, tls=tls) as url:
+            admin = settings.kmc()
+            op = admin.operators.add_static("bench", ["registration_officer"], actor="bench")
+            root = admin.chain()[-1]
+            admin.db.dispose()
             local = threading.local()
 
             def http(i: int) -> tuple[float, float]:
                 c = getattr(local, "c", None)
                 if c is None:
+                    transport = tlcp_transport(anchors=[root.der]) if tls else None
                     c = local.c = httpx.Client(
-                        base_url=url, timeout=120, headers={"Authorization": f"Bearer {op}"}
+                        base_url=url,
+                        timeout=120,
+                        headers={"Authorization": f"Bearer {op}"},
+                        transport=transport,
                     )
                 t0 = time.perf_counter()
                 r = c.post(
@@ -222,12 +240,14 @@ def main(argv: list[str] | None = None) -> int:
             http(0)  # warm-up: CA key unwrap, operator check, connection
             requests[0] = csrs(1)[0]
             report(
-                "over HTTP (uvicorn in-process, httpx keep-alive clients)",
+                "over TLCP (the platform's endpoint in-process, keep-alive clients)"
+                if tls
+                else "over plain HTTP (uvicorn in-process, httpx keep-alive clients)",
                 run_threads(clients, count, http),
                 clients,
             )
 
-        kmc = Kmc(settings.database(), settings.wrapper(), crl_base_url="http://bench")
+        kmc = Kmc(settings.database(), settings.keystore(), crl_base_url="http://bench")
         kmc.create_schema()
         local_csrs = [r.encode() for r in csrs(count)]
 

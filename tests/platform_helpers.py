@@ -5,6 +5,10 @@
 * :class:`InvariantChecker`: reads the whole store through SQLAlchemy (a :class:`Kmc` on
   the same URL and master key) and checks the cross-table invariants every operation
   must preserve; it returns a :class:`Snapshot` for checking acknowledged replies.
+  Among them: a recovery is released only with ``approvals_required`` distinct approvers
+  besides the requester (never the requester); re-enrollment supersedes the owner's
+  earlier signing and encryption certificates; operator enrollments (console codes) are
+  counted like terminal ones, and an operator's credential is one of their certificates.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import httpx
 from sqlalchemy import func, select
 
 from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
+from mstcrypt.errors import MstCryptError
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import (
     AuditRecord,
@@ -31,8 +36,10 @@ from mstcrypt.kmc.models import (
     EncryptionKey,
     EnrollmentCode,
     IssuedCertificate,
+    Operator,
     RateLimit,
     RecoveryRequest,
+    ServiceKey,
 )
 from mstcrypt.kmc.service import Kmc, code_hash
 from mstcrypt.module.sscc import SoftKeyStore
@@ -71,9 +78,10 @@ def master_key() -> bytes:
     return bytes.fromhex(MASTER_KEY_HEX)
 
 
-def kmc_for(url: str) -> Kmc:
-    """A Kmc over the same database and master key as the server under test."""
-    return Kmc(Database(url), SoftKeyStore(master_key()))
+def kmc_for(url: str, *, recovery_approvals: int = 1) -> Kmc:
+    """A Kmc over the same database and master key as the server under test (with the
+    server's MSTCRYPT_RECOVERY_APPROVALS)."""
+    return Kmc(Database(url), SoftKeyStore(master_key()), recovery_approvals=recovery_approvals)
 
 
 def server_env(database_url: str, **extra: str) -> dict[str, str]:
@@ -88,20 +96,41 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_health(base_url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 30.0) -> None:
+def wait_health(
+    base_url: str,
+    proc: subprocess.Popen[bytes] | None,
+    timeout: float = 30.0,
+    *,
+    anchors: list[Certificate] | None = None,
+) -> None:
+    """Wait until /health answers with an initialised CA; an https:// URL is the TLCP
+    endpoint, authenticated with ``anchors``."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            r = httpx.get(base_url + "/health", timeout=1.0)
+            if base_url.startswith("https://"):
+                with tlcp_client(base_url, anchors or [], timeout=1.0) as http:
+                    r = http.get("/health")
+            else:
+                r = httpx.get(base_url + "/health", timeout=1.0)
             if r.status_code == 200 and r.json().get("ca"):
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, MstCryptError):
             pass
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"the server exited with {proc.returncode} before /health")
         if time.monotonic() > deadline:
             raise AssertionError(f"{base_url}/health did not answer within {timeout}s")
         time.sleep(0.02)
+
+
+def tlcp_client(base_url: str, anchors: list[Certificate], **kw: Any) -> httpx.Client:
+    """A plain httpx client of the platform's TLCP endpoint, the server authenticated
+    with ``anchors`` (the platform's root)."""
+    from mstcrypt.protocols.tlcp.http_client import tlcp_transport
+
+    transport = tlcp_transport(anchors=[a.der for a in anchors])
+    return httpx.Client(base_url=base_url, transport=transport, **kw)
 
 
 def seed_rate_limit(kmc: Kmc, bucket: str, *, windows: int = 10) -> None:
@@ -138,6 +167,8 @@ class InvariantChecker:
     are cached by content, since certificate DER and key blobs never change in place."""
 
     kmc: Kmc
+    #: approvals besides the requester that release a recovery (default: the Kmc's)
+    approvals_required: int | None = None
     _certs_ok: set[tuple[str, bytes]] = field(default_factory=set)
     _blobs_ok: set[tuple[str, bytes]] = field(default_factory=set)
 
@@ -149,10 +180,16 @@ class InvariantChecker:
             keys = {k.id: k for k in s.scalars(select(EncryptionKey))}
             codes = {c.code_hash: c for c in s.scalars(select(EnrollmentCode))}
             recs = {r.id: r for r in s.scalars(select(RecoveryRequest))}
-            enroll_rows = s.scalars(select(AuditRecord).where(AuditRecord.action == "enroll"))
+            operators = {o.name: o for o in s.scalars(select(Operator))}
+            services = {k.name: k.public_key for k in s.scalars(select(ServiceKey))}
+            enroll_rows = s.scalars(
+                select(AuditRecord).where(AuditRecord.action == "enroll").order_by(AuditRecord.seq)
+            )
             enroll_audit: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            enrollments: dict[str, list[dict[str, Any]]] = defaultdict(list)  # owner -> in order
             for rec in enroll_rows:
                 enroll_audit[str(rec.details["enrollment_id"])].append(dict(rec.details))
+                enrollments[rec.target.removeprefix("owner:")].append(dict(rec.details))
             grouped = s.execute(
                 select(AuditRecord.action, func.count()).group_by(AuditRecord.action)
             )
@@ -180,7 +217,13 @@ class InvariantChecker:
                 assert f"{cert.serial:x}" == serial, "serial differs from the DER"
                 assert cert.fingerprint == row.fingerprint, "fingerprint differs"
                 assert cert.issuer_str == issuer.subject_str, "issuer name differs"
-                if row.usage == "enc":
+                if (row.owner or "").startswith("service:"):
+                    # the platform's own identities: the key is a service key of the SS-CC
+                    svc = services.get((row.owner or "").removeprefix("service:"))
+                    assert svc is not None, f"no service key for {row.owner}"
+                    if row.status == "active":
+                        assert cert.public_key.to_bytes() == svc, "service key != certified key"
+                elif row.usage == "enc":
                     key = keys.get(row.key_id or "")
                     assert key is not None, f"enc certificate has no key row {row.key_id}"
                     assert cert.public_key.to_bytes() == key.public_key, "key != certified key"
@@ -215,7 +258,8 @@ class InvariantChecker:
             self._blobs_ok.add(token)
         problems += [f"owner {o!r} has {n} active keys" for o, n in active.items() if n > 1]
 
-        # enrollment codes: used <=> exactly one enroll record whose certificates exist
+        # enrollment codes: used <=> exactly one enroll record whose certificates exist;
+        # console (operator) codes count like terminal codes, for registered operators only
         used_per_owner: Counter[str] = Counter()
         for code in codes.values():
             records = enroll_audit.get(code.id, [])
@@ -224,6 +268,11 @@ class InvariantChecker:
                     problems.append(f"unused code {code.id} has an enroll record")
                 continue
             used_per_owner[code.owner] += 1
+            if (code.purpose == "operator") != (code.owner in operators):
+                problems.append(
+                    f"used {code.purpose} code {code.id} of {code.owner!r}, "
+                    f"{'an' if code.owner in operators else 'not an'} operator"
+                )
             if len(records) != 1:
                 problems.append(f"used code {code.id} has {len(records)} enroll records")
                 continue
@@ -233,31 +282,84 @@ class InvariantChecker:
                 problems.append(f"code {code.id}: signing certificate {d['sign_serial']} wrong")
             if enc is None or enc.usage != "enc" or enc.key_id != d["key_id"]:
                 problems.append(f"code {code.id}: encryption certificate {d['enc_serial']} wrong")
+            if sign is not None and enc is not None and sign.pair_serial != enc.serial:
+                problems.append(f"code {code.id}: the certificates are not recorded as a pair")
         for eid in set(enroll_audit) - {c.id for c in codes.values()}:
             problems.append(f"enroll record for unknown enrollment {eid}")
+        people = {c.owner for c in certs.values() if c.owner and c.usage != "ca"}
+        people = {o for o in people if not o.startswith("service:")}
         sign_per_owner = Counter(c.owner for c in certs.values() if c.usage == "sign")
-        for owner in set(sign_per_owner) | set(used_per_owner):
+        for owner in people | set(used_per_owner):
             if sign_per_owner[owner] != used_per_owner[owner]:
                 problems.append(
                     f"owner {owner!r}: {sign_per_owner[owner]} signing certificates for "
                     f"{used_per_owner[owner]} used codes"
                 )
 
-        # recovery: released only with two distinct approvers
+        # re-enrollment supersedes: only the owner's newest enrollment keeps its
+        # certificates; every serial an enrollment superseded is revoked as superseded
+        for owner, done in enrollments.items():
+            for d in done[:-1]:
+                for sn in (d["sign_serial"], d["enc_serial"]):
+                    if sn in certs and certs[sn].status != "revoked":
+                        problems.append(f"owner {owner!r}: re-enrollment left {sn} active")
+            for d in done:
+                for sn in d.get("superseded", []):
+                    c = certs.get(sn)
+                    if c is None or c.status != "revoked" or c.revocation_reason != "superseded":
+                        problems.append(
+                            f"owner {owner!r}: superseded certificate {sn} is "
+                            f"{'missing' if c is None else f'{c.status} ({c.revocation_reason})'}"
+                        )
+        for owner in people:
+            for usage in ("sign", "enc"):
+                live = [c for c in certs.values() if c.owner == owner and c.usage == usage]
+                live = [c for c in live if c.status == "active"]
+                if len(live) > 1:
+                    problems.append(f"owner {owner!r} has {len(live)} active {usage} certificates")
+        for c in certs.values():
+            if c.usage == "enc" and c.status == "active" and c.key_id:
+                k = keys.get(c.key_id)
+                if k is not None and k.state != "active":
+                    problems.append(f"active certificate {c.serial} certifies a {k.state} key")
+
+        # operators: the credential is a signing certificate of the operator
+        for op in operators.values():
+            if op.cert_serial is None:
+                if op.status == "active" and op.verifier is None:
+                    problems.append(f"operator {op.name!r} is active with no credential")
+                continue
+            c = certs.get(op.cert_serial)
+            if c is None or c.owner != op.name or c.usage != "sign":
+                problems.append(f"operator {op.name!r} is bound to {op.cert_serial}, not theirs")
+
+        # recovery: released only with approvals_required distinct approvers besides the
+        # requester (the requester never approves)
+        required = self.approvals_required or self.kmc.recovery.approvals_required
+        released = 0
         for rid, req in recs.items():
             approvals = list(req.approvals or [])
             if len(set(approvals)) != len(approvals):
                 problems.append(f"recovery {rid}: repeated approver {approvals}")
+            if req.requested_by in approvals:
+                problems.append(f"recovery {rid}: the requester {req.requested_by} approved")
             if req.status == "released":
-                if len(set(approvals)) != 2 or req.result is None:
+                released += 1
+                if len(set(approvals)) != required or req.result is None:
                     problems.append(f"recovery {rid} released with approvals {approvals}")
             elif req.status == "pending":
-                if len(approvals) >= 2 or req.result is not None:
+                if len(approvals) >= required or req.result is not None:
                     problems.append(f"recovery {rid} pending with approvals {approvals}")
             else:
                 problems.append(f"recovery {rid} has status {req.status!r}")
-            if req.key_id not in keys:
+            if req.kind == "key" and req.key_id not in keys:
                 problems.append(f"recovery {rid} names unknown key {req.key_id}")
+            if req.kind == "file" and (req.key_id is not None or not req.escrow_ciphertext):
+                problems.append(f"file recovery {rid} without its escrow stanza")
+        if actions["recovery.release"] != released:
+            problems.append(
+                f"{released} released recoveries, {actions['recovery.release']} release records"
+            )
 
         # the newest issuing-CA CRL is signed and lists every revoked certificate
         revoked = {int(sn, 16) for sn, c in certs.items() if c.status == "revoked" and c.ca_id == 2}

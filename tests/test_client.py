@@ -1,6 +1,7 @@
 """The client SDK and the platform CLI against a real server on a loopback port
 (``running_platform``): enrollment into a soft token, root pinning, ServiceError, the
-operator API, and ``ca init`` / ``operator add`` / ``token init`` / ``enroll`` /
+operator API with dual control, all over TLCP with the root as anchor, and ``ca init`` /
+``ca root`` / ``operator add`` / ``token init`` / ``enroll`` / ``login`` /
 ``audit verify`` / ``demo`` run as subprocesses."""
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mstcrypt.cli.platform import running_platform
-from mstcrypt.client import Client, EnrollResult, ServiceError
+from mstcrypt.client import Client, EnrollResult, ServiceError, token_anchors
 from mstcrypt.crypto.sm2 import SM2PrivateKey
-from mstcrypt.errors import MstCryptError, VerificationError
+from mstcrypt.errors import MstCryptError, PolicyError, VerificationError
 from mstcrypt.formats.envelope import open_enveloped_key
 from mstcrypt.module import KeyUsage, SoftToken
 from mstcrypt.pki import Certificate, CertificateError, Issuer, name
+from mstcrypt.protocols.tlcp.errors import TLCPError
 from mstcrypt.server.config import Settings
 from platform_helpers import add_operators
 
@@ -37,9 +40,15 @@ class Running:
     url: str
     ops: dict[str, str]
     data_dir: Path
+    root: Certificate
+
+    def client(self, **kw: Any) -> Client:
+        """A client of the TLCP endpoint that trusts the platform's root (as a terminal
+        whose token has the root preset would)."""
+        return Client(self.url, anchors=[self.root], **kw)
 
     def admin(self, operator: str = "alice") -> Client:
-        return Client(self.url, operator_token=self.ops[operator])
+        return self.client(operator_token=self.ops[operator])
 
     def code(self, owner: str = "alice", **subject: str) -> str:
         with self.admin() as a:
@@ -53,14 +62,16 @@ def platform(database_url: str, tmp_path: Path) -> Iterator[Running]:
         data_dir=data_dir,
         database_url=database_url,
         checkpoint_seconds=3600,
-        static_operators=True,  # static bearer credentials for the operator API
+        static_operators=True,  # add_operators() bearer credentials for the operator API
     )
-    kmc = settings.kmc()
-    kmc.create_schema()
-    ops = add_operators(kmc)  # officer-alice and officer-bob
-    kmc.db.dispose()
     with running_platform(data_dir, settings) as url:
-        yield Running(url, ops, data_dir)
+        kmc = settings.kmc()
+        try:
+            ops = add_operators(kmc)  # officer-alice, officer-bob
+            root = kmc.chain()[-1]
+        finally:
+            kmc.db.dispose()
+        yield Running(url, ops, data_dir, root)
 
 
 def new_token(path: Path) -> SoftToken:
@@ -77,7 +88,7 @@ def foreign_root() -> Certificate:
 # ---------------------------------------------------------------- SDK ----------------------
 def test_enroll_into_soft_token(platform: Running, tmp_path: Path) -> None:
     tok = new_token(tmp_path / "alice.tok")
-    with Client(platform.url) as c:
+    with platform.client() as c:
         assert c.health()["ca"] is True
         r = c.enroll(platform.code(), tok)
         assert isinstance(r, EnrollResult) and r.owner == "alice" and r.container == "main"
@@ -94,6 +105,7 @@ def test_enroll_into_soft_token(platform: Running, tmp_path: Path) -> None:
         r.sign_certificate.public_key.verify(sig, b"official document")
         enc_cert = c.encryption_certificate("alice")
         assert enc_cert.der == r.encryption_certificate.der
+        assert c.recipient_certificate("alice").der == enc_cert.der  # validated to the root
         assert tok.decrypt(enc_h, enc_cert.public_key.encrypt(b"memo")) == b"memo"
         cert, status = c.certificate(f"{r.sign_certificate.serial:x}")
         assert cert.der == r.sign_certificate.der and status == "active"
@@ -106,6 +118,12 @@ def test_enroll_into_soft_token(platform: Running, tmp_path: Path) -> None:
         r2 = c.enroll(platform.code(), tok, replace=True)
         assert r2.key_id != r.key_id
         assert tok.key("main", KeyUsage.SIGN).public_key == r2.sign_certificate.public_key
+        # re-enrollment supersedes both earlier certificates (directory and CRL)
+        crl = c.crl("issuing")
+        for old in (r.sign_certificate, r.encryption_certificate):
+            assert c.certificate(f"{old.serial:x}")[1] == "revoked"
+            assert crl.is_revoked(old.serial)
+        assert c.encryption_certificate("alice").der == r2.encryption_certificate.der
         # a second container for another owner
         r3 = c.enroll(platform.code("alice-work"), tok, container="work")
         assert r3.owner == "alice-work" and sorted(tok.list_containers()) == ["main", "work"]
@@ -118,18 +136,33 @@ def test_enroll_into_soft_token(platform: Running, tmp_path: Path) -> None:
 
 def test_anchor_pinning(platform: Running, tmp_path: Path) -> None:
     tok = new_token(tmp_path / "t.tok")
-    with Client(platform.url) as c:
+    # an https:// platform without any anchor: refused before connecting
+    with pytest.raises(PolicyError, match="root CA"):
+        Client(platform.url)
+    # a client whose anchor is not the platform's root refuses the TLCP server
+    with (
+        Client(platform.url, anchors=[foreign_root()]) as c,
+        pytest.raises(TLCPError, match="unknown_ca"),
+    ):
+        c.health()
+    with platform.client() as c:
+        # the certificates the server returns are checked against the anchor given
         with pytest.raises((VerificationError, CertificateError)):
             c.enroll(platform.code(), tok, anchor=foreign_root())
         assert "main" not in tok.list_containers()  # a refused enrollment changes nothing
-        real_root = c.chain()[-1]
-        r = c.enroll(platform.code(), tok, anchor=real_root, replace=True)
-        assert r.chain[-1].der == real_root.der
+        r = c.enroll(platform.code(), tok, anchor=platform.root, replace=True)
+        assert r.chain[-1].der == platform.root.der
+    # a token with the root preset needs no anchor from the caller
+    preset = SoftToken.init(
+        tmp_path / "preset.tok", PIN, ADMIN_CODE, iterations=100_000, anchors=[platform.root.der]
+    )
+    with Client(platform.url, anchors=token_anchors(preset)) as c:
+        assert c.enroll(platform.code("carol"), preset).owner == "carol"
 
 
 def test_service_errors(platform: Running, tmp_path: Path) -> None:
     tok = new_token(tmp_path / "t.tok")
-    with Client(platform.url) as c:
+    with platform.client() as c:
         with pytest.raises(ServiceError) as exc:
             c.enroll("AAAAA-BBBBB-CCCCC-DDDDD", tok)
         e = exc.value
@@ -146,8 +179,8 @@ def test_service_errors(platform: Running, tmp_path: Path) -> None:
         assert (exc.value.status, exc.value.error) == (409, "PolicyError")
         with pytest.raises(ServiceError) as exc:
             c.create_enrollment_code("x", {"CN": "x"})  # no operator credential
-        assert (exc.value.status, exc.value.error) == (401, "AuthenticationError")
-    with Client(platform.url, operator_token="op_wrong") as c, pytest.raises(ServiceError) as exc:
+        assert exc.value.status == 401
+    with platform.client(operator_token="op_wrong") as c, pytest.raises(ServiceError) as exc:
         c.keys("alice")
     assert exc.value.status == 401 and exc.value.detail == "invalid operator credential"
     with socket.socket() as s:  # a port nobody listens on
@@ -160,39 +193,51 @@ def test_service_errors(platform: Running, tmp_path: Path) -> None:
 
 def test_operator_api(platform: Running, tmp_path: Path) -> None:
     tok = new_token(tmp_path / "t.tok")
-    with Client(platform.url) as c:
+    with platform.client() as c:
         r = c.enroll(platform.code(), tok)
     a, b = platform.admin("alice"), platform.admin("bob")
     try:
         keys = a.keys("alice")
         assert [(k["id"], k["state"]) for k in keys] == [(r.key_id, "active")]
-        # recovery under dual control to a new terminal
+        # recovery under dual control to a new terminal: officer-alice asks ...
         new_terminal = SM2PrivateKey.generate()
-        rid = a.request_recovery(r.key_id, new_terminal.public_key().to_bytes(), "device lost")
         fingerprint = new_terminal.public_key().fingerprint().hex()
+        rid = a.request_recovery(r.key_id, new_terminal.public_key().to_bytes(), "device lost")
+        # ... and cannot approve her own request
         with pytest.raises(ServiceError, match="dual control") as exc:
-            a.approve_recovery(rid, fingerprint)  # the requester
+            a.approve_recovery(rid, fingerprint)
         assert exc.value.status == 409
+        # officer-bob reviews what he approves: requester, reason, owner, recipient
         review = b.recovery(rid)
-        assert review["requested_by"] == "officer-alice" and review["owner"] == "alice"
-        assert review["recipient_fingerprint"] == fingerprint and review["status"] == "pending"
+        assert review["requested_by"] == "officer-alice" and review["reason"] == "device lost"
+        assert review["owner"] == "alice" and review["recipient_fingerprint"] == fingerprint
+        assert review["status"] == "pending" and review["enveloped_key"] is None
+        # an approval quoting another recipient is refused (the request is not released)
         with pytest.raises(ServiceError, match="fingerprint") as exc:
             b.approve_recovery(rid, "00" * 32)
         assert exc.value.status == 409
+        assert b.recovery(rid)["status"] == "pending"
         done = b.approve_recovery(rid, fingerprint)
-        assert done["status"] == "released"
+        assert done["status"] == "released" and done["approvals"] == ["officer-bob"]
         key = open_enveloped_key(base64.b64decode(done["enveloped_key"]), new_terminal)
         assert key.public_key() == r.encryption_certificate.public_key
-        # revocation shows in the directory and the CRL
+        with pytest.raises(ServiceError) as exc:  # released once
+            b.approve_recovery(rid, fingerprint)
+        assert exc.value.status == 409
+        # key lifecycle: an active key is not destroyed
+        with pytest.raises(ServiceError) as exc:
+            a.key_operation(r.key_id, "destroy")
+        assert exc.value.status == 409
+        # revoking the signing certificate because the device is lost revokes the pair
+        # and the escrowed key (the directory and the CRL show both certificates)
         serial = f"{r.sign_certificate.serial:x}"
         a.revoke_certificate(serial, "key_compromise")
-        assert Client(platform.url).certificate(serial)[1] == "revoked"
-        assert Client(platform.url).crl().is_revoked(r.sign_certificate.serial)
-        # key lifecycle: the lost device's escrowed key was revoked with the pair
+        with platform.client() as c:
+            crl = c.crl()
+            for cert in (r.sign_certificate, r.encryption_certificate):
+                assert c.certificate(f"{cert.serial:x}")[1] == "revoked"
+                assert crl.is_revoked(cert.serial)
         assert a.keys("alice")[0]["state"] == "revoked"
-        with pytest.raises(ServiceError) as exc:
-            a.key_operation(r.key_id, "revoke", "superseded")
-        assert exc.value.status == 409
         a.key_operation(r.key_id, "destroy")
         assert a.keys("alice")[0]["state"] == "destroyed"
         assert b.verify_audit()["ok"] is True
@@ -203,7 +248,7 @@ def test_operator_api(platform: Running, tmp_path: Path) -> None:
 
 def test_refused_reenrollment_keeps_the_token_usable(platform: Running, tmp_path: Path) -> None:
     tok = new_token(tmp_path / "t.tok")
-    with Client(platform.url) as c:
+    with platform.client() as c:
         r = c.enroll(platform.code(), tok)
         with pytest.raises(ServiceError):
             c.enroll("AAAAA-BBBBB-CCCCC-DDDDD", tok, replace=True)
@@ -236,40 +281,62 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     p = mstcrypt("ca", "init", *d)
     assert p.returncode == 0, p.stderr
     assert "CA initialised" in p.stdout and "Root CA" in p.stdout
-    assert (data / "mstcrypt.db").exists() and (data / "master.key").exists()
+    # the master key is not stored beside the data by default
+    assert (data / "mstcrypt.db").exists() and not (data / "master.key").exists()
+    assert (tmp_path / "data.sscc" / "master.key").exists()
     p = mstcrypt("ca", "init", *d)
     assert p.returncode == 2 and "already initialised" in p.stderr
-    # a certificate operator: registered with a one-time code for their own soft token
-    p = mstcrypt("operator", "add", "alice", *d)
+    root = tmp_path / "root.pem"
+    p = mstcrypt("ca", "root", *d, "--out", str(root))
     assert p.returncode == 0, p.stderr
-    op_code = p.stdout.strip().splitlines()[-1]
+    assert "SM3 fingerprint" in p.stderr and root.read_bytes().startswith(b"-----BEGIN CERT")
+    # an operator with roles, registered at the console with a one-time code for their
+    # own soft token (the code alone on stdout)
+    p = mstcrypt("operator", "add", "officer-alice", "--role", "registration_officer", *d)
+    assert p.returncode == 0, p.stderr
+    op_code = p.stdout.strip()
     assert len(op_code) == 23 and op_code.count("-") == 3
-    p = mstcrypt("operator", "add", "carol", "--static", *d)
+    p = mstcrypt("operator", "add", "officer-carol", "--role", "administrator", "--static", *d)
     assert p.returncode == 0, p.stderr
-    static = p.stdout.strip().splitlines()[-1]
-    assert static.startswith("op_") and static not in (data / "operators.json").read_text()
+    static = p.stdout.strip()
+    assert static.startswith("op_") and static.encode() not in (data / "mstcrypt.db").read_bytes()
+    p = mstcrypt(
+        "operator", "add", "officer-dan", "--role", "auditor", "--role", "administrator", *d
+    )
+    assert p.returncode == 2 and "auditor role cannot be combined" in p.stderr
     op_tok, tok = tmp_path / "operator.tok", tmp_path / "terminal.tok"
     for path in (op_tok, tok):
         p = mstcrypt(
             "token", "init", "--token", str(path), "--pin", PIN, "--admin-code", ADMIN_CODE,
-            "--iterations", "100000",
+            "--iterations", "100000", "--anchor", str(root),
         )  # fmt: skip
         assert p.returncode == 0, p.stderr
     with running_platform(data, Settings(data_dir=data, checkpoint_seconds=3600)) as url:
+        assert url.startswith("https://")
+        anchors = [Certificate.from_pem(root.read_bytes())]
         p = mstcrypt(
             "enroll", "--server", url, "--code", op_code, "--token", str(op_tok), "--pin", PIN
         )
         assert p.returncode == 0, p.stderr
+        p = mstcrypt("operator", "list", *d)
+        assert p.returncode == 0 and "officer-alice" in p.stdout and "active" in p.stdout
         p = mstcrypt("login", "--server", url, "--token", str(op_tok), "--pin", PIN)
         assert p.returncode == 0, p.stderr
         session = p.stdout.strip().splitlines()[-1]
         assert session.startswith("MST1.")
-        with Client(url, operator_token=static) as c, pytest.raises(ServiceError) as exc:
+        with (
+            Client(url, anchors=anchors, operator_token=static) as c,
+            pytest.raises(ServiceError) as exc,
+        ):
             c.keys("alice")  # static credentials are off unless MSTCRYPT_STATIC_OPERATORS=1
         assert exc.value.status == 401
-        with Client(url, operator_token=session) as admin:
+        with Client(url, anchors=anchors, operator_token=session) as admin:
             code = admin.create_enrollment_code("zhang", {**SUBJECT, "CN": "zhang"})["code"]
             code2 = admin.create_enrollment_code("bob", {**SUBJECT, "CN": "bob"})["code"]
+            # a registration officer holds no administrator role
+            with pytest.raises(ServiceError) as exc:
+                admin.key_operation("0" * 32, "destroy")
+            assert exc.value.status == 403
         chain_out = tmp_path / "chain.pem"
         enroll = ["enroll", "--server", url, "--token", str(tok), "--pin", PIN]
         p = mstcrypt(*enroll, "--code", code, "--chain-out", str(chain_out))
@@ -280,12 +347,15 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         # the same code again (into another container): refused by the server, exit 2
         p = mstcrypt(*enroll, "--code", code, "--container", "second")
         assert p.returncode == 2 and "already used" in p.stderr
-        # a pinned root that is not the platform's: verification failure, exit 1
+        # a pinned root that is not the platform's: the TLCP server is not authenticated,
+        # nothing is sent (code2 stays usable)
         other = tmp_path / "other-root.pem"
         other.write_bytes(foreign_root().pem)
         p = mstcrypt(*enroll, "--code", code2, "--container", "third", "--ca-file", str(other))
-        assert p.returncode == 1, (p.stdout, p.stderr)
-        assert "verification failed" in p.stderr
+        assert p.returncode != 0, (p.stdout, p.stderr)
+        assert "certificate" in p.stderr.lower()
+        p = mstcrypt(*enroll, "--code", code2, "--container", "third")
+        assert p.returncode == 0, p.stderr
     t = SoftToken.open(tok)
     t.login(PIN)
     sign = Certificate.from_der(t.get_certificate("main", KeyUsage.SIGN) or b"")

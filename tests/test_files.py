@@ -587,9 +587,9 @@ def test_recovery_through_the_kmc_service(term: Terminal, tmp_path: Path) -> Non
     try:
         pt = data(9000, 1)
         p = tmp_path / "report.mst"
-        p.write_bytes(
-            enc(pt, [SM2PrivateKey.generate().public_key()], escrow=kmc.file_recovery_public_key())
-        )
+        escrow = kmc.escrow_certificate()  # the certified key-escrow key
+        assert escrow.public_key == kmc.file_recovery_public_key()
+        p.write_bytes(enc(pt, [SM2PrivateKey.generate().public_key()], escrow=escrow.public_key))
         header = files.inspect_file(p).header
         rid = kmc.request_file_recovery(
             header.escrow.wrapped,
@@ -597,8 +597,13 @@ def test_recovery_through_the_kmc_service(term: Terminal, tmp_path: Path) -> Non
             reason="lost phone",
             actor="op1",
         )
-        assert kmc.approve_recovery(rid, actor="op1") is None
-        released = kmc.approve_recovery(rid, actor="op2")
+        # dual control: the requester never approves; a second officer approves quoting
+        # the recipient key's fingerprint
+        with pytest.raises(PolicyError, match="dual control"):
+            kmc.approve_recovery(rid, actor="op1")
+        fingerprint = kmc.recovery_result(rid)["recipient_fingerprint"]
+        assert fingerprint == term.pub("carol").fingerprint().hex()
+        released = kmc.approve_recovery(rid, actor="op2", recipient_fingerprint=fingerprint)
         assert released is not None
         files.replace_header(p, files.accept_reissued_stanza(header, released, term.token))
         assert dec(p.read_bytes(), term.token, term.h("carol")) == pt

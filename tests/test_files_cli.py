@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import typer
 
@@ -17,9 +18,11 @@ from mstcrypt.apps import files
 from mstcrypt.cli import file_cmd
 from mstcrypt.cli._common import run
 from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.errors import PolicyError
 from mstcrypt.formats.keys import dump_public_key
+from mstcrypt.kmc.context import NotFoundError
 from mstcrypt.module import KeyUsage, SoftToken
-from mstcrypt.pki import CRL, Issuer, Profile, build_csr, name
+from mstcrypt.pki import Issuer, Profile, build_csr, name
 
 KIT = Path(__file__).parent / "filekit"
 PIN = "123456"
@@ -434,23 +437,40 @@ def test_usage_errors(
     assert code == 2 and "PIN" in err
 
 
-class KmcDirectory:
-    """The Client surface file_cmd uses, answered by a Kmc service object."""
+def kmc_transport(kmc: Any, *, escrow_pem: bytes | None = None) -> httpx.MockTransport:
+    """The public routes file_cmd reaches through the real :class:`Client`, answered by a
+    Kmc service object (``escrow_pem`` replaces the escrow certificate a server sends)."""
 
-    def __init__(self, kmc: Any) -> None:
-        self.kmc = kmc
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/ca/chain.pem":
+            return httpx.Response(200, content=b"".join(c.pem for c in kmc.chain()))
+        if path.startswith("/crl/") and path.endswith(".crl"):
+            return httpx.Response(200, content=kmc.crl(path[5:-4]))
+        if path == "/ca/escrow.pem":
+            return httpx.Response(200, content=escrow_pem or kmc.escrow_certificate().pem)
+        if path.startswith("/directory/encryption-certificate/"):
+            try:
+                return httpx.Response(200, content=kmc.encryption_certificate(path[34:]).pem)
+            except NotFoundError as exc:
+                return httpx.Response(404, json={"error": "NotFoundError", "detail": str(exc)})
+        return httpx.Response(404, json={"error": "NotFound", "detail": path})
 
-    def chain(self) -> list[Any]:
-        return list(self.kmc.chain())
+    return httpx.MockTransport(handle)
 
-    def crl(self, ca: str = "issuing") -> CRL:
-        return CRL.from_der(self.kmc.crl(ca))
 
-    def encryption_certificate(self, owner: str) -> Any:
-        return self.kmc.encryption_certificate(owner)
+def use_kmc(monkeypatch: pytest.MonkeyPatch, kmc: Any, **kw: Any) -> list[str]:
+    """Point file_cmd's client at ``kmc``; returns the list of URLs it was asked for."""
+    from mstcrypt.client import Client
 
-    def file_recovery_public_key(self) -> Any:
-        return self.kmc.file_recovery_public_key()
+    asked: list[str] = []
+
+    def client(server: str, anchors: list[Any]) -> Client:
+        asked.append(server)
+        return Client(server, anchors=anchors, transport=kmc_transport(kmc, **kw))
+
+    monkeypatch.setattr(file_cmd, "_client", client)
+    return asked
 
 
 @pytest.fixture
@@ -486,7 +506,7 @@ def test_directory_recipients_and_escrow_recovery(
     tok = SoftToken.open(env.token)
     tok.login(PIN)
     dave = _enroll(kmc, tok, "dave")
-    monkeypatch.setattr(file_cmd, "_client", lambda server: KmcDirectory(kmc))
+    asked = use_kmc(monkeypatch, kmc)
     anchor = env.file("root.pem", kmc.chain()[-1].pem)
     src = env.file("plan.txt", b"the plan" * 500)
     code, _, err = cli(
@@ -497,18 +517,20 @@ def test_directory_recipients_and_escrow_recovery(
         "--to",
         "dave",
         "--server",
-        "http://kmc",
+        "https://kmc",
         "--anchor",
         str(anchor),
         "--escrow",
     )
     assert code == 0, err
+    assert asked and set(asked) == {"https://kmc"}
     enc = env.tmp / "plan.txt.mst"
     h = files.inspect(enc.read_bytes())
     assert h.stanzas[0].key_id == dave.public_key.fingerprint()
     assert h.escrow is not None
+    assert h.escrow.key_id == kmc.escrow_certificate().public_key.fingerprint()
     assert h.escrow.key_id == kmc.file_recovery_public_key().fingerprint()
-    # without --anchor the server's root is trusted, with a warning
+    # without an anchor the server's own root is never trusted: refused, nothing written
     code, _, err = cli(
         monkeypatch,
         capfd,
@@ -517,11 +539,45 @@ def test_directory_recipients_and_escrow_recovery(
         "--to",
         "dave",
         "--server",
-        "http://kmc",
+        "https://kmc",
+        "-o",
+        str(env.tmp / "p0.mst"),
+    )
+    assert code == 2 and "no trust anchor" in err
+    assert not (env.tmp / "p0.mst").exists()
+    # a soft token with the root preset serves as the anchor
+    tok.add_anchor(kmc.chain()[-1].der)
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--to",
+        "dave",
+        "--server",
+        "https://kmc",
+        "--anchor",
+        str(env.token),
         "-o",
         str(env.tmp / "p2.mst"),
     )
-    assert code == 0 and "warning" in err
+    assert code == 0, err
+    # an anchor that is not the platform's root: the directory certificate is refused
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "encrypt",
+        str(src),
+        "--to",
+        "dave",
+        "--server",
+        "https://kmc",
+        "--anchor",
+        str(env.file("other-root.pem", env.ca.certificate.pem)),
+        "-o",
+        str(env.tmp / "p4.mst"),
+    )
+    assert code == 1 and not (env.tmp / "p4.mst").exists()
     # an owner without an encryption certificate
     code, _, err = cli(
         monkeypatch,
@@ -531,7 +587,9 @@ def test_directory_recipients_and_escrow_recovery(
         "--to",
         "nobody",
         "--server",
-        "http://kmc",
+        "https://kmc",
+        "--anchor",
+        str(anchor),
         "-o",
         str(env.tmp / "p3.mst"),
     )
@@ -543,10 +601,12 @@ def test_directory_recipients_and_escrow_recovery(
     rid = kmc.request_file_recovery(
         base64.b64decode(esc.read_text()), env.keys["bob"], reason="lost phone", actor="op1"
     )
-    kmc.approve_recovery(rid, actor="op1")
-    released = kmc.recovery_result(rid)
-    assert released["file_key_ciphertext"] is None
-    kmc.approve_recovery(rid, actor="op2")
+    with pytest.raises(PolicyError, match="dual control"):  # never the requester
+        kmc.approve_recovery(rid, actor="op1")
+    review = kmc.recovery_result(rid)
+    assert review["file_key_ciphertext"] is None and review["requested_by"] == "op1"
+    assert review["recipient_fingerprint"] == env.keys["bob"].fingerprint().hex()
+    kmc.approve_recovery(rid, actor="op2", recipient_fingerprint=review["recipient_fingerprint"])
     rel = env.tmp / "released.b64"
     rel.write_text(kmc.recovery_result(rid)["file_key_ciphertext"])
     code, _, err = cli(
@@ -571,7 +631,7 @@ def test_directory_recipients_and_escrow_recovery(
         str(copy),
     )
     assert code == 2 and "header-mac-mismatch" in err  # released for another file
-    # rewrap can change the escrow stanza through the directory too
+    # rewrap can change the escrow stanza through the directory too (anchors: the token's)
     code, _, err = cli(monkeypatch, capfd, "rewrap", str(enc), *env.tok("bob"), "--remove-escrow")
     assert code == 0 and files.inspect(enc.read_bytes()).escrow is None
     code, _, err = cli(
@@ -582,46 +642,59 @@ def test_directory_recipients_and_escrow_recovery(
         *env.tok("bob"),
         "--escrow",
         "--server",
-        "http://kmc",
+        "https://kmc",
         "--add-to",
         "dave",
     )
     assert code == 2 and "already a recipient" in err
 
 
-def test_escrow_key_over_http_fallback(
+def test_escrow_key_comes_only_from_a_certified_escrow_certificate(
     env: Env, kmc: Any, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """A Client without file_recovery_public_key(): GET /kmc/file-recovery-key.pem."""
+    """Finding 6: a server cannot put its own key into files' escrow stanzas. The escrow
+    key is the KMC's escrow certificate, validated to the anchor with the escrow policy:
+    a bare key, a self-issued certificate, or a genuine platform certificate that is not
+    the escrow certificate (a device encryption certificate) are all refused."""
     from mstcrypt.client import Client
 
-    real = file_cmd._client("http://127.0.0.1:9")
+    real = file_cmd._client("http://127.0.0.1:9", [])
     assert isinstance(real, Client)
     real.close()
-    pem = dump_public_key(kmc.file_recovery_public_key())
-
-    class Response:
-        content = pem
-
-    class Bare:
-        def _request(self, method: str, path: str) -> Response:
-            assert (method, path) == ("GET", "/kmc/file-recovery-key.pem")
-            return Response()
-
-    monkeypatch.setattr(file_cmd, "_client", lambda server: Bare())
+    anchor = env.file("root.pem", kmc.chain()[-1].pem)
     src = env.file("e.txt", b"escrowed")
-    code, _, err = cli(
-        monkeypatch,
-        capfd,
-        "encrypt",
-        str(src),
-        "--recipient-cert",
-        str(env.certs["alice"]),
-        "--escrow",
-        "--server",
-        "http://kmc",
-    )
+    tok = SoftToken.open(env.token)
+    tok.login(PIN)
+    _enroll(kmc, tok, "mallory")
+    mallory_enc = kmc.encryption_certificate("mallory").pem  # genuine, but not the escrow
+    fake = SM2PrivateKey.generate()
+    # a foreign CA's certificate with every escrow attribute, for a key of the attacker's
+    forged = env.ca.issue(
+        subject=name(CN="mstcrypt key escrow"),
+        public_key=fake.public_key(),
+        profile=Profile.KMC_ESCROW_ENC,
+    ).pem
+    bare = dump_public_key(fake.public_key())
+
+    def encrypt(out: str) -> tuple[int, str]:
+        args = ["--recipient-cert", str(env.certs["alice"]), "--escrow", "--server"]
+        args += ["https://kmc", "--anchor", str(anchor), "-o", str(env.tmp / out)]
+        code, _, err = cli(monkeypatch, capfd, "encrypt", str(src), *args)
+        return code, err
+
+    expected = [(1, "lacks the KMC escrow policy"), (1, "no trusted or interm"), (2, "no PEM")]
+    for i, pem in enumerate((mallory_enc, forged, bare)):
+        use_kmc(monkeypatch, kmc, escrow_pem=pem)
+        code, err = encrypt(f"bad{i}.mst")
+        assert code == expected[i][0] and expected[i][1] in err, err
+        assert not (env.tmp / f"bad{i}.mst").exists()
+    use_kmc(monkeypatch, kmc)
+    code, err = encrypt("e.txt.mst")
     assert code == 0, err
     h = files.inspect((env.tmp / "e.txt.mst").read_bytes())
     assert h.escrow is not None
-    assert h.escrow.key_id == kmc.file_recovery_public_key().fingerprint()
+    assert h.escrow.key_id == kmc.escrow_certificate().public_key.fingerprint()
+    # --escrow needs a server; --escrow-key (an explicit, out-of-band key) needs none
+    args = ["--recipient-cert", str(env.certs["alice"]), "--escrow", "-o", str(env.tmp / "x.mst")]
+    code, _, err = cli(monkeypatch, capfd, "encrypt", str(src), *args)
+    assert code == 2 and "--escrow needs --server" in err

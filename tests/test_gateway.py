@@ -706,7 +706,8 @@ def test_cli_tunnel_checks_the_gateway_crl(tmp_path: Path, pki, gw_id) -> None:
     tok = SoftToken.init(tmp_path / "token", "123456", "admin-code-1", iterations=100_000)
     tok.create_container("vpn")
     for usage, profile in (("sign", Profile.DEVICE_SIGN), ("enc", Profile.DEVICE_ENC)):
-        h = tok.generate_key_pair("vpn", usage)
+        # no KMC in this test PKI: the encryption key is made here, acknowledged unescrowed
+        h = tok.generate_key_pair("vpn", usage, escrowed=False)
         subject = name(C="CN", O="mstcrypt test", CN="phone 8")
         cert = pki.issuer.issue(subject=subject, public_key=h.public_key, profile=profile)
         tok.put_certificate("vpn", h.usage, cert.der)

@@ -1,7 +1,12 @@
 """Concurrent requests against the platform server (in-process, ``running_platform``), on
 SQLite and PostgreSQL: parallel enrollments, one code raced by many terminals, and
-concurrent key rotations. The store is checked afterwards with
+concurrent key rotations, over the platform's TLCP endpoint (clients authenticate it
+with the platform's root). The store is checked afterwards with
 :class:`platform_helpers.InvariantChecker`.
+
+The rate-limit race needs requests from several source addresses (127.0.0.2-5), which
+the TLCP transport does not bind: that test runs against the plain-HTTP endpoint
+(``running_platform(..., tls=False)``, the reverse-proxy set-up).
 
 Enrollment is rate-limited per source address (MSTCRYPT_ENROLL_RATE); the tests raise
 the limit, and the tests that are not about the rate limiter pre-create its counter rows
@@ -34,6 +39,7 @@ from platform_helpers import (
     kmc_for,
     seed_rate_limit,
     terminal,
+    tlcp_client,
 )
 
 THREADS = 32
@@ -48,26 +54,32 @@ class Platform:
     tokens: dict[str, str]
     kmc: Kmc
     checker: InvariantChecker
+    root: Certificate
 
     def admin(self, who: str = "alice") -> Client:
-        return Client(self.url, operator_token=self.tokens[who])
+        return Client(self.url, anchors=[self.root], operator_token=self.tokens[who])
 
     def code(self, owner: str) -> str:
         with self.admin() as c:
             return str(c.create_enrollment_code(owner, {"CN": owner, "O": "concurrency"})["code"])
 
-    def enroll(self, code: str, csr: str, *, source: str = LOCAL) -> httpx.Response:
+    def http(self, source: str = LOCAL) -> httpx.Client:
+        """An httpx client of the endpoint (TLCP, or plain HTTP bound to ``source``)."""
+        if self.url.startswith("https://"):
+            assert source == LOCAL, "the TLCP transport does not bind a source address"
+            return tlcp_client(self.url, [self.root], timeout=120)
         transport = httpx.HTTPTransport(local_address=source)
-        with httpx.Client(base_url=self.url, timeout=120, transport=transport) as http:
+        return httpx.Client(base_url=self.url, timeout=120, transport=transport)
+
+    def enroll(self, code: str, csr: str, *, source: str = LOCAL) -> httpx.Response:
+        with self.http(source) as http:
             return http.post("/enroll", json={"code": code, "csr": csr})
 
 
-@pytest.fixture
-def platform(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _platform(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, tls: bool
 ) -> Iterator[Platform]:
     data_dir = tmp_path / "data"
-    tokens = add_operators(data_dir)
     for var, value in {
         "MSTCRYPT_DATABASE_URL": database_url,
         "MSTCRYPT_MASTER_KEY": MASTER_KEY_HEX,
@@ -79,10 +91,29 @@ def platform(
     kmc = kmc_for(database_url)
     backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
     try:
-        with running_platform(data_dir) as url:
-            yield Platform(url, backend, tokens, kmc, InvariantChecker(kmc))
+        kmc.create_schema()
+        tokens = add_operators(kmc)
+        with running_platform(data_dir, tls=tls) as url:
+            root = kmc.chain()[-1]
+            yield Platform(url, backend, tokens, kmc, InvariantChecker(kmc), root)
     finally:
         kmc.db.dispose()
+
+
+@pytest.fixture
+def platform(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Platform]:
+    """The platform over TLCP."""
+    yield from _platform(database_url, tmp_path, monkeypatch, tls=True)
+
+
+@pytest.fixture
+def plain_platform(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Platform]:
+    """The platform over plain HTTP (behind a TLS-terminating proxy in production)."""
+    yield from _platform(database_url, tmp_path, monkeypatch, tls=False)
 
 
 def xfail_on(request: pytest.FixtureRequest, p: Platform, backends: set[str], why: str) -> None:
@@ -173,15 +204,21 @@ def test_same_code_raced_by_ten_terminals(platform: Platform) -> None:
 
 
 # ------------------------------------------------------------------ rotation -----------
-def _enrolled(p: Platform, owner: str) -> None:
+def _enrolled(p: Platform, owner: str) -> dict[str, str]:
+    """Enroll a new terminal of ``owner``: the serials of its two certificates."""
     _, csr = terminal(owner)
     r = p.enroll(p.code(owner), csr)
     assert r.status_code == 200, r.text
+    body = r.json()
+    return {
+        f"{usage}_serial": f"{Certificate.from_pem(body[field].encode()).serial:x}"
+        for usage, field in (("sign", "sign_certificate"), ("enc", "encryption_certificate"))
+    }
 
 
 def _rotate(p: Platform, owner: str, who: str) -> httpx.Response:
     pub = SM2PrivateKey.generate().public_key().to_bytes().hex()
-    with httpx.Client(base_url=p.url, timeout=120) as http:
+    with p.http() as http:
         return http.post(
             "/admin/keys/rotate",
             json={"owner": owner, "terminal_public_key": pub, "subject": {"CN": owner}},
@@ -235,12 +272,12 @@ def test_concurrent_rotations_distinct_owners(
 
 
 # ------------------------------------------------------------------ known races --------
-def test_rate_limit_first_request_race(platform: Platform) -> None:
+def test_rate_limit_first_request_race(plain_platform: Platform) -> None:
     """The first requests of a fresh rate-limit window, concurrently: each is counted and
     answered (here 403, unknown code), none fails. Regression test: Kmc.allow at HEAD
     e35196e did SELECT ... FOR UPDATE of the missing (bucket, window) row, which locks
     nothing on PostgreSQL, so concurrent first requests all INSERTed it -> 500."""
-    p = platform
+    p = plain_platform
     _, csr = terminal("nobody")
     for n in range(2, 6):  # a fresh bucket (source address) per round
         source = f"127.0.0.{n}"
@@ -256,11 +293,19 @@ def test_reenrollment_keeps_one_active_key(
     one and the previous active key is demoted, as rotate/distribute do."""
     p = platform
     seed_rate_limit(p.kmc, f"enroll:{LOCAL}")
-    _enrolled(p, "twice")
-    _enrolled(p, "twice")
+    first = _enrolled(p, "twice")
+    second = _enrolled(p, "twice")
     snap = p.checker.check()
     keys = sorted((k for k in snap.keys.values() if k.owner == "twice"), key=lambda k: k.version)
     assert [k.state for k in keys] == ["decrypt_only", "active"]
+    # the new terminal's certificates supersede the old terminal's
+    for sn in (first["sign_serial"], first["enc_serial"]):
+        assert (snap.certs[sn].status, snap.certs[sn].revocation_reason) == (
+            "revoked",
+            "superseded",
+        )
+    for sn in (second["sign_serial"], second["enc_serial"]):
+        assert snap.certs[sn].status == "active"
 
 
 def test_concurrent_enrollments_one_owner(
@@ -274,4 +319,77 @@ def test_concurrent_enrollments_one_owner(
     replies = race(6, lambda i: p.enroll(codes[i], csrs[i]))
     assert all(isinstance(r, httpx.Response) for r in replies), replies
     assert statuses(replies) == {200: 6}, [r.text for r in replies if r.is_error]
-    p.checker.check()
+    snap = p.checker.check()  # each enrollment superseded the one committed before it
+    mine = [c for c in snap.certs.values() if c.owner == "crowd"]
+    assert len(mine) == 12 and sum(c.status == "active" for c in mine) == 2
+    assert sum(c.revocation_reason == "superseded" for c in mine) == 10
+
+
+# ------------------------------------------------------------------ the checker --------
+def test_invariant_checker_sees_broken_rules(database_url: str) -> None:
+    """The checker the tests above rely on reports each rule broken in the store: a
+    re-enrollment that left the old certificate active, a recovery the requester approved
+    or released with too few approvers, an operator bound to another's certificate."""
+    from sqlalchemy import update
+
+    from mstcrypt.kmc.models import IssuedCertificate, Operator, RecoveryRequest
+
+    kmc = kmc_for(database_url)
+    try:
+        kmc.create_schema()
+        kmc.init_ca(actor="test")
+        add_operators(kmc)
+        checker = InvariantChecker(kmc)
+        serials = []
+        for _ in range(2):  # a terminal, then its replacement
+            _, csr = terminal("eve")
+            code, _exp = kmc.create_enrollment_code(owner="eve", subject={"CN": "eve"}, actor="op")
+            e = kmc.enroll(code, csr.encode())
+            serials.append(f"{e.sign_certificate.serial:x}")
+        recipient = SM2PrivateKey.generate().public_key()
+        rid = kmc.request_recovery(e.key_id, recipient, reason="lost", actor="officer-alice")
+        kmc.approve_recovery(rid, actor="officer-bob")
+        snap = checker.check()
+        assert snap.certs[serials[0]].revocation_reason == "superseded"
+        assert snap.recoveries[rid].status == "released"
+
+        def broken(change: Any, expected: str) -> None:
+            with kmc.db.tx() as s:
+                undo = change(s)
+            with pytest.raises(AssertionError, match=expected):
+                checker.check()
+            with kmc.db.tx() as s:
+                undo(s)
+            checker.check()
+
+        def reactivate(s: Any) -> Any:
+            s.execute(
+                update(IssuedCertificate)
+                .where(IssuedCertificate.serial == serials[0])
+                .values(status="active")
+            )
+            return lambda s: s.execute(
+                update(IssuedCertificate)
+                .where(IssuedCertificate.serial == serials[0])
+                .values(status="revoked")
+            )
+
+        def approvals(value: list[str]) -> Any:
+            def change(s: Any) -> Any:
+                q = update(RecoveryRequest).where(RecoveryRequest.id == rid)
+                s.execute(q.values(approvals=value))
+                return lambda s: s.execute(q.values(approvals=["officer-bob"]))
+
+            return change
+
+        def bind_to_eve(s: Any) -> Any:
+            q = update(Operator).where(Operator.name == "officer-alice")
+            s.execute(q.values(cert_serial=serials[1]))
+            return lambda s: s.execute(q.values(cert_serial=None))
+
+        broken(reactivate, "re-enrollment left .* active")
+        broken(approvals(["officer-bob", "officer-alice"]), "the requester officer-alice approved")
+        broken(approvals([]), "released with approvals")
+        broken(bind_to_eve, "bound to .*, not theirs")
+    finally:
+        kmc.db.dispose()

@@ -1,14 +1,18 @@
 """kill -9 of the platform server in the middle of its work, on SQLite and PostgreSQL.
 
-The real server runs as a subprocess (``python -m mstcrypt serve --init``) with a fixed
-master key. A driver thread performs issuance (code + enroll), rotation, certificate and
-key revocation, destruction and recovery (request + two approvals by two operators)
-over HTTP while the parent sends SIGKILL after a random delay (fixed seed). After every
+The real server runs as a subprocess (``python -m mstcrypt serve --init --tls none``:
+plain HTTP, so that the driver can tell a refused connection from a request in flight)
+with a fixed master key. A driver thread performs issuance (code + enroll), rotation,
+certificate revocation (alone, or the dual-certificate pair for a lost device), key
+revocation, destruction and recovery (a request by one operator, then two approvals by
+two others quoting the recipient's fingerprint: MSTCRYPT_RECOVERY_APPROVALS=2) while
+the parent sends SIGKILL after a random delay (fixed seed). After every
 kill the store is checked directly through SQLAlchemy (see
 :class:`platform_helpers.InvariantChecker`), every reply the client received as a
 success must be reflected in it, and the audit log must have grown by exactly the
 records of the acknowledged operations, plus those of the one operation in flight at
-the kill (all of them, or none: an operation is one transaction).
+the kill (all of them, or none: an operation is one transaction). The final restart
+uses ``serve``'s default TLCP endpoint, authenticated with the platform's root.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from mstcrypt.formats.envelope import open_enveloped_key
 from mstcrypt.kmc.models import AuditCheckpoint
 from mstcrypt.pki import Certificate
 from platform_helpers import (
-    OPERATORS,
+    OPERATOR_ROLES,
     InvariantChecker,
     Snapshot,
     add_operators,
@@ -43,6 +47,7 @@ from platform_helpers import (
     open_release,
     server_env,
     terminal,
+    tlcp_client,
     wait_health,
 )
 
@@ -50,6 +55,8 @@ SEED = 37_2020
 KILLS = int(os.environ.get("MSTCRYPT_CRASH_KILLS", "50"))
 MAX_DELAY = 0.6  # seconds of driver work before the kill
 WEIGHTS = {"issue": 35, "rotate": 20, "revoke": 15, "destroy": 5, "recover": 25}
+OPERATORS = ("alice", "bob", "carol")  # a requester and two approvers
+APPROVALS = 2  # MSTCRYPT_RECOVERY_APPROVALS of the server
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +73,7 @@ class Stopped(Exception):
 class Pending:
     key_id: str
     recipient: SM2PrivateKey
+    requester: str
     approvals: list[str] = field(default_factory=list)
 
 
@@ -78,6 +86,7 @@ class Model:
     owners: dict[str, str | None] = field(default_factory=dict)  # owner -> active key
     keys: dict[str, str] = field(default_factory=dict)  # key id -> owner
     sign_serials: list[str] = field(default_factory=list)
+    pairs: dict[str, str] = field(default_factory=dict)  # sign serial -> enc serial
     revoked_certs: set[str] = field(default_factory=set)
     revoked_keys: set[str] = field(default_factory=set)
     destroyed_keys: set[str] = field(default_factory=set)
@@ -173,6 +182,7 @@ class Driver(threading.Thread):
         m.facts.append(("enrolled", code, owner, sign_sn, enc_sn, kid))
         m.owners[owner], m.keys[kid] = kid, owner
         m.sign_serials.append(sign_sn)
+        m.pairs[sign_sn] = enc_sn
 
     def rotate(self) -> None:
         m = self.model
@@ -203,10 +213,12 @@ class Driver(threading.Thread):
             if not serials:
                 return self.issue()
             sn = self.rng.choice(serials)
+            # a lost device revokes the pair (and the escrowed key if still certified)
+            reason = self.rng.choice(("unspecified", "key_compromise"))
             r = self.call(
                 "cert.revoke",
                 f"/admin/certificates/{sn}/revoke",
-                {"reason": "unspecified"},
+                {"reason": reason},
                 who=who,
             )
             if r is not None:
@@ -214,6 +226,10 @@ class Driver(threading.Thread):
                 if "refused" not in r:
                     m.expected_audit += 1
                     m.facts.append(("cert_revoked", sn))
+                    if reason == "key_compromise":
+                        enc_sn = m.pairs[sn]
+                        m.revoked_certs.add(enc_sn)
+                        m.facts.append(("pair_revoked", sn, enc_sn, sorted(r["revoked"])))
             return None
         kids = sorted(k for k in m.keys if k not in m.revoked_keys | m.destroyed_keys)
         if not kids:
@@ -253,28 +269,33 @@ class Driver(threading.Thread):
                 return self.issue()
             kid = self.rng.choice(kids)
             recipient = SM2PrivateKey.generate()
+            requester = self.rng.choice(OPERATORS)
             body = {
                 "key_id": kid,
                 "recipient_public_key": recipient.public_key().to_bytes().hex(),
                 "reason": "terminal lost",
             }
-            r = self.call("recovery.request", "/admin/recovery", body, who="alice")
+            r = self.call("recovery.request", "/admin/recovery", body, who=requester)
             if r is None or "refused" in r:
                 return None
             rid = r["request_id"]
+            if r["requested_by"] != f"officer-{requester}" or r["approvals"]:
+                m.problems.append(f"recovery request {rid}: reply {r}")
             m.expected_audit += 1
-            m.facts.append(("recovery_requested", rid, kid))
-            m.pending[rid] = Pending(kid, recipient)
+            m.facts.append(("recovery_requested", rid, kid, f"officer-{requester}"))
+            m.pending[rid] = Pending(kid, recipient, requester)
         while rid in m.pending:
             p = m.pending[rid]
-            if len(p.approvals) >= 2:  # released by unacknowledged approvals
+            if len(p.approvals) >= APPROVALS:  # released by unacknowledged approvals
                 del m.pending[rid]
                 break
-            who = next(o for o in self.rng.sample(OPERATORS, 2) if o not in p.approvals)
+            # a second (and third) officer approves, never the requester
+            who = self.rng.choice([o for o in OPERATORS if o not in (p.requester, *p.approvals)])
+            fingerprint = p.recipient.public_key().fingerprint().hex()
             r = self.call(
                 "recovery.approve",
                 f"/admin/recovery/{rid}/approve",
-                None,
+                {"recipient_fingerprint": fingerprint},
                 who=who,
                 deltas=frozenset({1, 2}),
             )
@@ -283,19 +304,22 @@ class Driver(threading.Thread):
             if "refused" in r:
                 if "already approved" in r["refused"]:
                     p.approvals.append(who)  # an unacknowledged approval was committed
-                else:  # released by an unacknowledged approval, or the key was destroyed
-                    del m.pending[rid]
+                elif "is released" in r["refused"] or "'destroyed'" in r["refused"]:
+                    del m.pending[rid]  # released unacknowledged, or the key was destroyed
+                else:
+                    m.problems.append(f"approve {rid} by {who}: refused {r['refused']}")
+                    return None
                 continue
             # the reply lists every approval, including unacknowledged ones that committed
-            approvals = list(r["approvals"])
+            approvals = [a.removeprefix("officer-") for a in r["approvals"]]
             if who not in approvals or not set(p.approvals) <= set(approvals):
                 m.problems.append(f"approve {rid} by {who}: reply lists {approvals}")
             p.approvals = approvals
-            m.facts.append(("approved", rid, who))
+            m.facts.append(("approved", rid, f"officer-{who}"))
             if r["status"] == "released":
                 m.expected_audit += 2
                 m.facts.append(
-                    ("released", rid, p.key_id, r["enveloped_key"], p.recipient, approvals)
+                    ("released", rid, p.key_id, r["enveloped_key"], p.recipient, r["approvals"])
                 )
                 del m.pending[rid]
             else:
@@ -341,6 +365,15 @@ def check_facts(snap: Snapshot, facts: list[tuple[Any, ...]]) -> list[str]:
             )
         elif kind == "cert_revoked":
             ok = args[0] in certs and certs[args[0]].status == "revoked"
+        elif kind == "pair_revoked":
+            sign_sn, enc_sn, revoked = args
+            ok = all(
+                sn in certs and certs[sn].status == "revoked" for sn in (sign_sn, enc_sn, *revoked)
+            )
+            ok = ok and sign_sn in revoked and set(revoked) <= {sign_sn, enc_sn}
+            kid = certs[enc_sn].key_id if enc_sn in certs else None
+            if ok and enc_sn in revoked:  # the pair went now: its escrowed key went too
+                ok = kid in keys and keys[kid].state in ("revoked", "archived", "destroyed")
         elif kind == "key_revoked":
             kid = args[0]
             ok = kid in keys and keys[kid].state in ("revoked", "archived", "destroyed")
@@ -349,7 +382,8 @@ def check_facts(snap: Snapshot, facts: list[tuple[Any, ...]]) -> list[str]:
             kid = args[0]
             ok = kid in keys and keys[kid].state == "destroyed" and keys[kid].key_blob is None
         elif kind == "recovery_requested":
-            ok = args[0] in recs and recs[args[0]].key_id == args[1]
+            rid, kid, requester = args
+            ok = rid in recs and recs[rid].key_id == kid and recs[rid].requested_by == requester
         elif kind == "approved":
             ok = args[0] in recs and args[1] in (recs[args[0]].approvals or [])
         elif kind == "released":
@@ -359,6 +393,8 @@ def check_facts(snap: Snapshot, facts: list[tuple[Any, ...]]) -> list[str]:
                 req is not None
                 and req.status == "released"
                 and sorted(req.approvals or []) == sorted(approvers)
+                and len(set(approvers)) == APPROVALS
+                and req.requested_by not in approvers
                 and req.result == base64.b64decode(envelope)
                 and kid in keys
                 and open_release(envelope, recipient)
@@ -379,15 +415,20 @@ class Rig:
     env: dict[str, str]
     tokens: dict[str, str]
 
-    def start(self) -> tuple[subprocess.Popen[bytes], str]:
+    def start(
+        self, *, anchors: list[Certificate] | None = None
+    ) -> tuple[subprocess.Popen[bytes], str]:
+        """Start ``serve``: plain HTTP, or (given the root as ``anchors``) its default TLCP."""
         port = free_port()
         cmd = [sys.executable, "-m", "mstcrypt", "serve", "--init", "--port", str(port)]
         cmd += ["--data-dir", str(self.data_dir)]
+        if anchors is None:
+            cmd += ["--tls", "none"]
         with self.log.open("ab") as log:
             proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+        url = f"{'http' if anchors is None else 'https'}://127.0.0.1:{port}"
         try:
-            wait_health(url, proc)
+            wait_health(url, proc, anchors=anchors)
         except AssertionError as exc:
             proc.kill()
             proc.wait()
@@ -400,15 +441,20 @@ class Rig:
 
 def test_kill9_during_platform_operations(database_url: str, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    tokens = add_operators(data_dir)
     env = server_env(
-        database_url, MSTCRYPT_ENROLL_RATE="1000000", MSTCRYPT_CHECKPOINT_SECONDS="0.25"
+        database_url,
+        MSTCRYPT_ENROLL_RATE="1000000",
+        MSTCRYPT_CHECKPOINT_SECONDS="0.25",
+        MSTCRYPT_RECOVERY_APPROVALS=str(APPROVALS),
     )
-    rig = Rig(database_url, data_dir, tmp_path / "server.log", env, tokens)
     backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
     rng = random.Random(f"{SEED}-{backend}")
     model = Model()
-    kmc = kmc_for(database_url)
+    kmc = kmc_for(database_url, recovery_approvals=APPROVALS)
+    kmc.create_schema()
+    tokens = add_operators(kmc)  # officer-alice, officer-bob
+    tokens["carol"] = kmc.operators.add_static("officer-carol", OPERATOR_ROLES)
+    rig = Rig(database_url, data_dir, tmp_path / "server.log", env, tokens)
     checker = InvariantChecker(kmc)
     stats: Counter[str] = Counter()
     started = time.monotonic()
@@ -450,10 +496,17 @@ def test_kill9_during_platform_operations(database_url: str, tmp_path: Path) -> 
                 )
             model.expected_audit = snap.audit_records
 
-        # a clean restart still serves, verifies its audit chain and signs its head on exit
-        proc, url = rig.start()
+        # a clean restart, over TLCP, still serves, verifies its audit chain and signs its
+        # head on exit
+        root = kmc.chain()[-1]
+        before = checker.check().audit_actions
+        proc, url = rig.start(anchors=[root])
+        up = checker.check()  # the endpoint certified its TLCP keys, nothing else
+        assert set(up.audit_actions - before) == {"service.identity"}, up.audit_actions
+        model.expected_audit = up.audit_records
         auth = {"Authorization": f"Bearer {tokens['alice']}"}
-        verify = httpx.get(url + "/admin/audit/verify", headers=auth, timeout=30).json()
+        with tlcp_client(url, [root], timeout=30) as http:
+            verify = http.get("/admin/audit/verify", headers=auth).json()
         assert verify["ok"], verify
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM), rig.log_tail()
