@@ -282,8 +282,20 @@ class InvariantChecker:
                 problems.append(f"code {code.id}: signing certificate {d['sign_serial']} wrong")
             if enc is None or enc.usage != "enc" or enc.key_id != d["key_id"]:
                 problems.append(f"code {code.id}: encryption certificate {d['enc_serial']} wrong")
-            if sign is not None and enc is not None and sign.pair_serial != enc.serial:
-                problems.append(f"code {code.id}: the certificates are not recorded as a pair")
+            if sign is not None and enc is not None:
+                # the enrollment's pair; after a key update the signing certificate's pair
+                # is the newer encryption certificate of the same owner, paired back to it
+                current = certs.get(sign.pair_serial or "")
+                if (
+                    enc.pair_serial != sign.serial
+                    or current is None
+                    or not (
+                        current.usage == "enc"
+                        and current.owner == sign.owner
+                        and current.pair_serial == sign.serial
+                    )
+                ):
+                    problems.append(f"code {code.id}: the certificates are not recorded as a pair")
         for eid in set(enroll_audit) - {c.id for c in codes.values()}:
             problems.append(f"enroll record for unknown enrollment {eid}")
         people = {c.owner for c in certs.values() if c.owner and c.usage != "ca"}

@@ -228,7 +228,7 @@ class Driver(threading.Thread):
                     m.facts.append(("cert_revoked", sn))
                     if reason == "key_compromise":
                         enc_sn = m.pairs[sn]
-                        m.revoked_certs.add(enc_sn)
+                        m.revoked_certs.update(r["revoked"])
                         m.facts.append(("pair_revoked", sn, enc_sn, sorted(r["revoked"])))
             return None
         kids = sorted(k for k in m.keys if k not in m.revoked_keys | m.destroyed_keys)
@@ -366,14 +366,17 @@ def check_facts(snap: Snapshot, facts: list[tuple[Any, ...]]) -> list[str]:
         elif kind == "cert_revoked":
             ok = args[0] in certs and certs[args[0]].status == "revoked"
         elif kind == "pair_revoked":
-            sign_sn, enc_sn, revoked = args
-            ok = all(
-                sn in certs and certs[sn].status == "revoked" for sn in (sign_sn, enc_sn, *revoked)
-            )
-            ok = ok and sign_sn in revoked and set(revoked) <= {sign_sn, enc_sn}
-            kid = certs[enc_sn].key_id if enc_sn in certs else None
-            if ok and enc_sn in revoked:  # the pair went now: its escrowed key went too
-                ok = kid in keys and keys[kid].state in ("revoked", "archived", "destroyed")
+            # the signing certificate went with its current pair: the enrollment's encryption
+            # certificate, or the newer one a key update paired it with
+            sign_sn, _enrolled_enc_sn, revoked = args
+            others = set(revoked) - {sign_sn}
+            ok = sign_sn in revoked and len(others) <= 1
+            ok = ok and all(sn in certs and certs[sn].status == "revoked" for sn in revoked)
+            for enc_sn in others if ok else ():
+                enc = certs[enc_sn]
+                ok = enc.usage == "enc" and enc.owner == certs[sign_sn].owner
+                kid = enc.key_id  # the pair went now: its escrowed key went too
+                ok = ok and kid in keys and keys[kid].state in ("revoked", "archived", "destroyed")
         elif kind == "key_revoked":
             kid = args[0]
             ok = kid in keys and keys[kid].state in ("revoked", "archived", "destroyed")
