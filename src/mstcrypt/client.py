@@ -112,15 +112,18 @@ class Client:
             )
         return anchors
 
+    def _server_chain(self) -> tuple[list[Certificate], list[CRL]]:
+        """The server's intermediates and CRLs, not yet trusted: a path validated to the
+        anchors through them checks them on the way."""
+        return self.chain()[:-1], [self.crl("issuing"), self.crl("root")]
+
     def trusted_chain(
         self, anchors: Sequence[Certificate] | None = None
     ) -> tuple[list[Certificate], list[CRL]]:
         """The server's CA chain and CRLs, accepted only when they validate to one of
         ``anchors`` (default: the client's): returns (intermediates, CRLs)."""
         anchors = list(anchors) if anchors is not None else self._anchors()
-        chain = self.chain()
-        crls = [self.crl("issuing"), self.crl("root")]
-        intermediates = chain[:-1]
+        intermediates, crls = self._server_chain()
         for ca in intermediates:
             validate_path(
                 ca,
@@ -140,26 +143,43 @@ class Client:
         extended_key_usage: str | None = None,
     ) -> Certificate:
         """``cert`` if it validates to the anchors with the server's (signed) CRLs."""
+        return self._validate_all([cert], anchors, key_usage, extended_key_usage)[0]
+
+    def _validate_all(
+        self,
+        certs: Sequence[Certificate],
+        anchors: Sequence[Certificate] | None,
+        key_usage: set[str] | None = None,
+        extended_key_usage: str | None = None,
+    ) -> list[Certificate]:
+        """Validate each of ``certs`` with one fetch of the server's chain and CRLs."""
         anchors = list(anchors) if anchors is not None else self._anchors()
-        intermediates, crls = self.trusted_chain(anchors)
-        validate_path(
-            cert,
-            anchors=anchors,
-            intermediates=intermediates,
-            crls=crls,
-            at=datetime.now(UTC),
-            key_usage=key_usage,
-            extended_key_usage=extended_key_usage,
-        )
-        return cert
+        intermediates, crls = self._server_chain()
+        now = datetime.now(UTC)
+        for cert in certs:
+            validate_path(
+                cert,
+                anchors=anchors,
+                intermediates=intermediates,
+                crls=crls,
+                at=now,
+                key_usage=key_usage,
+                extended_key_usage=extended_key_usage,
+            )
+        return list(certs)
+
+    def recipient_certificates(
+        self, owners: Sequence[str], *, anchors: Sequence[Certificate] | None = None
+    ) -> list[Certificate]:
+        """The owners' current encryption certificates, validated for key encipherment."""
+        certs = [self.encryption_certificate(owner) for owner in owners]
+        return self._validate_all(certs, anchors, {"key_encipherment"})
 
     def recipient_certificate(
         self, owner: str, *, anchors: Sequence[Certificate] | None = None
     ) -> Certificate:
         """The owner's current encryption certificate, validated for key encipherment."""
-        return self.validate(
-            self.encryption_certificate(owner), anchors=anchors, key_usage={"key_encipherment"}
-        )
+        return self.recipient_certificates([owner], anchors=anchors)[0]
 
     def escrow_certificate(self, *, anchors: Sequence[Certificate] | None = None) -> Certificate:
         """The KMC's key-escrow (file-recovery) certificate, validated: issued under the
@@ -272,7 +292,7 @@ class Client:
         cert = Certificate.from_der(cert_der)
         h = token.key(container, KeyUsage.SIGN)
         anchors = self._anchors(token, anchor)
-        intermediates, crls = self.trusted_chain(anchors)
+        intermediates, crls = self._server_chain()  # LoginClient validates the path
         client = LoginClient(
             expected_server_name=server_name,
             certificate=cert,

@@ -151,7 +151,7 @@ def _directory_recipients(owners: list[str], server: str | None, anchors: Any) -
         fail("--to needs --server (the platform's URL)")
     roots = anchors()
     client = _client(server, roots)
-    return [client.recipient_certificate(owner, anchors=roots) for owner in owners]
+    return list(client.recipient_certificates(owners, anchors=roots))
 
 
 def _escrow(

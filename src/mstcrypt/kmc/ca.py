@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
@@ -114,8 +115,8 @@ class CaService:
         return [f"{base.rstrip('/')}/crl/{ca_name}.crl"] if base else []
 
     # -- the CAs -----------------------------------------------------------------------
-    def _ca_row(self, s: object, ca_name: str = ISSUING) -> CertificateAuthority:
-        ca = s.scalar(select(CertificateAuthority).where(CertificateAuthority.name == ca_name))  # type: ignore[attr-defined]
+    def _ca_row(self, s: Session, ca_name: str = ISSUING) -> CertificateAuthority:
+        ca = s.scalar(select(CertificateAuthority).where(CertificateAuthority.name == ca_name))
         if ca is None:
             raise PolicyError("the CA is not initialised (run `mstcrypt ca init`)")
         return ca

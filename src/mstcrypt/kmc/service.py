@@ -24,8 +24,6 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.kmc import audit as audit_log
 from mstcrypt.kmc.auditlog import AuditService
@@ -38,7 +36,6 @@ from mstcrypt.kmc.enrollment import Enrollment, EnrollmentService, code_hash
 from mstcrypt.kmc.groups import GroupService
 from mstcrypt.kmc.identities import AUDIT, FILE_RECOVERY, IdentityService, ServiceIdentity
 from mstcrypt.kmc.keys import KeyService
-from mstcrypt.kmc.models import ServiceKey
 from mstcrypt.kmc.operators import OperatorService
 from mstcrypt.kmc.ratelimit import RateLimiter
 from mstcrypt.kmc.recovery import RecoveryService
@@ -237,13 +234,7 @@ class Kmc:
         return self.recovery.describe(request_id)
 
     def file_recovery_public_key(self) -> SM2PublicKey:
-        with self.ctx.read() as s:
-            row = s.get(ServiceKey, FILE_RECOVERY)
-            if row is None:
-                from mstcrypt.errors import PolicyError
-
-                raise PolicyError("the CA is not initialised (no file-recovery key)")
-            return SM2PublicKey.from_bytes(row.public_key)
+        return self.identities.key(FILE_RECOVERY).public_key()
 
     def escrow_certificate(self) -> Certificate:
         return self.identities.escrow_certificate()
@@ -300,7 +291,3 @@ class Kmc:
 
     def restore(self, blob: bytes, passphrase: str, *, actor: str) -> int:
         return self.backups.restore(blob, passphrase, actor=actor)
-
-    def count(self, model: Any) -> int:
-        with self.ctx.read() as s:
-            return int(s.scalar(select(func.count()).select_from(model)) or 0)
