@@ -296,7 +296,15 @@ class TLCPContext:
       False sends the signing certificate and its chain only, which GmSSL's server
       requires (it validates the list as one ordinary chain). A server accepts both.
     - ``certificate_verify_form`` / ``certificate_verify_accept``: the CertificateVerify
-      input sent, and the forms accepted when verifying one.
+      input sent, and the forms accepted (tried in this order) when verifying one. Both
+      forms are accepted by default: each is a signature by the client's signing key
+      over the same handshake messages, and neither can be taken for the other (the
+      SM3 form signs 32 bytes, the transcript form the whole transcript, which is always
+      longer).
+
+    :meth:`for_peer` builds a context with a peer profile's fields
+    (:class:`~mstcrypt.protocols.tlcp.profiles.PeerProfile`: ``standard``, ``gmssl``,
+    ``tongsuo``).
     """
 
     credentials: Credentials | None = None
@@ -312,8 +320,20 @@ class TLCPContext:
     ecdhe_params_encoding: ECDHEParamsEncoding | str = ECDHEParamsEncoding.VECTOR
     ecc_client_dual_certificates: bool = True
     certificate_verify_form: CertificateVerifyForm | str = CertificateVerifyForm.SM3
-    certificate_verify_accept: Sequence[CertificateVerifyForm | str] = (CertificateVerifyForm.SM3,)
+    certificate_verify_accept: Sequence[CertificateVerifyForm | str] = (
+        CertificateVerifyForm.SM3,
+        CertificateVerifyForm.TRANSCRIPT,
+    )
     max_handshake_message: int = 1 << 17
+
+    @classmethod
+    def for_peer(cls, profile: Any, **fields: Any) -> TLCPContext:
+        """A context with the fields of ``profile`` (a
+        :class:`~mstcrypt.protocols.tlcp.profiles.PeerProfile` or its name: ``standard``,
+        ``gmssl``, ``tongsuo``), then ``fields`` (which may override them)."""
+        from mstcrypt.protocols.tlcp.profiles import PeerProfile
+
+        return cls(**{**PeerProfile.named(profile).fields(), **fields})
 
     def __post_init__(self) -> None:
         if self.credentials is not None and not isinstance(self.credentials, Credentials):
