@@ -297,6 +297,37 @@ def test_retry_after_decode_error_on_client_key_exchange(pki, server_id, client_
     assert complete(cev).cipher_suite is suite
 
 
+def test_retry_after_handshake_failure_on_a_single_ecc_chain(pki, server_id, client_id):
+    """Tongsuo's server answers the signing chain alone with handshake_failure."""
+    sctx = server_ctx(pki, server_id)
+    cctx = TLCPContext.for_peer(
+        GMSSL,
+        credentials=client_id.credentials(),
+        trust_anchors=[pki.root],
+        cipher_suites=[CipherSuite.ECC_SM4_CBC_SM3],
+    )
+    client = TLCPClient(cctx, server_name=HOST)
+    server = TLCPServer(sctx)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    assert client.sent_flight.certificates == 1 and not client.sent_flight.dual_certificates
+    client.receive_data(b"\x15\x01\x01\x00\x02\x02\x28")  # fatal handshake_failure
+    again = retry_for(client, cctx)
+    assert again is not None and again.changes == {
+        "certificate_verify_form": "sm3",
+        "ecc_client_dual_certificates": "true",
+    }
+    # ... but not after the dual list, nor with ECDHE.
+    dual = TLCPClient(
+        client_ctx(pki, client_id, cipher_suites=[CipherSuite.ECC_SM4_CBC_SM3]), server_name=HOST
+    )
+    server = TLCPServer(sctx)
+    server.receive_data(dual.data_to_send())
+    dual.receive_data(server.data_to_send())
+    dual.receive_data(b"\x15\x01\x01\x00\x02\x02\x28")
+    assert retry_for(dual, cctx) is None
+
+
 def test_no_retry_without_a_revealing_failure(pki, server_id, client_id) -> None:
     # The client's certificate is refused for a real reason (unknown CA): not retried.
     other = TestPKI("Other")

@@ -149,10 +149,11 @@ def retry_for(client: TLCPClient, ctx: TLCPContext) -> FormRetry | None:
       framing (GmSSL requires the vector, Tongsuo the bare structure);
     - ``bad_certificate`` or ``decrypt_error`` after our certificates and
       CertificateVerify, or the connection closed without an alert there (GmSSL's
-      server closes silently on a CertificateVerify it does not accept): the other
-      CertificateVerify form, with the certificate list that goes with it (the
-      transcript form with the signing chain only, as GmSSL; the SM3 form with dual
-      certificates).
+      server closes silently on a CertificateVerify it does not accept), or
+      ``handshake_failure`` after an ECC signing chain without the encryption
+      certificate (Tongsuo's server): the other CertificateVerify form, with the
+      certificate list that goes with it (the transcript form with the signing chain
+      only, as GmSSL; the SM3 form with dual certificates).
 
     Never after a failure to authenticate the server (its certificates, name,
     ServerKeyExchange signature or Finished): those happen before the flight is sent or
@@ -176,6 +177,9 @@ def retry_for(client: TLCPClient, ctx: TLCPContext) -> FormRetry | None:
         AlertDescription.BAD_CERTIFICATE,
         AlertDescription.DECRYPT_ERROR,
     )
+    if alert == AlertDescription.HANDSHAKE_FAILURE:
+        # Tongsuo's server: "no certificates returned" for the signing chain alone.
+        refused = not flight.cipher_suite.is_ecdhe and not flight.dual_certificates
     if flight.certificate_verify_form is not None and refused:
         form = _other(flight.certificate_verify_form, CertificateVerifyForm)
         dual = form is CertificateVerifyForm.SM3
