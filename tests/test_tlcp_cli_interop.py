@@ -153,11 +153,12 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
 class Proc:
     """A server process whose output is collected line by line."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         self.argv = argv
         self.p = subprocess.Popen(
             argv,
             env=env,
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -508,3 +509,93 @@ def test_password_protected_key_forms(tmp_path) -> None:
         timeout=TIMEOUT,
     )
     assert pub.returncode == 0 and b"PUBLIC KEY" in pub.stdout, pub.stderr
+
+
+# === the commands of docs/tlcp.md, as written ============================================
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "tlcp.md"
+DOC_PASS = "secret123"
+
+
+def doc_commands() -> list[str]:
+    text = DOC.read_text(encoding="utf-8")
+    block = re.search(r"<!-- cli-interop-commands -->\n```sh\n(.*?)```", text, re.S)
+    assert block, "docs/tlcp.md lost its cli-interop-commands block"
+    return [
+        line for line in block.group(1).splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
+@pytest.mark.skipif(
+    GMSSL is None or TONGSUO is None,
+    reason="needs both GmSSL and Tongsuo (MSTCRYPT_GMSSL, MSTCRYPT_TONGSUO)",
+)
+def test_doc_commands_run_as_written(tmp_path: Path) -> None:
+    """The one-cell-per-direction block of docs/tlcp.md runs as written (``gmssl``,
+    ``tongsuo`` and ``mstcrypt`` on PATH, the files it names in the working directory):
+    each client command succeeds and the message crosses."""
+    assert GMSSL is not None and TONGSUO is not None
+    lines = doc_commands()
+    ports = sorted({int(m) for line in lines for m in re.findall(r"(?:port|accept) (\d+)", line)})
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                pytest.skip(f"port {port} (used by docs/tlcp.md) is busy")
+    pki = TestPKI("Doc")
+    ids = {
+        "server": pki.identity(HOST, names=[HOST, "127.0.0.1"]),
+        "client": pki.identity("terminal-001", server=False),
+    }
+    (tmp_path / "root.pem").write_bytes(pki.root.pem)
+    for who, ident in ids.items():
+        keys = {"sign": ident.sign_key, "enc": ident.enc_key}
+        certs = {"sign": ident.sign_certificate, "enc": ident.enc_certificate}
+        both = b""
+        for usage in ("sign", "enc"):
+            (tmp_path / f"{who}_{usage}.pem").write_bytes(certs[usage].pem)
+            pem = dump_private_key(keys[usage], password=DOC_PASS)
+            (tmp_path / f"{who}_{usage}.key").write_bytes(pem)
+            both += pem
+            ts = dump_private_key(keys[usage], password=DOC_PASS, scheme="openssl")
+            (tmp_path / f"{who}_{usage}_openssl.key").write_bytes(ts)
+        (tmp_path / f"{who}_keys.pem").write_bytes(both)
+        (tmp_path / f"{who}_certs.pem").write_bytes(certs["sign"].pem + certs["enc"].pem)
+    message = "hello from the docs"
+    (tmp_path / "msg.txt").write_text(message + "\n")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name, target in (("gmssl", GMSSL), ("tongsuo", TONGSUO), ("mstcrypt", MSTCRYPT)):
+        (bindir / name).symlink_to(Path(target).resolve() if name != "mstcrypt" else target)
+    env = mst_env()
+    env["PATH"] = f"{bindir}:{env['PATH']}"
+    libs = [peer_env(t)["LD_LIBRARY_PATH"] for t in (GMSSL, TONGSUO)]
+    env["LD_LIBRARY_PATH"] = ":".join(libs)
+    server: Proc | None = None
+    ran = 0
+    try:
+        for line in lines:
+            if line.endswith("&"):
+                if server is not None:
+                    server.stop()
+                server = Proc(["bash", "-c", "exec " + line[:-1]], env, cwd=tmp_path)
+                port = int(re.search(r"(?:port|accept) (\d+)", line).group(1))
+                wait_listening(port, server)
+                continue
+            p = subprocess.run(
+                ["bash", "-c", line], cwd=tmp_path, env=env, capture_output=True, timeout=TIMEOUT
+            )
+            out = p.stdout.decode(errors="replace")
+            err = p.stderr.decode(errors="replace")
+            assert server is not None
+            assert p.returncode == 0, f"{line}\n{err[-1500:]}\n{server.output()}"
+            crossed = message in out or message[::-1] in out
+            deadline = time.monotonic() + 10
+            while not crossed and time.monotonic() < deadline:
+                crossed = message in server.output()
+                time.sleep(0.05)
+            assert crossed, f"{line}\n{out[-1500:]}\n{err[-800:]}\n{server.output()}"
+            ran += 1
+    finally:
+        if server is not None:
+            server.stop()
+    assert ran == 4
