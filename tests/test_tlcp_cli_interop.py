@@ -347,14 +347,17 @@ def gmssl_client(files: Files, port: int, suite: CipherSuite, auth: str, msg: Pa
     return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
 
 
-def tongsuo_client(files: Files, port: int, suite: CipherSuite, auth: str, msg: Path):
+def tongsuo_client(
+    files: Files, port: int, suite: CipherSuite | None, auth: str, msg: Path
+) -> tuple[int | None, str, str]:
     """s_client reading from a pipe kept open until the echo arrives (it quits at the end
     of its input, which could be before the answer)."""
     assert TONGSUO is not None
     argv = [TONGSUO, "s_client", "-connect", f"127.0.0.1:{port}", "-enable_ntls", "-ntls"]
-    argv += ["-cipher", TONGSUO_NAMES[suite], "-CAfile", files["root.pem"]]
-    argv += ["-verify_return_error", "-servername", HOST]
-    if needs_client_cert(suite, auth):
+    if suite is not None:  # else Tongsuo's default list: ECC-GCM, ECDHE-GCM, ECC-CBC, ...
+        argv += ["-cipher", TONGSUO_NAMES[suite]]
+    argv += ["-CAfile", files["root.pem"], "-verify_return_error", "-servername", HOST]
+    if suite is not None and needs_client_cert(suite, auth):
         argv += ["-sign_cert", files["client_sign.pem"]]
         argv += ["-sign_key", files["client_sign_openssl.key"]]
         argv += ["-enc_cert", files["client_enc.pem"], "-enc_key", files["client_enc_openssl.key"]]
@@ -419,6 +422,22 @@ def test_peer_client_to_mstcrypt_server(
     assert line.group(1) == suite.name, proc.output(start)
     assert who in line.group(2), proc.output(start)
     assert "handshake with" not in proc.output(start), proc.output(start)
+
+
+@pytest.mark.skipif(TONGSUO is None, reason="Tongsuo not available (MSTCRYPT_TONGSUO)")
+def test_tongsuo_client_without_certificates_and_default_suites(files, servers, tmp_path):
+    """``tongsuo s_client -ntls`` without certificates or -cipher offers ECC-GCM first and
+    ECDHE too; ``mstcrypt tlcp-server --compat tongsuo`` follows the client's order (as
+    Tongsuo's server does) and serves it ECC-GCM."""
+    proc, port = our_server(servers, files, "auth-none", "tongsuo")
+    start = len(proc.lines)
+    msg = tmp_path / "msg"
+    msg.write_bytes(b"hello without certificates\n")
+    rc, out, err = tongsuo_client(files, port, None, "auth-none", msg)
+    assert rc == 0, err[-800:]
+    assert "hello without certificates" in out, f"{out[-1500:]}\n{err[-800:]}\n{proc.output()}"
+    line = proc.wait_for(r"connection from \S+ (\S+) (.*)$", start)
+    assert line.group(1) == "ECC_SM4_GCM_SM3" and line.group(2) == "anonymous"
 
 
 # === password-protected keys ==============================================================

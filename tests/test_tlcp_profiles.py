@@ -236,6 +236,37 @@ def test_every_profile_reaches_a_default_server(pki, server_id, client_id, profi
             )
 
 
+def test_tongsuo_profile_server_follows_the_client_order(pki, server_id, client_id) -> None:
+    """Like Tongsuo's server; Tongsuo's client lists ECC first, so a Tongsuo client
+    without certificates that offers ECDHE too still gets an ECC suite."""
+    offer = [CipherSuite.ECC_SM4_GCM_SM3, CipherSuite.ECDHE_SM4_GCM_SM3]
+    cctx = client_ctx(pki, client_id, cipher_suites=offer)
+    chosen = {}
+    for profile in (STANDARD, GMSSL, TONGSUO):
+        sctx = profile.apply(server_ctx(pki, server_id, client_auth=ClientAuth.NONE))
+        assert sctx.honor_client_order is (profile is TONGSUO)
+        _, _, cev, _ = handshake(cctx, sctx)
+        chosen[profile.name] = complete(cev).cipher_suite
+    assert chosen == {
+        "standard": CipherSuite.ECDHE_SM4_GCM_SM3,
+        "gmssl": CipherSuite.ECDHE_SM4_GCM_SM3,
+        "tongsuo": CipherSuite.ECC_SM4_GCM_SM3,
+    }
+    # Only suites the server allows, and ECDHE only when it can verify the client.
+    sctx = server_ctx(
+        pki,
+        server_id,
+        client_auth=ClientAuth.NONE,
+        cipher_suites=[CipherSuite.ECDHE_SM4_GCM_SM3, CipherSuite.ECC_SM4_CBC_SM3],
+        honor_client_order=True,
+    )
+    cctx = client_ctx(pki, client_id, cipher_suites=[*offer, CipherSuite.ECC_SM4_CBC_SM3])
+    _, _, cev, _ = handshake(cctx, sctx)
+    assert complete(cev).cipher_suite is CipherSuite.ECDHE_SM4_GCM_SM3
+    with pytest.raises(PolicyError, match="honor_client_order"):
+        TLCPContext(honor_client_order="yes")
+
+
 # --- auto: what a refusal reveals -------------------------------------------------
 
 

@@ -302,6 +302,11 @@ class TLCPContext:
       SM3 form signs 32 bytes, the transcript form the whole transcript, which is always
       longer).
 
+    - ``honor_client_order`` (server): choose the first suite of the client's list that
+      this server allows, instead of the first of ``cipher_suites`` that the client
+      offers (Tongsuo's server does so, and Tongsuo's client lists ECC before ECDHE: a
+      Tongsuo client without certificates then gets an ECC suite).
+
     :meth:`for_peer` builds a context with a peer profile's fields
     (:class:`~mstcrypt.protocols.tlcp.profiles.PeerProfile`: ``standard``, ``gmssl``,
     ``tongsuo``).
@@ -325,6 +330,7 @@ class TLCPContext:
         CertificateVerifyForm.TRANSCRIPT,
     )
     max_handshake_message: int = 1 << 17
+    honor_client_order: bool = False
 
     @classmethod
     def for_peer(cls, profile: Any, **fields: Any) -> TLCPContext:
@@ -379,6 +385,8 @@ class TLCPContext:
             callable(getattr(self.session_cache, m, None)) for m in ("get", "put", "remove")
         ):
             raise PolicyError("session_cache needs get, put and remove methods")
+        if not isinstance(self.honor_client_order, bool):
+            raise PolicyError("honor_client_order must be true or false")
         if not isinstance(self.max_handshake_message, int) or self.max_handshake_message < 1024:
             raise PolicyError("max_handshake_message must be at least 1024 bytes")
 

@@ -11,7 +11,9 @@ what the peer reads; a :class:`PeerProfile` names that choice:
 - ``gmssl`` (GmSSL 3.2 and later): CertificateVerify over the raw handshake messages;
   with ECC suites, the client's signing chain only (GmSSL's server validates the list
   as one ordinary chain and refuses the dual form).
-- ``tongsuo`` (Tongsuo 8.x): the bare 69-byte ClientECDHEParams structure.
+- ``tongsuo`` (Tongsuo 8.x): the bare 69-byte ClientECDHEParams structure; a server
+  follows the client's suite order, as Tongsuo's server does (Tongsuo's client lists
+  ECC before ECDHE, so one without certificates gets an ECC suite).
 
 ``auto`` is not a profile but a connection policy (:func:`retry_for`): start with
 ``standard`` and, when the failed handshake shows which form the server needs, retry
@@ -61,6 +63,7 @@ class PeerProfile:
     ecdhe_params_encoding: ECDHEParamsEncoding
     ecc_client_dual_certificates: bool
     certificate_verify_accept: tuple[CertificateVerifyForm, ...]
+    honor_client_order: bool = False
 
     def fields(self) -> dict[str, Any]:
         """The :class:`TLCPContext` fields this profile sets."""
@@ -69,6 +72,7 @@ class PeerProfile:
             "ecdhe_params_encoding": self.ecdhe_params_encoding,
             "ecc_client_dual_certificates": self.ecc_client_dual_certificates,
             "certificate_verify_accept": self.certificate_verify_accept,
+            "honor_client_order": self.honor_client_order,
         }
 
     def apply(self, ctx: TLCPContext) -> TLCPContext:
@@ -115,6 +119,7 @@ TONGSUO = PeerProfile(
     ecdhe_params_encoding=ECDHEParamsEncoding.STRUCT,
     ecc_client_dual_certificates=True,
     certificate_verify_accept=_BOTH,
+    honor_client_order=True,
 )
 PROFILES: dict[str, PeerProfile] = {p.name: p for p in (STANDARD, GMSSL, TONGSUO)}
 #: The values of the command line's ``--compat`` and the gateway's ``compat`` key.
