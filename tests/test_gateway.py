@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -805,3 +806,139 @@ def test_listener_and_route_options(gw_id) -> None:
         Gateway(GatewayConfig(listeners=[ListenerConfig(port=0, default=sock)]), credentials=creds)
     open_listener = ListenerConfig(port=0, default=sock, client_auth="none")
     assert Gateway(GatewayConfig(listeners=[open_listener]), credentials=creds).trust_source is None
+
+
+def test_listener_compat_and_terminals_of_every_implementation(pki, gw_id, device) -> None:
+    """Every listener accepts terminals that send GmSSL's CertificateVerify form or
+    Tongsuo's ClientECDHEParams, whatever its ``compat``; ``compat`` is validated and
+    only orders the CertificateVerify checks."""
+    from mstcrypt.protocols.tlcp import CertificateVerifyForm, CipherSuite
+    from mstcrypt.protocols.tlcp.profiles import GMSSL, STANDARD
+
+    cfg = GatewayConfig.from_dict(
+        {
+            "listeners": [
+                {"port": 1, "default": "h:1", "compat": "GmSSL"},
+                {"port": 2, "default": "h:1", "compat": "auto"},
+                {"port": 3, "default": "h:1"},
+            ],
+            "trust": {"ca_files": ["root.pem"]},
+        }
+    )
+    assert [lc.compat for lc in cfg.listeners] == ["gmssl", "auto", None]
+    assert [lc.profile for lc in cfg.listeners] == [GMSSL, STANDARD, STANDARD]
+    with pytest.raises(PolicyError, match="compat"):
+        GatewayConfig.from_dict({"listeners": [{"port": 1, "default": "h:1", "compat": "ssl"}]})
+
+    async def main() -> None:
+        echo = await echo_service()
+        listeners = [
+            ListenerConfig(port=0, routes={ECHO: Route(addr(echo))}, name=f"l-{c}", compat=c)
+            for c in (None, "gmssl", "tongsuo")
+        ]
+        gw = Gateway(
+            GatewayConfig(listeners=listeners),
+            credentials=gw_id.credentials(),
+            trust_source=MutableTrust(pki),
+        )
+        await gw.start()
+        first = [gw._contexts[lc.name].certificate_verify_accept[0] for lc in listeners]
+        assert first == [
+            CertificateVerifyForm.SM3,
+            CertificateVerifyForm.TRANSCRIPT,
+            CertificateVerifyForm.SM3,
+        ]
+        for host, port in gw.addresses:
+            for peer in ("gmssl", "tongsuo", "standard"):
+                for suite in (CipherSuite.ECDHE_SM4_GCM_SM3, CipherSuite.ECC_SM4_CBC_SM3):
+                    cctx = TLCPContext.for_peer(
+                        peer,
+                        credentials=device.credentials(),
+                        trust_anchors=[pki.root],
+                        cipher_suites=[suite],
+                    )
+                    reader, writer = await aio.open_connection(host, port, cctx, server_name=ECHO)
+                    writer.write(b"ping")
+                    assert await reader.readexactly(4) == b"ping"
+                    writer.close()
+                    await writer.wait_closed()
+        await gw.close()
+        echo.close()
+
+    run(main())
+
+
+def test_cli_compat_option(tmp_path: Path, pki, gw_id, device) -> None:
+    """``mstcrypt tlcp-client`` finds a GmSSL-like server's CertificateVerify form by
+    itself (default ``--compat auto``, one retry, said on stderr), fails with
+    ``--compat standard`` and succeeds at once with ``--compat gmssl``; unknown values
+    are refused by every command."""
+    from mstcrypt.protocols.tlcp import CertificateVerifyForm
+
+    (tmp_path / "root.pem").write_bytes(pki.root.pem)
+    c = write_identity(tmp_path, "dev", device)
+    strict = TLCPContext(
+        credentials=gw_id.credentials(),
+        trust_anchors=[pki.root],
+        client_auth="required",
+        certificate_verify_accept=[CertificateVerifyForm.TRANSCRIPT],
+    )
+
+    async def main() -> None:
+        async def echo(reader, writer) -> None:
+            writer.write(await reader.read(100))
+            await writer.drain()
+            writer.close()
+
+        server = await aio.start_server(echo, "127.0.0.1", 0, strict)
+        port = server.sockets[0].getsockname()[1]
+        (tmp_path / "msg").write_bytes(b"compat?")
+
+        async def client(*extra: str) -> tuple[int, bytes, str]:
+            proc = await asyncio.create_subprocess_exec(
+                *cli(
+                    "tlcp_client_command",
+                    *("--cacert", str(tmp_path / "root.pem"), "--port", str(port)),
+                    *("--server-name", ECHO, "--in", str(tmp_path / "msg"), "--wait", "1"),
+                    *("--client-cert", c["sign.pem"], "--client-cert", c["enc.pem"]),
+                    *("--client-key", c["sign.key"], "--client-enc-key", c["enc.key"]),
+                    *("--pass", "pass1234", "--cipher-suite", "ECC_SM4_GCM_SM3", *extra),
+                ),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": SRC, "COLUMNS": "200"},
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode is not None
+            return proc.returncode, out, err.decode()
+
+        try:
+            rc, out, err = await client()
+            assert rc == 0 and out == b"compat?", err
+            assert "compat auto:" in err and "retrying once" in err, err
+            assert "succeeded with certificate_verify_form=transcript" in err, err
+            rc, out, err = await client("--compat", "standard")
+            assert rc == 1 and out == b"" and "failed" in err, err
+            rc, out, err = await client("--compat", "gmssl")
+            assert rc == 0 and out == b"compat?" and "compat auto" not in err, err
+            rc, _, err = await client("--compat", "openssl")
+            assert rc == 2 and "unknown --compat" in err, err
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+    for command, args in (
+        ("tlcp_server_command", ("--cert", "x", "--key", "x", "--enc-key", "x")),
+        ("gateway_command", ("gw.toml",)),
+        ("tunnel_command", ("--token", "t", "--gateway", "h:1", "--server-name", "s")),
+    ):
+        extra = ("--cacert", "x", "--local-port", "0") if command == "tunnel_command" else ()
+        p = subprocess.run(
+            cli(command, *args, *extra, "--compat", "bogus"),
+            capture_output=True,
+            env={**os.environ, "PYTHONPATH": SRC, "COLUMNS": "200"},
+            timeout=60,
+            check=False,
+        )
+        assert p.returncode == 2 and b"unknown --compat" in p.stderr, (command, p.stderr)

@@ -333,29 +333,28 @@ def test_both_client_ecdhe_params_framings_accepted(pki, server_id, client_id, e
 
 @pytest.mark.parametrize("form", list(CertificateVerifyForm))
 def test_certificate_verify_forms(pki, server_id, client_id, form) -> None:
+    # A server accepts both forms by default (GmSSL 3.2+ sends the transcript form).
     cctx, sctx = contexts(
         pki,
         server_id,
         client_id,
         client_auth=ClientAuth.REQUIRED,
-        certificate_verify_accept=[form],
         client_kw={"certificate_verify_form": form},
     )
-    _, _, cev, _ = connect(cctx, sctx)
+    assert sctx.certificate_verify_accept == tuple(CertificateVerifyForm)
+    _, _, cev, sev = connect(cctx, sctx)
     assert only(cev, HandshakeComplete)
-    # The other form is refused unless the server accepts it too.
+    assert only(sev, HandshakeComplete).peer_certificates[0] == client_id.sign_certificate
+    # A server restricted to one form refuses the other.
     other = next(f for f in CertificateVerifyForm if f is not form)
+    _, strict = contexts(
+        pki, server_id, client_id, client_auth=ClientAuth.REQUIRED, certificate_verify_accept=[form]
+    )
     cctx2, _ = contexts(pki, server_id, client_id, client_kw={"certificate_verify_form": other})
     with pytest.raises(TLCPError) as ei:
-        connect(cctx2, sctx)
+        connect(cctx2, strict)
     assert ei.value.alert is AlertDescription.DECRYPT_ERROR
-    sctx_both = TLCPContext(
-        credentials=server_id.credentials(),
-        trust_anchors=[pki.root],
-        client_auth=ClientAuth.REQUIRED,
-        certificate_verify_accept=list(CertificateVerifyForm),
-    )
-    _, _, cev, _ = connect(cctx2, sctx_both)
+    _, _, cev, _ = connect(cctx, strict)
     assert only(cev, HandshakeComplete)
 
 

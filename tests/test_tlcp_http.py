@@ -145,7 +145,9 @@ def pki() -> TestPKI:
 
 @pytest.fixture(scope="module")
 def server_id(pki: TestPKI):
-    return pki.identity(NAME, names=[NAME, "127.0.0.1"])
+    # "localhost" for GmSSL's tlcp_client, which compares -host with the first dNSName
+    # SAN only (tls_cert_match_server_name in GmSSL 3.3).
+    return pki.identity(NAME, names=["localhost", NAME, "127.0.0.1"])
 
 
 @pytest.fixture(scope="module")
@@ -346,6 +348,13 @@ def pem_files(tmp_path_factory, pki) -> Path:
     (d / "req").write_bytes(
         b"GET /hello HTTP/1.1\r\nHost: platform.test\r\nConnection: close\r\n\r\n"
     )
+    # GmSSL's tlcp_client without a certificate aborts on any CertificateRequest
+    # (internal_error), and this server asks for an optional one: give it one.
+    from mstcrypt.formats.keys import dump_private_key
+
+    terminal = pki.identity("terminal-http", server=False)
+    (d / "client_sign.pem").write_bytes(terminal.sign_certificate.pem)
+    (d / "client_sign.key").write_bytes(dump_private_key(terminal.sign_key, password="pw123456"))
     return d
 
 
@@ -359,8 +368,11 @@ def test_gmssl_client_gets_a_response(served, pem_files) -> None:
     st, _ = served
     p = subprocess.run(
         [
-            *(GMSSL, "tlcp_client", "-host", "127.0.0.1", "-port", str(st.port)),
+            *(GMSSL, "tlcp_client", "-host", "localhost", "-port", str(st.port)),
             *("-cacert", str(pem_files / "root.pem"), "-in", str(pem_files / "req")),
+            *("-cipher_suite", "TLS_ECC_SM4_GCM_SM3"),  # GmSSL needs one
+            *("-cert", str(pem_files / "client_sign.pem"), "-pass", "pw123456"),
+            *("-key", str(pem_files / "client_sign.key")),
         ],
         env={**os.environ, "LD_LIBRARY_PATH": str(Path(GMSSL).resolve().parent.parent / "lib")},
         capture_output=True,
@@ -383,6 +395,9 @@ def test_tongsuo_client_gets_a_response(served, pem_files) -> None:
             *(TONGSUO, "s_client", "-connect", f"127.0.0.1:{st.port}"),
             *("-enable_ntls", "-ntls", "-CAfile", str(pem_files / "root.pem")),
             *("-verify_return_error", "-ign_eof", "-quiet"),
+            # Without client certificates only the ECC suites can work; Tongsuo's default
+            # list offers ECDHE too, which this server (its own order) would prefer.
+            *("-cipher", "ECC-SM2-SM4-GCM-SM3"),
         ],
         input=(pem_files / "req").read_bytes(),
         env={**os.environ, "LD_LIBRARY_PATH": str(Path(TONGSUO).resolve().parent.parent / "lib")},

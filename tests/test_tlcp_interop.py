@@ -14,7 +14,9 @@ Known peer behaviour the tests encode (docs/tlcp.md, FACTS.md appendix):
 - GmSSL needs ``-cipher_suite`` on both sides and ``-cacert`` for any client
   certificate; its client sends only the signing chain with ECC suites.
 - GmSSL (3.2 and later) signs and verifies CertificateVerify over the raw handshake
-  messages (our CertificateVerifyForm.TRANSCRIPT); Tongsuo over SM3 of them (SM3).
+  messages (our CertificateVerifyForm.TRANSCRIPT); Tongsuo over SM3 of them (SM3). Our
+  server accepts both by default; our client sends the peer's form with the ``gmssl`` /
+  ``tongsuo`` peer profile.
 - ClientECDHEParams: GmSSL frames it as a vector (our default), Tongsuo bare (STRUCT).
 - GmSSL's TLCP has no session resumption; Tongsuo's has (session IDs).
 - ECDHE suites always authenticate the client (its encryption key takes part in the key
@@ -42,6 +44,7 @@ from mstcrypt.protocols.tlcp import (
     CipherSuite,
     ClientAuth,
     ECDHEParamsEncoding,
+    PeerProfile,
     SessionCache,
     TLCPContext,
     TLCPError,
@@ -89,8 +92,9 @@ needs_tongsuo = pytest.mark.skipif(
 
 def _env(tool: str) -> dict[str, str]:
     env = dict(os.environ)
-    lib = Path(tool).resolve().parent.parent / "lib"
-    env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
+    root = Path(tool).resolve().parent.parent
+    libs = [str(root / d) for d in ("lib", "lib64") if (root / d).is_dir()]
+    env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")])
     return env
 
 
@@ -278,13 +282,10 @@ def _gmssl_server(files: PeerFiles, peer_server, port: int, cert_request: bool):
 def test_our_client_gmssl_server(files, peer_server, suite, auth) -> None:
     port = _free_port()
     _gmssl_server(files, peer_server, port, cert_request=auth is ClientAuth.REQUIRED)
-    ctx = files.ctx(
-        "client",
-        cipher_suites=[suite],
-        certificate_verify_form=CertificateVerifyForm.TRANSCRIPT,
-        ecdhe_params_encoding=ECDHEParamsEncoding.VECTOR,
-        ecc_client_dual_certificates=False,
-    )
+    ctx = files.ctx("client", cipher_suites=[suite], **PeerProfile.named("gmssl").fields())
+    assert ctx.certificate_verify_form is CertificateVerifyForm.TRANSCRIPT
+    assert ctx.ecdhe_params_encoding is ECDHEParamsEncoding.VECTOR
+    assert not ctx.ecc_client_dual_certificates
     if auth is ClientAuth.NONE and not suite.is_ecdhe:
         ctx.credentials = None
     with TLCPSocket.connect(("127.0.0.1", port), ctx, server_name=HOST) as s:
@@ -348,9 +349,7 @@ def _tongsuo_server(files: PeerFiles, peer_server, port: int, auth: ClientAuth):
 def test_our_client_tongsuo_server(files, peer_server, suite, auth) -> None:
     port = _free_port()
     _tongsuo_server(files, peer_server, port, auth)
-    ctx = files.ctx(
-        "client", cipher_suites=[suite], ecdhe_params_encoding=ECDHEParamsEncoding.STRUCT
-    )
+    ctx = files.ctx("client", cipher_suites=[suite], **PeerProfile.named("tongsuo").fields())
     if auth is ClientAuth.NONE and not suite.is_ecdhe:
         ctx.credentials = None
     with TLCPSocket.connect(("127.0.0.1", port), ctx, server_name=HOST) as s:
@@ -390,12 +389,8 @@ def test_tongsuo_server_refuses_vector_ecdhe_params(files, peer_server) -> None:
 
 
 def _server_ctx(files: PeerFiles, auth: ClientAuth) -> TLCPContext:
-    return files.ctx(
-        "server",
-        client_auth=auth,
-        session_cache=SessionCache(),
-        certificate_verify_accept=list(CertificateVerifyForm),
-    )
+    # No per-peer settings: a server accepts both CertificateVerify forms by default.
+    return files.ctx("server", client_auth=auth, session_cache=SessionCache())
 
 
 @needs_gmssl

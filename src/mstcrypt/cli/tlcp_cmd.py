@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mstcrypt.cli._common import err_console, fail, read_input
+from mstcrypt.cli._common import EXIT_INVALID, err_console, fail, read_input
 from mstcrypt.errors import MstCryptError
 from mstcrypt.protocols.tlcp import (
     CipherSuite,
@@ -55,6 +55,48 @@ SuiteOpt = Annotated[
     ),
 ]
 HostOpt = Annotated[str, typer.Option("--host")]
+ClientCompatOpt = Annotated[
+    str,
+    typer.Option(
+        "--compat",
+        help="Peer profile: standard, gmssl, tongsuo, or auto (start with standard; when the "
+        "server's refusal shows it needs the GmSSL or Tongsuo form, retry once with it and "
+        "say so; never retried when the server's certificate fails).",
+    ),
+]
+ServerCompatOpt = Annotated[
+    str,
+    typer.Option(
+        "--compat",
+        help="Peer profile: standard, gmssl, tongsuo or auto (= standard). A server accepts "
+        "every form from every peer; the profile only orders the CertificateVerify checks.",
+    ),
+]
+
+
+def _profile(value: str) -> Any:
+    """The PeerProfile for --compat (auto: standard; the client then retries)."""
+    from mstcrypt.protocols.tlcp.profiles import AUTO, COMPAT_CHOICES, PeerProfile
+
+    v = value.strip().lower()
+    if v not in COMPAT_CHOICES:
+        fail(f"unknown --compat {value!r}; expected one of {', '.join(COMPAT_CHOICES)}")
+    return PeerProfile.named("standard" if v == AUTO else v)
+
+
+def _is_auto(value: str) -> bool:
+    return value.strip().lower() == "auto"
+
+
+def _say_retry(retry: Any) -> None:
+    err_console.print(f"compat auto: {retry}")
+
+
+def _say_form(writer: Any) -> None:
+    retry = writer.get_extra_info("retry")
+    if retry is not None:
+        changed = ", ".join(f"{k}={v}" for k, v in retry.changes.items())
+        err_console.print(f"compat auto: the handshake succeeded with {changed}")
 
 
 def _suites(values: list[str] | None) -> dict[str, Any]:
@@ -115,14 +157,18 @@ def tlcp_server_command(
     port: Annotated[int, typer.Option("--port", help="0 picks a free port.")] = 443,
     echo: Annotated[bool, typer.Option("--echo", help="Send received data back.")] = False,
     handshake_timeout: Annotated[float, typer.Option("--handshake-timeout")] = 30.0,
+    compat: ServerCompatOpt = "auto",
 ) -> None:
     """A TLCP server: prints what each client sends (or echoes it with --echo). Prints
-    "listening on HOST:PORT" on stderr when ready."""
+    "listening on HOST:PORT" on stderr when ready. Clients of every implementation are
+    accepted (both CertificateVerify forms, both ClientECDHEParams framings)."""
+    profile = _profile(compat)
     creds = _credentials(cert, key, enc_key, password, "the server")
     anchors = _certs([cacert]) if cacert else []
     if verify_client and not anchors:
         fail("--verify-client needs --cacert")
-    ctx = TLCPContext(
+    ctx = TLCPContext.for_peer(
+        profile,
         credentials=creds,
         trust_anchors=anchors,
         client_auth=ClientAuth.REQUIRED if verify_client else ClientAuth.NONE,
@@ -191,13 +237,16 @@ def tlcp_client_command(
         float, typer.Option("--wait", help="Stop after this many seconds without data.")
     ] = 2.0,
     timeout: Annotated[float, typer.Option("--timeout", help="Connect and handshake.")] = 30.0,
+    compat: ClientCompatOpt = "auto",
 ) -> None:
     """A TLCP client: sends the input, prints what the server sends back until the server
     closes or nothing arrives for --wait seconds, then closes with close_notify."""
+    profile = _profile(compat)
     creds = None
     if client_cert:
         creds = _credentials(client_cert, client_key, client_enc_key, password, "--client-cert")
-    ctx = TLCPContext(
+    ctx = TLCPContext.for_peer(
+        profile,
         credentials=creds,
         trust_anchors=_certs([cacert]),
         check_hostname=not no_check_hostname,
@@ -208,11 +257,21 @@ def tlcp_client_command(
     data = read_input(infile)
 
     async def main() -> None:
-        reader, writer = await aio.open_connection(
-            host, port, ctx, server_name=server_name, timeout=timeout
-        )
+        try:
+            reader, writer = await aio.open_connection(
+                host,
+                port,
+                ctx,
+                server_name=server_name,
+                timeout=timeout,
+                retry=_is_auto(compat),
+                on_retry=_say_retry,
+            )
+        except (TLCPError, OSError, TimeoutError) as exc:
+            fail(f"TLCP connection to {host}:{port} failed: {exc}", EXIT_INVALID)
         suite = writer.get_extra_info("cipher_suite")
         err_console.print(f"connected to {host}:{port} with {suite.name}")
+        _say_form(writer)
         try:
             if data:
                 writer.write(data)
@@ -247,16 +306,31 @@ def gateway_command(
     config: Annotated[Path, typer.Argument(help="Gateway configuration (TOML or JSON).")],
     log_level: Annotated[str, typer.Option("--log-level")] = "INFO",
     no_crl_check: NoCrlOpt = False,
+    compat: Annotated[
+        str | None,
+        typer.Option(
+            "--compat",
+            help="Peer profile of listeners without a compat key: standard, gmssl, tongsuo "
+            "or auto (= standard). Terminals of every implementation are accepted.",
+        ),
+    ] = None,
 ) -> None:
     """Run the TLCP mobile access gateway until SIGINT/SIGTERM (graceful shutdown).
     Client certificates are checked against the CRLs of the [trust] section, and refused
     when their issuer has none (unless require_crl = false or --no-crl-check)."""
     from mstcrypt.apps.tlcp_gateway import Gateway, GatewayConfig
 
+    if compat is not None:
+        _profile(compat)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
     )
-    gw = Gateway(GatewayConfig.from_file(config), require_crl=False if no_crl_check else None)
+    cfg = GatewayConfig.from_file(config)
+    if compat is not None:
+        for listener in cfg.listeners:
+            if listener.compat is None:
+                listener.compat = compat.strip().lower()
+    gw = Gateway(cfg, require_crl=False if no_crl_check else None)
 
     async def main() -> None:
         await gw.start()
@@ -296,6 +370,7 @@ def tunnel_command(
         float, typer.Option("--crl-refresh", help="Seconds between CRL re-reads.")
     ] = 300.0,
     no_crl_check: NoCrlOpt = False,
+    compat: ClientCompatOpt = "auto",
 ) -> None:
     """Forward 127.0.0.1:LOCAL to a gateway route: each local connection becomes a TLCP
     connection authenticated with the token's keys. Prints "listening on HOST:PORT".
@@ -308,6 +383,7 @@ def tunnel_command(
     from mstcrypt.apps.tlcp_gateway.trust import TrustMaterial, call_source, file_trust_source
     from mstcrypt.module import SoftToken
 
+    profile = _profile(compat)
     gw_host, gw_port = parse_address(gateway)
     crl_files = list(crl or [])
     urls = list(crl_url or [])
@@ -326,16 +402,18 @@ def tunnel_command(
     tok.login(pin if pin is not None else str(typer.prompt("PIN", hide_input=True)))
     creds = Credentials.from_module(tok, container)
     suites = _suites(cipher_suite)
-    state: dict[str, TLCPContext] = {}
+    state: dict[str, Any] = {"forms": {}}
 
     def use(material: TrustMaterial) -> None:
-        state["ctx"] = TLCPContext(
+        state["ctx"] = TLCPContext.for_peer(
+            profile,
             credentials=creds,
             trust_anchors=material.trust_anchors,
             intermediates=material.intermediates,
             crls=material.crls,
             require_crl=not no_crl_check,
             **suites,
+            **state["forms"],
         )
 
     async def refresh_loop() -> None:
@@ -354,12 +432,23 @@ def tunnel_command(
     async def handle(lr: asyncio.StreamReader, lw: asyncio.StreamWriter) -> None:
         try:
             tr, tw = await aio.open_connection(
-                gw_host, gw_port, state["ctx"], server_name=server_name
+                gw_host,
+                gw_port,
+                state["ctx"],
+                server_name=server_name,
+                retry=_is_auto(compat) and not state["forms"],
+                on_retry=_say_retry,
             )
         except (TLCPError, OSError, TimeoutError) as exc:
             err_console.print(f"gateway connection failed: {exc}")
             lw.close()
             return
+        if (retry := tw.get_extra_info("retry")) is not None:
+            # Keep the form that worked for the next connections (and CRL refreshes).
+            used = tw.get_extra_info("context")
+            state["forms"] = {k: getattr(used, k) for k in retry.changes}
+            state["ctx"] = used
+            _say_form(tw)
         tasks = [asyncio.create_task(pipe(lr.read, tw)), asyncio.create_task(pipe(tr.read, lw))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -27,6 +27,7 @@ Example (TOML; relative paths are relative to the configuration file)::
     [[listeners]]
     host = "0.0.0.0"
     port = 8443
+    compat = "standard"                 # peer profile: standard, gmssl, tongsuo, auto
     default = "127.0.0.1:7000"          # connections without SNI
     [listeners.routes]
     "echo.internal" = "127.0.0.1:7000"
@@ -44,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from mstcrypt.errors import PolicyError
-from mstcrypt.protocols.tlcp import CipherSuite, ClientAuth, Credentials
+from mstcrypt.protocols.tlcp import CipherSuite, ClientAuth, Credentials, PeerProfile
+from mstcrypt.protocols.tlcp.profiles import AUTO, COMPAT_CHOICES, STANDARD
 
 __all__ = [
     "CredentialsConfig",
@@ -120,7 +122,10 @@ class ListenerConfig:
     route; ``default`` serves connections that send no SNI (and, with
     ``match_any_name``, every name without a route). Any other name is refused with
     unrecognized_name. ``client_auth`` is ``required`` (the default: terminals present a
-    certificate under the trust anchors), ``optional`` or ``none``."""
+    certificate under the trust anchors), ``optional`` or ``none``. ``compat`` names the
+    peer profile (``standard``, ``gmssl``, ``tongsuo``; ``auto``, the default, is
+    ``standard``): terminals of every implementation are accepted whatever it is; it only
+    orders the CertificateVerify checks (``gmssl`` tries GmSSL's form first)."""
 
     port: int
     host: str = "127.0.0.1"
@@ -130,8 +135,15 @@ class ListenerConfig:
     name: str = ""
     client_auth: ClientAuth | str = ClientAuth.REQUIRED
     match_any_name: bool = False
+    compat: str | None = None
 
     def __post_init__(self) -> None:
+        if self.compat is not None:
+            if not isinstance(self.compat, str) or self.compat.lower() not in COMPAT_CHOICES:
+                raise PolicyError(
+                    f"listener compat {self.compat!r}: expected one of {', '.join(COMPAT_CHOICES)}"
+                )
+            self.compat = self.compat.lower()
         try:
             self.client_auth = ClientAuth(self.client_auth)
         except ValueError:
@@ -155,6 +167,12 @@ class ListenerConfig:
                 raise PolicyError(f"unknown cipher suite in {self.cipher_suites!r}") from None
         if not self.name:
             self.name = f"{self.host}:{self.port}"
+
+    @property
+    def profile(self) -> PeerProfile:
+        """The peer profile of ``compat`` (``auto`` and unset: ``standard``)."""
+        name = self.compat if self.compat not in (None, AUTO) else STANDARD.name
+        return PeerProfile.named(name)
 
     def route_for(self, server_name: str | None) -> Route | None:
         if server_name is None:
@@ -319,7 +337,7 @@ class GatewayConfig:
         listeners = []
         for entry in data.get("listeners", []):
             known = {"host", "port", "routes", "default", "mode", "cipher_suites", "name"}
-            _only(entry, known | {"client_auth", "match_any_name"}, "")
+            _only(entry, known | {"client_auth", "match_any_name", "compat"}, "")
             mode = str(entry.get("mode", "tcp"))
             routes = {str(k): Route.parse(v, mode) for k, v in entry.get("routes", {}).items()}
             default = entry.get("default")
@@ -333,6 +351,7 @@ class GatewayConfig:
                     name=str(entry.get("name", "")),
                     client_auth=str(entry.get("client_auth", "required")),
                     match_any_name=_bool(entry.get("match_any_name", False), "match_any_name"),
+                    compat=entry.get("compat"),
                 )
             )
         creds = None

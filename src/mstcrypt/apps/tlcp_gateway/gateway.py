@@ -174,7 +174,8 @@ class Gateway:
                 intermediates=trust.intermediates,
                 crls=trust.crls,
             )
-        return TLCPContext(
+        return TLCPContext.for_peer(
+            listener.profile,
             credentials=self.credentials,
             require_crl=self.require_crl,
             client_auth=listener.client_auth,

@@ -15,10 +15,11 @@ that protocol. Bytes in, bytes and events out, no sockets, clocks or threads ins
 
 Cipher suites ECC_SM4_CBC_SM3 (0xE013), ECC_SM4_GCM_SM3 (0xE053), ECDHE_SM4_CBC_SM3
 (0xE011) and ECDHE_SM4_GCM_SM3 (0xE051); dual certificates; optional or required client
-authentication; resumption by session ID; SNI. See docs/tlcp.md.
+authentication; resumption by session ID; SNI; peer profiles for GmSSL and Tongsuo
+(:class:`PeerProfile`, ``TLCPContext.for_peer``). See docs/tlcp.md.
 """
 
-from mstcrypt.protocols.tlcp.client import TLCPClient
+from mstcrypt.protocols.tlcp.client import ClientFlight, TLCPClient
 from mstcrypt.protocols.tlcp.constants import (
     DEFAULT_CIPHER_SUITES,
     TLCP_VERSION,
@@ -46,6 +47,7 @@ from mstcrypt.protocols.tlcp.events import (
     Event,
     HandshakeComplete,
 )
+from mstcrypt.protocols.tlcp.profiles import FormRetry, PeerProfile
 from mstcrypt.protocols.tlcp.server import TLCPServer
 
 __all__ = [
@@ -58,14 +60,17 @@ __all__ = [
     "CertificateVerifyForm",
     "CipherSuite",
     "ClientAuth",
+    "ClientFlight",
     "ConnectionClosed",
     "ContentType",
     "Credentials",
     "ECDHEParamsEncoding",
     "Event",
+    "FormRetry",
     "HandshakeComplete",
     "HandshakeType",
     "KeyExchanger",
+    "PeerProfile",
     "Session",
     "SessionCache",
     "TLCPClient",

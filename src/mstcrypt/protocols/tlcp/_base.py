@@ -89,6 +89,8 @@ class Connection:
         self._server_name: str | None = None
         self._resumed = False
         self._session: Session | None = None
+        self._alert_sent: AlertDescription | None = None
+        self._alert_received: AlertDescription | int | None = None
 
     # --- public API -------------------------------------------------------------------
     @property
@@ -111,6 +113,16 @@ class Connection:
     @property
     def server_name(self) -> str | None:
         return self._server_name
+
+    @property
+    def alert_sent(self) -> AlertDescription | None:
+        """The fatal alert this side sent (it detected a failure), else None."""
+        return self._alert_sent
+
+    @property
+    def alert_received(self) -> AlertDescription | int | None:
+        """The fatal alert the peer sent, else None."""
+        return self._alert_received
 
     @property
     def closed(self) -> bool:
@@ -193,6 +205,7 @@ class Connection:
     def _abort(self, alert: AlertDescription) -> None:
         if not self._failed:
             self._failed = True
+            self._alert_sent = alert
             self._send_alert(AlertLevel.FATAL, alert)
             self._forget_session()
 
@@ -351,6 +364,7 @@ class Connection:
         self._events.append(AlertReceived(level, desc))
         if level is AlertLevel.FATAL:
             self._failed = True
+            self._alert_received = desc
             self._forget_session()
             self._events.append(ConnectionClosed(desc, by_peer=True))
 

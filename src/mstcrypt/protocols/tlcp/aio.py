@@ -4,7 +4,8 @@
 The reader and writer behave like :class:`asyncio.StreamReader` /
 :class:`asyncio.StreamWriter` for application data (``read``, ``readexactly``,
 ``readline``, ``readuntil``; ``write``, ``drain``, ``close``, ``wait_closed``,
-``get_extra_info("peer_certificates" | "cipher_suite" | "session" | "server_name")``).
+``get_extra_info("peer_certificates" | "cipher_suite" | "session" | "server_name" |
+"context" | "retry")``).
 The protocol itself is the sans-IO :class:`TLCPClient` / :class:`TLCPServer`; this module
 only moves bytes. TCP_NODELAY is set (the handshake is several small flights).
 
@@ -36,6 +37,7 @@ from mstcrypt.protocols.tlcp.events import (
     ConnectionClosed,
     HandshakeComplete,
 )
+from mstcrypt.protocols.tlcp.profiles import FormRetry, retry_for
 from mstcrypt.protocols.tlcp.server import TLCPServer
 
 __all__ = [
@@ -85,6 +87,7 @@ class _Channel:
         self.truncated = False
         self.error: BaseException | None = None
         self.closing = False
+        self.retry: FormRetry | None = None
         _set_nodelay(raw_writer)
 
     def flush(self) -> None:
@@ -323,6 +326,10 @@ class TLCPStreamWriter:
             return ch.truncated
         if name == "tlcp_connection":
             return conn
+        if name == "context":
+            return conn._ctx
+        if name == "retry":
+            return ch.retry
         return ch.raw_writer.get_extra_info(name, default)
 
     def __repr__(self) -> str:
@@ -347,9 +354,18 @@ async def client_handshake(
 ) -> tuple[TLCPStreamReader, TLCPStreamWriter]:
     """Run the client handshake over already connected streams. On failure the raw
     writer is closed and the error raised."""
-    ch = _Channel(
-        raw_reader, raw_writer, TLCPClient(ctx, server_name=server_name, session=session, now=now)
-    )
+    client = TLCPClient(ctx, server_name=server_name, session=session, now=now)
+    return await _client_handshake(raw_reader, raw_writer, client, timeout, limit)
+
+
+async def _client_handshake(
+    raw_reader: asyncio.StreamReader,
+    raw_writer: asyncio.StreamWriter,
+    client: TLCPClient,
+    timeout: float | None,
+    limit: int,
+) -> tuple[TLCPStreamReader, TLCPStreamWriter]:
+    ch = _Channel(raw_reader, raw_writer, client)
     try:
         await ch.do_handshake(timeout)
     except BaseException:
@@ -388,29 +404,47 @@ async def open_connection(
     session: Session | None = None,
     timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     limit: int = DEFAULT_LIMIT,
+    retry: bool = False,
+    on_retry: Callable[[FormRetry], None] | None = None,
     **kwargs: Any,
 ) -> tuple[TLCPStreamReader, TLCPStreamWriter]:
     """Connect to ``host:port`` and run the TLCP client handshake; ``timeout`` bounds the
     TCP connect and the handshake together. ``server_name`` is sent as SNI and checked
     against the server certificate; it is not taken from ``host`` (pass it explicitly).
-    Extra keyword arguments go to :func:`asyncio.open_connection`."""
-    loop = asyncio.get_running_loop()
-    deadline = None if timeout is None else loop.time() + timeout
-    try:
-        async with asyncio.timeout(timeout):
-            raw_reader, raw_writer = await asyncio.open_connection(host, port, **kwargs)
-    except TimeoutError:
-        raise TimeoutError(f"TCP connect to {host}:{port} timed out") from None
-    left = None if deadline is None else max(0.0, deadline - loop.time())
-    return await client_handshake(
-        raw_reader,
-        raw_writer,
-        ctx,
-        server_name=server_name,
-        session=session,
-        timeout=left,
-        limit=limit,
-    )
+
+    ``retry`` (the ``auto`` peer profile): when the server refuses the handshake in a
+    way that shows it needs another form
+    (:func:`~mstcrypt.protocols.tlcp.profiles.retry_for`), connect once more with that
+    form (with a fresh ``timeout``); ``on_retry`` is told why, and the retry is logged.
+    ``get_extra_info("retry")`` is then the
+    :class:`~mstcrypt.protocols.tlcp.profiles.FormRetry` and ``get_extra_info("context")``
+    the context that succeeded. Extra keyword arguments go to
+    :func:`asyncio.open_connection`."""
+    attempt_ctx = ctx
+    done: FormRetry | None = None
+    while True:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            async with asyncio.timeout(timeout):
+                raw_reader, raw_writer = await asyncio.open_connection(host, port, **kwargs)
+        except TimeoutError:
+            raise TimeoutError(f"TCP connect to {host}:{port} timed out") from None
+        left = None if deadline is None else max(0.0, deadline - loop.time())
+        client = TLCPClient(attempt_ctx, server_name=server_name, session=session)
+        try:
+            reader, writer = await _client_handshake(raw_reader, raw_writer, client, left, limit)
+        except TLCPError:
+            again = retry_for(client, attempt_ctx) if retry and done is None else None
+            if again is None:
+                raise
+            log.info("TLCP handshake with %s:%s: %s", host, port, again)
+            if on_retry is not None:
+                on_retry(again)
+            done, attempt_ctx = again, again.context
+            continue
+        writer._ch.retry = done
+        return reader, writer
 
 
 ClientConnected = Callable[[TLCPStreamReader, TLCPStreamWriter], Awaitable[None] | None]

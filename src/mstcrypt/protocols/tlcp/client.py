@@ -18,6 +18,7 @@ Resumption (the server accepted the offered session ID)::
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 from datetime import datetime
 
 from mstcrypt.crypto.random import random_bytes
@@ -30,6 +31,7 @@ from mstcrypt.protocols.tlcp.constants import (
     EXT_SERVER_NAME,
     TLCP_VERSION,
     AlertDescription,
+    CertificateVerifyForm,
     CipherSuite,
     ECDHEParamsEncoding,
     HandshakeType,
@@ -48,9 +50,25 @@ from mstcrypt.protocols.tlcp.messages import (
     vec,
 )
 
-__all__ = ["TLCPClient"]
+__all__ = ["ClientFlight", "TLCPClient"]
 
 PRE_MASTER_SIZE = 48
+
+
+@dataclass(frozen=True)
+class ClientFlight:
+    """What the client's second flight (after ServerHelloDone) carried, in the forms
+    that differ between implementations: the number of certificates sent (None when the
+    server asked for none), whether the encryption certificate was among them, the
+    CertificateVerify form (None when none was sent) and the ClientECDHEParams framing
+    (None with ECC suites). It is sent only after the server's certificates, host name
+    and ServerKeyExchange signature have been verified."""
+
+    cipher_suite: CipherSuite
+    certificates: int | None
+    dual_certificates: bool
+    certificate_verify_form: CertificateVerifyForm | None
+    ecdhe_params_encoding: ECDHEParamsEncoding | None
 
 
 class TLCPClient(Connection):
@@ -98,7 +116,13 @@ class TLCPClient(Connection):
         self._sent_sni = False
         self._cert_requested = False
         self._server_point = b""
+        self._flight: ClientFlight | None = None
         self._send_client_hello()
+
+    @property
+    def sent_flight(self) -> ClientFlight | None:
+        """The client's second flight once sent (see :class:`ClientFlight`), else None."""
+        return self._flight
 
     # --- ClientHello ---------------------------------------------------------------------
     def _send_client_hello(self) -> None:
@@ -224,21 +248,28 @@ class TLCPClient(Connection):
                 "take part in the key exchange",
             )
         send_certs: Credentials | None = None
+        dual = self._suite.is_ecdhe or self._ctx.ecc_client_dual_certificates
+        sent: list[bytes] | None = None
         if self._cert_requested:
             send_certs = creds
-            dual = self._suite.is_ecdhe or self._ctx.ecc_client_dual_certificates
-            self._send_handshake(
-                HandshakeType.CERTIFICATE,
-                encode_certificate_list(
-                    send_certs.certificate_list(dual=dual) if send_certs else []
-                ),
-            )
+            sent = send_certs.certificate_list(dual=dual) if send_certs else []
+            self._send_handshake(HandshakeType.CERTIFICATE, encode_certificate_list(sent))
         pms = self._send_client_key_exchange(creds)
+        form: CertificateVerifyForm | None = None
         if send_certs is not None:
-            form = self._ctx.certificate_verify_form
+            form = self._ctx.certificate_verify_form  # type: ignore[assignment]
             data = self._certificate_verify_input(form, len(self._transcript))  # type: ignore[arg-type]
             sig = send_certs.sign(data)
             self._send_handshake(HandshakeType.CERTIFICATE_VERIFY, vec(sig, 2))
+        self._flight = ClientFlight(
+            cipher_suite=self._suite,
+            certificates=None if sent is None else len(sent),
+            dual_certificates=bool(sent) and dual,
+            certificate_verify_form=form,
+            ecdhe_params_encoding=(
+                self._ctx.ecdhe_params_encoding if self._suite.is_ecdhe else None  # type: ignore[arg-type]
+            ),
+        )
         self._master = prf.master_secret(pms, self.client_random, self.server_random)
         self._derive_keys()
         self._send_ccs_and_finished()

@@ -296,7 +296,20 @@ class TLCPContext:
       False sends the signing certificate and its chain only, which GmSSL's server
       requires (it validates the list as one ordinary chain). A server accepts both.
     - ``certificate_verify_form`` / ``certificate_verify_accept``: the CertificateVerify
-      input sent, and the forms accepted when verifying one.
+      input sent, and the forms accepted (tried in this order) when verifying one. Both
+      forms are accepted by default: each is a signature by the client's signing key
+      over the same handshake messages, and neither can be taken for the other (the
+      SM3 form signs 32 bytes, the transcript form the whole transcript, which is always
+      longer).
+
+    - ``honor_client_order`` (server): choose the first suite of the client's list that
+      this server allows, instead of the first of ``cipher_suites`` that the client
+      offers (Tongsuo's server does so, and Tongsuo's client lists ECC before ECDHE: a
+      Tongsuo client without certificates then gets an ECC suite).
+
+    :meth:`for_peer` builds a context with a peer profile's fields
+    (:class:`~mstcrypt.protocols.tlcp.profiles.PeerProfile`: ``standard``, ``gmssl``,
+    ``tongsuo``).
     """
 
     credentials: Credentials | None = None
@@ -312,8 +325,21 @@ class TLCPContext:
     ecdhe_params_encoding: ECDHEParamsEncoding | str = ECDHEParamsEncoding.VECTOR
     ecc_client_dual_certificates: bool = True
     certificate_verify_form: CertificateVerifyForm | str = CertificateVerifyForm.SM3
-    certificate_verify_accept: Sequence[CertificateVerifyForm | str] = (CertificateVerifyForm.SM3,)
+    certificate_verify_accept: Sequence[CertificateVerifyForm | str] = (
+        CertificateVerifyForm.SM3,
+        CertificateVerifyForm.TRANSCRIPT,
+    )
     max_handshake_message: int = 1 << 17
+    honor_client_order: bool = False
+
+    @classmethod
+    def for_peer(cls, profile: Any, **fields: Any) -> TLCPContext:
+        """A context with the fields of ``profile`` (a
+        :class:`~mstcrypt.protocols.tlcp.profiles.PeerProfile` or its name: ``standard``,
+        ``gmssl``, ``tongsuo``), then ``fields`` (which may override them)."""
+        from mstcrypt.protocols.tlcp.profiles import PeerProfile
+
+        return cls(**{**PeerProfile.named(profile).fields(), **fields})
 
     def __post_init__(self) -> None:
         if self.credentials is not None and not isinstance(self.credentials, Credentials):
@@ -359,6 +385,8 @@ class TLCPContext:
             callable(getattr(self.session_cache, m, None)) for m in ("get", "put", "remove")
         ):
             raise PolicyError("session_cache needs get, put and remove methods")
+        if not isinstance(self.honor_client_order, bool):
+            raise PolicyError("honor_client_order must be true or false")
         if not isinstance(self.max_handshake_message, int) or self.max_handshake_message < 1024:
             raise PolicyError("max_handshake_message must be at least 1024 bytes")
 

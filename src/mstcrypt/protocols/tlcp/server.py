@@ -108,7 +108,7 @@ class TLCPServer(Connection):
                 self._resume(cached)
                 return
 
-        self._suite = self._select_suite(offered)
+        self._suite = self._select_suite(ch.cipher_suites)
         self._session_id = random_bytes(SESSION_ID_SIZE) if ctx.session_cache is not None else b""
         self._send_server_hello()
         creds = self._creds
@@ -144,10 +144,14 @@ class TLCPServer(Connection):
             )
         return creds
 
-    def _select_suite(self, offered: set[int]) -> CipherSuite:
+    def _select_suite(self, offered: tuple[int, ...]) -> CipherSuite:
+        """The first usable suite in the server's order, or in the client's with
+        ``honor_client_order`` (as Tongsuo's server does)."""
         ctx = self._ctx
         assert self._creds is not None
-        for suite in ctx.cipher_suites:
+        ours = tuple(ctx.cipher_suites)
+        order = [CipherSuite(s) for s in offered if s in ours] if ctx.honor_client_order else ours
+        for suite in order:
             if suite not in offered:
                 continue
             if suite.is_ecdhe and (self._creds.key_exchange is None or not ctx.trust_anchors):

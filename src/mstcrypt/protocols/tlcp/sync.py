@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable
 from datetime import datetime
 
 from mstcrypt.errors import PolicyError
@@ -19,6 +20,7 @@ from mstcrypt.protocols.tlcp.events import (
     ConnectionClosed,
     HandshakeComplete,
 )
+from mstcrypt.protocols.tlcp.profiles import FormRetry, retry_for
 from mstcrypt.protocols.tlcp.server import TLCPServer
 
 __all__ = ["TLCPSocket"]
@@ -36,6 +38,7 @@ class TLCPSocket:
         self.alerts: list[AlertReceived] = []
         self._plain = bytearray()
         self._eof = False
+        self.retry: FormRetry | None = None
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -49,17 +52,44 @@ class TLCPSocket:
         session: Session | None = None,
         timeout: float | None = 30.0,
         now: datetime | None = None,
+        retry: bool = False,
+        on_retry: Callable[[FormRetry], None] | None = None,
     ) -> TLCPSocket:
-        """Connect, run the client handshake and return the connection."""
-        sock = socket.create_connection(address, timeout=timeout)
-        try:
-            conn = TLCPClient(context, server_name=server_name, session=session, now=now)
-            s = cls(sock, conn)
-            s.do_handshake()
-        except BaseException:
-            sock.close()
-            raise
-        return s
+        """Connect, run the client handshake and return the connection.
+
+        ``retry`` (the ``auto`` peer profile): when the server refuses the handshake in
+        a way that shows it needs another form
+        (:func:`~mstcrypt.protocols.tlcp.profiles.retry_for`), connect once more with
+        that form; ``on_retry`` is told why and ``.retry`` keeps it."""
+        done: FormRetry | None = None
+        while True:
+            sock = socket.create_connection(address, timeout=timeout)
+            conn = None
+            try:
+                conn = TLCPClient(context, server_name=server_name, session=session, now=now)
+                s = cls(sock, conn)
+                s.do_handshake()
+            except (TLCPError, OSError) as exc:
+                sock.close()
+                again = None
+                if (
+                    retry
+                    and done is None
+                    and conn is not None
+                    and not isinstance(exc, TimeoutError)
+                ):
+                    again = retry_for(conn, context)
+                if again is None:
+                    raise
+                if on_retry is not None:
+                    on_retry(again)
+                done, context = again, again.context
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            s.retry = done
+            return s
 
     @classmethod
     def accept(
