@@ -615,6 +615,7 @@ class OcspError(VerificationError):
         "expired",
         "no_next_update",
         "nonce_mismatch",
+        "unknown_status",
     )
 
     def __init__(self, reason: str, message: str, *, response_status: str | None = None):
