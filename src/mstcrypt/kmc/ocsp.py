@@ -434,8 +434,8 @@ class OcspResponder:
             return OcspAnswer(
                 bytes(row.der),
                 "successful",
-                aware(row.this_update),
-                aware(row.next_update),
+                aware(row.this_update).astimezone(UTC),
+                aware(row.next_update).astimezone(UTC),
                 cacheable=True,
                 cached=True,
             )

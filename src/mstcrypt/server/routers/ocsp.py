@@ -82,8 +82,8 @@ def _reply(answer: OcspAnswer, *, http_cache: bool) -> Response:
             headers = {
                 "Cache-Control": f"public, max-age={max_age}, no-transform, must-revalidate",
                 "ETag": f'"{c.sm3_hex(answer.der)}"',
-                "Last-Modified": format_datetime(answer.this_update, usegmt=True),
-                "Expires": format_datetime(answer.next_update, usegmt=True),
+                "Last-Modified": format_datetime(answer.this_update.astimezone(UTC), usegmt=True),
+                "Expires": format_datetime(answer.next_update.astimezone(UTC), usegmt=True),
             }
     return Response(answer.der, media_type=OCSP_RESPONSE, headers=headers)
 
