@@ -527,7 +527,7 @@ class OcspResponse:
                 raise DecodeError("OCSP response: ResponderID KeyHash is not 20 octets")
             responder_id = ("by_key", key_hash)
         else:
-            responder_id = ("by_name", x509.Name.load(rid.chosen.dump()))
+            responder_id = ("by_name", x509.Name.load(rid.chosen.untag().dump()))
         responses = tuple(_single(s) for s in data["responses"])
         if not responses:
             raise DecodeError("OCSP response: no SingleResponse")
