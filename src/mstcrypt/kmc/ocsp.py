@@ -155,12 +155,10 @@ class OcspResponder:
         self.identities = identities
         self.validity = validity
         self._lock = threading.Lock()
+        self._engine_lock = threading.Lock()
         self._responder: _Loaded | None = None
         self._issuing: tuple[int, Certificate] | None = None
-        self._side: Engine | None = None
-        db = ctx.db
-        if db.is_sqlite and db.url not in ("sqlite://", "sqlite:///:memory:"):
-            self._side = _side_engine(db.url)
+        self._side_engine: Engine | None = None
         self._lookup = (
             select(
                 _C.c.ca_id,
@@ -182,14 +180,27 @@ class OcspResponder:
             .where(_C.c.serial == bindparam("serial"))
         )
 
+    @property
+    def _side(self) -> Engine | None:
+        """The SQLite side engine (created on first use); None on PostgreSQL."""
+        db = self.ctx.db
+        if not db.is_sqlite or db.url in ("sqlite://", "sqlite:///:memory:"):
+            return None
+        if self._side_engine is None:
+            with self._engine_lock:
+                if self._side_engine is None:
+                    self._side_engine = _side_engine(db.url)
+        return self._side_engine
+
     def forget(self) -> None:
         """Drop what is memoised (after a restore)."""
         self._responder = None
         self._issuing = None
 
     def dispose(self) -> None:
-        if self._side is not None:
-            self._side.dispose()
+        if self._side_engine is not None:
+            self._side_engine.dispose()
+            self._side_engine = None
 
     @property
     def validity(self) -> timedelta:
