@@ -45,7 +45,7 @@ PUBLIC, CODE, LOGIN, SESSION = "PUBLIC", "CODE", "LOGIN", "SESSION"
 KRO, ADMIN = KEY_RECOVERY_OFFICER, ADMINISTRATOR
 
 ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
-    # public: CA, CRLs, directory, the certified escrow key, the login server's certificate
+    # public: CA, CRLs, OCSP, directory, the certified escrow key, the login server's certificate
     ("GET", "/health"): PUBLIC,
     ("GET", "/ca/chain.pem"): PUBLIC,
     ("GET", "/ca/escrow.pem"): PUBLIC,
@@ -56,6 +56,8 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/directory/encryption-certificate/{owner}"): PUBLIC,
     ("GET", "/login/certificate.pem"): PUBLIC,
     ("POST", "/login/challenge"): PUBLIC,
+    ("POST", "/ocsp"): PUBLIC,
+    ("GET", "/ocsp/{request_b64}"): PUBLIC,
     # the credential is in the body
     ("POST", "/enroll"): CODE,
     ("POST", "/login/response"): LOGIN,
@@ -209,6 +211,7 @@ def _request(
         "owner": t.owner,
         "group": "no-such-group",
         "key_id": "no-such-key",
+        "request_b64": "MAA=",
         "request_id": "no-such-request",
     }
     url = path.format(**values)

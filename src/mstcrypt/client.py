@@ -5,13 +5,17 @@ Trust never comes from the server it authenticates: the root CA is an *anchor* p
 the terminal's MST-CC (``mstcrypt token init --anchor root.pem``) or given explicitly;
 every certificate the client uses from the platform (its own after enrollment, the login
 server's, a recipient's, the key-escrow certificate) is validated to that anchor with
-the CRLs. With an ``https://`` URL the HTTP API itself runs over TLCP, the server's
-certificate checked against the same anchors.
+the CRLs — or, with ``revocation="ocsp"``, with the platform's OCSP responder: one
+signed answer about each certificate (nonce included) instead of the issuing CA's whole
+CRL; the issuing CA itself is still checked against the root's (small) CRL. With an
+``https://`` URL the HTTP API itself runs over TLCP, the server's certificate checked
+against the same anchors.
 
     from mstcrypt.client import Client
     c = Client("https://platform.example:8600", anchors=token.anchors())
     result = c.enroll(code, token)            # token: a logged-in SoftToken
     cert = c.recipient_certificate("bob")     # validated, for email / file encryption
+    status = c.certificate_status(cert)       # OCSP: good / revoked / unknown, verified
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ import httpx
 
 from mstcrypt.errors import MstCryptError, PolicyError, VerificationError
 from mstcrypt.module import KeyUsage, SoftToken
-from mstcrypt.pki import CRL, Certificate, build_csr, name, validate_path
+from mstcrypt.pki import CRL, Certificate, CertificateError, build_csr, name, validate_path
+from mstcrypt.pki.ocsp import (
+    CertId,
+    OcspError,
+    OcspResponse,
+    SingleStatus,
+    build_request,
+    new_nonce,
+    verify_response,
+)
 from mstcrypt.pki.profiles import POLICY_KMC_ESCROW
 
 __all__ = ["Client", "EnrollResult", "ServiceError"]
@@ -67,7 +80,15 @@ class Client:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         server_name: str | None = None,
+        revocation: str = "crl",
     ) -> None:
+        """``revocation``: how certificates from the platform are checked for revocation
+        in :meth:`validate`, :meth:`recipient_certificates` and
+        :meth:`escrow_certificate` — ``"crl"`` (download the CRLs) or ``"ocsp"`` (ask the
+        platform's OCSP responder about each certificate, see :meth:`certificate_status`)."""
+        if revocation not in ("crl", "ocsp"):
+            raise PolicyError(f"revocation is 'crl' or 'ocsp', not {revocation!r}")
+        self.revocation = revocation
         self.anchors = list(anchors)
         headers = {"Authorization": f"Bearer {operator_token}"} if operator_token else {}
         if transport is None and base_url.startswith("https://"):
@@ -152,8 +173,11 @@ class Client:
         key_usage: set[str] | None = None,
         extended_key_usage: str | None = None,
     ) -> list[Certificate]:
-        """Validate each of ``certs`` with one fetch of the server's chain and CRLs."""
+        """Validate each of ``certs`` with one fetch of the server's chain and CRLs (or,
+        with OCSP, the chain, the root's CRL and one OCSP answer per certificate)."""
         anchors = list(anchors) if anchors is not None else self._anchors()
+        if self.revocation == "ocsp":
+            return self._validate_ocsp(certs, anchors, key_usage, extended_key_usage)
         intermediates, crls = self._server_chain()
         now = datetime.now(UTC)
         for cert in certs:
@@ -167,6 +191,99 @@ class Client:
                 extended_key_usage=extended_key_usage,
             )
         return list(certs)
+
+    def _validate_ocsp(
+        self,
+        certs: Sequence[Certificate],
+        anchors: list[Certificate],
+        key_usage: set[str] | None,
+        extended_key_usage: str | None,
+    ) -> list[Certificate]:
+        """Path validation without the issuing CA's CRL: the intermediates are checked
+        against the root's CRL (required), then each certificate's own status comes from
+        a verified OCSP answer of its issuer's responder."""
+        intermediates = self.chain()[:-1]
+        root_crl = [self.crl("root")]
+        now = datetime.now(UTC)
+        for ca in intermediates:
+            validate_path(ca, anchors=anchors, intermediates=intermediates, crls=root_crl, at=now)
+        for cert in certs:
+            path = validate_path(
+                cert,
+                anchors=anchors,
+                intermediates=intermediates,
+                crls=root_crl,
+                at=now,
+                require_revocation_check=False,
+                key_usage=key_usage or (),
+                extended_key_usage=extended_key_usage,
+            )
+            if len(path) < 2 or path[1] not in intermediates:
+                raise CertificateError(
+                    "crl_missing",
+                    "OCSP answers only for the issuing CA's certificates",
+                    certificate=cert.subject_str,
+                )
+            status = self.certificate_status(cert, issuer=path[1], validated=True)
+            if status.status == "revoked":
+                assert status.revoked_at is not None
+                why = f" ({status.reason})" if status.reason else ""
+                raise CertificateError(
+                    "revoked",
+                    f"certificate revoked at {status.revoked_at.isoformat()}{why} (OCSP)",
+                    certificate=cert.subject_str,
+                )
+            if status.status != "good":
+                raise OcspError(
+                    "unknown_status", "the OCSP responder does not know the certificate"
+                )
+        return list(certs)
+
+    def ocsp(self, request_der: bytes) -> OcspResponse:
+        """POST a DER OCSP request to the platform's responder; the parsed (not yet
+        verified) response."""
+        r = self._request(
+            "POST",
+            "/ocsp",
+            content=request_der,
+            headers={"Content-Type": "application/ocsp-request"},
+        )
+        return OcspResponse.from_der(r.content)
+
+    def certificate_status(
+        self,
+        cert: Certificate,
+        *,
+        issuer: Certificate | None = None,
+        anchors: Sequence[Certificate] | None = None,
+        nonce: bool = True,
+        hash_algorithm: str = "sm3",
+        validated: bool = False,
+    ) -> SingleStatus:
+        """The revocation status of ``cert`` from the platform's OCSP responder, verified
+        (:func:`mstcrypt.pki.ocsp.verify_response`): signed by a responder that the
+        issuer certified, about this certificate, current, echoing our fresh nonce
+        (``nonce``). ``issuer`` defaults to the platform's issuing CA, which is first
+        validated to the anchors with the root's CRL (unless ``validated`` says the
+        caller did that). Returns the :class:`~mstcrypt.pki.ocsp.SingleStatus` (good,
+        revoked with time and reason, or unknown); raises OcspError when the answer
+        cannot be relied on."""
+        if issuer is None:
+            chain = self.chain()
+            issuer = chain[0]
+            validated = False
+        if not validated:
+            validate_path(
+                issuer,
+                anchors=list(anchors) if anchors is not None else self._anchors(),
+                intermediates=[issuer],
+                crls=[self.crl("root")],
+                at=datetime.now(UTC),
+            )
+        cid = CertId.for_certificate(cert, issuer, hash_algorithm)
+        value = new_nonce() if nonce else None
+        response = self.ocsp(build_request([cid], nonce=value))
+        return verify_response(response, issuer=issuer, cert_id=cid, nonce=value)
 
     def recipient_certificates(
         self, owners: Sequence[str], *, anchors: Sequence[Certificate] | None = None

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from asn1crypto import x509
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -23,6 +24,7 @@ from mstcrypt.kmc.context import KmcContext, NotFoundError, Unit, aware
 from mstcrypt.kmc.models import CertificateAuthority, CrlRecord, EncryptionKey, IssuedCertificate
 from mstcrypt.pki import CRL, Certificate, Issuer, Profile, RevokedEntry, name
 from mstcrypt.pki.ca import BACKDATE
+from mstcrypt.pki.ocsp import aia_extension
 
 if TYPE_CHECKING:
     from mstcrypt.kmc.groups import GroupService
@@ -114,6 +116,14 @@ class CaService:
         base = self.ctx.crl_base_url
         return [f"{base.rstrip('/')}/crl/{ca_name}.crl"] if base else []
 
+    def _aia(self, profile: Profile) -> list[x509.Extension]:
+        """authorityInfoAccess id-ad-ocsp (the platform's OCSP responder) for the
+        end-entity certificates of the issuing CA; none for the responder's own
+        certificate (ocsp-nocheck) or when no OCSP URL is configured."""
+        if not self.ctx.ocsp_url or Profile(profile) is Profile.OCSP_SIGNER:
+            return []
+        return [aia_extension([self.ctx.ocsp_url])]
+
     # -- the CAs -----------------------------------------------------------------------
     def _ca_row(self, s: Session, ca_name: str = ISSUING) -> CertificateAuthority:
         ca = s.scalar(select(CertificateAuthority).where(CertificateAuthority.name == ca_name))
@@ -163,6 +173,7 @@ class CaService:
             profile=profile,
             not_before=u.now - BACKDATE,
             crl_urls=self._crl_urls(ISSUING),
+            extra_extensions=self._aia(profile),
             subject_alt_names=[
                 *([subject["email"]] if subject.get("email") else []),
                 *subject_alt_names,

@@ -110,11 +110,14 @@ class KmcContext:
         keys: ServerKeyStore,
         *,
         crl_base_url: str | None = None,
+        ocsp_url: str | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.keys = keys
         self.crl_base_url = crl_base_url
+        #: written as the id-ad-ocsp authorityInfoAccess of end-entity certificates
+        self.ocsp_url = ocsp_url
         self.clock = clock
 
     @contextmanager

@@ -223,3 +223,19 @@ class Meta(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     flag: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class OcspResponseRecord(Base):
+    """A pre-signed OCSP response (no nonce) for one certificate and one CertID hash
+    algorithm, served until ``refresh_at`` while the certificate's status (``status_key``)
+    and the responder certificate are unchanged (:mod:`mstcrypt.kmc.ocsp`)."""
+
+    __tablename__ = "ocsp_responses"
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex, as certificates
+    hash_algorithm: Mapped[str] = mapped_column(String(8), primary_key=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    status_key: Mapped[str] = mapped_column(String(96))
+    responder_serial: Mapped[str] = mapped_column(String(40))
+    this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    refresh_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

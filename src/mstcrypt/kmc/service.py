@@ -14,6 +14,7 @@ clock) and its unit of work (one transaction + its audit record per change)::
     kmc.audit        signed checkpoints, chain verification
     kmc.backups      backup and restore
     kmc.limits       rate limits shared by every instance
+    kmc.ocsp         the OCSP responder (delegated responder certificate, pre-signed responses)
 
 The methods on :class:`Kmc` itself delegate to these (kept for callers and tests).
 """
@@ -36,6 +37,7 @@ from mstcrypt.kmc.enrollment import Enrollment, EnrollmentService, code_hash
 from mstcrypt.kmc.groups import GroupService
 from mstcrypt.kmc.identities import AUDIT, FILE_RECOVERY, IdentityService, ServiceIdentity
 from mstcrypt.kmc.keys import KeyService
+from mstcrypt.kmc.ocsp import OcspResponder
 from mstcrypt.kmc.operators import OperatorService
 from mstcrypt.kmc.ratelimit import RateLimiter
 from mstcrypt.kmc.recovery import RecoveryService
@@ -54,10 +56,11 @@ class Kmc:
         keys: ServerKeyStore,
         *,
         crl_base_url: str | None = None,
+        ocsp_url: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         recovery_approvals: int = 1,
     ) -> None:
-        self.ctx = KmcContext(db, keys, crl_base_url=crl_base_url, clock=clock)
+        self.ctx = KmcContext(db, keys, crl_base_url=crl_base_url, ocsp_url=ocsp_url, clock=clock)
         self.groups = GroupService(self.ctx)
         self.ca = CaService(self.ctx, self.groups)
         self.directory = DirectoryService(self.ctx)
@@ -71,6 +74,7 @@ class Kmc:
         self.audit = AuditService(self.ctx, self.identities)
         self.backups = BackupService(self.ctx, self._forget_caches)
         self.limits = RateLimiter(self.ctx)
+        self.ocsp = OcspResponder(self.ctx, self.ca, self.identities)
 
     @property
     def db(self) -> Database:
@@ -90,6 +94,7 @@ class Kmc:
 
     def _forget_caches(self) -> None:
         self.ca._issuers.clear()
+        self.ocsp.forget()
         self.ctx.keys.clear_cache()
 
     # -- set-up ------------------------------------------------------------------------
@@ -113,7 +118,8 @@ class Kmc:
         actor: str = "system",
     ) -> list[Certificate]:
         """Create the root and issuing CAs, the audit key and the certified key-escrow
-        (file-recovery) key, all inside the SS-CC, in one transaction."""
+        (file-recovery) key, all inside the SS-CC, in one transaction; then the
+        delegated OCSP responder."""
         with self.ctx.unit(actor) as u:
             certs = self.ca.init(
                 u, organisation=organisation, country=country, root_cn=root_cn, sub_cn=sub_cn
@@ -128,6 +134,7 @@ class Kmc:
                 audit_key=audit_pub.fingerprint().hex(),
             )
         self.identities.escrow_certificate()
+        self.ocsp.responder()
         return certs
 
     # -- delegation (callers and tests) ------------------------------------------------

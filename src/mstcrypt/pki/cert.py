@@ -12,8 +12,9 @@ the subjectPublicKey bits (32 bytes, GmSSL's method; see
 :func:`mstcrypt.pki.key_identifier`); authorityKeyIdentifier = the issuer's SKI (taken
 from the issuer certificate when one is given, otherwise computed the same way from
 ``issuer_public_key``); keyUsage (critical); basicConstraints (critical for CAs);
-extendedKeyUsage; certificatePolicies when the profile names policies; subjectAltName
-and cRLDistributionPoints when given.
+extendedKeyUsage; certificatePolicies when the profile names policies;
+id-pkix-ocsp-nocheck for the OCSP signer profile; subjectAltName and
+cRLDistributionPoints when given.
 
 End-entity certificates carry no basicConstraints at all (RFC 5280 §4.2.1.9 allows
 that): the DER of ``CA:FALSE`` is an empty SEQUENCE, which GmSSL 3.x rejects
@@ -532,6 +533,8 @@ def build_certificate(
                 [{"policy_identifier": oid} for oid in prof.policies],
             )
         )
+    if prof.ocsp_nocheck:
+        exts.append(_ext("ocsp_no_check", False, None))
     exts.append(_ext("key_identifier", False, c.key_identifier(public_key, key_id_method)))
     exts.append(_ext("authority_key_identifier", False, {"key_identifier": aki}))
     if subject_alt_names:

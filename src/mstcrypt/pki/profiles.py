@@ -17,7 +17,8 @@ Rules (FACTS.md §3, GmSSL x509_ext.c):
   end-entity certificates (CA:FALSE is the default, and GmSSL rejects the empty
   SEQUENCE that encodes it);
 - EKU: gateways and servers (sign and enc) serverAuth; devices clientAuth and
-  emailProtection (mail); app developers codeSigning; the OCSP signer OCSPSigning;
+  emailProtection (mail); app developers codeSigning; the OCSP signer OCSPSigning
+  (a delegated responder: id-pkix-ocsp-nocheck, 30 days, rotated before expiry);
   WAPI access points and authentication service units serverAuth (they are the
   network side of the WAI exchange).
 
@@ -88,7 +89,9 @@ class ProfileSpec:
     ``extended_key_usage`` asn1crypto KeyPurposeId names or dotted OIDs, in the order
     they are written; ``path_len`` is the basicConstraints pathLenConstraint of a CA
     (None: no limit, or not a CA); ``default_days`` the usual lifetime; ``policies``
-    the certificatePolicies identifiers written (dotted OIDs, non-critical).
+    the certificatePolicies identifiers written (dotted OIDs, non-critical);
+    ``ocsp_nocheck`` writes id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1: relying parties
+    do not check the status of this delegated OCSP responder's certificate).
     """
 
     key_usage: frozenset[str]
@@ -97,6 +100,7 @@ class ProfileSpec:
     path_len: int | None
     default_days: int
     policies: tuple[str, ...] = ()
+    ocsp_nocheck: bool = False
 
     @property
     def is_encryption(self) -> bool:
@@ -135,7 +139,8 @@ _SPECS: dict[Profile, ProfileSpec] = {
     Profile.WLAN_AP_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
     Profile.WLAN_ASU_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
     Profile.WLAN_ASU_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.OCSP_SIGNER: ProfileSpec(_SIGN, ("ocsp_signing",), False, None, 365),
+    # a delegated OCSP responder: nocheck, so short-lived (rotated by kmc.ocsp)
+    Profile.OCSP_SIGNER: ProfileSpec(_SIGN, ("ocsp_signing",), False, None, 30, ocsp_nocheck=True),
     Profile.KMC_ESCROW_ENC: ProfileSpec(
         _ENC,
         (),

@@ -12,12 +12,13 @@ import ipaddress
 import logging
 import threading
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mstcrypt import __version__
@@ -25,7 +26,7 @@ from mstcrypt.errors import MstCryptError, PolicyError
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.server.config import Settings
 from mstcrypt.server.errors import status_of
-from mstcrypt.server.routers import admin, enroll, login, public, terminal
+from mstcrypt.server.routers import admin, enroll, login, ocsp, public, terminal
 
 __all__ = ["create_app"]
 
@@ -58,6 +59,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
         "37-2020) on SM2/SM3/SM4.",
     )
     app.state.kmc = service
+    service.ocsp.validity = timedelta(seconds=settings.ocsp_validity)
     app.state.settings = settings
     app.state.trusted_proxies = [ipaddress.ip_network(p) for p in settings.trusted_proxies]
     login_holder: list[Any] = []
@@ -121,6 +123,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
         return JSONResponse({"error": "InternalError", "detail": "internal error"}, status_code=500)
 
     app.include_router(public.router)
+    app.include_router(ocsp.router)
     app.include_router(enroll.router)
     app.include_router(login.router)
     app.include_router(terminal.router)
@@ -130,12 +133,17 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
 
 
 async def _housekeeping(app: FastAPI, service: Kmc, every: float) -> None:
-    """Signed audit checkpoints and the purge of expired login rows, every ``every`` s."""
+    """Signed audit checkpoints, OCSP responses signed ahead and the purge of expired
+    login rows, every ``every`` s."""
     while True:
         await asyncio.sleep(every)
         try:
             if service.is_initialised():
                 await asyncio.to_thread(service.checkpoint)
+                try:
+                    await asyncio.to_thread(service.ocsp.presign)
+                except SQLAlchemyError as exc:
+                    log.warning("OCSP presigning failed: %s", type(exc).__name__)
                 if app.state.login_started():
                     await asyncio.to_thread(app.state.login().purge)
         except (MstCryptError, PolicyError) as exc:  # keep serving; the next round retries

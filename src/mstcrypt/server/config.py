@@ -6,6 +6,11 @@
 * The SS-CC (server key store): see :mod:`mstcrypt.module.sscc` (``MSTCRYPT_SSCC``,
   ``MSTCRYPT_MASTER_KEY`` / ``MSTCRYPT_MASTER_KEY_FILE``, ``MSTCRYPT_PKCS11_*``).
 * ``MSTCRYPT_PUBLIC_URL``: base URL written into certificates' CRL distribution points.
+* ``MSTCRYPT_OCSP_URL`` (default ``$MSTCRYPT_PUBLIC_URL/ocsp``; empty: none): the OCSP
+  responder URL written into end-entity certificates (authorityInfoAccess);
+  ``MSTCRYPT_OCSP_VALIDITY`` (seconds, default 14400): nextUpdate − thisUpdate of OCSP
+  responses (re-signed after half of it); ``MSTCRYPT_OCSP_RATE`` (default 1200 per
+  minute per source address, per instance).
 * ``MSTCRYPT_TRUSTED_PROXIES``: comma-separated addresses or networks of reverse proxies
   whose ``X-Forwarded-For`` is believed (default: none — the peer address counts).
 * ``MSTCRYPT_ENROLL_RATE`` (default 60 per minute per source address),
@@ -56,6 +61,10 @@ class Settings:
     session_ttl: int = 3600
     trusted_proxies: list[str] = field(default_factory=list)
     recovery_approvals: int = 1
+    #: the OCSP URL written into certificates (None: ``public_url`` + ``/ocsp``; "": none)
+    ocsp_url: str | None = None
+    ocsp_validity: int = 14400
+    ocsp_rate: int = 1200
     #: a key store to use instead of the one configured in the environment (tests)
     keystore_override: ServerKeyStore | None = None
 
@@ -73,11 +82,20 @@ class Settings:
             session_ttl=int(env.get("MSTCRYPT_SESSION_TTL", "3600")),
             trusted_proxies=_proxies(env.get("MSTCRYPT_TRUSTED_PROXIES", "")),
             recovery_approvals=int(env.get("MSTCRYPT_RECOVERY_APPROVALS", "1")),
+            ocsp_url=env.get("MSTCRYPT_OCSP_URL"),
+            ocsp_validity=int(env.get("MSTCRYPT_OCSP_VALIDITY", "14400")),
+            ocsp_rate=int(env.get("MSTCRYPT_OCSP_RATE", "1200")),
         )
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
         return s
+
+    def ocsp_responder_url(self) -> str | None:
+        """The OCSP URL for certificates: MSTCRYPT_OCSP_URL, else the public URL's /ocsp."""
+        if self.ocsp_url is not None:
+            return self.ocsp_url or None
+        return f"{self.public_url.rstrip('/')}/ocsp"
 
     # -- storage ---------------------------------------------------------------------
     def database(self) -> Database:
@@ -100,5 +118,6 @@ class Settings:
             self.database(),
             self.keystore(),
             crl_base_url=self.public_url,
+            ocsp_url=self.ocsp_responder_url(),
             recovery_approvals=self.recovery_approvals,
         )
