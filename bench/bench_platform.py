@@ -582,17 +582,21 @@ def _latencies(out: dict[str, float | str], what: str, lat: list[float]) -> None
     out[f"{what} p99 ms"] = 1000 * pct(lat, 99)
 
 
+def _prepare_enrollment(b: Bench) -> tuple[str, bytes]:
+    """The officer's code and the terminal's CSR for a new owner (not timed)."""
+    owner = b.next_id("e")
+    code, _ = b.kmc.create_enrollment_code(
+        owner=owner, subject={"CN": owner, "O": "bench"}, actor="bench-ra"
+    )
+    key = SM2PrivateKey.generate()
+    return code, build_csr(name(CN=owner), key.public_key(), key.sign).der
+
+
 @measurement("enroll")
 def measure_enroll(b: Bench, a: Args) -> dict[str, float | str]:
     n = max(10, a.ops // 4)
-    prepared = []
-    for _ in range(n):
-        owner = b.next_id("e")
-        code, _ = b.kmc.create_enrollment_code(
-            owner=owner, subject={"CN": owner, "O": "bench"}, actor="bench-ra"
-        )
-        key = SM2PrivateKey.generate()
-        prepared.append((code, build_csr(name(CN=owner), key.public_key(), key.sign).der))
+    with b.monitor.label("enrollment code"):
+        prepared = [_prepare_enrollment(b) for _ in range(n)]
     out: dict[str, float | str] = {}
     lat = []
     with clocks(out, "enroll", n), b.monitor.label("enroll"):
@@ -644,7 +648,7 @@ def measure_mixed(b: Bench, a: Args) -> dict[str, float | str]:
     n = a.mixed_ops
     kinds = b.rng.choices(["login", "enroll", "revoke"], weights=[80, 15, 5], k=n)
     victims = [b.victims.pop() for _ in range(min(kinds.count("revoke"), len(b.victims)))]
-    work = []
+    work: list[tuple[str, Any]] = []
     for kind in kinds:
         if kind == "revoke" and not victims:
             kind = "login"
@@ -653,13 +657,8 @@ def measure_mixed(b: Bench, a: Args) -> dict[str, float | str]:
         elif kind == "revoke":
             work.append(("revoke", victims.pop()))
         else:
-            owner = b.next_id("m")
-            code, _ = b.kmc.create_enrollment_code(
-                owner=owner, subject={"CN": owner, "O": "bench"}, actor="bench-ra"
-            )
-            key = SM2PrivateKey.generate()
-            csr = build_csr(name(CN=owner), key.public_key(), key.sign).der
-            work.append(("enroll", (code, csr)))
+            with b.monitor.label("enrollment code"):
+                work.append(("enroll", _prepare_enrollment(b)))
     lat: dict[str, list[float]] = {"login": [], "enroll": [], "revoke": []}
     errors: list[str] = []
     it = iter(work)
