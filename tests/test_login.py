@@ -20,7 +20,7 @@ from mstcrypt.apps.login import tokens
 from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, RevokedSession
 from mstcrypt.apps.login.service import LoginPolicy, LoginService, source_bucket
 from mstcrypt.crypto.sm2 import SM2PrivateKey
-from mstcrypt.errors import PolicyError
+from mstcrypt.errors import PolicyError, RateLimitError
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import AuditRecord
 from mstcrypt.kmc.service import Kmc
@@ -900,7 +900,7 @@ def test_expired_rows_are_purged_automatically(platform: Kmc) -> None:
     assert set(_failure_rows(platform)) == {"src:evil"}
     assert _count(platform, RevokedSession) == 1
     # a purge now keeps all of them: nothing has expired
-    assert svc.purge() == dict.fromkeys(stale, 0)
+    assert svc.purge() == dict.fromkeys([*stale, "rate_limits"], 0)
     # later, a source locked just now keeps its row while old rows go
     clock.t = t0 + policy.failure_window + policy.lockout_seconds + 1
     for i in range(3):
@@ -931,3 +931,25 @@ def test_purge_is_bounded(platform: Kmc) -> None:
     assert _count(platform, LoginChallenge) == 3
     assert svc.purge()["login_challenges"] == 3
     assert _count(platform, LoginChallenge) == 0
+
+
+def test_challenge_budget_is_shared_by_instances(platform: Kmc) -> None:
+    """Two login services on one database (two server instances) share one budget of
+    challenges per source address and minute, and the spent counters are purged."""
+    clock = Clock()
+    clock.t = (int(clock.t) // 60) * 60 + 1.0  # the start of a fixed window
+    policy = LoginPolicy(challenges_per_minute=5, purge_every=0)
+    a, b = (
+        LoginService(platform, server_name="login.example", policy=policy, clock=clock)
+        for _ in range(2)
+    )
+    for i in range(5):
+        (a, b)[i % 2].challenge(source="198.51.100.9")
+    for svc in (a, b):
+        with pytest.raises(RateLimitError, match="too many login requests"):
+            svc.challenge(source="198.51.100.9")
+    b.challenge(source="198.51.100.10")  # another address has its own budget
+    clock.t += 60  # the next window
+    a.challenge(source="198.51.100.9")
+    clock.t += 120
+    assert a.purge()["rate_limits"] == 3

@@ -248,15 +248,20 @@ def serve_command(
     ] = None,
 ) -> None:
     """Run the platform (CA, CRL, directory, enrollment, KMC, admin) over TLCP."""
+    from mstcrypt.errors import KeyStoreError
     from mstcrypt.server.app import create_app
 
     if tls not in ("tlcp", "none"):
         fail("--tls is tlcp or none")
     kmc, settings = _kmc(data_dir)
-    if init and not kmc.is_initialised():
-        kmc.init_ca(actor="serve")
+    if init:
+        kmc.ensure_initialised(actor="serve")
     if not kmc.is_initialised():
         fail("the CA is not initialised: run `mstcrypt ca init` first (or pass --init)")
+    try:
+        kmc.check_keystore()
+    except KeyStoreError as exc:
+        fail(str(exc))
     app = create_app(settings, kmc)
     if tls == "none":
         import uvicorn
@@ -398,8 +403,7 @@ def running_platform(data_dir: Path, settings: Any = None, *, tls: bool = True) 
     settings.public_url = url
     kmc = settings.kmc()
     kmc.create_schema()
-    if not kmc.is_initialised():
-        kmc.init_ca(actor="demo")
+    kmc.ensure_initialised(actor="demo")
     app = create_app(settings, kmc)
     if tls:
         runner: Any = _TlcpRunner(app, kmc, port)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import IntegrityError
+
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc import audit
@@ -23,14 +25,19 @@ class AuditService:
             return SM2PublicKey.from_bytes(row.public_key) if row else None
 
     def checkpoint(self) -> int | None:
-        """Sign the current chain head with the audit key (inside the SS-CC)."""
+        """Sign the current chain head with the audit key (inside the SS-CC). When
+        another instance signs the same head at the same moment, its checkpoint stands
+        and this call returns None like any call that finds the head already signed."""
         try:
             key = self.identities.key(AUDIT)
         except PolicyError:
             raise PolicyError("the CA is not initialised (no audit key)") from None
-        with self.ctx.read() as s:
-            cp = audit.sign_checkpoint(s, key.sign)
-            return cp.seq if cp else None
+        try:
+            with self.ctx.read() as s:
+                cp = audit.sign_checkpoint(s, key.sign)
+                return cp.seq if cp else None
+        except IntegrityError:
+            return None
 
     def verify(self) -> audit.ChainReport:
         pub = self.public_key()

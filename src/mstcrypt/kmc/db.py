@@ -107,13 +107,23 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+#: advisory-lock key that serialises schema migrations of every instance (PostgreSQL)
+MIGRATION_LOCK = 0x6D73_7463_6D69_6772  # "mstcmigr"
+
+
 def migrate(db: Database) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision. Several instances starting at
+    once on one PostgreSQL database take turns (a transaction-scoped advisory lock; the
+    DDL is transactional, so the later ones find the schema current); SQLite's
+    BEGIN IMMEDIATE already serialises them."""
     from alembic import command
     from alembic.config import Config
+    from sqlalchemy import text
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     with db.engine.begin() as conn:
+        if not db.is_sqlite:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SM2PublicKey
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.ca import CaService
-from mstcrypt.kmc.context import KmcContext, Unit
+from mstcrypt.kmc.context import KmcContext, Unit, aware
 from mstcrypt.kmc.models import IssuedCertificate, ServiceKey
 from mstcrypt.module.sscc import ServerKeyStore
 from mstcrypt.pki import Certificate, Profile, spec
@@ -122,20 +122,19 @@ class IdentityService:
             exists = s.get(ServiceKey, name) is not None
         if exists:
             ident = self.key(name)
-            cert = ident.certificate
-            if (
-                cert is not None
-                and cert.public_key == ident.public_key()
-                and self._profile_of(cert) == profile.value
-                and cert.subject_str.endswith(f"CN={common_name}")
-                and set(cert.policies) == set(spec(profile).policies)
-                and set(cert.subject_alt_names) == set(sans)
-            ):
+            if self._fits(ident.certificate, ident.public_key(), profile, common_name, sans):
                 return ident
-        with self.ctx.unit(actor) as u:
+        # audited only when it changes something: another instance may have certified
+        # the key between the check above and the row lock below (then nothing is done)
+        with self.ctx.unit(actor, audited=False) as u:
             row = u.s.get(ServiceKey, name, with_for_update={"key_share": True})
             pub = SM2PublicKey.from_bytes(row.public_key) if row else self.create_key(u, name)
             old = self.ca.active_certificates(u, owner=f"service:{name}")
+            newest = max(old, key=lambda r: aware(r.issued_at), default=None)
+            if row is not None and newest is not None:
+                current = Certificate.from_der(newest.der)
+                if self._fits(current, pub, profile, common_name, sans, newest.profile):
+                    return self.key(name)
             cert = self.ca.issue(
                 u,
                 public_key=pub,
@@ -155,6 +154,28 @@ class IdentityService:
                 profile=profile.value,
             )
         return self.key(name)
+
+    def _fits(
+        self,
+        cert: Certificate | None,
+        public_key: SM2PublicKey,
+        profile: Profile,
+        common_name: str,
+        sans: Sequence[str],
+        recorded_profile: str | None = None,
+    ) -> bool:
+        """Whether ``cert`` is what :meth:`identity` would issue now (same key, profile,
+        name, policies and SANs)."""
+        if cert is None or cert.public_key != public_key:
+            return False
+        if recorded_profile is None:
+            recorded_profile = self._profile_of(cert)
+        return (
+            recorded_profile == profile.value
+            and cert.subject_str.endswith(f"CN={common_name}")
+            and set(cert.policies) == set(spec(profile).policies)
+            and set(cert.subject_alt_names) == set(sans)
+        )
 
     def _profile_of(self, cert: Certificate) -> str | None:
         with self.ctx.read() as s:

@@ -25,7 +25,10 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from mstcrypt.crypto.sm2 import SM2PublicKey
+from mstcrypt.errors import KeyStoreError, PolicyError
 from mstcrypt.kmc import audit as audit_log
 from mstcrypt.kmc.auditlog import AuditService
 from mstcrypt.kmc.backup import BackupService
@@ -102,11 +105,29 @@ class Kmc:
         from mstcrypt.kmc.db import migrate
 
         migrate(self.db)
-        with self.db.tx() as s:
-            audit_log.ensure_head(s)
+        try:
+            with self.db.tx() as s:
+                audit_log.ensure_head(s)
+        except IntegrityError:  # another instance created it at the same moment
+            with self.db.tx() as s:
+                audit_log.ensure_head(s)
 
     def is_initialised(self) -> bool:
         return self.ca.is_initialised()
+
+    def ensure_initialised(self, *, actor: str = "system") -> bool:
+        """Initialise the CA (:meth:`init_ca`) unless it is; returns whether this call
+        did. When several instances start at once on one database, one initialises and
+        the others find it done (their attempt fails on the CA rows and rolls back)."""
+        if self.is_initialised():
+            return False
+        try:
+            self.init_ca(actor=actor)
+        except (IntegrityError, PolicyError):
+            if not self.is_initialised():
+                raise
+            return False
+        return True
 
     def init_ca(
         self,
@@ -136,6 +157,26 @@ class Kmc:
         self.identities.escrow_certificate()
         self.ocsp.responder()
         return certs
+
+    def check_keystore(self) -> None:
+        """Raise :class:`KeyStoreError` unless the SS-CC opens this database's keys (it
+        unwraps the issuing CA's key and compares it with the CA certificate). Every
+        instance on one database needs the same master key or PKCS#11 token: an instance
+        started with another one (for example a master key file created afresh on a new
+        machine) would otherwise serve errors on every operation that uses a key."""
+        issuing = self.ca.chain()[0]
+        with self.ctx.read() as s:
+            blob = self.ca._ca_row(s).key_blob
+        try:
+            public = self.ctx.keys.public_key(blob, b"ca:issuing")
+        except KeyStoreError:
+            public = None
+        if public != issuing.public_key:
+            raise KeyStoreError(
+                "the SS-CC does not open this database's keys: every instance on one "
+                "database must use the same master key (MSTCRYPT_MASTER_KEY, "
+                "MSTCRYPT_MASTER_KEY_FILE) or the same PKCS#11 token and key label"
+            )
 
     # -- delegation (callers and tests) ------------------------------------------------
     def chain(self) -> list[Certificate]:

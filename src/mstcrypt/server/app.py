@@ -47,7 +47,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
             yield
         finally:
             task.cancel()
-            with contextlib.suppress(MstCryptError):
+            with contextlib.suppress(MstCryptError, SQLAlchemyError):
                 if service.is_initialised():
                     service.checkpoint()  # sign the head on shutdown
 
@@ -148,3 +148,5 @@ async def _housekeeping(app: FastAPI, service: Kmc, every: float) -> None:
                     await asyncio.to_thread(app.state.login().purge)
         except (MstCryptError, PolicyError) as exc:  # keep serving; the next round retries
             log.warning("housekeeping failed: %s", exc)
+        except SQLAlchemyError as exc:  # e.g. the database restarting; never end the loop
+            log.warning("housekeeping failed: %s", type(exc).__name__)

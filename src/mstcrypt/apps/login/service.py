@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from mstcrypt.apps.login import tokens
@@ -75,8 +75,10 @@ class LoginPolicy:
     """``max_failures``: wrong passwords (after a valid Token-M) that lock a
     certificate; ``source_max_failures``: failed attempts of any kind that lock a source
     address; both within ``failure_window`` seconds, locked for ``lockout_seconds``.
-    ``purge_every``: challenges issued by one instance between two automatic purges of
-    at most ``purge_batch`` rows per table."""
+    ``challenges_per_minute``: challenges one source address may request per minute,
+    counted in the database across every instance. ``purge_every``: challenges issued by
+    one instance between two automatic purges of at most ``purge_batch`` rows per
+    table."""
 
     challenge_ttl: int = 60
     session_ttl: int = 3600
@@ -107,24 +109,6 @@ def source_bucket(source: str) -> str:
     return str(ip)
 
 
-class _WindowLimiter:
-    """Per-instance fixed-window limiter for challenge requests (flood protection only:
-    the security limits — lockout, single use — live in the database)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._window = -1
-        self._counts: dict[str, int] = {}
-
-    def allow(self, key: str, now: int) -> bool:
-        window = now // 60
-        if window != self._window:
-            self._window, self._counts = window, {}
-        n = self._counts.get(key, 0) + 1
-        self._counts[key] = n
-        return n <= self.limit
-
-
 class LoginService:
     def __init__(
         self,
@@ -151,7 +135,6 @@ class LoginService:
             ttl_seconds=self.policy.challenge_ttl,
         )
         self._crl_cache: dict[str, tuple[float, CRL]] = {}
-        self._challenge_limiter = _WindowLimiter(self.policy.challenges_per_minute)
         self._issued = 0
 
     @staticmethod
@@ -193,8 +176,6 @@ class LoginService:
     def challenge(self, *, source: str = "-") -> Challenge:
         """A fresh challenge, recorded in the database (single use, expiring)."""
         now = int(self.clock())
-        if not self._challenge_limiter.allow(source_bucket(source), now):
-            raise RateLimitError("too many login requests from this address; retry later")
         ch = self.protocol.challenge(self._now())
         with RawTx(self.kmc.db) as tx:
             locked = tx.q(
@@ -203,6 +184,16 @@ class LoginService:
             ).fetchone()
             if locked is not None and int(locked[0]) > now:
                 raise RateLimitError("too many failed logins from this address; try again later")
+            # counted in the shared table, so N instances allow the limit, not N times it;
+            # a refused request rolls its increment back (it writes nothing)
+            count = tx.q(
+                'INSERT INTO rate_limits (key, "window", count) VALUES (:k, :w, 1) '
+                'ON CONFLICT (key, "window") DO UPDATE SET count = rate_limits.count + 1 '
+                "RETURNING count",
+                {"k": f"login:{source_bucket(source)}"[:128], "w": now // 60},
+            ).fetchone()[0]
+            if int(count) > self.policy.challenges_per_minute:
+                raise RateLimitError("too many login requests from this address; retry later")
             tx.q(
                 "INSERT INTO login_challenges (id, server_name, r_s, expires, source, used_at) "
                 "VALUES (:id, :srv, :rs, :exp, :src, NULL)",
@@ -483,7 +474,12 @@ class LoginService:
         challenges; a server may also call it from a timer."""
         n = self.policy.purge_batch if batch is None else batch
         if n <= 0:
-            return {"login_challenges": 0, "login_failures": 0, "revoked_sessions": 0}
+            return {
+                "login_challenges": 0,
+                "login_failures": 0,
+                "revoked_sessions": 0,
+                "rate_limits": 0,
+            }
         now = int(self.clock())
         p = self.policy
         out: dict[str, int] = {}
@@ -509,4 +505,15 @@ class LoginService:
             dead = select(RevokedSession.jti).where(RevokedSession.expires < now - 60).limit(n)
             r = s.execute(delete(RevokedSession).where(RevokedSession.jti.in_(dead)))
             out["revoked_sessions"] = int(r.rowcount or 0)
+            # the challenge counters of finished windows (the enrollment limiter clears
+            # its own when a window starts)
+            spent = (
+                select(RateLimit.key, RateLimit.window)
+                .where(RateLimit.key.like("login:%"), RateLimit.window < now // 60 - 1)
+                .limit(n)
+            )
+            r = s.execute(
+                delete(RateLimit).where(tuple_(RateLimit.key, RateLimit.window).in_(spent))
+            )
+            out["rate_limits"] = int(r.rowcount or 0)
         return out
