@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Database", "migrate"]
@@ -40,6 +40,21 @@ class Database:
         """One transaction: committed on success, rolled back on any exception."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction on one consistent snapshot that takes no write lock:
+        writers carry on while it runs. SQLite: a plain (deferred) read transaction,
+        which in WAL mode sees the database as of its first read; PostgreSQL:
+        ``REPEATABLE READ READ ONLY``. Long scans (audit verification, backups) use this
+        instead of :meth:`tx`, whose ``BEGIN IMMEDIATE`` would stall every writer."""
+        with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn.execution_options(mstcrypt_snapshot=True)
+            else:
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
 
     def upsert_increment(self, conn: Any, table: Any, key: dict[str, Any], column: str) -> int:
         """INSERT the row with ``column`` = 1, or add 1 to it when it exists, atomically
@@ -103,6 +118,10 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
+        if conn.get_execution_options().get("mstcrypt_snapshot"):
+            # A read-only snapshot (Database.snapshot): WAL readers take no write lock.
+            conn.exec_driver_sql("BEGIN DEFERRED")
+            return
         # Take the write lock at BEGIN: no lock upgrades, so no SQLITE_BUSY deadlocks.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
