@@ -301,6 +301,30 @@ class _Walk:
             raise _Broken(seq, f"checkpoint {seq} has an invalid signature") from None
         self.checkpoints += 1
 
+    def check_anchor(self, seq: int, signed_hash: str) -> None:
+        """Record ``seq`` (where a signed checkpoint is) still carries the signed hash,
+        and its content still hashes to it from its stored predecessor hash."""
+        row = self.conn.execute(self.q_page, {"after": seq - 1, "stop": seq, "n": 1}).first()
+        if row is None:
+            raise _Broken(seq, f"record {seq} is missing (deleted)")
+        _, ts, actor, action, target, details, prev_hash, hash_ = row
+        if hash_ != signed_hash:
+            raise _Broken(
+                seq,
+                f"record {seq} no longer matches its signed checkpoint: it or an earlier "
+                "record was altered (run a full verification)",
+            )
+        try:
+            if self.sqlite and details is not None:
+                details = json.loads(details)
+            ok = _is_hash(prev_hash) and signed_hash == record_hash(
+                prev_hash, seq, ts, actor, action, target, details
+            )
+        except ValueError:
+            ok = False
+        if not ok:
+            raise _Broken(seq, f"record {seq} was edited")
+
     def walk(self, after: int, prev: str, stop: int, last_good: int | None) -> tuple[int, str]:
         """Verify records ``after``+1 .. ``stop`` (or the end of the log), linked to
         ``prev``; every checkpoint among them must be signed and match. Returns the last
@@ -444,15 +468,7 @@ def verify_incremental(
                     head[0] + 1,
                     f"records after {head[0]} were deleted (signed checkpoint at {anchor})",
                 )
-            stored = w.record_hash_at(anchor)
-            if stored is None:
-                raise _Broken(anchor, f"record {anchor} is missing (deleted)")
-            if stored != anchor_hash:
-                raise _Broken(
-                    anchor,
-                    f"record {anchor} no longer matches its signed checkpoint: it or an "
-                    "earlier record was altered (run a full verification)",
-                )
+            w.check_anchor(anchor, anchor_hash)
         stop = _NO_END if limit is None or head[0] - anchor <= limit else anchor + limit
         last, last_hash = w.walk(anchor, anchor_hash, stop, anchor)
         complete = stop == _NO_END

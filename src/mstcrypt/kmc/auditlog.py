@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from mstcrypt.crypto.sm2 import SM2PublicKey
@@ -29,26 +30,33 @@ class AuditService:
         self.ctx = ctx
         self.identities = identities
 
-    def public_key(self) -> SM2PublicKey | None:
-        """The audit public key as stored (None before the CA is initialised)."""
+    def _row(self) -> tuple[bytes, bytes] | None:
+        """(public key, sealed blob) of the audit key, read on a snapshot: verifying
+        never waits for a writer, not even for this."""
+        t = ServiceKey.__table__
         with self.ctx.db.snapshot() as conn:
             row = conn.execute(
-                ServiceKey.__table__.select().where(ServiceKey.name == AUDIT)
+                select(t.c.public_key, t.c.key_blob).where(t.c.name == AUDIT)
             ).first()
-        return SM2PublicKey.from_bytes(row.public_key) if row else None
+        return None if row is None else (bytes(row[0]), bytes(row[1]))
+
+    def public_key(self) -> SM2PublicKey | None:
+        """The audit public key as stored (None before the CA is initialised)."""
+        row = self._row()
+        return SM2PublicKey.from_bytes(row[0]) if row else None
 
     def _key(self) -> ServiceIdentity:
-        try:
-            return self.identities.key(AUDIT)
-        except PolicyError:
-            raise PolicyError("the CA is not initialised (no audit key)") from None
+        row = self._row()
+        if row is None:
+            raise PolicyError("the CA is not initialised (no audit key)")
+        return ServiceIdentity(AUDIT, None, SM2PublicKey.from_bytes(row[0]), self.ctx.keys, row[1])
 
     def trusted_public_key(self) -> SM2PublicKey | None:
         """The audit public key, after proving it is the one sealed in the SS-CC (the
         key store signs a fresh challenge that must verify under it): a public key
         swapped in the database, with which forged checkpoints would verify, is
         refused. None before the CA is initialised."""
-        if self.public_key() is None:
+        if self._row() is None:
             return None
         key = self._key()
         pub = key.public_key()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Database", "migrate"]
@@ -49,12 +50,21 @@ class Database:
         ``REPEATABLE READ READ ONLY``. Long scans (audit verification, backups) use this
         instead of :meth:`tx`, whose ``BEGIN IMMEDIATE`` would stall every writer."""
         with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn.execution_options(mstcrypt_snapshot=True)
-            else:
+            if not self.is_sqlite:
                 conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-            with conn.begin():
-                yield conn
+                with conn.begin():
+                    yield conn
+                return
+            conn.execution_options(mstcrypt_snapshot=True)
+            try:
+                with conn.begin():
+                    conn.exec_driver_sql("PRAGMA query_only=ON")  # a write here fails
+                    yield conn
+            finally:
+                try:
+                    conn.exec_driver_sql("PRAGMA query_only=OFF")
+                except SQLAlchemyError:
+                    conn.invalidate()  # never hand a read-only connection back to the pool
 
     def upsert_increment(self, conn: Any, table: Any, key: dict[str, Any], column: str) -> int:
         """INSERT the row with ``column`` = 1, or add 1 to it when it exists, atomically
