@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -397,3 +398,47 @@ def test_two_instances_sign_one_checkpoint(kmc: Kmc, database_url: str) -> None:
         assert kmc.verify_audit().ok
     finally:
         other.db.dispose()
+
+
+# -- the console commands -------------------------------------------------------------------
+def test_cli_full_incremental_and_range(tmp_path: Path) -> None:
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSTCRYPT_")}
+    env.update(PYTHONPATH=str(root / "src"), COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    d = ["--data-dir", str(tmp_path / "data")]
+
+    def mstcrypt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mstcrypt", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    assert mstcrypt("ca", "init", *d).returncode == 0
+    p = mstcrypt("audit", "checkpoint", *d)
+    assert p.returncode == 0 and "signed checkpoint at record" in p.stdout, p.stderr
+    cp = int(p.stdout.split("record")[-1])
+    assert "nothing new to sign" in mstcrypt("audit", "checkpoint", *d).stdout
+    p = mstcrypt("audit", "verify", *d)
+    assert p.returncode == 0 and f"audit chain OK: {cp} records, 1 signed" in p.stdout
+    p = mstcrypt("audit", "verify", "--incremental", *d)
+    assert p.returncode == 0 and f"incremental from signed checkpoint {cp}" in p.stdout
+    p = mstcrypt("audit", "verify", "--from", "1", "--to", "1", *d)
+    assert p.returncode == 0 and f"OK (range): records 1..{cp} verified" in p.stdout
+    p = mstcrypt("audit", "verify", "--incremental", "--from", "1", *d)
+    assert p.returncode != 0 and "exclusive" in p.stderr
+    with sqlite3.connect(tmp_path / "data" / "mstcrypt.db") as db:
+        db.execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 1")
+    p = mstcrypt("audit", "verify", *d)
+    assert p.returncode == 1 and "BROKEN at record 1: record 1 was edited" in p.stdout
+    assert mstcrypt("audit", "verify", "--incremental", *d).returncode == (0 if cp > 1 else 1)
+    p = mstcrypt("audit", "verify", "--from", "1", "--to", "1", *d)
+    assert p.returncode == 1 and "record 1 was edited" in p.stdout
