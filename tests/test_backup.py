@@ -207,3 +207,42 @@ def test_format_1_backup_still_restores(kmc: Kmc, empty: Kmc) -> None:
     assert rows(empty) == rows(kmc) + 1
     assert empty.verify_audit().ok
     assert empty.encryption_certificate("alice").der == kmc.encryption_certificate("alice").der
+
+
+def test_cli_backup_create_and_restore(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSTCRYPT_")}
+    env.update(PYTHONPATH=str(root / "src"), COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    # both stores open with the same SS-CC (the soft master key beside the first one)
+    env["MSTCRYPT_SSCC_DIR"] = str(tmp_path / "data.sscc")
+    (tmp_path / "pass").write_text(PASS)
+    backup = tmp_path / "kmc.backup"
+
+    def mstcrypt(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mstcrypt", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    src, dst = ["--data-dir", str(tmp_path / "data")], ["--data-dir", str(tmp_path / "copy")]
+    assert mstcrypt("ca", "init", *src).returncode == 0
+    pf = ["--passphrase-file", str(tmp_path / "pass")]
+    p = mstcrypt("backup", "create", "--out", str(backup), *pf, *src)
+    assert p.returncode == 0 and "backup written" in p.stdout, p.stderr
+    assert backup.read_bytes().startswith(b"MSTKMCB2") and backup.stat().st_mode & 0o077 == 0
+    damaged = tmp_path / "damaged.backup"
+    damaged.write_bytes(backup.read_bytes()[:-1])
+    p = mstcrypt("backup", "restore", str(damaged), *pf, *dst)
+    assert p.returncode != 0 and "damaged" in p.stderr, p.stdout + p.stderr
+    p = mstcrypt("backup", "restore", str(backup), *pf, *dst)
+    assert p.returncode == 0 and "restored" in p.stdout, p.stderr
+    p = mstcrypt("audit", "verify", *dst)
+    assert p.returncode == 0 and "audit chain OK" in p.stdout, p.stdout + p.stderr
