@@ -310,22 +310,29 @@ def bench_one(backend: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         store.drop()
 
 
+def _measure(m: dict[str, Any]) -> str:
+    return f"{m['cpu']:.2f} / {m['wall']:.2f} / {m['rss_growth_mib']:.1f} [{m['rss_peak_mib']:.0f}]"
+
+
 def report(rows: list[dict[str, Any]]) -> None:
     print()
-    print("full verification (fresh process): CPU s / wall s / peak RSS growth MiB")
-    head = f"{'backend':<11}{'records':>10}  {'populate CPU s':>14}  {'streaming (now)':>24}"
-    head += f"  {'reference (before)':>24}  {'CPU ratio':>9}"
+    print(
+        "full verification (fresh process): CPU s / wall s / peak RSS growth MiB over the "
+        "warmed-up process (its peak RSS in brackets)"
+    )
+    head = f"{'backend':<11}{'records':>10}  {'populate CPU s':>14}  {'streaming (now)':>30}"
+    head += f"  {'reference (before)':>30}  {'CPU ratio':>9}"
     print(head)
     for r in rows:
         f = r["full"]
-        now = f"{f['cpu']:.2f} / {f['wall']:.2f} / {f['rss_growth_mib']:.1f}"
+        now = _measure(f)
         ref, ratio = "-", "-"
         if "legacy" in r:
             g = r["legacy"]
-            ref = f"{g['cpu']:.2f} / {g['wall']:.2f} / {g['rss_growth_mib']:.1f}"
+            ref = _measure(g)
             ratio = f"{g['cpu'] / f['cpu']:.2f}x" if f["cpu"] else "-"
         print(
-            f"{r['backend']:<11}{r['n']:>10}  {r['pop_cpu']:>14.2f}  {now:>24}  {ref:>24}  "
+            f"{r['backend']:<11}{r['n']:>10}  {r['pop_cpu']:>14.2f}  {now:>30}  {ref:>30}  "
             f"{ratio:>9}"
         )
     print()
