@@ -760,7 +760,7 @@ def test_admin_backup(p: Platform, tmp_path: Path) -> None:
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/octet-stream"
     blob = r.content
-    assert blob.startswith(b"MSTKMCB1") and len(blob) > 1000
+    assert blob.startswith(b"MSTKMCB2") and len(blob) > 1000  # format 2: streamed chunks
     restored = Kmc(Database(f"sqlite:///{tmp_path / 'restored.db'}"), p.kmc.keystore)
     restored.create_schema()
     try:
@@ -782,18 +782,52 @@ def test_admin_audit_checkpoint_and_verify(p: Platform) -> None:
     seq = r.json()["signed_seq"]
     assert isinstance(seq, int) and seq >= 3
     assert p.c.post("/admin/audit/checkpoint", headers=h).json() == {"signed_seq": None}
+    # the endpoint verifies incrementally: the checkpoint's signature, then what follows
     r = p.c.get("/admin/audit/verify", headers=p.auth("bob"))
     assert r.json() == {
         "ok": True,
-        "records": seq,
+        "mode": "incremental",
+        "records": 0,
         "checkpoints": 1,
+        "anchor_seq": seq,
+        "from_seq": 0,
+        "to_seq": 0,
+        "head_seq": seq,
+        "complete": True,
         "first_bad_seq": None,
         "problem": "",
+        "notes": [],
     }
+    p.enroll("bob")
+    r = p.c.get("/admin/audit/verify", headers=h).json()
+    assert r["ok"] is True and r["anchor_seq"] == seq and r["from_seq"] == seq + 1
+    assert r["records"] == r["head_seq"] - seq > 0
+    # an edit after the checkpoint is caught by the endpoint ...
+    with p.kmc.db.tx() as s:
+        s.execute(text(f"UPDATE audit_log SET actor = 'mallory' WHERE seq = {seq + 1}"))
+    r = p.c.get("/admin/audit/verify", headers=h).json()
+    assert r["ok"] is False and r["first_bad_seq"] == seq + 1 and "edited" in r["problem"]
+    # ... and the audit key refuses to sign a broken chain
+    r = p.c.post("/admin/audit/checkpoint", headers=h)
+    assert "no checkpoint signed" in assert_error(r, 409, "AuditChainError")["detail"]
+
+
+def test_admin_audit_verify_is_bounded(p: Platform) -> None:
+    """Without a checkpoint the endpoint recomputes at most MSTCRYPT_AUDIT_VERIFY_LIMIT
+    records and says it did not reach the head; an edit before the newest checkpoint is
+    the console's full verification's business."""
+    p.enroll("alice")
+    p.settings.audit_verify_limit = 2
+    r = p.c.get("/admin/audit/verify", headers=p.auth()).json()
+    assert r["ok"] is True and r["complete"] is False and r["anchor_seq"] is None
+    assert (r["from_seq"], r["to_seq"], r["records"]) == (1, 2, 2) and r["head_seq"] > 2
+    assert "stopped after 2 records" in r["notes"][-1]
+    seq = p.c.post("/admin/audit/checkpoint", headers=p.auth()).json()["signed_seq"]
     with p.kmc.db.tx() as s:
         s.execute(text("UPDATE audit_log SET actor = 'mallory' WHERE seq = 2"))
-    r = p.c.get("/admin/audit/verify", headers=h).json()
-    assert r["ok"] is False and r["first_bad_seq"] == 2 and "edited" in r["problem"]
+    assert p.c.get("/admin/audit/verify", headers=p.auth()).json()["ok"] is True
+    full = p.kmc.verify_audit()
+    assert not full.ok and full.first_bad_seq == 2 and seq > 2
 
 
 # ---------------------------------------------------------------- authentication --------

@@ -1,5 +1,6 @@
 """Platform commands: ``serve``, ``ca init``, ``operator add``, ``enroll``, ``audit``,
-and ``demo`` (start the platform on embedded storage and walk a full enrollment)."""
+``backup``, and ``demo`` (start the platform on embedded storage and walk a full
+enrollment)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from mstcrypt.cli._common import console, err_console, fail, write_output
 ca_app = typer.Typer(help="Certificate authority administration.", no_args_is_help=True)
 operator_app = typer.Typer(help="Operator credentials for the admin API.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+backup_app = typer.Typer(
+    help="Encrypted backup and restore of the whole store (console).", no_args_is_help=True
+)
 
 DataDir = Annotated[
     Path | None,
@@ -190,22 +194,136 @@ def operator_list(data_dir: DataDir = None) -> None:
 
 
 @audit_app.command("verify")
-def audit_verify(data_dir: DataDir = None) -> None:
-    """Recompute the chain and check the signed checkpoints; exit 1 if broken."""
+def audit_verify(
+    data_dir: DataDir = None,
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental",
+            help="Only the newest signed checkpoint and the records after it (what the "
+            "HTTP endpoint does).",
+        ),
+    ] = False,
+    from_seq: Annotated[
+        int | None,
+        typer.Option(
+            "--from", min=1, help="First record of a range (linked to the record before it)."
+        ),
+    ] = None,
+    to_seq: Annotated[
+        int | None,
+        typer.Option(
+            "--to",
+            min=1,
+            help="Last record of a range (verified on to the next signed checkpoint).",
+        ),
+    ] = None,
+) -> None:
+    """Verify the audit chain on a read-only snapshot (writers are not blocked): by
+    default every record from the first, every signed checkpoint and the head; exit 1
+    if broken."""
+    if incremental and (from_seq is not None or to_seq is not None):
+        fail("--incremental and --from/--to are exclusive")
     kmc, _ = _kmc(data_dir)
-    r = kmc.verify_audit()
-    if r.ok:
-        console.print(f"audit chain OK: {r.records} records, {r.checkpoints} signed checkpoints")
-        return
-    console.print(f"[red]audit chain BROKEN[/red] at record {r.first_bad_seq}: {r.problem}")
-    raise typer.Exit(1)
+    started = time.monotonic()
+    r = kmc.verify_audit(incremental=incremental, from_seq=from_seq, to_seq=to_seq)
+    took = time.monotonic() - started
+    for note in r.notes:
+        err_console.print(f"note: {note}")
+    if not r.ok:
+        console.print(f"[red]audit chain BROKEN[/red] at record {r.first_bad_seq}: {r.problem}")
+        raise typer.Exit(1)
+    span = f"records {r.from_seq}..{r.to_seq}" if r.records else "no new records"
+    if r.mode == "incremental":
+        start = f"signed checkpoint {r.anchor_seq}" if r.anchor_seq else "the first record"
+        console.print(
+            f"audit chain OK (incremental from {start}): {span} verified, head at "
+            f"{r.head_seq} ({took:.1f} s)"
+        )
+    elif r.mode == "range":
+        console.print(
+            f"audit chain OK (range): {span} verified, {r.checkpoints} signed checkpoints "
+            f"({took:.1f} s)"
+        )
+    else:
+        console.print(
+            f"audit chain OK: {r.records} records, {r.checkpoints} signed checkpoints "
+            f"({took:.1f} s)"
+        )
 
 
 @audit_app.command("checkpoint")
 def audit_checkpoint(data_dir: DataDir = None) -> None:
-    """Sign the current chain head with the KMC audit key."""
+    """Verify the records since the last signed checkpoint and sign the head with the
+    KMC audit key."""
     kmc, _ = _kmc(data_dir)
-    console.print(f"signed checkpoint at record {kmc.checkpoint()}")
+    seq = kmc.checkpoint()
+    if seq is None:
+        console.print("nothing new to sign: the head is already signed")
+    else:
+        console.print(f"signed checkpoint at record {seq}")
+
+
+PassphraseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passphrase-file",
+        help="File holding the backup passphrase (else MSTCRYPT_BACKUP_PASSPHRASE, else a prompt).",
+    ),
+]
+
+
+def _passphrase(path: str | None, *, confirm: bool) -> str:
+    import os
+
+    if path:
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror}")
+    value = os.environ.get("MSTCRYPT_BACKUP_PASSPHRASE")
+    if value:
+        return value
+    return str(typer.prompt("backup passphrase", hide_input=True, confirmation_prompt=confirm))
+
+
+@backup_app.command("create")
+def backup_create(
+    out: Annotated[str, typer.Option("--out", help="Backup file to write (mode 0600).")],
+    data_dir: DataDir = None,
+    passphrase_file: PassphraseOpt = None,
+) -> None:
+    """Stream an encrypted backup of every table to a file: one read-only snapshot,
+    read table by table in batches (writers carry on), SM4-GCM chunks under a key
+    derived from the passphrase. Key blobs stay wrapped by the SS-CC."""
+    import os
+
+    kmc, _ = _kmc(data_dir)
+    passphrase = _passphrase(passphrase_file, confirm=True)
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror}")
+    with os.fdopen(fd, "wb") as f:
+        n = kmc.backup_to(f, passphrase, actor="console")
+    console.print(f"backup written to {out} ({n} bytes)")
+
+
+@backup_app.command("restore")
+def backup_restore(
+    path: Annotated[str, typer.Argument(help="Backup file (format 2, or format 1).")],
+    data_dir: DataDir = None,
+    passphrase_file: PassphraseOpt = None,
+) -> None:
+    """Restore a backup into an empty store (one transaction; a damaged or truncated
+    backup leaves the store empty). Needs the same SS-CC as the backed-up store."""
+    kmc, _ = _kmc(data_dir)
+    passphrase = _passphrase(passphrase_file, confirm=False)
+    if not Path(path).is_file():
+        fail(f"cannot read {path}: no such file")
+    with Path(path).open("rb") as f:
+        n = kmc.restore_from(f, passphrase, actor="console")
+    console.print(f"restored {n} rows from {path}")
 
 
 def _endpoint_names(settings: Any, names: list[str] | None, host: str) -> list[str]:

@@ -8,7 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = ["Database", "migrate"]
@@ -40,6 +41,30 @@ class Database:
         """One transaction: committed on success, rolled back on any exception."""
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction on one consistent snapshot that takes no write lock:
+        writers carry on while it runs. SQLite: a plain (deferred) read transaction,
+        which in WAL mode sees the database as of its first read; PostgreSQL:
+        ``REPEATABLE READ READ ONLY``. Long scans (audit verification, backups) use this
+        instead of :meth:`tx`, whose ``BEGIN IMMEDIATE`` would stall every writer."""
+        with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+                with conn.begin():
+                    yield conn
+                return
+            conn.execution_options(mstcrypt_snapshot=True)
+            try:
+                with conn.begin():
+                    conn.exec_driver_sql("PRAGMA query_only=ON")  # a write here fails
+                    yield conn
+            finally:
+                try:
+                    conn.exec_driver_sql("PRAGMA query_only=OFF")
+                except SQLAlchemyError:
+                    conn.invalidate()  # never hand a read-only connection back to the pool
 
     def upsert_increment(self, conn: Any, table: Any, key: dict[str, Any], column: str) -> int:
         """INSERT the row with ``column`` = 1, or add 1 to it when it exists, atomically
@@ -103,6 +128,10 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
+        if conn.get_execution_options().get("mstcrypt_snapshot"):
+            # A read-only snapshot (Database.snapshot): WAL readers take no write lock.
+            conn.exec_driver_sql("BEGIN DEFERRED")
+            return
         # Take the write lock at BEGIN: no lock upgrades, so no SQLITE_BUSY deadlocks.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 

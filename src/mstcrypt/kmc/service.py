@@ -21,9 +21,9 @@ The methods on :class:`Kmc` itself delegate to these (kept for callers and tests
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import IO, Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -328,7 +328,21 @@ class Kmc:
     def checkpoint(self) -> int | None:
         return self.audit.checkpoint()
 
-    def verify_audit(self) -> audit_log.ChainReport:
+    def verify_audit(
+        self,
+        *,
+        incremental: bool = False,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        limit: int | None = None,
+    ) -> audit_log.ChainReport:
+        """Full verification by default; ``incremental`` from the newest signed
+        checkpoint (at most ``limit`` records); a range when ``from_seq`` or ``to_seq``
+        is given (open ends: the first record, the head)."""
+        if from_seq is not None or to_seq is not None:
+            return self.audit.verify_range(from_seq or 1, to_seq or 2**62)
+        if incremental:
+            return self.audit.verify_incremental(limit=limit)
         return self.audit.verify()
 
     def allow(self, bucket: str, *, limit: int, window_seconds: int = 60) -> bool:
@@ -337,5 +351,14 @@ class Kmc:
     def backup(self, passphrase: str, *, actor: str) -> bytes:
         return self.backups.backup(passphrase, actor=actor)
 
+    def backup_stream(self, passphrase: str, *, actor: str) -> Iterator[bytes]:
+        return self.backups.backup_stream(passphrase, actor=actor)
+
+    def backup_to(self, out: IO[bytes], passphrase: str, *, actor: str) -> int:
+        return self.backups.backup_to(out, passphrase, actor=actor)
+
     def restore(self, blob: bytes, passphrase: str, *, actor: str) -> int:
         return self.backups.restore(blob, passphrase, actor=actor)
+
+    def restore_from(self, src: IO[bytes], passphrase: str, *, actor: str) -> int:
+        return self.backups.restore_from(src, passphrase, actor=actor)

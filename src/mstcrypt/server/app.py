@@ -11,6 +11,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -22,13 +23,13 @@ from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mstcrypt import __version__
-from mstcrypt.errors import MstCryptError, PolicyError
+from mstcrypt.errors import MstCryptError
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.server.config import Settings
 from mstcrypt.server.errors import status_of
 from mstcrypt.server.routers import admin, enroll, login, ocsp, public, terminal
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "housekeeping_round"]
 
 log = logging.getLogger("mstcrypt.server")
 
@@ -42,7 +43,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(_housekeeping(_app, service, settings.checkpoint_seconds))
+        task = asyncio.create_task(_housekeeping(_app, service, settings))
         try:
             yield
         finally:
@@ -132,21 +133,60 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     return app
 
 
-async def _housekeeping(app: FastAPI, service: Kmc, every: float) -> None:
-    """Signed audit checkpoints, OCSP responses signed ahead and the purge of expired
-    login rows, every ``every`` s."""
+def housekeeping_round(
+    app: FastAPI, service: Kmc, settings: Settings, *, purge: bool
+) -> dict[str, Any]:
+    """One round of housekeeping, in the calling thread: a signed audit checkpoint when
+    one is due (the records since the last one are verified first, on a snapshot), and,
+    with ``purge``, OCSP responses signed ahead and the purge of expired login rows in
+    short bounded batches. Returns what was done."""
+    from mstcrypt.apps.login.service import LoginPolicy, purge_expired
+
+    done: dict[str, Any] = {}
+    if service.is_initialised():
+        done["checkpoint"] = service.audit.checkpoint_if_due(
+            every_records=settings.checkpoint_records,
+            every_seconds=settings.checkpoint_seconds,
+        )
+    if purge and service.is_initialised():
+        try:  # OCSP responses signed ahead; a failure never stops the rest
+            done["ocsp_presigned"] = service.ocsp.presign()
+        except SQLAlchemyError as exc:
+            log.warning("OCSP presigning failed: %s", type(exc).__name__)
+    if purge:
+        policy = (
+            app.state.login().policy
+            if app.state.login_started()
+            else LoginPolicy(session_ttl=settings.session_ttl)
+        )
+        done["purged"] = purge_expired(
+            service.db,
+            now=int(time.time()),
+            challenge_ttl=policy.challenge_ttl,
+            failure_window=policy.failure_window,
+            batch=policy.purge_batch,
+            max_batches=PURGE_MAX_BATCHES,
+        )
+    return done
+
+
+#: batches per table and round: a backlog drains at up to this many batches a round
+PURGE_MAX_BATCHES = 100
+
+
+async def _housekeeping(app: FastAPI, service: Kmc, settings: Settings) -> None:
+    """Every ``housekeeping_seconds`` (or the shorter checkpoint period): a signed
+    audit checkpoint when due; every ``purge_seconds``: the purge of expired login rows."""
+    tick = max(0.05, min(settings.housekeeping_seconds, settings.checkpoint_seconds))
+    last_purge = time.monotonic()
     while True:
-        await asyncio.sleep(every)
+        await asyncio.sleep(tick)
+        purge = time.monotonic() - last_purge >= settings.purge_seconds
+        if purge:
+            last_purge = time.monotonic()
         try:
-            if service.is_initialised():
-                await asyncio.to_thread(service.checkpoint)
-                try:
-                    await asyncio.to_thread(service.ocsp.presign)
-                except SQLAlchemyError as exc:
-                    log.warning("OCSP presigning failed: %s", type(exc).__name__)
-                if app.state.login_started():
-                    await asyncio.to_thread(app.state.login().purge)
-        except (MstCryptError, PolicyError) as exc:  # keep serving; the next round retries
-            log.warning("housekeeping failed: %s", exc)
-        except SQLAlchemyError as exc:  # e.g. the database restarting; never end the loop
+            await asyncio.to_thread(housekeeping_round, app, service, settings, purge=purge)
+        except MstCryptError as exc:  # keep serving; the next round retries
+            log.warning("housekeeping failed: %s: %s", type(exc).__name__, exc)
+        except SQLAlchemyError as exc:  # (no statement or parameters in the log)
             log.warning("housekeeping failed: %s", type(exc).__name__)

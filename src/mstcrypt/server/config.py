@@ -14,8 +14,14 @@
 * ``MSTCRYPT_TRUSTED_PROXIES``: comma-separated addresses or networks of reverse proxies
   whose ``X-Forwarded-For`` is believed (default: none — the peer address counts).
 * ``MSTCRYPT_ENROLL_RATE`` (default 60 per minute per source address),
-  ``MSTCRYPT_CHECKPOINT_SECONDS`` (default 60), ``MSTCRYPT_RECOVERY_APPROVALS``
-  (officers besides the requester, default 1).
+  ``MSTCRYPT_RECOVERY_APPROVALS`` (officers besides the requester, default 1).
+* Housekeeping (every ``MSTCRYPT_HOUSEKEEPING_SECONDS``, default 5, or more often when a
+  period below is shorter): a signed audit checkpoint once the log has grown by
+  ``MSTCRYPT_CHECKPOINT_RECORDS`` records (default 10000) or
+  ``MSTCRYPT_CHECKPOINT_SECONDS`` have passed since the last one (default 60); the purge
+  of expired login rows every ``MSTCRYPT_PURGE_SECONDS`` (default 60).
+  ``MSTCRYPT_AUDIT_VERIFY_LIMIT`` (default 100000): the most records the HTTP audit
+  verification recomputes after the newest checkpoint.
 * ``MSTCRYPT_STATIC_OPERATORS=1`` accepts static operator credentials (automation and
   tests); operators otherwise log in with their certificates.
 """
@@ -55,6 +61,10 @@ class Settings:
     public_url: str = "https://127.0.0.1:8600"
     enroll_rate: int = 60
     checkpoint_seconds: float = 60.0
+    checkpoint_records: int = 10_000
+    housekeeping_seconds: float = 5.0
+    purge_seconds: float = 60.0
+    audit_verify_limit: int = 100_000
     #: accept static operator credentials (automation, tests); off by default
     static_operators: bool = False
     login_server_name: str = "mstcrypt-login"
@@ -77,6 +87,10 @@ class Settings:
             public_url=env.get("MSTCRYPT_PUBLIC_URL", "https://127.0.0.1:8600"),
             enroll_rate=int(env.get("MSTCRYPT_ENROLL_RATE", "60")),
             checkpoint_seconds=float(env.get("MSTCRYPT_CHECKPOINT_SECONDS", "60")),
+            checkpoint_records=int(env.get("MSTCRYPT_CHECKPOINT_RECORDS", "10000")),
+            housekeeping_seconds=float(env.get("MSTCRYPT_HOUSEKEEPING_SECONDS", "5")),
+            purge_seconds=float(env.get("MSTCRYPT_PURGE_SECONDS", "60")),
+            audit_verify_limit=int(env.get("MSTCRYPT_AUDIT_VERIFY_LIMIT", "100000")),
             static_operators=env.get("MSTCRYPT_STATIC_OPERATORS", "0") == "1",
             login_server_name=env.get("MSTCRYPT_LOGIN_SERVER_NAME", "mstcrypt-login"),
             session_ttl=int(env.get("MSTCRYPT_SESSION_TTL", "3600")),

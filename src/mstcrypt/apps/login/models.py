@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, Integer, LargeBinary, String
+from sqlalchemy import BigInteger, DateTime, Index, Integer, LargeBinary, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mstcrypt.kmc.models import Base
@@ -33,6 +33,8 @@ class LoginFailures(Base):
     """Failure counters for lockout, per certificate serial and per source address."""
 
     __tablename__ = "login_failures"
+    #: the purge finds finished counters through this index (window over, lock over)
+    __table_args__ = (Index("ix_login_failures_expiry", "window_start", "locked_until"),)
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     failures: Mapped[int] = mapped_column(Integer)
     window_start: Mapped[int] = mapped_column(BigInteger)

@@ -17,8 +17,8 @@ certificate's status with the logout list in one indexed query, so a revocation 
 through any instance is effective at the next call everywhere.
 
 Expired challenges, finished failure counters and logout records past their token's
-expiry are purged in bounded batches every ``purge_every`` challenges (and by
-:meth:`LoginService.purge`, which a server may also call from a timer).
+expiry are purged in bounded batches every ``purge_every`` challenges, and drained by
+the server's housekeeping (:func:`purge_expired`, one short transaction per batch).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import pbkdf2_hmac_sm3
 from mstcrypt.errors import PolicyError, RateLimitError
 from mstcrypt.kmc import audit
+from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import IssuedCertificate, RateLimit
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.pki import CRL, Certificate, Profile
@@ -55,7 +56,7 @@ from mstcrypt.protocols.login import (
     check_login_server_certificate,
 )
 
-__all__ = ["LoginPolicy", "LoginService", "source_bucket"]
+__all__ = ["PURGED_TABLES", "LoginPolicy", "LoginService", "purge_expired", "source_bucket"]
 
 _LC = LoginChallenge.__table__
 _LF = LoginFailures.__table__
@@ -466,54 +467,83 @@ class LoginService:
                 details={"jti": claims["jti"]},
             )
 
-    def purge(self, *, batch: int | None = None) -> dict[str, int]:
-        """Delete, at most ``batch`` rows per table (default ``policy.purge_batch``):
+    def purge(self, *, batch: int | None = None, max_batches: int = 1) -> dict[str, int]:
+        """Delete, in batches of at most ``batch`` rows (default ``policy.purge_batch``),
+        each batch its own short transaction, up to ``max_batches`` batches per table:
         challenges expired for longer than their lifetime, failure counters whose window
         and lock are over, and logout records of tokens that can no longer verify.
-        Returns the rows deleted per table. Runs every ``policy.purge_every``
-        challenges; a server may also call it from a timer."""
-        n = self.policy.purge_batch if batch is None else batch
-        if n <= 0:
-            return {
-                "login_challenges": 0,
-                "login_failures": 0,
-                "revoked_sessions": 0,
-                "rate_limits": 0,
-            }
-        now = int(self.clock())
+        Returns the rows deleted per table. One batch runs every ``policy.purge_every``
+        challenges; the server's housekeeping drains the rest from a timer."""
         p = self.policy
-        out: dict[str, int] = {}
-        with self.kmc.db.tx() as s:
-            old_challenges = (
+        return purge_expired(
+            self.kmc.db,
+            now=int(self.clock()),
+            challenge_ttl=p.challenge_ttl,
+            failure_window=p.failure_window,
+            batch=p.purge_batch if batch is None else batch,
+            max_batches=max_batches,
+        )
+
+
+PURGED_TABLES = ("login_challenges", "login_failures", "revoked_sessions", "rate_limits")
+
+
+def purge_expired(
+    db: Database,
+    *,
+    now: int,
+    challenge_ttl: int,
+    failure_window: int,
+    batch: int,
+    max_batches: int = 1,
+) -> dict[str, int]:
+    """The purge of :meth:`LoginService.purge`, usable without a login service (the
+    server's housekeeping): every batch deletes at most ``batch`` rows found through an
+    index on their expiry (``ix_login_challenges_expires``, ``ix_login_failures_expiry``,
+    ``ix_revoked_sessions_expires``) in its own transaction, so writers wait at most one
+    short batch; a table stops when a batch comes back short or after ``max_batches``."""
+    out = dict.fromkeys(PURGED_TABLES, 0)
+    if batch <= 0 or max_batches <= 0:
+        return out
+    statements = {
+        "login_challenges": delete(LoginChallenge).where(
+            LoginChallenge.id.in_(
                 select(LoginChallenge.id)
-                .where(LoginChallenge.expires < now - p.challenge_ttl)
-                .limit(n)
+                .where(LoginChallenge.expires < now - challenge_ttl)
+                .limit(batch)
             )
-            r = s.execute(delete(LoginChallenge).where(LoginChallenge.id.in_(old_challenges)))
-            out["login_challenges"] = int(r.rowcount or 0)
-            done = (
+        ),
+        "login_failures": delete(LoginFailures).where(
+            LoginFailures.key.in_(
                 select(LoginFailures.key)
                 .where(
+                    LoginFailures.window_start < now - failure_window,
                     LoginFailures.locked_until <= now,
-                    LoginFailures.window_start < now - p.failure_window,
                 )
-                .limit(n)
+                .limit(batch)
             )
-            r = s.execute(delete(LoginFailures).where(LoginFailures.key.in_(done)))
-            out["login_failures"] = int(r.rowcount or 0)
-            # tokens.verify accepts 30 s of leeway after exp: keep the record a bit longer
-            dead = select(RevokedSession.jti).where(RevokedSession.expires < now - 60).limit(n)
-            r = s.execute(delete(RevokedSession).where(RevokedSession.jti.in_(dead)))
-            out["revoked_sessions"] = int(r.rowcount or 0)
-            # the challenge counters of finished windows (the enrollment limiter clears
-            # its own when a window starts)
-            spent = (
+        ),
+        # tokens.verify accepts 30 s of leeway after exp: keep the record a bit longer
+        "revoked_sessions": delete(RevokedSession).where(
+            RevokedSession.jti.in_(
+                select(RevokedSession.jti).where(RevokedSession.expires < now - 60).limit(batch)
+            )
+        ),
+        # the challenge counters of finished windows (the enrollment limiter clears
+        # its own when a window starts)
+        "rate_limits": delete(RateLimit).where(
+            tuple_(RateLimit.key, RateLimit.window).in_(
                 select(RateLimit.key, RateLimit.window)
                 .where(RateLimit.key.like("login:%"), RateLimit.window < now // 60 - 1)
-                .limit(n)
+                .limit(batch)
             )
-            r = s.execute(
-                delete(RateLimit).where(tuple_(RateLimit.key, RateLimit.window).in_(spent))
-            )
-            out["rate_limits"] = int(r.rowcount or 0)
-        return out
+        ),
+    }
+    for table, stmt in statements.items():
+        for _ in range(max_batches):
+            with db.tx() as s:
+                n = int(s.execute(stmt).rowcount or 0)
+            out[table] += n
+            if n < batch:
+                break
+    return out

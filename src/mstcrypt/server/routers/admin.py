@@ -8,10 +8,11 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import Response
+from fastapi.responses import StreamingResponse
 
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import DecodeError, PolicyError
+from mstcrypt.kmc.audit import ChainReport
 from mstcrypt.kmc.operators import (
     ADMINISTRATOR,
     AUDITOR,
@@ -20,7 +21,7 @@ from mstcrypt.kmc.operators import (
     OperatorIdentity,
 )
 from mstcrypt.pki import Profile
-from mstcrypt.server.deps import KmcDep, LoginDep, require_role
+from mstcrypt.server.deps import KmcDep, LoginDep, SettingsDep, require_role
 from mstcrypt.server.schemas import (
     BackupRequest,
     CodeRequest,
@@ -206,10 +207,12 @@ def destroy_key(key_id: str, who: Administrator, kmc: KmcDep) -> dict[str, str]:
     return {"key_id": key_id, "operation": "destroy", "status": "done"}
 
 
-@admin_router.post("/backup", response_class=Response)
-def backup(body: BackupRequest, who: Administrator, kmc: KmcDep) -> Response:
-    return Response(
-        kmc.backup(body.passphrase, actor=who.name), media_type="application/octet-stream"
+@admin_router.post("/backup", response_class=StreamingResponse)
+def backup(body: BackupRequest, who: Administrator, kmc: KmcDep) -> StreamingResponse:
+    """The encrypted backup (format 2), streamed as it is read from one snapshot."""
+    return StreamingResponse(
+        kmc.backup_stream(body.passphrase, actor=who.name),
+        media_type="application/octet-stream",
     )
 
 
@@ -220,14 +223,28 @@ def checkpoint(kmc: KmcDep) -> dict[str, Any]:
 
 # -- auditors (and administrators) ---------------------------------------------------------
 @audit_router.get("/audit/verify")
-def verify_audit(kmc: KmcDep) -> dict[str, Any]:
-    r = kmc.verify_audit()
+def verify_audit(kmc: KmcDep, settings: SettingsDep) -> dict[str, Any]:
+    """Incremental verification only: the newest signed checkpoint's signature, then at
+    most ``MSTCRYPT_AUDIT_VERIFY_LIMIT`` records after it (bounded work, on a snapshot
+    that blocks no writer). The full and range verifications are console commands
+    (``mstcrypt audit verify``)."""
+    return report_json(kmc.verify_audit(incremental=True, limit=settings.audit_verify_limit))
+
+
+def report_json(r: ChainReport) -> dict[str, Any]:
     return {
         "ok": r.ok,
+        "mode": r.mode,
         "records": r.records,
         "checkpoints": r.checkpoints,
+        "anchor_seq": r.anchor_seq,
+        "from_seq": r.from_seq,
+        "to_seq": r.to_seq,
+        "head_seq": r.head_seq,
+        "complete": r.complete,
         "first_bad_seq": r.first_bad_seq,
         "problem": r.problem,
+        "notes": r.notes,
     }
 
 
