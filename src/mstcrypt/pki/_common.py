@@ -274,14 +274,16 @@ def typed_general_names(values: Any) -> tuple[tuple[str, str], ...]:
 
 def _typed_general_names(values: Any) -> tuple[tuple[str, str], ...]:
     out = []
+    text = {"dns_name": "dns", "rfc822_name": "email", "uniform_resource_identifier": "uri"}
     for gn in values:
         kind = gn.name
-        if kind == "dns_name":
-            out.append(("dns", str(gn.native)))
-        elif kind == "rfc822_name":
-            out.append(("email", str(gn.native)))
-        elif kind == "uniform_resource_identifier":
-            out.append(("uri", str(gn.native)))
+        if kind in text:
+            # the IA5String octets as written (asn1crypto's native value turns A-labels
+            # into U-labels, which is not what a peer compares)
+            raw = bytes(gn.chosen.contents)
+            if not raw.isascii():
+                raise DecodeError("subjectAltName: an IA5String holds a non-ASCII octet")
+            out.append((text[kind], raw.decode("ascii")))
         elif kind == "ip_address":
             raw = bytes(gn.chosen.contents)
             if len(raw) not in (4, 16):

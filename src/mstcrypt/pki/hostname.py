@@ -57,7 +57,7 @@ def _labels_ok(labels: list[str]) -> bool:
         if label.startswith("xn--"):
             try:
                 idna.decode(label)
-            except idna.IDNAError:
+            except (idna.IDNAError, UnicodeError):
                 return False
     return True
 
@@ -143,9 +143,9 @@ def canonical_names(values: Sequence[str], *, allow_wildcard: bool = False) -> l
 def reference_identifier(host: str) -> IPAddress | str | None:
     """The name a client dialled, as an IP address or a lower-case A-label DNS name;
     None when it is neither (a wildcard, an empty label, bad IDNA, a zone index…)."""
-    if not isinstance(host, str):
-        return None
-    text = host.strip()
+    if not isinstance(host, str) or "%" in host:
+        return None  # a zone index is local to the client, never certified
+    text = host
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:
