@@ -417,9 +417,12 @@ def test_admin_enrollment_codes(p: Platform) -> None:
     h = p.auth()
     gw = {"owner": "gw1", "subject": {"CN": "gw1.example"}, "profile": "gateway_sign"}
     # a gateway code names the hosts its certificates are for (peers check SANs only)
-    assert "at least one DNS name" in assert_error(
-        p.c.post("/admin/enrollment-codes", json=gw, headers=h), 409, "PolicyError"
-    )["detail"]
+    assert (
+        "at least one DNS name"
+        in assert_error(
+            p.c.post("/admin/enrollment-codes", json=gw, headers=h), 409, "PolicyError"
+        )["detail"]
+    )
     names = {"dns_names": ["GW1.Example", "gw1.example."], "ip_addresses": ["192.0.2.10"]}
     r = p.c.post("/admin/enrollment-codes", json={**gw, **names}, headers=h)
     assert r.status_code == 200, r.text

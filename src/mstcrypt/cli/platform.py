@@ -319,7 +319,17 @@ def enroll_command(
         str | None,
         typer.Option("--ca-file", help="Root CA (PEM) instead of the one preset in the token."),
     ] = None,
-    chain_out: Annotated[str | None, typer.Option("--chain-out")] = None,
+    chain_out: Annotated[
+        str | None, typer.Option("--chain-out", help="Write the CA chain (PEM) here.")
+    ] = None,
+    certs_out: Annotated[
+        str | None,
+        typer.Option(
+            "--certs-out",
+            help="Write the signing and encryption certificates and the issuing CA (PEM, "
+            "the TLCP server chain) here.",
+        ),
+    ] = None,
     replace: Annotated[bool, typer.Option("--replace")] = False,
     san: Annotated[
         list[str] | None,
@@ -352,6 +362,9 @@ def enroll_command(
         console.print(f"subjectAltName: {', '.join(names)}")
     if chain_out:
         write_output(chain_out, b"".join(x.pem for x in r.chain))
+    if certs_out:
+        pair = [r.sign_certificate, r.encryption_certificate, *r.chain[:-1]]
+        write_output(certs_out, b"".join(x.pem for x in pair))
 
 
 def enroll_code_command(
