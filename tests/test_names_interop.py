@@ -27,7 +27,9 @@ import asyncio
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from typing import Any
 import pytest
 
 from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.errors import PolicyError
 from mstcrypt.formats.envelope import open_enveloped_key
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.service import Kmc
@@ -367,3 +370,166 @@ def test_tongsuo_s_client_reaches_the_enrolled_gateway(
         assert "hello gateway" in out.split("---")[-1], output(p)[-1500:]
     p = run([*argv, "-verify_hostname", OTHER], input=b"hello gateway\n")
     assert p.returncode != 0 and "hostname mismatch" in output(p), output(p)[-1500:]
+
+
+# --- the same from the command line, as a user types it -----------------------------------
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
+
+
+def mstcrypt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MSTCRYPT_")}
+    base.update(PYTHONPATH=str(ROOT_DIR / "src"), COLUMNS="200", NO_COLOR="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "mstcrypt", *args],
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_gateway_enrolled_with_names_serves_them(tmp_path: Path) -> None:
+    """``mstcrypt enroll-code`` with --dns/--ip, ``mstcrypt enroll --san --certs-out`` into
+    a soft token, ``mstcrypt gateway`` serving from that token; our client (and GmSSL's,
+    when present) reaches it by name."""
+    from mstcrypt.cli.platform import running_platform
+    from mstcrypt.module import SoftToken
+    from mstcrypt.pki import load_certificates
+    from mstcrypt.protocols.tlcp import TLCPContext
+    from mstcrypt.protocols.tlcp.sync import TLCPSocket
+    from mstcrypt.server.config import Settings
+    from platform_helpers import add_operators
+
+    pin = "246810"
+    settings = Settings(data_dir=tmp_path / "data", checkpoint_seconds=3600, static_operators=True)
+    with running_platform(tmp_path / "data", settings) as url:
+        kmc = settings.kmc()
+        try:
+            ops = add_operators(kmc)
+            root = kmc.chain()[-1]
+        finally:
+            kmc.db.dispose()
+        (tmp_path / "root.pem").write_bytes(root.pem)
+        (tmp_path / "ra.session").write_text(ops["alice"] + "\n")
+        ra = ["--server", url, "--session", str(tmp_path / "ra.session")]
+        ra += ["--ca-file", str(tmp_path / "root.pem"), "--owner", "gw1", "--cn", NAME]
+        p = mstcrypt("enroll-code", *ra, "--profile", "gateway_sign")
+        assert p.returncode != 0 and "at least one DNS name" in p.stderr, p.stderr
+        p = mstcrypt(
+            "enroll-code",
+            *ra,
+            "--profile",
+            "gateway_sign",
+            "--dns",
+            NAME.upper(),
+            "--dns",
+            SECOND,
+            "--ip",
+            "127.0.0.1",
+        )
+        assert p.returncode == 0, p.stderr
+        assert f"names {NAME}, {SECOND}, 127.0.0.1" in " ".join(p.stderr.split()), p.stderr
+        code = p.stdout.strip()
+        token = tmp_path / "gw1.tok"
+        SoftToken.init(token, pin, "admin-code-1", iterations=100_000)
+        enroll = ["enroll", "--server", url, "--code", code, "--token", str(token), "--pin", pin]
+        enroll += ["--container", "gateway", "--ca-file", str(tmp_path / "root.pem")]
+        p = mstcrypt(*enroll, "--san", OTHER)
+        assert p.returncode != 0 and "does not authorise" in p.stdout + p.stderr
+        certs_out, chain_out = tmp_path / "gw1-certs.pem", tmp_path / "gw1-chain.pem"
+        p = mstcrypt(
+            *enroll, "--san", NAME, "--certs-out", str(certs_out), "--chain-out", str(chain_out)
+        )
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert f"subjectAltName: {NAME}" in p.stdout
+    sign, enc, issuing = load_certificates(certs_out.read_bytes())
+    assert sign.subject_alt_name_entries == enc.subject_alt_name_entries == (("dns", NAME),)
+    assert issuing.is_ca and load_certificates(chain_out.read_bytes())[-1] == root
+
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen()
+
+    def echo() -> None:
+        while True:
+            try:
+                conn, _ = upstream.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(conn.recv(4096))
+
+    threading.Thread(target=echo, daemon=True).start()
+    (tmp_path / "gw1.toml").write_text(
+        f"""
+[credentials]
+token = "gw1.tok"
+container = "gateway"
+cert = ["gw1-chain.pem"]
+[[listeners]]
+port = 0
+client_auth = "none"
+[listeners.routes]
+"{NAME}" = "127.0.0.1:{upstream.getsockname()[1]}"
+""",
+        encoding="utf-8",
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MSTCRYPT_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mstcrypt", "gateway", str(tmp_path / "gw1.toml")],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={**base, "PYTHONPATH": str(ROOT_DIR / "src"), "MSTCRYPT_PIN": pin},
+    )
+    try:
+        assert proc.stderr is not None
+        seen = []
+        while not (line := proc.stderr.readline().decode()).startswith("listening on "):
+            seen.append(line)
+            assert line, "gateway exited: " + "".join(seen)
+        port = int(line.rsplit(":", 1)[1])
+        ctx = TLCPContext(trust_anchors=[root])
+        with TLCPSocket.connect(("127.0.0.1", port), ctx, server_name=NAME, timeout=10) as s:
+            s.sendall(b"ping")
+            assert s.recv(100) == b"ping"
+        if GMSSL is not None:
+            msg = tmp_path / "msg"
+            msg.write_bytes(b"hello gateway\n")
+            argv = [GMSSL, "tlcp_client", "-host", "127.0.0.1", "-port", str(port)]
+            argv += ["-server_name", NAME, "-cipher_suite", "TLS_ECC_SM4_GCM_SM3"]
+            p2 = run([*argv, "-cacert", str(tmp_path / "root.pem"), "-in", str(msg)])
+            assert "hello gateway" in p2.stdout.decode(errors="replace"), output(p2)[-1500:]
+    finally:
+        proc.terminate()
+        proc.wait(15)
+        upstream.close()
+
+
+def test_gateway_token_credentials_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mstcrypt.apps.tlcp_gateway.config import CredentialsConfig, GatewayConfig
+    from mstcrypt.errors import KeyStoreError, PinIncorrectError
+    from mstcrypt.module import SoftToken
+
+    listener = {"port": 0, "routes": {NAME: "127.0.0.1:1"}, "client_auth": "none"}
+    cfg = GatewayConfig.from_dict(
+        {"credentials": {"token": "t.tok", "pin_env": "GW_PIN"}, "listeners": [listener]},
+        base_dir=tmp_path,
+    )
+    assert cfg.credentials is not None
+    assert cfg.credentials.token == tmp_path / "t.tok" and cfg.credentials.pin_env == "GW_PIN"
+    with pytest.raises(PolicyError, match="not both"):
+        CredentialsConfig(token=tmp_path / "t.tok", keystore=tmp_path / "ks")
+    with pytest.raises(PolicyError, match="a keystore or a token"):
+        CredentialsConfig()
+    SoftToken.init(tmp_path / "t.tok", "246810", "admin-code-1", iterations=100_000)
+    monkeypatch.delenv("GW_PIN", raising=False)
+    with pytest.raises(PolicyError, match=r"\$GW_PIN"):
+        cfg.credentials.load()
+    monkeypatch.setenv("GW_PIN", "000000")
+    with pytest.raises(PinIncorrectError):
+        cfg.credentials.load()
+    monkeypatch.setenv("GW_PIN", "246810")
+    with pytest.raises(KeyStoreError, match="no container named 'gateway'"):
+        cfg.credentials.load()  # nothing enrolled in the token yet

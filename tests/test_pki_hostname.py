@@ -486,6 +486,10 @@ def test_tlcp_client_ip_literal_and_wildcards(tpki: TestPKI) -> None:
 
 
 def test_attack_wildcard_inside_an_a_label_does_not_even_parse() -> None:
-    """``xn--*`` is no A-label: a certificate carrying it is malformed, never matched."""
-    with pytest.raises((PolicyError, DecodeError)):
-        cert("x", ("dns_name", "xn--*.example.com"))
+    """``xn--*`` is no A-label: a peer's certificate carrying it is malformed (a typed
+    DecodeError while parsing), never matched."""
+    der = cert("x", ("dns_name", "abcde.example.com")).der
+    bad = der.replace(b"abcde.example.com", b"xn--*.example.com")
+    assert bad != der
+    with pytest.raises(DecodeError):
+        Certificate.from_der(bad)
