@@ -360,6 +360,8 @@ def test_gmssl_client_gets_a_response(served, pem_files) -> None:
     p = subprocess.run(
         [
             *(GMSSL, "tlcp_client", "-host", "127.0.0.1", "-port", str(st.port)),
+            # GmSSL checks -server_name (else -host) against the first dNSName only
+            *("-server_name", NAME, "-cipher_suite", "TLS_ECC_SM4_GCM_SM3"),
             *("-cacert", str(pem_files / "root.pem"), "-in", str(pem_files / "req")),
         ],
         env={**os.environ, "LD_LIBRARY_PATH": str(Path(GMSSL).resolve().parent.parent / "lib")},
@@ -382,6 +384,8 @@ def test_tongsuo_client_gets_a_response(served, pem_files) -> None:
         [
             *(TONGSUO, "s_client", "-connect", f"127.0.0.1:{st.port}"),
             *("-enable_ntls", "-ntls", "-CAfile", str(pem_files / "root.pem")),
+            # an ECC suite: ECDHE needs client certificates
+            *("-cipher", "ECC-SM2-SM4-GCM-SM3", "-servername", NAME, "-verify_hostname", NAME),
             *("-verify_return_error", "-ign_eof", "-quiet"),
         ],
         input=(pem_files / "req").read_bytes(),
