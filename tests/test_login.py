@@ -721,7 +721,9 @@ def test_user_device_certificate_cannot_impersonate_the_login_server(platform: K
 
 def test_login_server_certificate_checks(pki: Pki) -> None:
     sk, login_cert = pki.leaf("login.test", Profile.LOGIN_SERVER_SIGN)
-    gk, gateway = pki.leaf("login.test", Profile.GATEWAY_SIGN)  # serverAuth, no policy
+    gk, gateway = pki.leaf(  # serverAuth, no policy
+        "login.test", Profile.GATEWAY_SIGN, subject_alt_names=["login.test"]
+    )
     ok, other = pki.leaf("other.test", Profile.LOGIN_SERVER_SIGN)
     nk, by_san = pki.leaf(
         "Login Service", Profile.LOGIN_SERVER_SIGN, subject_alt_names=["LOGIN.test"]
@@ -766,7 +768,9 @@ def test_login_server_certificate_checks(pki: Pki) -> None:
 def test_outdated_login_certificate_is_superseded(platform: Kmc) -> None:
     """A login identity issued before the login-server policy (or to another name) is
     replaced at start-up, and the old certificate revoked."""
-    _, old = platform.service_identity("login", Profile.GATEWAY_SIGN, "login.example")
+    _, old = platform.service_identity(
+        "login", Profile.GATEWAY_SIGN, "login.example", subject_alt_names=["login.example"]
+    )
     svc = LoginService(platform, server_name="login.example")
     assert svc.certificate != old and svc.certificate.policies
     renamed = LoginService(platform, server_name="login2.example")

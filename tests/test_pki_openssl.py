@@ -41,6 +41,7 @@ from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.formats.keys import dump_private_key, load_private_key
 from mstcrypt.pki import (
     CRL,
+    AltNames,
     Certificate,
     CertificateError,
     CertificationRequest,
@@ -49,6 +50,7 @@ from mstcrypt.pki import (
     RevokedEntry,
     build_csr,
     name,
+    spec,
     validate_path,
 )
 
@@ -193,18 +195,30 @@ def _resign_crl_with_empty_id(crl: CRL, key_sign: Callable[..., bytes]) -> bytes
 
 @pytest.mark.parametrize("profile", list(Profile), ids=lambda p: p.value)
 def test_openssl_x509_text(openssl: Run, ours: Ours, profile: Profile) -> None:
+    # the names each profile carries (pki.AltNames): host names, an e-mail address, none
+    sans, shown = {
+        AltNames.HOST: (
+            ["x.example.com", "192.0.2.1"],
+            ["DNS:x.example.com", "IP Address:192.0.2.1"],
+        ),
+        AltNames.HOST_OPTIONAL: (["x.example.com"], ["DNS:x.example.com"]),
+        AltNames.EMAIL: (["x@example.com"], ["email:x@example.com"]),
+        AltNames.NONE: ([], []),
+    }[spec(profile).alt_names]
     cert = ours.root.issue(
         subject=name(C="CN", O="Example Org", CN=profile.value),
         public_key=SM2PrivateKey.generate().public_key(),
         profile=profile,
-        subject_alt_names=["x.example.com"],
+        subject_alt_names=sans,
         crl_urls=["http://crl.example.com/root.crl"],
     )
     out = openssl("x509", "-text", "-noout", input=cert.pem).decode()
     assert "Signature Algorithm: SM2-with-SM3" in out
     assert "ASN1 OID: SM2" in out
     assert "X509v3 Key Usage: critical" in out
-    assert "DNS:x.example.com" in out
+    for text in shown:
+        assert text in out
+    assert ("Subject Alternative Name" in out) == bool(sans)
     assert "URI:http://crl.example.com/root.crl" in out
     assert f"CN = {profile.value}" in out
     if cert.is_ca:
@@ -395,6 +409,7 @@ def test_we_issue_under_an_openssl_ca(openssl: Run, ossl_ca: Path) -> None:
         subject=name(C="CN", O="OSSL Org", CN="ours-under-ossl"),
         public_key=SM2PrivateKey.generate().public_key(),
         profile=Profile.IM_SERVER_SIGN,
+        subject_alt_names=["im.example.com"],
     )
     assert cert.authority_key_id == ca.certificate.subject_key_id  # OpenSSL's SHA-1 SKI
     assert validate_path(cert, anchors=[ca.certificate], crls=[ca.crl(number=9)])[0] == cert

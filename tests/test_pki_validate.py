@@ -458,7 +458,7 @@ def test_leaf_without_key_usage_extension(w: World) -> None:
 def test_wrong_extended_key_usage(w: World) -> None:
     err = w.reason(extended_key_usage="server_auth")
     assert (err.reason, err.certificate) == ("extended_key_usage", w.leaf.subject_str)
-    gw = make_leaf(w.sub, "gw", Profile.GATEWAY_SIGN)
+    gw = make_leaf(w.sub, "gw", Profile.GATEWAY_SIGN, subject_alt_names=["gw.example.com"])
     assert w.check(gw, extended_key_usage="server_auth")[0] == gw
     assert w.reason(gw, extended_key_usage="client_auth").reason == "extended_key_usage"
 

@@ -415,21 +415,44 @@ def test_kdk_and_group_keys(p: Platform) -> None:
 # ---------------------------------------------------------------- admin endpoints -------
 def test_admin_enrollment_codes(p: Platform) -> None:
     h = p.auth()
-    r = p.c.post(
-        "/admin/enrollment-codes",
-        json={"owner": "gw1", "subject": {"CN": "gw1.example"}, "profile": "gateway_sign"},
-        headers=h,
+    gw = {"owner": "gw1", "subject": {"CN": "gw1.example"}, "profile": "gateway_sign"}
+    # a gateway code names the hosts its certificates are for (peers check SANs only)
+    assert (
+        "at least one DNS name"
+        in assert_error(
+            p.c.post("/admin/enrollment-codes", json=gw, headers=h), 409, "PolicyError"
+        )["detail"]
     )
+    names = {"dns_names": ["GW1.Example", "gw1.example."], "ip_addresses": ["192.0.2.10"]}
+    r = p.c.post("/admin/enrollment-codes", json={**gw, **names}, headers=h)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"code", "owner", "expires_at"} and body["owner"] == "gw1"
+    assert set(body) == {"code", "owner", "expires_at", "names"} and body["owner"] == "gw1"
+    assert body["names"] == ["gw1.example", "192.0.2.10"]  # canonical, no repeats
     code = body["code"]
     assert len(code) == 23 and code.count("-") == 3
     t = SM2PrivateKey.generate()
+    # a CSR asking for a name the code does not authorise is refused; the code survives
+    for asked in (["gw1.example", "evil.example"], ["192.0.2.11"], ["*.example"]):
+        bad = build_csr(name(CN="gw"), t.public_key(), t.sign, subject_alt_names=asked)
+        r = p.c.post("/enroll", json={"code": code, "csr": bad.pem.decode()})
+        assert "does not authorise" in assert_error(r, 403, "UnauthorisedNameError")["detail"]
     r = p.c.post("/enroll", json={"code": code, "csr": csr_pem(t)})
     assert r.status_code == 200, r.text
     sign_cert = cert_of(r.json()["sign_certificate"])
+    enc_cert = cert_of(r.json()["encryption_certificate"])
     assert "CN=gw1.example" in sign_cert.subject_str
+    for cert in (sign_cert, enc_cert):
+        assert cert.subject_alt_name_entries == (("dns", "gw1.example"), ("ip", "192.0.2.10"))
+    for body, detail in (
+        ({**gw, "dns_names": ["a.*.example"]}, "wildcard"),
+        ({**gw, "dns_names": ["10.0.0.1"]}, "looks like an IP address"),
+        ({**gw, "ip_addresses": ["gw1.example"]}, "not an IPv4 or IPv6 address"),
+        ({**gw, "dns_names": ["bad_name.example"]}, "labels are"),
+        ({"owner": "t", "subject": {"CN": "t"}, "dns_names": ["t.example"]}, "no DNS name"),
+    ):
+        r = p.c.post("/admin/enrollment-codes", json=body, headers=h)
+        assert detail in assert_error(r, 409, "PolicyError")["detail"]
     r = p.c.post("/admin/enrollment-codes", json={"owner": "a", "subject": {"CN": "a"}})
     assert_unauthenticated(r)
     # operators get their credentials at the console only

@@ -368,7 +368,9 @@ def test_gmssl_client_gets_a_response(served, pem_files) -> None:
     st, _ = served
     p = subprocess.run(
         [
-            *(GMSSL, "tlcp_client", "-host", "localhost", "-port", str(st.port)),
+            *(GMSSL, "tlcp_client", "-host", "127.0.0.1", "-port", str(st.port)),
+            # GmSSL checks -server_name (else -host) against the first dNSName only
+            *("-server_name", NAME),
             *("-cacert", str(pem_files / "root.pem"), "-in", str(pem_files / "req")),
             *("-cipher_suite", "TLS_ECC_SM4_GCM_SM3"),  # GmSSL needs one
             *("-cert", str(pem_files / "client_sign.pem"), "-pass", "pw123456"),
@@ -394,10 +396,10 @@ def test_tongsuo_client_gets_a_response(served, pem_files) -> None:
         [
             *(TONGSUO, "s_client", "-connect", f"127.0.0.1:{st.port}"),
             *("-enable_ntls", "-ntls", "-CAfile", str(pem_files / "root.pem")),
-            *("-verify_return_error", "-ign_eof", "-quiet"),
             # Without client certificates only the ECC suites can work; Tongsuo's default
             # list offers ECDHE too, which this server (its own order) would prefer.
-            *("-cipher", "ECC-SM2-SM4-GCM-SM3"),
+            *("-cipher", "ECC-SM2-SM4-GCM-SM3", "-servername", NAME, "-verify_hostname", NAME),
+            *("-verify_return_error", "-ign_eof", "-quiet"),
         ],
         input=(pem_files / "req").read_bytes(),
         env={**os.environ, "LD_LIBRARY_PATH": str(Path(TONGSUO).resolve().parent.parent / "lib")},

@@ -673,8 +673,31 @@ def test_host_name_mismatch(pki, ids) -> None:
 
 
 def test_device_certificate_cannot_serve(pki, ids) -> None:
-    """A device (clientAuth) certificate presented by a server is refused."""
-    terminal = pki.identity("terminal as server", server=False, names=[HOST]).credentials()
+    """A device (clientAuth) certificate presented by a server is refused, even one that
+    names the host (our CA never issues one: a device profile carries no DNS name, so it
+    is built here with the raw certificate builder)."""
+    from mstcrypt.crypto.sm2 import SM2PrivateKey
+    from mstcrypt.pki import Profile, build_certificate, name
+
+    def device_cert(profile: Profile, key: SM2PrivateKey):
+        now = datetime.now(UTC).replace(microsecond=0)
+        return build_certificate(
+            subject=name(CN="terminal as server"),
+            public_key=key.public_key(),
+            issuer=pki.root,
+            issuer_public_key=pki.root.public_key,
+            signer=pki.root_key.sign,
+            serial=int.from_bytes(key.public_key().to_bytes()[1:9], "big") | 1,
+            not_before=now - timedelta(minutes=5),
+            not_after=now + timedelta(days=1),
+            profile=profile,
+            subject_alt_names=[HOST],
+        )
+
+    sk, ek = SM2PrivateKey.generate(), SM2PrivateKey.generate()
+    terminal = Credentials.from_keys(
+        device_cert(Profile.DEVICE_SIGN, sk), sk, device_cert(Profile.DEVICE_ENC, ek), ek
+    )
     cctx, sctx = ctxs(pki, ids, ECC, server_creds=terminal)
     err, client, _ = fail(cctx, sctx)
     check(err, client, A.UNSUPPORTED_CERTIFICATE)

@@ -31,6 +31,7 @@ import httpx
 from mstcrypt.errors import MstCryptError, PolicyError, VerificationError
 from mstcrypt.module import KeyUsage, SoftToken
 from mstcrypt.pki import CRL, Certificate, CertificateError, build_csr, name, validate_path
+from mstcrypt.pki.hostname import canonical_names
 from mstcrypt.pki.ocsp import (
     CertId,
     OcspError,
@@ -347,12 +348,15 @@ class Client:
         container: str = "main",
         anchor: Certificate | None = None,
         replace: bool = False,
+        subject_alt_names: Sequence[str] = (),
     ) -> EnrollResult:
         """Enroll the logged-in soft token: its signing key is generated inside the token,
         the KMC's encryption key arrives as an SM2EnvelopedKey and is imported without
         leaving the token in clear; both certificates are validated against the anchor
         (``anchor``, else the client's, else the token's preset root — never the root the
-        server sends) and stored in the container."""
+        server sends) and stored in the container. ``subject_alt_names``: ask for these
+        host names only (a subset of those the code authorises; by default the
+        certificates get all of them)."""
         anchors = self._anchors(token, anchor)
         existing = container in token.list_containers()
         if existing and not replace:
@@ -364,7 +368,12 @@ class Client:
         token.create_container(scratch)
         try:
             h = token.generate_key_pair(scratch, KeyUsage.SIGN)
-            csr = build_csr(name(CN=container), h.public_key, lambda tbs: token.sign(h, tbs))
+            csr = build_csr(
+                name(CN=container),
+                h.public_key,
+                lambda tbs: token.sign(h, tbs),
+                subject_alt_names=canonical_names(subject_alt_names, allow_wildcard=True),
+            )
             body = self._json("POST", "/enroll", json={"code": code, "csr": csr.pem.decode()})
             sign_cert = Certificate.from_pem(body["sign_certificate"].encode())
             enc_cert = Certificate.from_pem(body["encryption_certificate"].encode())
@@ -445,7 +454,12 @@ class Client:
         *,
         profile: str = "device_sign",
         ttl_seconds: int = 86400,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
     ) -> dict[str, Any]:
+        """A one-time enrollment code (registration officer). A gateway or server
+        profile needs the DNS names and/or IP addresses it is certified for; the answer
+        lists them in canonical form (``names``)."""
         return dict(
             self._json(
                 "POST",
@@ -455,6 +469,8 @@ class Client:
                     "subject": subject,
                     "profile": profile,
                     "ttl_seconds": ttl_seconds,
+                    "dns_names": list(dns_names),
+                    "ip_addresses": list(ip_addresses),
                 },
             )
         )

@@ -216,6 +216,7 @@ def demo_command(
                 {"O": "Example Government Unit", "CN": "gw.example.gov.cn"},
                 profile="gateway_sign",
                 ttl_seconds=600,
+                dns_names=["gw.example.gov.cn"],
             )["code"]
             gw_tok = new_token(data_dir / "gateway.tok", "gateway-pin-1")
             gw_enr = public.enroll(code, gw_tok, container="gateway")
@@ -282,9 +283,11 @@ def demo_command(
 
             out = asyncio.run(run())
             assert "zhang.san" in out and "forged" not in out, out
+            names = ", ".join(gw_enr.sign_certificate.dns_names)
             return (
-                "terminal → TLCP gateway (dual certificates, client auth) → internal HTTP "
-                f"service; {out}"
+                f"gateway enrolled with a code naming DNS:{names} (subjectAltName, checked "
+                "by the terminal under RFC 6125); terminal → TLCP gateway (dual "
+                f"certificates, client auth) → internal HTTP service; {out}"
             )
 
         def recovery() -> str:

@@ -442,10 +442,30 @@ def enroll_command(
         str | None,
         typer.Option("--ca-file", help="Root CA (PEM) instead of the one preset in the token."),
     ] = None,
-    chain_out: Annotated[str | None, typer.Option("--chain-out")] = None,
+    chain_out: Annotated[
+        str | None, typer.Option("--chain-out", help="Write the CA chain (PEM) here.")
+    ] = None,
+    certs_out: Annotated[
+        str | None,
+        typer.Option(
+            "--certs-out",
+            help="Write the signing and encryption certificates and the issuing CA (PEM, "
+            "the TLCP server chain) here.",
+        ),
+    ] = None,
     replace: Annotated[bool, typer.Option("--replace")] = False,
+    san: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--san",
+            help="Ask for this DNS name or IP address only (repeatable; a gateway or server "
+            "gets every name its code authorises by default, and a name outside them is "
+            "refused).",
+        ),
+    ] = None,
 ) -> None:
-    """Enroll this terminal's soft token: dual certificates and the escrowed key."""
+    """Enroll this terminal's (or gateway's) soft token: dual certificates and the
+    escrowed key."""
     from mstcrypt.client import Client
     from mstcrypt.module import SoftToken
 
@@ -453,15 +473,105 @@ def enroll_command(
     tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
     anchors = _anchors(ca_file, tok)
     with Client(server, anchors=anchors) as c:
-        r = c.enroll(code, tok, container=container, replace=replace)
+        r = c.enroll(code, tok, container=container, replace=replace, subject_alt_names=san or ())
     console.print(
         cert_table(
             f"enrolled {r.owner} into container {r.container!r}",
             [r.sign_certificate, r.encryption_certificate],
         )
     )
+    names = [v for _, v in r.sign_certificate.subject_alt_name_entries]
+    if names:
+        console.print(f"subjectAltName: {', '.join(names)}")
     if chain_out:
         write_output(chain_out, b"".join(x.pem for x in r.chain))
+    if certs_out:
+        pair = [r.sign_certificate, r.encryption_certificate, *r.chain[:-1]]
+        write_output(certs_out, b"".join(x.pem for x in pair))
+
+
+def enroll_code_command(
+    server: Annotated[str, typer.Option("--server", help="Platform URL.")],
+    session: Annotated[
+        str,
+        typer.Option(
+            "--session",
+            help="File holding a registration officer's session token (`mstcrypt login --out`).",
+        ),
+    ],
+    owner: Annotated[str, typer.Option("--owner", help="Who the certificates are for.")],
+    cn: Annotated[str, typer.Option("--cn", help="Subject common name.")],
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile",
+            help="device_sign (a terminal), gateway_sign, im_server_sign, mail_server_sign, "
+            "login_server_sign, seal_server_sign, wlan_ap_sign, wlan_asu_sign.",
+        ),
+    ] = "device_sign",
+    dns: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dns",
+            help="DNS name the gateway or server is certified for (repeatable; the first is "
+            "the one GmSSL checks).",
+        ),
+    ] = None,
+    ip: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--ip", help="IP address the gateway or server is certified for (repeatable)."
+        ),
+    ] = None,
+    org: Annotated[str | None, typer.Option("--org", help="Subject organisation.")] = None,
+    email: Annotated[
+        str | None, typer.Option("--email", help="Subject e-mail address (devices).")
+    ] = None,
+    ttl: Annotated[int, typer.Option("--ttl", help="Lifetime in seconds.")] = 86400,
+    ca_file: Annotated[
+        str | None,
+        typer.Option("--ca-file", help="Root CA (PEM) the platform's certificate must chain to."),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", help="Soft token whose preset root to use instead of --ca-file."),
+    ] = None,
+    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
+) -> None:
+    """Create a one-time enrollment code (registration officer, over the admin API).
+    Prints the code; a gateway or server code names the DNS names and IP addresses its
+    certificates will carry (subjectAltName)."""
+    from mstcrypt.client import Client
+    from mstcrypt.module import SoftToken
+
+    if ca_file is None and token is None:
+        fail("give the root CA with --ca-file, or a --token with the root preset")
+    tok = None
+    if ca_file is None and token is not None:
+        tok = SoftToken.open(token)
+        tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    anchors = _anchors(ca_file, tok)
+    try:
+        bearer = Path(session).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        fail(f"cannot read {session}: {exc.strerror}")
+    subject = {"CN": cn, **({"O": org} if org else {}), **({"email": email} if email else {})}
+    with Client(server, anchors=anchors, operator_token=bearer) as c:
+        r = c.create_enrollment_code(
+            owner,
+            subject,
+            profile=profile,
+            ttl_seconds=ttl,
+            dns_names=dns or (),
+            ip_addresses=ip or (),
+        )
+    names = r.get("names") or []
+    err_console.print(
+        f"enrollment code for {owner} ({profile}"
+        + (f"; names {', '.join(names)}" if names else "")
+        + f"), valid until {r['expires_at']}:"
+    )
+    typer.echo(r["code"])
 
 
 def login_command(

@@ -22,7 +22,7 @@ from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.context import KmcContext, NotFoundError, Unit, aware
 from mstcrypt.kmc.models import CertificateAuthority, CrlRecord, EncryptionKey, IssuedCertificate
-from mstcrypt.pki import CRL, Certificate, Issuer, Profile, RevokedEntry, name
+from mstcrypt.pki import CRL, AltNames, Certificate, Issuer, Profile, RevokedEntry, name, spec
 from mstcrypt.pki.ca import BACKDATE
 from mstcrypt.pki.ocsp import aia_extension
 
@@ -165,8 +165,12 @@ class CaService:
         pair_serial: str | None = None,
         subject_alt_names: Sequence[str] = (),
     ) -> Certificate:
-        """Issue under the issuing CA and record the certificate, inside ``u``."""
+        """Issue under the issuing CA and record the certificate, inside ``u``. The
+        subject's e-mail address becomes an rfc822Name SAN where the profile carries
+        e-mail addresses (devices); ``subject_alt_names`` must fit the profile
+        (:func:`mstcrypt.pki.check_alt_names`, PolicyError otherwise)."""
         ca = self._ca_row(u.s)
+        email = subject.get("email") if spec(profile).alt_names is AltNames.EMAIL else None
         cert = self.issuer(ca).issue(
             subject=name(**subject),
             public_key=public_key,
@@ -174,10 +178,7 @@ class CaService:
             not_before=u.now - BACKDATE,
             crl_urls=self._crl_urls(ISSUING),
             extra_extensions=self._aia(profile),
-            subject_alt_names=[
-                *([subject["email"]] if subject.get("email") else []),
-                *subject_alt_names,
-            ],
+            subject_alt_names=[*([email] if email else []), *subject_alt_names],
         )
         self._record(
             u,
@@ -201,8 +202,10 @@ class CaService:
         profiles: tuple[Profile, Profile],
         owner: str,
         key_id: str,
+        subject_alt_names: Sequence[str] = (),
     ) -> tuple[Certificate, Certificate]:
-        """Dual certificates (signing, encryption) recorded as each other's pair."""
+        """Dual certificates (signing, encryption) recorded as each other's pair, both
+        with ``subject_alt_names``."""
         sign = self.issue(
             u,
             public_key=sign_public_key,
@@ -211,6 +214,7 @@ class CaService:
             owner=owner,
             usage="sign",
             key_id=None,
+            subject_alt_names=subject_alt_names,
         )
         enc = self.issue(
             u,
@@ -221,6 +225,7 @@ class CaService:
             usage="enc",
             key_id=key_id,
             pair_serial=f"{sign.serial:x}",
+            subject_alt_names=subject_alt_names,
         )
         u.s.get(IssuedCertificate, f"{sign.serial:x}").pair_serial = f"{enc.serial:x}"  # type: ignore[union-attr]
         return sign, enc

@@ -6,11 +6,21 @@ terminal sends a PKCS#10 request for the signing key generated in its MST-CC; th
 generates the encryption key pair in the SS-CC, certifies both, and wraps the encryption
 key to the terminal's signing key (SM2EnvelopedKey). Re-enrollment supersedes the
 owner's earlier signing and encryption certificates and rotates the owner's KDK.
+
+Names: a code for a gateway or server profile carries the DNS names and IP addresses the
+registration officer authorised (at least one for the profiles peers reach by host
+name, :class:`mstcrypt.pki.AltNames`); a code for a device carries none. Both
+certificates of the pair are issued with exactly those names, unless the CSR asks for
+fewer (a subset of them, in a subjectAltName extension request). A CSR that asks for any
+name the code did not authorise — another host, an IP address, an e-mail address other
+than the subject's, any other kind of name — is refused with
+:class:`UnauthorisedNameError` and the code stays unused.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -19,16 +29,25 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from mstcrypt.crypto.sm3 import sm3
-from mstcrypt.errors import PolicyError, VerificationError
+from mstcrypt.errors import AccessDeniedError, PolicyError, VerificationError
 from mstcrypt.kmc.context import KmcContext, aware, new_id
 from mstcrypt.kmc.models import EncryptionKey, EnrollmentCode, Operator
-from mstcrypt.pki import Certificate, CertificationRequest, Profile, name
+from mstcrypt.pki import AltNames, Certificate, CertificationRequest, Profile, name, spec
+from mstcrypt.pki.hostname import dns_name, ip_address
+from mstcrypt.pki.profiles import MAX_ALT_NAMES
 
 if TYPE_CHECKING:
     from mstcrypt.kmc.ca import CaService
     from mstcrypt.kmc.groups import GroupService
 
-__all__ = ["ENROLL_PAIRS", "Enrollment", "EnrollmentService", "code_hash"]
+__all__ = [
+    "ENROLL_PAIRS",
+    "Enrollment",
+    "EnrollmentService",
+    "UnauthorisedNameError",
+    "code_hash",
+    "code_names",
+]
 
 CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
@@ -42,6 +61,79 @@ ENROLL_PAIRS: dict[Profile, tuple[Profile, Profile]] = {
     Profile.WLAN_AP_SIGN: (Profile.WLAN_AP_SIGN, Profile.WLAN_AP_ENC),
     Profile.WLAN_ASU_SIGN: (Profile.WLAN_ASU_SIGN, Profile.WLAN_ASU_ENC),
 }
+
+
+class UnauthorisedNameError(AccessDeniedError):
+    """A CSR asked for a subjectAltName that its enrollment code does not authorise."""
+
+
+def code_names(
+    profile: Profile | str, dns_names: Sequence[str] = (), ip_addresses: Sequence[str] = ()
+) -> list[str]:
+    """The subjectAltName entries an enrollment code for ``profile`` authorises, in
+    canonical form (DNS names lower-case A-labels, IP addresses compressed), without
+    repeats, DNS names first: GmSSL checks a host name against the first dNSName only.
+    PolicyError when a name is malformed, when the profile takes no host names (devices)
+    or when it needs one and none is given (gateways, IM and mail servers)."""
+    profile = Profile(profile)
+    for what, given in (("dns_names", dns_names), ("ip_addresses", ip_addresses)):
+        if isinstance(given, str):
+            raise PolicyError(f"{what} must be a list of strings")
+    names = [dns_name(n, allow_wildcard=True) for n in dns_names]
+    names += [str(ip_address(n)) for n in ip_addresses]
+    names = list(dict.fromkeys(names))
+    if len(names) > MAX_ALT_NAMES:
+        raise PolicyError(f"an enrollment code authorises at most {MAX_ALT_NAMES} names")
+    policy = spec(profile).alt_names
+    if names and policy not in (AltNames.HOST, AltNames.HOST_OPTIONAL):
+        raise PolicyError(
+            f"a {profile.value} certificate carries no DNS name or IP address "
+            "(host names are for gateway and server profiles)"
+        )
+    if not names and policy is AltNames.HOST:
+        raise PolicyError(
+            f"an enrollment code for {profile.value} needs at least one DNS name or IP "
+            "address: peers (GmSSL, Tongsuo, browsers) match host names on "
+            "subjectAltName only"
+        )
+    return names
+
+
+def _requested_names(
+    csr: CertificationRequest, authorised: list[str], email: str | None
+) -> list[str]:
+    """The names to certify: the authorised ones, or the subset the CSR asks for.
+    UnauthorisedNameError for any requested name outside ``authorised`` (or, for an
+    e-mail address, other than the subject's)."""
+    entries = csr.subject_alt_name_entries
+    if not entries:
+        return list(authorised)
+    wanted: set[str] = set()
+    refused: list[str] = []
+    for kind, value in entries:
+        try:
+            if kind == "dns":
+                canon = dns_name(value, allow_wildcard=True)
+            elif kind == "ip":
+                canon = str(ip_address(value))
+            elif kind == "email":
+                if email is not None and value.lower() == email.lower():
+                    continue
+                canon = ""
+            else:
+                canon = ""
+        except PolicyError:
+            canon = ""
+        if canon and canon in authorised:
+            wanted.add(canon)
+        else:
+            refused.append(f"{kind}:{value}"[:80] if value else kind)
+    if refused:
+        raise UnauthorisedNameError(
+            "the certification request asks for names this enrollment code does not "
+            f"authorise: {', '.join(refused[:5])}" + (" …" if len(refused) > 5 else "")
+        )
+    return [n for n in authorised if n in wanted]
 
 
 def code_hash(code: str) -> str:
@@ -80,9 +172,13 @@ class EnrollmentService:
         ttl: timedelta = timedelta(hours=24),
         actor: str,
         purpose: str = "terminal",
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
     ) -> tuple[str, datetime]:
         """A one-time code (returned once, stored only as its SM3 hash). ``purpose``
-        ``operator`` is for :class:`OperatorService` alone."""
+        ``operator`` is for :class:`OperatorService` alone. ``dns_names`` and
+        ``ip_addresses``: the host names a gateway or server is certified for
+        (:func:`code_names`)."""
         check_owner(owner)
         if "CN" not in subject:
             raise PolicyError("the subject needs a CN")
@@ -92,6 +188,7 @@ class EnrollmentService:
         profile = Profile(profile)
         if profile not in ENROLL_PAIRS:
             raise PolicyError(f"profile {profile.value} cannot be enrolled with a code")
+        alt_names = code_names(profile, dns_names, ip_addresses)
         if purpose not in ("terminal", "operator"):
             raise PolicyError(f"unknown enrollment purpose {purpose!r}")
         code = "-".join("".join(secrets.choice(CODE_ALPHABET) for _ in range(5)) for _ in range(4))
@@ -118,6 +215,7 @@ class EnrollmentService:
                     created_by=actor[:64],
                     created_at=u.now,
                     purpose=purpose,
+                    alt_names=alt_names or None,
                 )
             )
             u.audit(
@@ -127,6 +225,7 @@ class EnrollmentService:
                 profile=profile.value,
                 purpose=purpose,
                 expires=expires.isoformat(),
+                **({"names": alt_names} if alt_names else {}),
             )
         return code, expires
 
@@ -166,6 +265,10 @@ class EnrollmentService:
             if aware(row.expires_at) < u.now:
                 raise VerificationError("this enrollment code has expired")
             owner = row.owner
+            email_ok = spec(Profile(row.profile)).alt_names is AltNames.EMAIL
+            alt_names = _requested_names(
+                csr, list(row.alt_names or []), row.subject.get("email") if email_ok else None
+            )
             operator = u.s.get(Operator, owner, with_for_update={"key_share": True})
             if (row.purpose == "operator") != (operator is not None):
                 raise VerificationError("this enrollment code no longer fits its owner")
@@ -207,6 +310,7 @@ class EnrollmentService:
                 profiles=ENROLL_PAIRS[Profile(row.profile)],
                 owner=owner,
                 key_id=key_id,
+                subject_alt_names=alt_names,
             )
             envelope = keys.export_enveloped(blob, f"enc:{key_id}".encode(), csr.public_key)
             if old_certs:

@@ -25,7 +25,7 @@ from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.ca import REVOCATION_REASONS, CaService
 from mstcrypt.kmc.context import KmcContext, Unit, aware, new_id
 from mstcrypt.kmc.models import EncryptionKey, IssuedCertificate, Operator
-from mstcrypt.pki import Certificate, Profile
+from mstcrypt.pki import AltNames, Certificate, Profile, spec
 
 __all__ = ["KeyService"]
 
@@ -116,6 +116,7 @@ class KeyService:
                 owner=row.owner,
                 usage="enc",
                 key_id=row.id,
+                subject_alt_names=self._host_names(u, row.owner, Profile(profile)),
             )
             self._pair_with_signing(u, row.owner, cert)
             envelope = self.ctx.keys.export_enveloped(
@@ -130,6 +131,17 @@ class KeyService:
                 recipient=terminal_public_key.fingerprint().hex(),
             )
         return envelope, cert
+
+    def _host_names(self, u: Unit, owner: str, profile: Profile) -> list[str]:
+        """For a gateway or server encryption certificate, the host names of the owner's
+        current signing certificate (the pair carries the same names); none otherwise."""
+        if spec(profile).alt_names not in (AltNames.HOST, AltNames.HOST_OPTIONAL):
+            return []
+        signs = self.ca.active_certificates(u, owner=owner, usage="sign")
+        if not signs:
+            return []
+        sign = Certificate.from_der(max(signs, key=lambda c: aware(c.issued_at)).der)
+        return [v for k, v in sign.subject_alt_name_entries if k in ("dns", "ip")]
 
     def _pair_with_signing(self, u: Unit, owner: str, enc: Certificate) -> None:
         """GM/T 0034 dual certificates: a new encryption certificate becomes the pair of
@@ -197,6 +209,7 @@ class KeyService:
                 owner=owner,
                 usage="enc",
                 key_id=row.id,
+                subject_alt_names=self._host_names(u, owner, Profile(profile)),
             )
             self._pair_with_signing(u, owner, cert)
             envelope = self.ctx.keys.export_enveloped(

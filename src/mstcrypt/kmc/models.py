@@ -94,6 +94,9 @@ class EnrollmentCode(Base):
     #: administrator at the console: the enrolled signing certificate becomes the
     #: operator's credential)
     purpose: Mapped[str] = mapped_column(String(16), default="terminal", server_default="terminal")
+    #: the DNS names and IP addresses (canonical text) a gateway or server enrolled with
+    #: this code is certified for (subjectAltName); None or empty for a device
+    alt_names: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class Operator(Base):

@@ -212,9 +212,17 @@ class Kmc:
         profile: Profile = Profile.DEVICE_SIGN,
         ttl: timedelta = timedelta(hours=24),
         actor: str,
+        dns_names: Sequence[str] = (),
+        ip_addresses: Sequence[str] = (),
     ) -> tuple[str, datetime]:
         return self.enrollment.create_code(
-            owner=owner, subject=subject, profile=profile, ttl=ttl, actor=actor
+            owner=owner,
+            subject=subject,
+            profile=profile,
+            ttl=ttl,
+            actor=actor,
+            dns_names=dns_names,
+            ip_addresses=ip_addresses,
         )
 
     def enroll(self, code: str, csr_der: bytes, *, source: str = "-") -> Enrollment:

@@ -18,6 +18,7 @@ CA keys can stay inside a cryptographic module::
     crl = root.crl(number=1)
     path = pki.validate_path(gw, anchors=[root.certificate], crls=[crl],
                              key_usage={"digital_signature"}, extended_key_usage="server_auth")
+    assert pki.match_hostname(gw, "GW.example.com")    # RFC 6125: SANs, never the CN
 
 :func:`build_certificate`, :func:`build_csr` and :func:`build_crl` are the underlying
 builders; :class:`Certificate`, :class:`CertificationRequest` and :class:`CRL` parse
@@ -32,14 +33,16 @@ from mstcrypt.pki.cert import Certificate, build_certificate, load_certificates
 from mstcrypt.pki.crl import CRL, REVOCATION_REASONS, RevokedEntry, build_crl
 from mstcrypt.pki.csr import CertificationRequest, build_csr
 from mstcrypt.pki.errors import REASONS, CertificateError
+from mstcrypt.pki.hostname import match_hostname
 from mstcrypt.pki.names import name, name_to_str
-from mstcrypt.pki.profiles import Profile, ProfileSpec, spec
+from mstcrypt.pki.profiles import AltNames, Profile, ProfileSpec, check_alt_names, spec
 from mstcrypt.pki.validate import validate_path
 
 __all__ = [
     "CRL",
     "REASONS",
     "REVOCATION_REASONS",
+    "AltNames",
     "Certificate",
     "CertificateError",
     "CertificationRequest",
@@ -51,8 +54,10 @@ __all__ = [
     "build_certificate",
     "build_crl",
     "build_csr",
+    "check_alt_names",
     "key_identifier",
     "load_certificates",
+    "match_hostname",
     "name",
     "name_to_str",
     "random_serial",

@@ -5,6 +5,7 @@ extension tables and the signer plumbing."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -254,14 +255,51 @@ def general_names(values: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+#: kinds of :func:`typed_general_names` entries besides the four string kinds: the
+#: asn1crypto name of the GeneralName choice (``other_name``, ``directory_name``, …)
+SAN_KINDS = ("dns", "ip", "email", "uri")
+
+
+def typed_general_names(values: Any) -> tuple[tuple[str, str], ...]:
+    """Every GeneralName as ``(kind, value)``: ``dns`` / ``email`` / ``uri`` with their
+    text, ``ip`` with the address in compressed form (from the octets; 4 or 16 of them,
+    DecodeError otherwise), and any other choice as ``(asn1crypto choice name, "")``."""
+    try:
+        return _typed_general_names(values)
+    except DecodeError:
+        raise
+    except Exception as exc:  # asn1crypto: a non-ASCII IA5String, a bad choice
+        raise DecodeError(f"malformed subjectAltName ({type(exc).__name__})") from None
+
+
+def _typed_general_names(values: Any) -> tuple[tuple[str, str], ...]:
+    out = []
+    text = {"dns_name": "dns", "rfc822_name": "email", "uniform_resource_identifier": "uri"}
+    for gn in values:
+        kind = gn.name
+        if kind in text:
+            # the IA5String octets as written (asn1crypto's native value turns A-labels
+            # into U-labels, which is not what a peer compares)
+            raw = bytes(gn.chosen.contents)
+            if not raw.isascii():
+                raise DecodeError("subjectAltName: an IA5String holds a non-ASCII octet")
+            out.append((text[kind], raw.decode("ascii")))
+        elif kind == "ip_address":
+            raw = bytes(gn.chosen.contents)
+            if len(raw) not in (4, 16):
+                raise DecodeError("subjectAltName iPAddress must hold 4 or 16 octets")
+            out.append(("ip", str(ipaddress.ip_address(raw))))
+        else:
+            out.append((str(kind), ""))
+    return tuple(out)
+
+
 _DNS_RE = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?$")
 
 
 def general_name(value: str) -> x509.GeneralName:
     """A SAN entry from a string: ``scheme://...`` → URI, ``x@y`` → rfc822Name, an IP
     address → iPAddress, anything else a dNSName."""
-    import ipaddress
-
     if not isinstance(value, str) or not value:
         raise PolicyError("subject alternative names must be non-empty strings")
     if not value.isascii():

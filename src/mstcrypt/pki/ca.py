@@ -23,7 +23,7 @@ from mstcrypt.pki import _common as c
 from mstcrypt.pki.cert import Certificate, ExtraExtension, build_certificate
 from mstcrypt.pki.crl import CRL, RevokedEntry, build_crl
 from mstcrypt.pki.csr import CertificationRequest
-from mstcrypt.pki.profiles import Profile, spec
+from mstcrypt.pki.profiles import Profile, check_alt_names, spec
 
 __all__ = ["Issuer", "random_serial"]
 
@@ -106,7 +106,22 @@ class Issuer:
         path_len: int | None = None,
     ) -> Certificate:
         """Issue a certificate under this CA. Validity defaults to now − 5 minutes for
-        the profile's default lifetime, clipped to this CA's own notAfter."""
+        the profile's default lifetime, clipped to this CA's own notAfter.
+        ``subject_alt_names`` must fit the profile (:func:`~mstcrypt.pki.profiles.check_alt_names`:
+        a gateway or server certificate needs a DNS name or IP address, a device
+        certificate carries none); a subjectAltName cannot come in ``extra_extensions``.
+        PolicyError otherwise."""
+        check_alt_names(profile, subject_alt_names)
+        extra_extensions = tuple(extra_extensions)
+        for ext in extra_extensions:
+            if isinstance(ext, x509.Extension):
+                oid = ext["extn_id"].dotted
+            else:
+                oid = ext[0] if isinstance(ext, tuple) and ext else None
+            if oid == c.OID_SUBJECT_ALT_NAME:
+                raise PolicyError(
+                    "a subjectAltName is set with subject_alt_names, where the profile checks it"
+                )
         nb, na = _window(not_before, not_after, spec(profile).default_days)
         if not_after is None:
             na = min(na, self.certificate.not_after)

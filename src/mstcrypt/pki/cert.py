@@ -25,6 +25,7 @@ certificates unusable with GmSSL peers.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -78,6 +79,7 @@ class Certificate:
         "_policies",
         "_public_key",
         "_san",
+        "_san_entries",
         "_serial",
         "_ski",
         "_subject_str",
@@ -165,6 +167,7 @@ class Certificate:
             )
             san = exts.get(c.OID_SUBJECT_ALT_NAME)
             setattr_(self, "_san", c.general_names(san[1]) if san else ())
+            setattr_(self, "_san_entries", c.typed_general_names(san[1]) if san else ())
             urls: list[str] = []
             dps = exts.get(c.OID_CRL_DP)
             for dp in dps[1] if dps else ():
@@ -309,7 +312,41 @@ class Certificate:
 
     @property
     def subject_alt_names(self) -> tuple[str, ...]:
+        """The dNSName, rfc822Name, URI and iPAddress entries as strings (their kinds
+        are in :attr:`subject_alt_name_entries`)."""
         return self._san
+
+    @property
+    def subject_alt_name_entries(self) -> tuple[tuple[str, str], ...]:
+        """Every subjectAltName entry as ``(kind, value)``: kind ``dns``, ``ip``
+        (compressed address), ``email``, ``uri``, or the asn1crypto name of another
+        GeneralName choice with an empty value."""
+        return self._san_entries
+
+    @property
+    def has_subject_alt_name(self) -> bool:
+        """The certificate has a subjectAltName extension (of any content)."""
+        return c.OID_SUBJECT_ALT_NAME in self._exts
+
+    @property
+    def dns_names(self) -> tuple[str, ...]:
+        """The dNSName entries, as written."""
+        return tuple(v for k, v in self._san_entries if k == "dns")
+
+    @property
+    def ip_addresses(self) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
+        """The iPAddress entries."""
+        return tuple(ipaddress.ip_address(v) for k, v in self._san_entries if k == "ip")
+
+    @property
+    def common_names(self) -> tuple[str, ...]:
+        """The subject's commonName values, in order."""
+        return tuple(
+            str(atv["value"].native)
+            for rdn in self._asn1["tbs_certificate"]["subject"].chosen
+            for atv in rdn
+            if atv["type"].native == "common_name"
+        )
 
     @property
     def policies(self) -> tuple[str, ...]:

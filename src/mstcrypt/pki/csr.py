@@ -121,6 +121,14 @@ class CertificationRequest:
         san = self._exts.get(c.OID_SUBJECT_ALT_NAME)
         return c.general_names(san[1]) if san else ()
 
+    @property
+    def subject_alt_name_entries(self) -> tuple[tuple[str, str], ...]:
+        """Every requested subjectAltName entry as ``(kind, value)``, as in
+        :attr:`mstcrypt.pki.Certificate.subject_alt_name_entries` (kinds other than
+        ``dns``, ``ip``, ``email`` and ``uri`` included, so a CA can refuse them)."""
+        san = self._exts.get(c.OID_SUBJECT_ALT_NAME)
+        return c.typed_general_names(san[1]) if san else ()
+
     def verify(self) -> None:
         """Check the self-signature (SM2-with-SM3, default ID, Z from the requested key).
         Raises CertificateError("bad_signature")."""

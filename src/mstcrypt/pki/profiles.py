@@ -28,6 +28,14 @@ only certifies (keyCertSign, cRLSign); its own App signatures need a separate si
 key with an APP_DEVELOPER certificate issued under it, so that a code-signing check
 (digitalSignature + codeSigning) never has to accept a CA key.
 
+subjectAltName (:class:`AltNames`, enforced by :class:`mstcrypt.pki.Issuer`): gateways,
+IM servers and mail servers are reached by host name over TLCP/TLS, so their
+certificates carry at least one dNSName or iPAddress and nothing else (GmSSL matches a
+host name on the first dNSName only, never on the CN); login, seal, WAPI AP and ASU
+certificates may carry host names; devices and app developers carry at most their
+e-mail address (rfc822Name) and never a host name; CAs, the OCSP signer and the KMC
+escrow certificate carry no subjectAltName.
+
 Default lifetimes stay within GmSSL's limit of 3653 days (X509_VALIDITY_MAX_DAYS,
 checked on every certificate of a chain): root 10 years, subordinate CAs 5 years, end
 entities 1 to 3 years.
@@ -36,11 +44,25 @@ entities 1 to 3 years.
 from __future__ import annotations
 
 import enum
+import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mstcrypt.errors import PolicyError
 
-__all__ = ["POLICY_KMC_ESCROW", "POLICY_LOGIN_SERVER", "Profile", "ProfileSpec", "spec"]
+__all__ = [
+    "MAX_ALT_NAMES",
+    "POLICY_KMC_ESCROW",
+    "POLICY_LOGIN_SERVER",
+    "AltNames",
+    "Profile",
+    "ProfileSpec",
+    "check_alt_names",
+    "spec",
+]
+
+#: Most subjectAltName entries one certificate may carry.
+MAX_ALT_NAMES = 64
 
 #: certificatePolicies marker of the login server's signing certificate (T/ZSA 37-2020
 #: §7.3): a terminal accepts Cert-S only when it carries this policy, so no other
@@ -80,6 +102,19 @@ class Profile(enum.StrEnum):
     KMC_ESCROW_ENC = "kmc_escrow_enc"
 
 
+class AltNames(enum.StrEnum):
+    """Which subjectAltName entries certificates of a profile carry."""
+
+    #: at least one dNSName or iPAddress, and nothing else (TLCP/TLS servers)
+    HOST = "host"
+    #: dNSName / iPAddress entries allowed, none required
+    HOST_OPTIONAL = "host_optional"
+    #: at most rfc822Name entries (the holder's e-mail address); never a host name
+    EMAIL = "email"
+    #: no subjectAltName
+    NONE = "none"
+
+
 @dataclass(frozen=True)
 class ProfileSpec:
     """What a certificate of one profile contains.
@@ -91,7 +126,8 @@ class ProfileSpec:
     (None: no limit, or not a CA); ``default_days`` the usual lifetime; ``policies``
     the certificatePolicies identifiers written (dotted OIDs, non-critical);
     ``ocsp_nocheck`` writes id-pkix-ocsp-nocheck (RFC 6960 §4.2.2.2.1: relying parties
-    do not check the status of this delegated OCSP responder's certificate).
+    do not check the status of this delegated OCSP responder's certificate);
+    ``alt_names`` the subjectAltName policy (:class:`AltNames`).
     """
 
     key_usage: frozenset[str]
@@ -101,6 +137,7 @@ class ProfileSpec:
     default_days: int
     policies: tuple[str, ...] = ()
     ocsp_nocheck: bool = False
+    alt_names: AltNames = AltNames.NONE
 
     @property
     def is_encryption(self) -> bool:
@@ -116,29 +153,31 @@ _SERVER = ("server_auth",)
 
 _DEVICE = ("client_auth", "email_protection")
 
+_H, _HO, _EM = AltNames.HOST, AltNames.HOST_OPTIONAL, AltNames.EMAIL
+
 _SPECS: dict[Profile, ProfileSpec] = {
     Profile.ROOT_CA: ProfileSpec(_CA, (), True, None, 3650),
     Profile.SUB_CA: ProfileSpec(_CA, (), True, 0, 1825),
     Profile.DISTRIBUTION_CHANNEL_CA: ProfileSpec(_CA, (), True, 0, 1825),
-    Profile.DEVICE_SIGN: ProfileSpec(_SIGN_NR, _DEVICE, False, None, 730),
-    Profile.DEVICE_ENC: ProfileSpec(_ENC, _DEVICE, False, None, 730),
-    Profile.GATEWAY_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
-    Profile.GATEWAY_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.IM_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
-    Profile.IM_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.MAIL_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
-    Profile.MAIL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.DEVICE_SIGN: ProfileSpec(_SIGN_NR, _DEVICE, False, None, 730, alt_names=_EM),
+    Profile.DEVICE_ENC: ProfileSpec(_ENC, _DEVICE, False, None, 730, alt_names=_EM),
+    Profile.GATEWAY_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095, alt_names=_H),
+    Profile.GATEWAY_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095, alt_names=_H),
+    Profile.IM_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095, alt_names=_H),
+    Profile.IM_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095, alt_names=_H),
+    Profile.MAIL_SERVER_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095, alt_names=_H),
+    Profile.MAIL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095, alt_names=_H),
     Profile.LOGIN_SERVER_SIGN: ProfileSpec(
-        _SIGN, _SERVER, False, None, 1095, policies=(POLICY_LOGIN_SERVER,)
+        _SIGN, _SERVER, False, None, 1095, policies=(POLICY_LOGIN_SERVER,), alt_names=_HO
     ),
-    Profile.LOGIN_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.SEAL_SERVER_SIGN: ProfileSpec(_SIGN_NR, _SERVER, False, None, 1095),
-    Profile.SEAL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.APP_DEVELOPER: ProfileSpec(_SIGN, ("code_signing",), False, None, 1095),
-    Profile.WLAN_AP_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
-    Profile.WLAN_AP_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
-    Profile.WLAN_ASU_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095),
-    Profile.WLAN_ASU_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095),
+    Profile.LOGIN_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095, alt_names=_HO),
+    Profile.SEAL_SERVER_SIGN: ProfileSpec(_SIGN_NR, _SERVER, False, None, 1095, alt_names=_HO),
+    Profile.SEAL_SERVER_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095, alt_names=_HO),
+    Profile.APP_DEVELOPER: ProfileSpec(_SIGN, ("code_signing",), False, None, 1095, alt_names=_EM),
+    Profile.WLAN_AP_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095, alt_names=_HO),
+    Profile.WLAN_AP_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095, alt_names=_HO),
+    Profile.WLAN_ASU_SIGN: ProfileSpec(_SIGN, _SERVER, False, None, 1095, alt_names=_HO),
+    Profile.WLAN_ASU_ENC: ProfileSpec(_ENC, _SERVER, False, None, 1095, alt_names=_HO),
     # a delegated OCSP responder: nocheck, so short-lived (rotated by kmc.ocsp)
     Profile.OCSP_SIGNER: ProfileSpec(_SIGN, ("ocsp_signing",), False, None, 30, ocsp_nocheck=True),
     Profile.KMC_ESCROW_ENC: ProfileSpec(
@@ -161,3 +200,58 @@ def spec(profile: Profile | str) -> ProfileSpec:
             f"unknown certificate profile {profile!r}; expected one of "
             + ", ".join(p.value for p in Profile)
         ) from None
+
+
+def _kind(value: str) -> str:
+    """The GeneralName a SAN string becomes (as in :func:`mstcrypt.pki.build_certificate`)."""
+    if "://" in value:
+        return "uri"
+    if "@" in value:
+        return "email"
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return "dns"
+    return "ip"
+
+
+def check_alt_names(profile: Profile | str, names: Sequence[str]) -> None:
+    """Refuse (PolicyError) subjectAltName entries that ``profile`` does not allow, or
+    the absence of a host name where it needs one; DNS names and IP addresses are
+    checked as :mod:`mstcrypt.pki.hostname` does (one leftmost wildcard label at most)."""
+    from mstcrypt.pki import hostname
+
+    prof = Profile(profile)
+    policy = spec(prof).alt_names
+    if isinstance(names, str):
+        raise PolicyError("subject_alt_names must be a sequence of strings")
+    names = list(names)
+    if len(names) > MAX_ALT_NAMES:
+        raise PolicyError(f"at most {MAX_ALT_NAMES} subjectAltName entries")
+    for value in names:
+        if not isinstance(value, str) or not value:
+            raise PolicyError("subject alternative names must be non-empty strings")
+        kind = _kind(value)
+        if kind == "dns":
+            hostname.dns_name(value, allow_wildcard=True)
+        elif kind == "ip":
+            hostname.ip_address(value)
+        allowed = {
+            AltNames.HOST: ("dns", "ip"),
+            AltNames.HOST_OPTIONAL: ("dns", "ip"),
+            AltNames.EMAIL: ("email",),
+            AltNames.NONE: (),
+        }[policy]
+        if kind not in allowed:
+            what = {"dns": "DNS name", "ip": "IP address", "email": "e-mail address"}.get(
+                kind, "URI"
+            )
+            raise PolicyError(
+                f"a {prof.value} certificate cannot carry the {what} {value!r} "
+                f"(subjectAltName policy {policy.value!r})"
+            )
+    if policy is AltNames.HOST and not names:
+        raise PolicyError(
+            f"a {prof.value} certificate needs at least one DNS name or IP address "
+            "(peers match host names on subjectAltName only)"
+        )

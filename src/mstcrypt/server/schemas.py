@@ -16,6 +16,16 @@ class CodeRequest(BaseModel):
     subject: dict[str, str]
     profile: str = Profile.DEVICE_SIGN.value
     ttl_seconds: int = Field(default=86400, ge=60, le=30 * 86400)
+    dns_names: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="DNS names a gateway or server is certified for (subjectAltName)",
+    )
+    ip_addresses: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="IP addresses a gateway or server is certified for (subjectAltName)",
+    )
 
 
 class EnrollRequest(BaseModel):

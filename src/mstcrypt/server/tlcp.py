@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.pki import Profile
+from mstcrypt.pki.hostname import canonical_names
 from mstcrypt.protocols.tlcp import Credentials
 
 __all__ = ["ENC_IDENTITY", "SIGN_IDENTITY", "platform_credentials"]
@@ -23,8 +25,13 @@ ENC_IDENTITY = "platform-tlcp-enc"
 def platform_credentials(kmc: Kmc, names: Sequence[str]) -> Credentials:
     """The endpoint's signing and encryption identities (created and certified on first
     use, re-certified when ``names`` change), as TLCP credentials whose private-key
-    operations run in the SS-CC. ``names[0]`` is the CN; all names are SANs."""
-    names = list(dict.fromkeys(names))
+    operations run in the SS-CC. The names (DNS names and IP addresses, put in canonical
+    form: lower-case A-labels, compressed addresses) are the subjectAltName entries, as
+    dNSName and iPAddress; ``names[0]`` is also the CN. PolicyError for a malformed name
+    or none at all."""
+    names = canonical_names(names)
+    if not names:
+        raise PolicyError("the platform endpoint needs at least one DNS name or IP address")
     sign, sign_cert = kmc.service_identity(
         SIGN_IDENTITY, Profile.GATEWAY_SIGN, names[0], subject_alt_names=names
     )

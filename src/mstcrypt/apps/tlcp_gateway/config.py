@@ -198,7 +198,10 @@ class CredentialsConfig:
     ``key`` and ``enc_key`` the two private keys, optionally encrypted with
     ``password`` or the password in the environment variable ``password_env``), or a
     ServerModule keystore (``keystore``, ``master_key_file``, ``container``; certificates
-    from the container unless ``cert`` is given)."""
+    from the container unless ``cert`` is given), or a soft token enrolled through the
+    platform (``token``, ``container``, its PIN in the environment variable ``pin_env``,
+    default ``MSTCRYPT_PIN``; certificates from the container, ``cert`` lists the CA
+    certificates sent after them)."""
 
     cert: tuple[Path, ...] = ()
     key: Path | None = None
@@ -208,17 +211,34 @@ class CredentialsConfig:
     keystore: Path | None = None
     master_key_file: Path | None = None
     container: str = "gateway"
+    token: Path | None = None
+    pin_env: str = "MSTCRYPT_PIN"
 
     def __post_init__(self) -> None:
         self.cert = tuple(Path(p) for p in self.cert)
-        if self.keystore is None and (not self.cert or self.key is None or self.enc_key is None):
-            raise PolicyError("credentials need cert, key and enc_key, or a keystore")
+        if self.keystore is not None and self.token is not None:
+            raise PolicyError("credentials take a keystore or a token, not both")
+        if (
+            self.keystore is None
+            and self.token is None
+            and (not self.cert or self.key is None or self.enc_key is None)
+        ):
+            raise PolicyError("credentials need cert, key and enc_key, a keystore or a token")
 
     def load(self) -> Credentials:
         from mstcrypt.formats.keys import load_private_key
         from mstcrypt.pki import load_certificates
 
         certs = [c for p in self.cert for c in load_certificates(_read(p))]
+        if self.token is not None:
+            from mstcrypt.module import SoftToken
+
+            pin = os.environ.get(self.pin_env)
+            if not pin:
+                raise PolicyError(f"the token's PIN is read from ${self.pin_env}, which is unset")
+            token = SoftToken.open(self.token)
+            token.login(pin)
+            return Credentials.from_module(token, self.container, chain=certs)
         if self.keystore is not None:
             from mstcrypt.module.server import ServerModule, load_master_key
 
@@ -357,7 +377,7 @@ class GatewayConfig:
         creds = None
         if (c := data.get("credentials")) is not None:
             keys = {"cert", "key", "enc_key", "password", "password_env", "keystore"}
-            _only(c, keys | {"master_key_file", "container"}, "credentials")
+            _only(c, keys | {"master_key_file", "container", "token", "pin_env"}, "credentials")
             creds = CredentialsConfig(
                 cert=paths(c.get("cert")),
                 key=opt_path(c.get("key")),
@@ -367,6 +387,8 @@ class GatewayConfig:
                 keystore=opt_path(c.get("keystore")),
                 master_key_file=opt_path(c.get("master_key_file")),
                 container=str(c.get("container", "gateway")),
+                token=opt_path(c.get("token")),
+                pin_env=str(c.get("pin_env", "MSTCRYPT_PIN")),
             )
         trust = None
         if (t := data.get("trust")) is not None:

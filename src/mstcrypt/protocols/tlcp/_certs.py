@@ -3,12 +3,11 @@ certificates, alert mapping, host name matching."""
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from datetime import datetime
 
 from mstcrypt.errors import DecodeError, UnsupportedError
-from mstcrypt.pki import Certificate, CertificateError, validate_path
+from mstcrypt.pki import Certificate, CertificateError, match_hostname, validate_path
 from mstcrypt.protocols.tlcp.constants import AlertDescription
 from mstcrypt.protocols.tlcp.context import TLCPContext
 from mstcrypt.protocols.tlcp.errors import TLCPError
@@ -110,50 +109,8 @@ def validate_peer(
             )
 
 
-def _common_names(cert: Certificate) -> list[str]:
-    out = []
-    for rdn in cert.subject.chosen:
-        for atv in rdn:
-            if atv["type"].native == "common_name":
-                out.append(str(atv["value"].native))
-    return out
-
-
-def _dns_match(pattern: str, host: str) -> bool:
-    pattern = pattern.rstrip(".").lower()
-    if pattern == host:
-        return True
-    if pattern.startswith("*.") and "." in host:
-        head, tail = host.split(".", 1)
-        return bool(head) and tail == pattern[2:] and tail.count(".") >= 1
-    return False
-
-
-def hostname_matches(cert: Certificate, host: str) -> bool:
-    """RFC 6125-style: dNSName SANs (one leftmost wildcard label), IP SANs for an IP
-    literal; the subject CN only when the certificate has no dNSName."""
-    host = host.rstrip(".").lower()
-    sans = cert.subject_alt_names
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        ip = None
-    if ip is not None:
-        for s in sans:
-            try:
-                if ipaddress.ip_address(s) == ip:
-                    return True
-            except ValueError:
-                continue
-        return False
-    dns = [s for s in sans if "@" not in s and "://" not in s and not _is_ip(s)]
-    candidates = dns or _common_names(cert)
-    return any(_dns_match(p, host) for p in candidates)
-
-
-def _is_ip(s: str) -> bool:
-    try:
-        ipaddress.ip_address(s)
-    except ValueError:
-        return False
-    return True
+def hostname_matches(cert: Certificate, host: str, *, allow_common_name: bool = False) -> bool:
+    """RFC 6125 (:func:`mstcrypt.pki.match_hostname`): dNSName SANs (one leftmost
+    wildcard label), iPAddress SANs for an IP literal; the subject CN only with
+    ``allow_common_name`` and only when the certificate has no subjectAltName."""
+    return match_hostname(cert, host, allow_common_name=allow_common_name)

@@ -192,7 +192,9 @@ class TLCPClient(Connection):
         if (
             self._ctx.check_hostname
             and self._server_name is not None
-            and not hostname_matches(certs[0], self._server_name)
+            and not hostname_matches(
+                certs[0], self._server_name, allow_common_name=self._ctx.hostname_cn_fallback
+            )
         ):
             raise fail(
                 AlertDescription.BAD_CERTIFICATE,

@@ -286,7 +286,10 @@ class TLCPContext:
     - ``client_auth`` (server): ask for client certificates (always asked and required
       with ECDHE).
     - ``check_hostname`` (client): the server's signing certificate must match the
-      ``server_name`` given to the client (dNSName SANs, or CN when there is none).
+      ``server_name`` given to the client under RFC 6125 (:func:`mstcrypt.pki.match_hostname`:
+      dNSName SANs, iPAddress SANs for an IP literal, never the CN by default).
+    - ``hostname_cn_fallback`` (client): also accept the subject CN, only for a legacy
+      certificate without any subjectAltName (off by default).
     - ``sni_callback`` (server): choose credentials from the client's server_name.
     - ``session_cache`` (server): enables resumption by session ID.
     - ``ecdhe_params_encoding`` (client): ClientECDHEParams framing sent; a server
@@ -320,6 +323,7 @@ class TLCPContext:
     cipher_suites: Sequence[CipherSuite | int] = DEFAULT_CIPHER_SUITES
     client_auth: ClientAuth | str = ClientAuth.NONE
     check_hostname: bool = True
+    hostname_cn_fallback: bool = False
     sni_callback: SNICallback | None = None
     session_cache: SessionCache | Any | None = None
     ecdhe_params_encoding: ECDHEParamsEncoding | str = ECDHEParamsEncoding.VECTOR

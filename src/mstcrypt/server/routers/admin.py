@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import DecodeError, PolicyError
 from mstcrypt.kmc.audit import ChainReport
+from mstcrypt.kmc.enrollment import code_names
 from mstcrypt.kmc.operators import (
     ADMINISTRATOR,
     AUDITOR,
@@ -79,14 +80,22 @@ def _profile(value: str) -> Profile:
 # -- registration officer ------------------------------------------------------------------
 @ra_router.post("/enrollment-codes")
 def new_code(body: CodeRequest, who: Registration, kmc: KmcDep) -> dict[str, Any]:
+    profile = _profile(body.profile)
     code, expires = kmc.create_enrollment_code(
         owner=body.owner,
         subject=body.subject,
-        profile=_profile(body.profile),
+        profile=profile,
         ttl=timedelta(seconds=body.ttl_seconds),
         actor=who.name,
+        dns_names=body.dns_names,
+        ip_addresses=body.ip_addresses,
     )
-    return {"code": code, "owner": body.owner, "expires_at": expires.isoformat()}
+    return {
+        "code": code,
+        "owner": body.owner,
+        "expires_at": expires.isoformat(),
+        "names": code_names(profile, body.dns_names, body.ip_addresses),
+    }
 
 
 @ra_router.post("/certificates/{serial}/revoke")
