@@ -145,9 +145,9 @@ def pki() -> TestPKI:
 
 @pytest.fixture(scope="module")
 def server_id(pki: TestPKI):
-    # "localhost" for GmSSL's tlcp_client, which compares -host with the first dNSName
-    # SAN only (tls_cert_match_server_name in GmSSL 3.3).
-    return pki.identity(NAME, names=["localhost", NAME, "127.0.0.1"])
+    # GmSSL's tlcp_client compares -server_name (else -host) with the first
+    # dNSName SAN only (tls_cert_match_server_name in GmSSL 3.3).
+    return pki.identity(NAME, names=[NAME, "localhost", "127.0.0.1"])
 
 
 @pytest.fixture(scope="module")
