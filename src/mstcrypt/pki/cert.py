@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
@@ -50,8 +52,10 @@ __all__ = [
 ExtraExtension = x509.Extension | tuple[str, bool, bytes]
 
 
-_PARSED: dict[bytes, Certificate] = {}
+#: Parsed certificates by DER, least recently used first (bounded; see from_der).
+_PARSED: OrderedDict[bytes, Certificate] = OrderedDict()
 _PARSED_MAX = 2048
+_PARSED_LOCK = threading.Lock()
 
 
 class Certificate:
@@ -92,15 +96,23 @@ class Certificate:
         """Parse one DER certificate. Raises DecodeError when malformed, not canonical DER
         or followed by trailing bytes; UnsupportedError when the key is not SM2 or the
         signature algorithm is not SM2-with-SM3. Parsed certificates are immutable and
-        memoised by their DER (servers see the same few certificates again and again)."""
+        memoised by their DER (servers see the same few certificates again and again):
+        the last ``_PARSED_MAX`` used are kept, with their public key objects (and so
+        the native key and Z value built for them)."""
         if isinstance(der, bytes | bytearray | memoryview):
-            hit = _PARSED.get(bytes(der))
+            key = bytes(der)
+            hit = _PARSED.get(key)
             if hit is not None:
+                with _PARSED_LOCK:
+                    if key in _PARSED:
+                        _PARSED.move_to_end(key)
                 return hit
         cert = cls._parse(der)
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[cert._der] = cert
+        with _PARSED_LOCK:
+            _PARSED[cert._der] = cert
+            _PARSED.move_to_end(cert._der)
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
         return cert
 
     @classmethod
