@@ -113,8 +113,12 @@ class _Side:
             raise InvalidKeyError("key exchange produced the point at infinity") from None
 
     def _derive(self, u: Point, r_a: Point, r_b: Point) -> tuple[bytes, bytes, bytes]:
+        """K, S_B (0x02) and S_A (0x03); the confirmations are empty without
+        confirmation (nothing would compare them)."""
         xu, yu = u.x.to_bytes(SIZE, "big"), u.y.to_bytes(SIZE, "big")
         key = kdf(xu + yu + self._za + self._zb, self._klen)
+        if not self._confirm:
+            return key, b"", b""
         inner = sm3(xu + self._za + self._zb + r_a.to_bytes()[1:] + r_b.to_bytes()[1:])
         s2 = sm3(b"\x02" + yu + inner)
         s3 = sm3(b"\x03" + yu + inner)

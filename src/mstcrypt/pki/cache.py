@@ -61,21 +61,26 @@ class _Entry:
 class _SetDigest:
     """SM3 over the DERs of a sequence of certificates or CRLs, recomputed only when the
     sequence holds other objects (compared by identity, so a list changed in place is
-    seen; the objects are kept, so their ids cannot be reused)."""
+    seen; the objects are kept, so their ids cannot be reused). The objects and their
+    digest are stored as one tuple, so concurrent callers never pair one set's objects
+    with another set's digest."""
 
-    __slots__ = ("_digest", "_items", "_tag")
+    __slots__ = ("_kind", "_memo", "_tag")
 
-    def __init__(self, tag: bytes) -> None:
+    def __init__(self, tag: bytes, kind: type) -> None:
         self._tag = tag
-        self._items: tuple[object, ...] = ()
-        self._digest = sm3(tag)
+        self._kind = kind
+        self._memo: tuple[tuple[object, ...], bytes] = ((), sm3(tag))
 
     def __call__(self, items: Sequence[Certificate] | Sequence[CRL]) -> bytes:
-        held = self._items
+        held, digest = self._memo
         if len(held) == len(items) and all(a is b for a, b in zip(held, items, strict=True)):
-            return self._digest
-        digest = sm3(self._tag + b"".join(sm3(x.der) for x in items))
-        self._items, self._digest = tuple(items), digest
+            return digest
+        snapshot = tuple(items)
+        if not all(isinstance(x, self._kind) for x in snapshot):
+            raise PolicyError(f"{self._tag.decode()} must be {self._kind.__name__} objects")
+        digest = sm3(self._tag + b"".join(sm3(x.der) for x in snapshot))
+        self._memo = (snapshot, digest)
         return digest
 
 
@@ -115,10 +120,11 @@ class ValidationCache:
         self.misses = 0
         self._items: OrderedDict[bytes, _Entry] = OrderedDict()
         self._lock = threading.Lock()
-        self._anchors = _SetDigest(b"anchors")
-        self._intermediates = _SetDigest(b"intermediates")
-        self._crls = _SetDigest(b"crls")
+        self._anchors = _SetDigest(b"anchors", Certificate)
+        self._intermediates = _SetDigest(b"intermediates", Certificate)
+        self._crls = _SetDigest(b"crls", CRL)
         self._crl_digest: bytes | None = None
+        self._purposes: dict[tuple[frozenset[str], str | None, bool], bytes] = {}
 
     def __len__(self) -> int:
         return len(self._items)
@@ -154,7 +160,9 @@ class ValidationCache:
         when = datetime.now(UTC) if at is None else c.utc(at, "at", whole_seconds=False)
         if isinstance(key_usage, str):
             raise PolicyError(f"key_usage must be a set of names among {sorted(c.KEY_USAGE_NAMES)}")
-        ku = frozenset(key_usage)
+        ku = key_usage if isinstance(key_usage, frozenset) else frozenset(key_usage)
+        # One snapshot of each set serves both the key and the validation.
+        anchors, intermediates, crls = tuple(anchors), tuple(intermediates), tuple(crls)
         key, crl_digest = self._key(
             leaf, anchors, intermediates, crls, require_revocation_check, ku, extended_key_usage
         )
@@ -203,24 +211,25 @@ class ValidationCache:
         ku: frozenset[str],
         eku: str | None,
     ) -> tuple[bytes, bytes]:
-        for x in (*anchors, *intermediates):
-            if not isinstance(x, Certificate):
-                raise PolicyError("anchors and intermediates must be Certificate objects")
-        for x in crls:
-            if not isinstance(x, CRL):
-                raise PolicyError("crls must be CRL objects")
-        if not all(isinstance(u, str) for u in ku):
-            raise PolicyError(f"key_usage must be a set of names among {sorted(c.KEY_USAGE_NAMES)}")
-        purpose = ",".join(sorted(ku)) + ";" + (c.eku_oid(eku) if eku is not None else "-")
+        purpose = self._purposes.get((ku, eku, require))
+        if purpose is None:
+            if not all(isinstance(u, str) for u in ku):
+                raise PolicyError(
+                    f"key_usage must be a set of names among {sorted(c.KEY_USAGE_NAMES)}"
+                )
+            text = ",".join(sorted(ku)) + ";" + (c.eku_oid(eku) if eku is not None else "-")
+            text += ";crl-required" if require else ";crl-optional"
+            purpose = len(text).to_bytes(2, "big") + text.encode()
+            if len(self._purposes) < 64:
+                self._purposes[(ku, eku, require)] = purpose
         crl_digest = self._crls(crls)
         key = sm3(
             b"mstcrypt validated path v1\0"
-            + purpose.encode()
-            + (b"\1" if require else b"\0")
+            + purpose
             + self._anchors(anchors)
             + self._intermediates(intermediates)
             + crl_digest
-            + sm3(leaf.der)
+            + leaf.der
         )
         return key, crl_digest
 

@@ -73,6 +73,7 @@ class Certificate:
         "_eku",
         "_exts",
         "_is_ca",
+        "_issuer_der",
         "_issuer_str",
         "_ku",
         "_not_after",
@@ -83,6 +84,7 @@ class Certificate:
         "_san",
         "_serial",
         "_ski",
+        "_subject_der",
         "_subject_str",
     )
 
@@ -144,6 +146,8 @@ class Certificate:
         )
         setattr_(self, "_subject_str", name_to_str(tbs["subject"]))
         setattr_(self, "_issuer_str", name_to_str(tbs["issuer"]))
+        setattr_(self, "_subject_der", bytes(tbs["subject"].dump()))
+        setattr_(self, "_issuer_der", bytes(tbs["issuer"].dump()))
         exts = c.extension_map(exts_asn1 if has_exts else None, "certificate")
         setattr_(self, "_exts", exts)
         self._read_extensions(exts)
@@ -256,11 +260,12 @@ class Certificate:
 
     @property
     def subject(self) -> x509.Name:
-        return x509.Name.load(self._asn1["tbs_certificate"]["subject"].dump())
+        """A fresh asn1crypto Name (a copy, as :attr:`asn1`)."""
+        return x509.Name.load(self._subject_der)
 
     @property
     def issuer(self) -> x509.Name:
-        return x509.Name.load(self._asn1["tbs_certificate"]["issuer"].dump())
+        return x509.Name.load(self._issuer_der)
 
     @property
     def subject_str(self) -> str:
