@@ -94,6 +94,8 @@ size_t EC_POINT_point2oct(const EC_GROUP *group, const EC_POINT *p, int form,
                           unsigned char *buf, size_t len, BN_CTX *ctx);
 int EC_POINT_mul(const EC_GROUP *group, EC_POINT *r, const BIGNUM *n, const EC_POINT *q,
                  const BIGNUM *m, BN_CTX *ctx);
+int EC_POINTs_mul(const EC_GROUP *group, EC_POINT *r, const BIGNUM *n, size_t num,
+                  const EC_POINT *p[], const BIGNUM *m[], BN_CTX *ctx);
 int EC_POINT_add(const EC_GROUP *group, EC_POINT *r, const EC_POINT *a, const EC_POINT *b,
                  BN_CTX *ctx);
 int EC_POINT_invert(const EC_GROUP *group, EC_POINT *a, BN_CTX *ctx);

@@ -1,5 +1,9 @@
 """SM2 key exchange (GB/T 32918.3 §6), initiator (A) and responder (B).
 
+``ephemeral`` (optional) is this side's ephemeral scalar r, or an ephemeral
+:class:`~mstcrypt.crypto.sm2.SM2PrivateKey` whose point R = rG is then reused rather
+than recomputed (TLCP sends R before the exchange object exists).
+
 Each side is a small state object::
 
     a = KeyExchangeInitiator(a_key, b_public, klen=16, confirm=True)
@@ -20,7 +24,7 @@ import enum
 import hmac
 
 from mstcrypt.crypto.curve import SIZE, N
-from mstcrypt.crypto.hazmat.ec import Point, mul_base
+from mstcrypt.crypto.hazmat.ec import Point, add_mul_public, mul_base
 from mstcrypt.crypto.random import random_scalar
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SM2PrivateKey, SM2PublicKey
 from mstcrypt.crypto.sm3 import kdf, sm3
@@ -51,7 +55,7 @@ class _Side:
         peer_id: bytes,
         klen: int,
         confirm: bool,
-        ephemeral: int | None,
+        ephemeral: int | SM2PrivateKey | None,
         initiator: bool,
     ) -> None:
         if not isinstance(own_key, SM2PrivateKey) or not isinstance(peer_public, SM2PublicKey):
@@ -66,12 +70,20 @@ class _Side:
         self._za, self._zb = za, zb
         self._klen = klen
         self._confirm = confirm
-        if ephemeral is None:
-            ephemeral = random_scalar()
-        elif not 1 <= ephemeral < N:
-            raise InvalidKeyError("ephemeral scalar outside [1, n-1]")
-        self._r = ephemeral
-        self._R = mul_base(ephemeral)
+        if isinstance(ephemeral, SM2PrivateKey):
+            # An ephemeral key pair whose point R = rG is already computed (and usually
+            # already sent): no second fixed-base multiplication.
+            self._r = ephemeral.private_int()
+            self._R = ephemeral.public_key().point
+        else:
+            if ephemeral is None:
+                ephemeral = random_scalar()
+            elif not isinstance(ephemeral, int) or isinstance(ephemeral, bool):
+                raise PolicyError("ephemeral must be an int scalar or an SM2PrivateKey")
+            elif not 1 <= ephemeral < N:
+                raise InvalidKeyError("ephemeral scalar outside [1, n-1]")
+            self._r = ephemeral
+            self._R = mul_base(ephemeral)
         self.key: bytes | None = None
 
     @property
@@ -93,14 +105,20 @@ class _Side:
             raise InvalidKeyError("degenerate key exchange (t = 0)")
         xb = _xbar(peer_R.x)
         try:
-            s = self._peer_pub.point + peer_R * xb
+            # P + x̄·R has only public inputs (variable-time wNAF is fine); the secret t
+            # multiplies through libcrypto's constant-time ladder.
+            s = add_mul_public(self._peer_pub.point, peer_R, xb)
             return s * t  # h = 1 for SM2
         except InvalidKeyError:
             raise InvalidKeyError("key exchange produced the point at infinity") from None
 
     def _derive(self, u: Point, r_a: Point, r_b: Point) -> tuple[bytes, bytes, bytes]:
+        """K, S_B (0x02) and S_A (0x03); the confirmations are empty without
+        confirmation (nothing would compare them)."""
         xu, yu = u.x.to_bytes(SIZE, "big"), u.y.to_bytes(SIZE, "big")
         key = kdf(xu + yu + self._za + self._zb, self._klen)
+        if not self._confirm:
+            return key, b"", b""
         inner = sm3(xu + self._za + self._zb + r_a.to_bytes()[1:] + r_b.to_bytes()[1:])
         s2 = sm3(b"\x02" + yu + inner)
         s3 = sm3(b"\x03" + yu + inner)
@@ -119,7 +137,7 @@ class KeyExchangeInitiator(_Side):
         peer_id: bytes = DEFAULT_ID,
         klen: int = 16,
         confirm: bool = False,
-        ephemeral: int | None = None,
+        ephemeral: int | SM2PrivateKey | None = None,
     ) -> None:
         super().__init__(
             own_key,
@@ -166,7 +184,7 @@ class KeyExchangeResponder(_Side):
         peer_id: bytes = DEFAULT_ID,
         klen: int = 16,
         confirm: bool = False,
-        ephemeral: int | None = None,
+        ephemeral: int | SM2PrivateKey | None = None,
     ) -> None:
         super().__init__(
             own_key,

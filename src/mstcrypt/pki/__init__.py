@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from mstcrypt.pki._common import Signer, key_identifier
 from mstcrypt.pki.ca import Issuer, random_serial
+from mstcrypt.pki.cache import ValidationCache
 from mstcrypt.pki.cert import Certificate, build_certificate, load_certificates
 from mstcrypt.pki.crl import CRL, REVOCATION_REASONS, RevokedEntry, build_crl
 from mstcrypt.pki.csr import CertificationRequest, build_csr
@@ -51,6 +52,7 @@ __all__ = [
     "ProfileSpec",
     "RevokedEntry",
     "Signer",
+    "ValidationCache",
     "build_certificate",
     "build_crl",
     "build_csr",

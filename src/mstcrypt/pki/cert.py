@@ -27,6 +27,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
@@ -52,8 +54,10 @@ __all__ = [
 ExtraExtension = x509.Extension | tuple[str, bool, bytes]
 
 
-_PARSED: dict[bytes, Certificate] = {}
+#: Parsed certificates by DER, least recently used first (bounded; see from_der).
+_PARSED: OrderedDict[bytes, Certificate] = OrderedDict()
 _PARSED_MAX = 2048
+_PARSED_LOCK = threading.Lock()
 
 
 class Certificate:
@@ -71,6 +75,7 @@ class Certificate:
         "_eku",
         "_exts",
         "_is_ca",
+        "_issuer_der",
         "_issuer_str",
         "_ku",
         "_not_after",
@@ -82,6 +87,7 @@ class Certificate:
         "_san_entries",
         "_serial",
         "_ski",
+        "_subject_der",
         "_subject_str",
     )
 
@@ -95,15 +101,23 @@ class Certificate:
         """Parse one DER certificate. Raises DecodeError when malformed, not canonical DER
         or followed by trailing bytes; UnsupportedError when the key is not SM2 or the
         signature algorithm is not SM2-with-SM3. Parsed certificates are immutable and
-        memoised by their DER (servers see the same few certificates again and again)."""
+        memoised by their DER (servers see the same few certificates again and again):
+        the last ``_PARSED_MAX`` used are kept, with their public key objects (and so
+        the native key and Z value built for them)."""
         if isinstance(der, bytes | bytearray | memoryview):
-            hit = _PARSED.get(bytes(der))
+            key = bytes(der)
+            hit = _PARSED.get(key)
             if hit is not None:
+                with _PARSED_LOCK:
+                    if key in _PARSED:
+                        _PARSED.move_to_end(key)
                 return hit
         cert = cls._parse(der)
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[cert._der] = cert
+        with _PARSED_LOCK:
+            _PARSED[cert._der] = cert
+            _PARSED.move_to_end(cert._der)
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
         return cert
 
     @classmethod
@@ -135,6 +149,8 @@ class Certificate:
         )
         setattr_(self, "_subject_str", name_to_str(tbs["subject"]))
         setattr_(self, "_issuer_str", name_to_str(tbs["issuer"]))
+        setattr_(self, "_subject_der", bytes(tbs["subject"].dump()))
+        setattr_(self, "_issuer_der", bytes(tbs["issuer"].dump()))
         exts = c.extension_map(exts_asn1 if has_exts else None, "certificate")
         setattr_(self, "_exts", exts)
         self._read_extensions(exts)
@@ -248,11 +264,12 @@ class Certificate:
 
     @property
     def subject(self) -> x509.Name:
-        return x509.Name.load(self._asn1["tbs_certificate"]["subject"].dump())
+        """A fresh asn1crypto Name (a copy, as :attr:`asn1`)."""
+        return x509.Name.load(self._subject_der)
 
     @property
     def issuer(self) -> x509.Name:
-        return x509.Name.load(self._asn1["tbs_certificate"]["issuer"].dump())
+        return x509.Name.load(self._issuer_der)
 
     @property
     def subject_str(self) -> str:

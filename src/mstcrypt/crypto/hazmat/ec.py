@@ -13,7 +13,7 @@ from mstcrypt.crypto import _libcrypto as _lc
 from mstcrypt.crypto.curve import GX, GY, SIZE, N, P
 from mstcrypt.errors import DecodeError, InvalidKeyError
 
-__all__ = ["N", "P", "Point", "generator", "mul_base", "multi_mul"]
+__all__ = ["N", "P", "Point", "add_mul_public", "generator", "mul_base", "multi_mul"]
 
 
 class _Group:
@@ -183,6 +183,29 @@ def mul_base(k: int) -> Point:
 def multi_mul(a: int, p: Point, b: int, q: Point) -> Point:
     """a·P + b·Q (both scalars in [1, n-1])."""
     return p * a + q * b
+
+
+def add_mul_public(p: Point, q: Point, k: int) -> Point:
+    """p + k·q for a PUBLIC scalar k in [1, n-1], in one call to libcrypto's
+    interleaved wNAF multiplication. Variable time: k, p and q must not be secret (the
+    SM2 key exchange uses it for P + x̄·R, all values on the wire or in certificates).
+    Raises InvalidKeyError when the sum is the point at infinity."""
+    _check_scalar(k)
+    if not isinstance(p, Point) or not isinstance(q, Point):
+        raise InvalidKeyError("add_mul_public needs two points")
+    L = _lc.lib()
+    ffi = _lc.ffi
+    try:
+        points_mul = L.EC_POINTs_mul
+    except AttributeError:  # pragma: no cover - libcrypto built with no-deprecated
+        return p + q * k
+    r = _new_point()
+    pts = ffi.new("const EC_POINT *[2]", [p._ptr, q._ptr])
+    one, kb = _lc.bn_from_int(1), _lc.bn_from_int(k)
+    bns = ffi.new("const BIGNUM *[2]", [one, kb])
+    if points_mul(_group(), r, ffi.NULL, 2, pts, bns, ffi.NULL) != 1:
+        raise _lc.fail("EC_POINTs_mul")
+    return Point(r)
 
 
 def generator() -> Point:

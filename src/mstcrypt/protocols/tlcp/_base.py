@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from mstcrypt.crypto.random import random_bytes
-from mstcrypt.crypto.sm3 import sm3
+from mstcrypt.crypto.sm3 import SM3, sm3
 from mstcrypt.errors import MstCryptError, PolicyError
 from mstcrypt.pki import Certificate
 from mstcrypt.protocols.tlcp import prf
@@ -71,6 +71,8 @@ class Connection:
         self._out = bytearray()
         self._hs_buf = bytearray()
         self._transcript = bytearray()
+        self._th = SM3()  # running SM3 of self._transcript[: self._th_len]
+        self._th_len = 0
         self._expect: dict[HandshakeType, Handler] = {}
         self._expect_ccs: Callable[[], None] | None = None
         self._pending_read: CBCProtection | GCMProtection | None = None
@@ -221,8 +223,18 @@ class Connection:
         cw, sw = protections_for(self._suite, block)
         self._pending_write, self._pending_read = (cw, sw) if self.is_client else (sw, cw)
 
+    def _transcript_hash(self, upto: int) -> bytes:
+        """SM3 of the first ``upto`` transcript bytes, from a running hash (the
+        transcript is hashed once, not once per Finished and CertificateVerify)."""
+        if upto < self._th_len:
+            return sm3(bytes(self._transcript[:upto]))
+        if upto > self._th_len:
+            self._th.update(bytes(self._transcript[self._th_len : upto]))
+            self._th_len = upto
+        return self._th.digest()
+
     def _verify_data(self, label: bytes, upto: int) -> bytes:
-        return prf.verify_data(self._master, label, sm3(bytes(self._transcript[:upto])))
+        return prf.verify_data(self._master, label, self._transcript_hash(upto))
 
     def _check_finished(self, body: bytes, upto: int) -> None:
         if len(body) != prf.VERIFY_DATA_SIZE:
@@ -232,8 +244,9 @@ class Connection:
             raise fail(AlertDescription.DECRYPT_ERROR, "Finished verify_data does not match")
 
     def _certificate_verify_input(self, form: CertificateVerifyForm, upto: int) -> bytes:
-        data = bytes(self._transcript[:upto])
-        return sm3(data) if form is CertificateVerifyForm.SM3 else data
+        if form is CertificateVerifyForm.SM3:
+            return self._transcript_hash(upto)
+        return bytes(self._transcript[:upto])
 
     def _expect_change_cipher_spec(self, then: Callable[[], None]) -> None:
         self._expect = {}

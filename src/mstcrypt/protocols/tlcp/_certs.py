@@ -61,8 +61,9 @@ def _validate(
     eku: str,
     what: str,
 ) -> None:
+    validate = validate_path if ctx.validation_cache is None else ctx.validation_cache.validate
     try:
-        validate_path(
+        validate(
             leaf,
             anchors=ctx.trust_anchors,
             intermediates=(*intermediates, *ctx.intermediates),

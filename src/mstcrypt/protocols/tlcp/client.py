@@ -287,7 +287,7 @@ class TLCPClient(Connection):
                 pms = creds.key_exchange(
                     initiator=False,
                     peer_public=enc_pub,
-                    ephemeral=eph.private_int(),
+                    ephemeral=eph,
                     peer_ephemeral=self._server_point,
                     klen=PRE_MASTER_SIZE,
                 )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
 from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder
 from mstcrypt.errors import PolicyError
-from mstcrypt.pki import CRL, Certificate
+from mstcrypt.pki import CRL, Certificate, ValidationCache
 from mstcrypt.protocols.tlcp.constants import (
     DEFAULT_CIPHER_SUITES,
     CertificateVerifyForm,
@@ -53,7 +53,9 @@ class KeyExchanger(Protocol):
 
     ``initiator`` says the role (the TLCP server is the initiator, the client the
     responder); ``peer_public`` is the peer's encryption-certificate key; ``ephemeral``
-    this side's ephemeral scalar r (its point R = rG is already on the wire);
+    this side's ephemeral key pair (r, and R = rG, already on the wire: pass it on as
+    such to :class:`~mstcrypt.crypto.sm2_kex.KeyExchangeInitiator` and the responder, which
+    then reuse R instead of computing rG again; ``ephemeral.private_int()`` is r);
     ``peer_ephemeral`` the peer's 65-byte point. Returns the klen-byte shared key. Both
     IDs are the default ID; no confirmation values are exchanged in TLCP.
     """
@@ -63,7 +65,7 @@ class KeyExchanger(Protocol):
         *,
         initiator: bool,
         peer_public: SM2PublicKey,
-        ephemeral: int,
+        ephemeral: SM2PrivateKey,
         peer_ephemeral: bytes,
         klen: int,
     ) -> bytes: ...
@@ -134,7 +136,7 @@ class Credentials:
             *,
             initiator: bool,
             peer_public: SM2PublicKey,
-            ephemeral: int,
+            ephemeral: SM2PrivateKey,
             peer_ephemeral: bytes,
             klen: int,
         ) -> bytes:
@@ -186,7 +188,7 @@ class Credentials:
             *,
             initiator: bool,
             peer_public: SM2PublicKey,
-            ephemeral: int,
+            ephemeral: SM2PrivateKey,
             peer_ephemeral: bytes,
             klen: int,
         ) -> bytes:
@@ -280,6 +282,10 @@ class TLCPContext:
     - ``trust_anchors``, ``intermediates``, ``crls``: to validate the peer's
       certificates (:func:`mstcrypt.pki.validate_path`). CRLs given are always checked;
       ``require_crl`` also fails a certificate whose issuer has no CRL here.
+    - ``validation_cache``: successful validations of peer certificates are remembered
+      here (keyed by the exact certificates, anchors, intermediates, CRLs and purpose;
+      re-checked against the time on every use; see :class:`mstcrypt.pki.ValidationCache`).
+      Each context gets its own unless one is given; None validates every time.
     - ``cipher_suites``: in preference order. A client offers ECDHE suites only when its
       credentials can do key exchange; a server selects them only when it can verify
       client certificates (it has trust anchors).
@@ -335,6 +341,7 @@ class TLCPContext:
     )
     max_handshake_message: int = 1 << 17
     honor_client_order: bool = False
+    validation_cache: ValidationCache | None = field(default_factory=ValidationCache)
 
     @classmethod
     def for_peer(cls, profile: Any, **fields: Any) -> TLCPContext:
@@ -393,6 +400,10 @@ class TLCPContext:
             raise PolicyError("honor_client_order must be true or false")
         if not isinstance(self.max_handshake_message, int) or self.max_handshake_message < 1024:
             raise PolicyError("max_handshake_message must be at least 1024 bytes")
+        if self.validation_cache is not None and not callable(
+            getattr(self.validation_cache, "validate", None)
+        ):
+            raise PolicyError("validation_cache needs a validate method (or None)")
 
 
 def _enum(kind: Any, value: object, what: str) -> Any:

@@ -273,7 +273,7 @@ class TLCPServer(Connection):
             pms = self._creds.key_exchange(
                 initiator=True,
                 peer_public=self._peer_certs[1].public_key,
-                ephemeral=self._eph.private_int(),
+                ephemeral=self._eph,
                 peer_ephemeral=point,
                 klen=PRE_MASTER_SIZE,
             )
