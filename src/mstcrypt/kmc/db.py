@@ -29,6 +29,13 @@ class Database:
         if self.is_sqlite:
             _sqlite_setup(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if self.is_sqlite:
+            readonly = self.engine.execution_options(mstcrypt_snapshot=True)
+        else:
+            readonly = self.engine.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        self._snapshots = sessionmaker(readonly, expire_on_commit=False)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -39,6 +46,14 @@ class Database:
     def tx(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on any exception."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Session]:
+        """A read-only transaction on one consistent snapshot that takes no write lock:
+        on SQLite a deferred transaction (WAL readers never wait for the writer), on
+        PostgreSQL REPEATABLE READ READ ONLY. Only read in it."""
+        with self._snapshots() as session, session.begin():
             yield session
 
     def upsert_increment(self, conn: Any, table: Any, key: dict[str, Any], column: str) -> int:
@@ -103,6 +118,10 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
+        if conn.get_execution_options().get("mstcrypt_snapshot"):
+            # Database.snapshot(): a deferred read transaction on a WAL snapshot, no lock
+            conn.exec_driver_sql("BEGIN")
+            return
         # Take the write lock at BEGIN: no lock upgrades, so no SQLITE_BUSY deadlocks.
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 

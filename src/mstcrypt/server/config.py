@@ -13,6 +13,15 @@
   (officers besides the requester, default 1).
 * ``MSTCRYPT_STATIC_OPERATORS=1`` accepts static operator credentials (automation and
   tests); operators otherwise log in with their certificates.
+* CRL publication (:class:`mstcrypt.kmc.publisher.CrlPolicy`):
+  ``MSTCRYPT_CRL_PUBLISHER`` (``1``: ``serve`` runs the background publisher; ``0``: an
+  instance that only serves), ``MSTCRYPT_CRL_INTERVAL`` (s between runs, default 5),
+  ``MSTCRYPT_CRL_MAX_DELAY`` (s a revocation may wait for its CRL, default 60; key and
+  CA compromise are published at once), ``MSTCRYPT_CRL_LIFETIME`` (s, default 86400),
+  ``MSTCRYPT_CRL_KEEP`` (newest CRLs kept, default 10), ``MSTCRYPT_CRL_KEEP_SECONDS``
+  (and all younger than this, default 604800), ``MSTCRYPT_CRL_DELTA`` (``1``: publish
+  delta CRLs), ``MSTCRYPT_CRL_DELTA_REBASE`` (s before the deltas move to a newer base,
+  default 86400), ``MSTCRYPT_CRL_LEASE_SECONDS`` (publisher lease, default 60).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +37,7 @@ from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.db import Database
 
 if TYPE_CHECKING:
+    from mstcrypt.kmc.publisher import CrlPolicy
     from mstcrypt.kmc.service import Kmc
     from mstcrypt.module.sscc import ServerKeyStore
 
@@ -43,6 +54,19 @@ def _proxies(value: str) -> list[str]:
     return out
 
 
+def _number(env: os._Environ[str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise PolicyError(f"{key}: {raw!r} is not a number") from None
+    if value < 0 or value != value or value in (float("inf"),):
+        raise PolicyError(f"{key}: {raw!r} must be a finite non-negative number")
+    return value
+
+
 @dataclass
 class Settings:
     data_dir: Path
@@ -56,6 +80,16 @@ class Settings:
     session_ttl: int = 3600
     trusted_proxies: list[str] = field(default_factory=list)
     recovery_approvals: int = 1
+    #: CRL publication (see the module documentation)
+    crl_publisher: bool = True
+    crl_interval: float = 5.0
+    crl_max_delay: float = 60.0
+    crl_lifetime: float = 86400.0
+    crl_keep: int = 10
+    crl_keep_seconds: float = 7 * 86400.0
+    crl_delta: bool = True
+    crl_delta_rebase: float = 86400.0
+    crl_lease_seconds: float = 60.0
     #: a key store to use instead of the one configured in the environment (tests)
     keystore_override: ServerKeyStore | None = None
 
@@ -73,11 +107,34 @@ class Settings:
             session_ttl=int(env.get("MSTCRYPT_SESSION_TTL", "3600")),
             trusted_proxies=_proxies(env.get("MSTCRYPT_TRUSTED_PROXIES", "")),
             recovery_approvals=int(env.get("MSTCRYPT_RECOVERY_APPROVALS", "1")),
+            crl_publisher=env.get("MSTCRYPT_CRL_PUBLISHER", "1") != "0",
+            crl_interval=_number(env, "MSTCRYPT_CRL_INTERVAL", 5.0),
+            crl_max_delay=_number(env, "MSTCRYPT_CRL_MAX_DELAY", 60.0),
+            crl_lifetime=_number(env, "MSTCRYPT_CRL_LIFETIME", 86400.0),
+            crl_keep=int(_number(env, "MSTCRYPT_CRL_KEEP", 10)),
+            crl_keep_seconds=_number(env, "MSTCRYPT_CRL_KEEP_SECONDS", 7 * 86400.0),
+            crl_delta=env.get("MSTCRYPT_CRL_DELTA", "1") != "0",
+            crl_delta_rebase=_number(env, "MSTCRYPT_CRL_DELTA_REBASE", 86400.0),
+            crl_lease_seconds=_number(env, "MSTCRYPT_CRL_LEASE_SECONDS", 60.0),
         )
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
         return s
+
+    def crl_policy(self) -> CrlPolicy:
+        from mstcrypt.kmc.publisher import CrlPolicy
+
+        return CrlPolicy(
+            interval=self.crl_interval,
+            max_delay=self.crl_max_delay,
+            lifetime=timedelta(seconds=self.crl_lifetime),
+            keep=self.crl_keep,
+            keep_for=timedelta(seconds=self.crl_keep_seconds),
+            delta=self.crl_delta,
+            delta_rebase=timedelta(seconds=self.crl_delta_rebase),
+            lease_ttl=self.crl_lease_seconds,
+        )
 
     # -- storage ---------------------------------------------------------------------
     def database(self) -> Database:
@@ -101,4 +158,5 @@ class Settings:
             self.keystore(),
             crl_base_url=self.public_url,
             recovery_approvals=self.recovery_approvals,
+            crl_policy=self.crl_policy(),
         )
