@@ -625,9 +625,7 @@ class CrlPublisher:
                     numbers = list(s.scalars(q.order_by(model.number).limit(_PRUNE_BATCH)))
                     if not numbers:
                         break
-                    s.execute(
-                        delete(model).where(model.ca_id == ca_id, model.number.in_(numbers))
-                    )
+                    s.execute(delete(model).where(model.ca_id == ca_id, model.number.in_(numbers)))
                 done += len(numbers)
         return done, time.perf_counter() - t0
 
