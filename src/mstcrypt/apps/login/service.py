@@ -46,7 +46,7 @@ from mstcrypt.errors import PolicyError, RateLimitError
 from mstcrypt.kmc import audit
 from mstcrypt.kmc.models import IssuedCertificate, RateLimit
 from mstcrypt.kmc.service import Kmc
-from mstcrypt.pki import CRL, Certificate, Profile
+from mstcrypt.pki import Certificate, CrlIndex, Profile
 from mstcrypt.protocols.login import (
     Challenge,
     LoginError,
@@ -76,7 +76,8 @@ class LoginPolicy:
     certificate; ``source_max_failures``: failed attempts of any kind that lock a source
     address; both within ``failure_window`` seconds, locked for ``lockout_seconds``.
     ``purge_every``: challenges issued by one instance between two automatic purges of
-    at most ``purge_batch`` rows per table."""
+    at most ``purge_batch`` rows per table. ``crl_check_seconds``: how often the
+    published CRL numbers are checked."""
 
     challenge_ttl: int = 60
     session_ttl: int = 3600
@@ -89,6 +90,9 @@ class LoginPolicy:
     challenges_per_minute: int = 600
     purge_every: int = 256
     purge_batch: int = 1000
+    #: seconds between two checks of the published CRL numbers (a changed number
+    #: loads and scans the new CRL once)
+    crl_check_seconds: float = 1.0
 
 
 def source_bucket(source: str) -> str:
@@ -150,7 +154,10 @@ class LoginService:
             anchors=chain[-1:],
             ttl_seconds=self.policy.challenge_ttl,
         )
-        self._crl_cache: dict[str, tuple[float, CRL]] = {}
+        #: CA name -> the newest CRL as a status index (one scan and one signature
+        #: check per CRL number); refreshed when the published number changes
+        self._crl_cache: dict[str, CrlIndex] = {}
+        self._crl_checked = float("-inf")
         self._challenge_limiter = _WindowLimiter(self.policy.challenges_per_minute)
         self._issued = 0
 
@@ -179,15 +186,25 @@ class LoginService:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def _crls(self) -> list[CRL]:
-        out = []
-        for ca in ("issuing", "root"):
+    def _crls(self) -> list[CrlIndex]:
+        """The CRLs of both CAs for the path check: the login only needs the status of
+        one serial, so each CRL is held as a :class:`CrlIndex` (a scan of its serials;
+        validate_path checks its signature once per CRL number) and reloaded only when
+        the published CRL number changes, checked every ``crl_check_seconds``. The
+        revocation itself is also checked in the database on every login."""
+        mono = time.monotonic()
+        cas = ("issuing", "root")
+        if mono - self._crl_checked < self.policy.crl_check_seconds and all(
+            ca in self._crl_cache for ca in cas
+        ):
+            return [self._crl_cache[ca] for ca in cas]
+        for ca in cas:
+            pub = self.kmc.ca.current_crl(ca)
             cached = self._crl_cache.get(ca)
-            if cached is None or self.clock() - cached[0] > 30:
-                cached = (self.clock(), CRL.from_der(self.kmc.crl(ca)))
-                self._crl_cache[ca] = cached
-            out.append(cached[1])
-        return out
+            if cached is None or cached.number != pub.number:
+                self._crl_cache[ca] = CrlIndex.from_der(pub.der)
+        self._crl_checked = mono
+        return [self._crl_cache[ca] for ca in cas]
 
     # -- step b ------------------------------------------------------------------------
     def challenge(self, *, source: str = "-") -> Challenge:
