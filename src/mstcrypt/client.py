@@ -149,17 +149,26 @@ class Client:
         complete CRLs only."""
         out: list[CRL] = []
         for ca in cas:
-            complete = self._cached_crl(f"/crl/{ca}.crl", revalidate=False)
+            complete_path, delta_path = f"/crl/{ca}.crl", f"/crl/{ca}-delta.crl"
             try:
-                delta = self._cached_crl(f"/crl/{ca}-delta.crl", revalidate=False)
+                delta = self._cached_crl(delta_path, revalidate=False)
             except ServiceError as exc:
                 if exc.status != 404:
                     raise
-                out.append(complete)
+                out.append(self._cached_crl(complete_path, revalidate=False))
                 continue
             base = delta.delta_base
-            if base is None or complete.number is None or complete.number < base:
-                complete = self._cached_crl(f"/crl/{ca}.crl", revalidate=True)
+            held = self._crls.get(complete_path)
+            if (
+                held is not None
+                and held.crl.number is not None
+                and base is not None
+                and held.crl.number >= base
+                and (held.crl.next_update is None or datetime.now(UTC) < held.crl.next_update)
+            ):
+                complete = held.crl  # still valid, and the delta applies to it
+            else:
+                complete = self._cached_crl(complete_path, revalidate=True)
             out.append(complete)
             if (
                 base is not None
@@ -245,7 +254,7 @@ class Client:
                 intermediates=intermediates,
                 crls=crls,
                 at=now,
-                key_usage=key_usage,
+                key_usage=key_usage or (),
                 extended_key_usage=extended_key_usage,
             )
         return list(certs)

@@ -618,7 +618,7 @@ class CrlPublisher:
                     q = select(model.number).where(
                         model.ca_id == ca_id,
                         model.number < oldest_kept,
-                        model.this_update < cutoff,
+                        model.this_update <= cutoff,
                     )
                     if model is CrlRecord and delta_base is not None:
                         q = q.where(model.number != delta_base)
