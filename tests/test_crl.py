@@ -489,10 +489,45 @@ def test_pruning_keeps_the_newest_and_the_delta_base(database_url: str) -> None:
         kmc.db.dispose()
 
 
-def test_pruning_keeps_young_crls(kmc: Kmc) -> None:
+def test_pruning_keeps_young_crls(database_url: str) -> None:
+    kmc = new_kmc(database_url, keep=3, keep_for=timedelta(days=7))
+    kmc.init_ca(actor="test")
     for _ in range(12):
         kmc.crl_publisher.publish("issuing", force=True)
-    assert len(stored(kmc)) == 13  # all younger than keep_for (7 days)
+    assert len(stored(kmc)) == 13  # all younger than keep_for
+    kmc.db.dispose()
+
+
+def test_large_crls_are_stored_in_chunks(kmc: Kmc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CRL above the chunk size is written in chunks (one transaction each), read
+    back whole, and its chunks deleted with it; chunks of a lost race are removed."""
+    from mstcrypt.kmc.models import CrlChunk
+
+    monkeypatch.setattr(publisher_mod, "CHUNK_SIZE", 200)
+    certs = [enroll(kmc, f"u{i}").sign_certificate for i in range(3)]
+    for c in certs:
+        revoke(kmc, c)
+    pub = kmc.crl_publisher.publish("issuing", force=True)
+    assert pub is not None and pub.stage_seconds > 0
+    with kmc.db.snapshot() as s:
+        blob, inline = s.execute(
+            select(CrlRecord.blob_id, CrlRecord.der).where(CrlRecord.number == pub.number)
+        ).one()
+        chunks = s.scalar(
+            select(func.count()).select_from(CrlChunk).where(CrlChunk.blob_id == blob)
+        )
+    assert blob is not None and inline == b"" and chunks and chunks > 1
+    kmc.crl_publisher._cache.clear()  # read back from the chunks
+    crl = CRL.from_der(kmc.crl())
+    assert crl.number == pub.number and {c.serial for c in certs} <= set(crl.entries)
+    crl.verify_signature(kmc.chain()[0].public_key)
+    # an orphan (a publisher that crashed after staging) is removed by the next pruning
+    _, orphan = kmc.crl_publisher._stage(b"x" * 500)
+    assert orphan is not None
+    kmc.crl_publisher.publish("issuing", force=True)
+    with kmc.db.snapshot() as s:
+        left = select(func.count()).select_from(CrlChunk).where(CrlChunk.blob_id == orphan)
+        assert s.scalar(left) == 0
 
 
 # ------------------------------------------------------------------ delta CRLs ------------

@@ -190,6 +190,8 @@ class CrlRecord(Base):
     #: the CA's revocation sequence number this CRL covers, and its number of entries
     revocation_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     entries: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: a large CRL is stored in :class:`CrlChunk` rows (``der`` is then empty)
+    blob_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class DeltaCrlRecord(Base):
@@ -204,6 +206,18 @@ class DeltaCrlRecord(Base):
     this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     entries: Mapped[int] = mapped_column(Integer)
+    blob_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class CrlChunk(Base):
+    """A slice of a large CRL's DER, written in its own short transaction before the CRL
+    row that refers to it (so that no transaction writes megabytes under SQLite's write
+    lock)."""
+
+    __tablename__ = "crl_chunks"
+    blob_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class Lease(Base):

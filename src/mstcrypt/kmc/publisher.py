@@ -20,10 +20,14 @@ or when the newest one has lived half its life:
 3. outside any transaction, assemble the complete CRL and the delta CRL
    (:mod:`mstcrypt.pki.crl_der`: bytes joined, not re-encoded) and sign them with the CA
    key in the SS-CC;
-4. store them in one short transaction that re-checks the CA row's ``crl_number`` (a
-   lost race stores nothing), advances ``crl_number`` and ``crl_seq``, clears the due
-   time when nothing newer is pending, and writes the ``crl.publish`` audit record;
-5. prune CRLs beyond the retention policy in small transactions.
+4. write a large CRL's DER in chunks of :data:`CHUNK_SIZE`, one short transaction each
+   (a 100,000-entry CRL is about 5 MB: written at once it would hold SQLite's write
+   lock for ~100 ms on an ordinary disk);
+5. store the CRL rows in one short transaction that re-checks the CA row's
+   ``crl_number`` and the lease (a lost race stores nothing), advances ``crl_number``
+   and ``crl_seq``, clears the due time when nothing newer is pending, and writes the
+   ``crl.publish`` audit record;
+6. prune CRLs beyond the retention policy in small transactions.
 
 Complete and delta CRLs share one numbering sequence (RFC 5280 §5.2.3): each publication
 issues complete CRL *n* and delta CRL *n* on the current delta base (a complete CRL,
@@ -57,6 +61,7 @@ from mstcrypt.errors import MstCryptError, PolicyError
 from mstcrypt.kmc.context import KmcContext, Unit, aware
 from mstcrypt.kmc.models import (
     CertificateAuthority,
+    CrlChunk,
     CrlRecord,
     DeltaCrlRecord,
     IssuedCertificate,
@@ -77,6 +82,8 @@ _BACKFILL_BATCH = 500
 #: CRL rows deleted per pruning transaction, and per publisher run
 _PRUNE_BATCH = 4
 _PRUNE_MAX = 64
+#: a CRL larger than this is stored in chunks of this size, one per transaction
+CHUNK_SIZE = 256 * 1024
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -89,8 +96,9 @@ class CrlPolicy:
     window are published together); 0 publishes at the next opportunity.
     ``immediate_reasons``: revocation reasons published at once, whatever ``max_delay``.
     ``lifetime``: nextUpdate − thisUpdate; a CRL is re-signed after half of it.
-    ``keep`` / ``keep_for``: CRLs kept — the newest ``keep``, and all younger than
-    ``keep_for``; older ones are deleted by the publisher.
+    ``keep`` / ``keep_for``: retention — a CRL is deleted by the publisher once it is
+    neither among the newest ``keep`` nor younger than ``keep_for`` (the current delta
+    base is always kept).
     ``delta``: publish delta CRLs (and point at them with freshestCRL).
     ``delta_rebase`` / ``delta_max_entries``: when the delta CRLs move to a newer base.
     ``lease_ttl``: seconds the publisher lease lasts (a crashed publisher is replaced
@@ -102,10 +110,10 @@ class CrlPolicy:
     immediate_reasons: frozenset[str] = frozenset({"key_compromise", "ca_compromise"})
     lifetime: timedelta = timedelta(days=1)
     keep: int = 10
-    keep_for: timedelta = timedelta(days=7)
+    keep_for: timedelta = timedelta(0)
     delta: bool = True
     delta_rebase: timedelta = timedelta(days=1)
-    delta_max_entries: int = 10_000
+    delta_max_entries: int = 1000
     lease_ttl: float = 60.0
     wait: float = 15.0
 
@@ -127,8 +135,9 @@ class CrlPolicy:
 @dataclass(frozen=True)
 class Publication:
     """What one publication did, with its costs: ``build_seconds`` / ``build_cpu`` read
-    and assemble and sign outside any write transaction; ``store_seconds`` is the wall
-    time of the one write transaction (the write lock on SQLite)."""
+    and assemble and sign outside any write transaction; ``stage_seconds`` writes a
+    large CRL's chunks (one short transaction each); ``store_seconds`` is the wall time
+    of the one transaction that publishes."""
 
     ca: str
     number: int
@@ -139,6 +148,7 @@ class Publication:
     read_seconds: float
     build_seconds: float
     build_cpu: float
+    stage_seconds: float
     store_seconds: float
     pruned: int = 0
     prune_seconds: float = 0.0
@@ -308,7 +318,16 @@ class CrlPublisher:
             raise _no_crl(ca_name, kind)
         if cached is not None and cached.number == row[0]:
             return cached
-        der = s.scalar(select(model.der).where(model.ca_id == st.ca_id, model.number == row[0]))
+        der, blob = s.execute(
+            select(model.der, model.blob_id).where(model.ca_id == st.ca_id, model.number == row[0])
+        ).one()
+        if blob is not None:
+            der = b"".join(
+                bytes(d)
+                for d in s.scalars(
+                    select(CrlChunk.data).where(CrlChunk.blob_id == blob).order_by(CrlChunk.idx)
+                )
+            )
         out = PublishedCrl(ca_name, kind, int(row[0]), aware(row[1]), aware(row[2]), bytes(der))
         with self._cache_lock:
             self._cache[key] = out
@@ -380,10 +399,10 @@ class CrlPublisher:
                         CrlRecord.ca_id == st.ca_id, CrlRecord.number == st.delta_base
                     )
                 )
-            rows = s.execute(
+            rows = _entries(s, st.ca_id, st.revocation_seq)
+            legacy = s.execute(
                 select(
                     IssuedCertificate.serial,
-                    IssuedCertificate.crl_entry,
                     IssuedCertificate.revocation_seq,
                     IssuedCertificate.revoked_at,
                     IssuedCertificate.revocation_reason,
@@ -392,20 +411,21 @@ class CrlPublisher:
                     IssuedCertificate.revocation_seq.is_not(None),
                     IssuedCertificate.revocation_seq <= st.revocation_seq,
                     IssuedCertificate.status == "revoked",
+                    IssuedCertificate.crl_entry.is_(None),
                 )
             ).all()
         t_read = time.perf_counter() - t0
 
         # -- build and sign, outside any transaction ----------------------------------
-        rows.sort(key=lambda r: entry_sort_key(r[0]))
         backfill: list[tuple[str, bytes]] = []
-        entries: list[bytes] = []
-        for serial, der, _seq, revoked_at, reason in rows:
-            if der is None:
-                der = entry_der(int(serial, 16), aware(revoked_at or now), reason)
-                if len(backfill) < _BACKFILL_BATCH:
-                    backfill.append((serial, der))
-            entries.append(bytes(der))
+        for serial, seq, revoked_at, reason in legacy:
+            der = entry_der(int(serial, 16), aware(revoked_at or now), reason)
+            rows.append((serial, der, seq))
+            if len(backfill) < _BACKFILL_BATCH:
+                backfill.append((serial, der))
+        if legacy:  # the rows came in serial order from the database; merge the others
+            rows.sort(key=lambda r: entry_sort_key(r[0]))
+        entries: list[bytes] = [r[1] for r in rows]
         number = st.number + 1
         this_update = now
         next_update = now + policy.lifetime
@@ -454,63 +474,26 @@ class CrlPublisher:
         t_built = time.perf_counter()
         build_cpu = time.process_time() - c0
 
-        # -- store: one short transaction ---------------------------------------------
-        with self.ctx.unit(f"system:crl-publisher:{self.holder}"[:128]) as u:
-            ca = u.s.execute(
-                select(CertificateAuthority)
-                .where(CertificateAuthority.id == st.ca_id)
-                .with_for_update(key_share=True)
-                .execution_options(populate_existing=True)
-            ).scalar_one()
-            if ca.crl_number != st.number:
-                raise _LostRace
-            lease = u.s.get(Lease, LEASE_NAME)
-            if lease is None or lease.holder != self.holder:
-                raise _LostRace
-            u.s.add(
-                CrlRecord(
-                    ca_id=ca.id,
-                    number=number,
-                    der=complete_der,
-                    this_update=this_update,
-                    next_update=next_update,
-                    revocation_seq=st.revocation_seq,
-                    entries=len(entries),
-                )
-            )
-            if delta_der is not None:
-                assert delta_base is not None and delta_entries is not None
-                u.s.add(
-                    DeltaCrlRecord(
-                        ca_id=ca.id,
-                        number=number,
-                        base_number=delta_base,
-                        der=delta_der,
-                        this_update=this_update,
-                        next_update=next_update,
-                        entries=delta_entries,
-                    )
-                )
-                ca.delta_base, ca.delta_base_seq = delta_base, delta_base_seq
-            ca.crl_number = number
-            ca.crl_seq = st.revocation_seq
-            if int(ca.revocation_seq or 0) == st.revocation_seq:
-                ca.crl_due_at = None
-            for serial, der in backfill:
-                u.s.execute(
-                    update(IssuedCertificate)
-                    .where(IssuedCertificate.serial == serial)
-                    .values(crl_entry=der)
-                )
-            u.audit(
-                "crl.publish",
-                f"ca:{ca_name}",
+        # -- store: large DER in chunks, then one short transaction -------------------
+        complete_inline, complete_blob = self._stage(complete_der)
+        delta_inline, delta_blob = self._stage(delta_der) if delta_der else (b"", None)
+        t_staged = time.perf_counter()
+        try:
+            self._store(
+                ca_name,
+                st,
+                why,
                 number=number,
-                entries=len(entries),
-                delta_base=delta_base,
-                delta_entries=delta_entries,
-                why=why,
+                this_update=this_update,
+                next_update=next_update,
+                complete=(complete_inline, complete_blob, len(entries)),
+                delta=(delta_inline, delta_blob, delta_entries) if delta_der else None,
+                delta_base=(delta_base, delta_base_seq),
+                backfill=backfill,
             )
+        except BaseException:
+            self._unstage([b for b in (complete_blob, delta_blob) if b])
+            raise
         t_stored = time.perf_counter()
         with self._cache_lock:
             self._cache[(ca_name, "complete")] = PublishedCrl(
@@ -531,10 +514,115 @@ class CrlPublisher:
             read_seconds=t_read,
             build_seconds=t_built - t0,
             build_cpu=build_cpu,
-            store_seconds=t_stored - t_built,
+            stage_seconds=t_staged - t_built,
+            store_seconds=t_stored - t_staged,
             pruned=pruned,
             prune_seconds=t_prune,
         )
+
+    def _stage(self, der: bytes) -> tuple[bytes, str | None]:
+        """(inline DER, None) for a small CRL; (b"", blob id) after writing a large one
+        in chunks, one transaction per chunk."""
+        if len(der) <= CHUNK_SIZE:
+            return der, None
+        blob = secrets.token_hex(16)
+        for i in range(0, len(der), CHUNK_SIZE):
+            with self.ctx.db.tx() as s:
+                s.add(CrlChunk(blob_id=blob, idx=i // CHUNK_SIZE, data=der[i : i + CHUNK_SIZE]))
+        return b"", blob
+
+    def _unstage(self, blobs: list[str]) -> None:
+        for blob in blobs:
+            self._delete_chunks(blob)
+
+    def _delete_chunks(self, blob: str) -> None:
+        while True:
+            with self.ctx.db.tx() as s:
+                idx = list(
+                    s.scalars(
+                        select(CrlChunk.idx)
+                        .where(CrlChunk.blob_id == blob)
+                        .order_by(CrlChunk.idx)
+                        .limit(_PRUNE_BATCH)
+                    )
+                )
+                if not idx:
+                    return
+                s.execute(delete(CrlChunk).where(CrlChunk.blob_id == blob, CrlChunk.idx.in_(idx)))
+
+    def _store(
+        self,
+        ca_name: str,
+        st: _State,
+        why: str,
+        *,
+        number: int,
+        this_update: datetime,
+        next_update: datetime,
+        complete: tuple[bytes, str | None, int],
+        delta: tuple[bytes, str | None, int | None] | None,
+        delta_base: tuple[int | None, int | None],
+        backfill: list[tuple[str, bytes]],
+    ) -> None:
+        """The one write transaction of a publication (raises _LostRace)."""
+        with self.ctx.unit(f"system:crl-publisher:{self.holder}"[:128]) as u:
+            ca = u.s.execute(
+                select(CertificateAuthority)
+                .where(CertificateAuthority.id == st.ca_id)
+                .with_for_update(key_share=True)
+                .execution_options(populate_existing=True)
+            ).scalar_one()
+            if ca.crl_number != st.number:
+                raise _LostRace
+            lease = u.s.get(Lease, LEASE_NAME)
+            if lease is None or lease.holder != self.holder:
+                raise _LostRace
+            u.s.add(
+                CrlRecord(
+                    ca_id=ca.id,
+                    number=number,
+                    der=complete[0],
+                    blob_id=complete[1],
+                    this_update=this_update,
+                    next_update=next_update,
+                    revocation_seq=st.revocation_seq,
+                    entries=complete[2],
+                )
+            )
+            if delta is not None:
+                assert delta_base[0] is not None and delta[2] is not None
+                u.s.add(
+                    DeltaCrlRecord(
+                        ca_id=ca.id,
+                        number=number,
+                        base_number=delta_base[0],
+                        der=delta[0],
+                        blob_id=delta[1],
+                        this_update=this_update,
+                        next_update=next_update,
+                        entries=delta[2],
+                    )
+                )
+                ca.delta_base, ca.delta_base_seq = delta_base
+            ca.crl_number = number
+            ca.crl_seq = st.revocation_seq
+            if int(ca.revocation_seq or 0) == st.revocation_seq:
+                ca.crl_due_at = None
+            for serial, der in backfill:
+                u.s.execute(
+                    update(IssuedCertificate)
+                    .where(IssuedCertificate.serial == serial)
+                    .values(crl_entry=der)
+                )
+            u.audit(
+                "crl.publish",
+                f"ca:{ca_name}",
+                number=number,
+                entries=complete[2],
+                delta_base=delta_base[0] if delta is not None else None,
+                delta_entries=delta[2] if delta is not None else None,
+                why=why,
+            )
 
     def publish_in(self, u: Unit, ca_row: CertificateAuthority) -> bytes:
         """Publish a complete CRL of ``ca_row`` inside ``u`` (CA set-up: the first,
@@ -606,8 +694,9 @@ class CrlPublisher:
         return der
 
     def _prune(self, ca_id: int, newest: int, delta_base: int | None) -> tuple[int, float]:
-        """Delete CRLs outside the retention policy (never the delta base), a few rows
-        per transaction so that none holds the write lock long."""
+        """Delete CRLs outside the retention policy (never the delta base) and their
+        chunks, a few rows per transaction so that none holds the write lock long; then
+        chunks no CRL refers to (a publisher that crashed or lost a race)."""
         t0 = time.perf_counter()
         cutoff = self.ctx.clock() - self.policy.keep_for
         oldest_kept = newest - self.policy.keep + 1
@@ -615,18 +704,45 @@ class CrlPublisher:
         for model in (CrlRecord, DeltaCrlRecord):
             while done < _PRUNE_MAX:
                 with self.ctx.db.tx() as s:
-                    q = select(model.number).where(
+                    q = select(model.number, model.blob_id).where(
                         model.ca_id == ca_id,
                         model.number < oldest_kept,
                         model.this_update <= cutoff,
                     )
                     if model is CrlRecord and delta_base is not None:
                         q = q.where(model.number != delta_base)
-                    numbers = list(s.scalars(q.order_by(model.number).limit(_PRUNE_BATCH)))
-                    if not numbers:
+                    found = s.execute(q.order_by(model.number).limit(_PRUNE_BATCH)).all()
+                    if not found:
                         break
-                    s.execute(delete(model).where(model.ca_id == ca_id, model.number.in_(numbers)))
-                done += len(numbers)
+                    s.execute(
+                        delete(model).where(
+                            model.ca_id == ca_id, model.number.in_([n for n, _ in found])
+                        )
+                    )
+                for _, blob in found:
+                    if blob is not None:
+                        self._delete_chunks(blob)
+                done += len(found)
+        with self.ctx.db.snapshot() as s:
+            orphans = list(
+                s.scalars(
+                    select(CrlChunk.blob_id)
+                    .where(
+                        CrlChunk.idx == 0,
+                        CrlChunk.blob_id.not_in(
+                            select(CrlRecord.blob_id).where(CrlRecord.blob_id.is_not(None))
+                        ),
+                        CrlChunk.blob_id.not_in(
+                            select(DeltaCrlRecord.blob_id).where(
+                                DeltaCrlRecord.blob_id.is_not(None)
+                            )
+                        ),
+                    )
+                    .limit(_PRUNE_BATCH)
+                )
+            )
+        for blob in orphans:
+            self._delete_chunks(blob)
         return done, time.perf_counter() - t0
 
     # -- the background loop -----------------------------------------------------------
@@ -690,6 +806,32 @@ class CrlPublisher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+_ENTRIES_SQLITE = (
+    "SELECT serial, crl_entry, revocation_seq FROM certificates WHERE ca_id = :ca "
+    "AND revocation_seq IS NOT NULL AND revocation_seq <= :upto AND status = 'revoked' "
+    "AND crl_entry IS NOT NULL ORDER BY length(serial), serial"
+)
+_ENTRIES_PG = (
+    "SELECT serial, crl_entry, revocation_seq FROM certificates WHERE ca_id = %(ca)s "
+    "AND revocation_seq IS NOT NULL AND revocation_seq <= %(upto)s AND status = 'revoked' "
+    'AND crl_entry IS NOT NULL ORDER BY length(serial), serial COLLATE "C"'
+)
+
+
+def _entries(s: Any, ca_id: int, upto: int) -> list[tuple[str, bytes, int]]:
+    """(serial, entry DER, sequence) of the CA's revoked certificates numbered up to
+    ``upto`` with a cached entry, in serial order (shorter hex first, then bytewise),
+    read on the snapshot's DB-API cursor: ~100,000 rows, no per-row objects."""
+    conn = s.connection()
+    sql = _ENTRIES_SQLITE if conn.dialect.name == "sqlite" else _ENTRIES_PG
+    cur = conn.connection.dbapi_connection.cursor()
+    try:
+        cur.execute(sql, {"ca": ca_id, "upto": upto})
+        return [(r[0], bytes(r[1]), r[2]) for r in cur.fetchall()]
+    finally:
+        cur.close()
 
 
 def _no_crl(ca_name: str, kind: str) -> PolicyError:

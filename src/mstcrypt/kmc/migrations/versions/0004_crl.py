@@ -1,4 +1,5 @@
-"""revocation at scale: revocation sequence and cached CRL entries, delta CRLs, leases
+"""revocation at scale: revocation sequence and cached CRL entries, delta CRLs, CRL
+chunks, leases
 
 Revision ID: 0004_crl
 Revises: 0003
@@ -39,6 +40,7 @@ def upgrade() -> None:
     with op.batch_alter_table("crls", schema=None) as batch_op:
         batch_op.add_column(sa.Column("revocation_seq", sa.BigInteger(), nullable=True))
         batch_op.add_column(sa.Column("entries", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("blob_id", sa.String(length=32), nullable=True))
     op.create_table(
         "delta_crls",
         sa.Column("ca_id", sa.Integer(), nullable=False),
@@ -48,8 +50,16 @@ def upgrade() -> None:
         sa.Column("this_update", sa.DateTime(timezone=True), nullable=False),
         sa.Column("next_update", sa.DateTime(timezone=True), nullable=False),
         sa.Column("entries", sa.Integer(), nullable=False),
+        sa.Column("blob_id", sa.String(length=32), nullable=True),
         sa.ForeignKeyConstraint(["ca_id"], ["ca.id"]),
         sa.PrimaryKeyConstraint("ca_id", "number"),
+    )
+    op.create_table(
+        "crl_chunks",
+        sa.Column("blob_id", sa.String(length=32), nullable=False),
+        sa.Column("idx", sa.Integer(), nullable=False),
+        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.PrimaryKeyConstraint("blob_id", "idx"),
     )
     op.create_table(
         "leases",
@@ -62,8 +72,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("leases")
+    op.drop_table("crl_chunks")
     op.drop_table("delta_crls")
     with op.batch_alter_table("crls", schema=None) as batch_op:
+        batch_op.drop_column("blob_id")
         batch_op.drop_column("entries")
         batch_op.drop_column("revocation_seq")
     with op.batch_alter_table("certificates", schema=None) as batch_op:
