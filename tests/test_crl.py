@@ -939,6 +939,8 @@ def test_login_service_scans_each_crl_number_once(kmc: Kmc) -> None:
     assert svc._crls()[0] is first[0]  # same number: the same index, no reload
     e = enroll(kmc, "alice")
     revoke(kmc, e.sign_certificate, "key_compromise")
+    assert svc._crls()[0] is first[0]  # a login never publishes (nor waits for it)
+    kmc.crl()  # published
     second = svc._crls()
     assert second[0] is not first[0] and e.sign_certificate.serial in second[0]
     assert second[1] is first[1]  # the root's CRL did not change

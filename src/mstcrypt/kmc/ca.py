@@ -293,10 +293,13 @@ class CaService:
         ).scalar_one()
         return CRL.from_der(self.publisher.publish_in(u, ca))
 
-    def current_crl(self, ca_name: str = ISSUING, kind: str = "complete") -> PublishedCrl:
+    def current_crl(
+        self, ca_name: str = ISSUING, kind: str = "complete", *, publish: bool = True
+    ) -> PublishedCrl:
         """The newest complete (or delta) CRL with its number and times; published
-        first when missing or overdue (see :meth:`CrlPublisher.current`)."""
-        return self.publisher.current(ca_name, kind)
+        first when missing or overdue unless ``publish`` is false (see
+        :meth:`CrlPublisher.current`)."""
+        return self.publisher.current(ca_name, kind, publish=publish)
 
     def crl(self, ca_name: str = ISSUING) -> bytes:
         """The newest complete CRL (DER); published first when missing or overdue, and

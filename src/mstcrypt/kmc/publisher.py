@@ -274,10 +274,16 @@ class CrlPublisher:
             "next_update": st.latest_next_update,
         }
 
-    def current(self, ca_name: str = "issuing", kind: str = "complete") -> PublishedCrl:
+    def current(
+        self, ca_name: str = "issuing", kind: str = "complete", *, publish: bool = True
+    ) -> PublishedCrl:
         """The newest CRL (``kind`` complete or delta), publishing first when one is
         missing or overdue — or waiting (up to :attr:`CrlPolicy.wait`) for the publisher
-        that is doing it — and in passing when it is past half its life."""
+        that is doing it — and in passing when it is past half its life. With
+        ``publish`` false, just the newest stored one (hot paths that must not wait)."""
+        if not publish:
+            with self.ctx.db.snapshot() as s:
+                return self._newest(s, ca_name, kind, self._state(s, ca_name))
         deadline = time.monotonic() + self.policy.wait
         while True:
             with self.ctx.db.snapshot() as s:

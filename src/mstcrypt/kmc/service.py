@@ -97,6 +97,8 @@ class Kmc:
 
     def _forget_caches(self) -> None:
         self.ca._issuers.clear()
+        self.ca._issuer_names.clear()
+        self.ca.publisher._cache.clear()
         self.ctx.keys.clear_cache()
 
     # -- set-up ------------------------------------------------------------------------

@@ -199,7 +199,9 @@ class LoginService:
         ):
             return [self._crl_cache[ca] for ca in cas]
         for ca in cas:
-            pub = self.kmc.ca.current_crl(ca)
+            # the newest published: a login never waits for a publication (the
+            # certificate's status is read from the database below in any case)
+            pub = self.kmc.ca.current_crl(ca, publish=False)
             cached = self._crl_cache.get(ca)
             if cached is None or cached.number != pub.number:
                 self._crl_cache[ca] = CrlIndex.from_der(pub.der)
