@@ -378,9 +378,9 @@ def test_no_write_lock_while_building_and_signing(
 def test_two_publishers_race(database_url: str) -> None:
     """Two instances on one database publish concurrently: CRL numbers advance by one
     per stored CRL, none is lost or duplicated, and every one is complete."""
-    a = new_kmc(database_url, max_delay=0.0)
+    a = new_kmc(database_url, max_delay=0.0, keep=1000)  # no pruning: count them all
     a.init_ca(actor="test")
-    b = Kmc(Database(database_url), a.keystore, crl_base_url=BASE, crl_policy=CrlPolicy())
+    b = Kmc(Database(database_url), a.keystore, crl_base_url=BASE, crl_policy=CrlPolicy(keep=1000))
     certs = [enroll(a, f"u{i}").sign_certificate for i in range(6)]
     results: list[Any] = []
     errors: list[BaseException] = []
@@ -1029,7 +1029,7 @@ from mstcrypt.kmc.publisher import CrlPolicy
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
 kmc = Kmc(Database(sys.argv[1]), SoftKeyStore(bytes.fromhex(sys.argv[2])),
-          crl_base_url="http://kmc.test", crl_policy=CrlPolicy())
+          crl_base_url="http://kmc.test", crl_policy=CrlPolicy(keep=1000))
 done = 0
 for _ in range(8):
     done += kmc.crl_publisher.publish("issuing", force=True) is not None
@@ -1051,7 +1051,7 @@ def test_two_publisher_processes_race(kmc: Kmc) -> None:
         )
         for _ in range(2)
     ]
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=300) for p in procs]  # (no pruning: keep=1000)
     assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
     published = sum(int(o[0].strip()) for o in outs)
     numbers = stored(kmc)

@@ -114,8 +114,8 @@ class CrlPolicy:
     delta: bool = True
     delta_rebase: timedelta = timedelta(days=1)
     delta_max_entries: int = 1000
-    lease_ttl: float = 60.0
-    wait: float = 15.0
+    lease_ttl: float = 30.0
+    wait: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.interval > 0:

@@ -21,7 +21,7 @@
   ``MSTCRYPT_CRL_KEEP`` (newest CRLs kept, default 10), ``MSTCRYPT_CRL_KEEP_SECONDS``
   (and all younger than this, default 604800), ``MSTCRYPT_CRL_DELTA`` (``1``: publish
   delta CRLs), ``MSTCRYPT_CRL_DELTA_REBASE`` (s before the deltas move to a newer base,
-  default 86400), ``MSTCRYPT_CRL_LEASE_SECONDS`` (publisher lease, default 60).
+  default 86400), ``MSTCRYPT_CRL_LEASE_SECONDS`` (publisher lease, default 30).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Settings:
     crl_keep_seconds: float = 7 * 86400.0
     crl_delta: bool = True
     crl_delta_rebase: float = 86400.0
-    crl_lease_seconds: float = 60.0
+    crl_lease_seconds: float = 30.0
     #: a key store to use instead of the one configured in the environment (tests)
     keystore_override: ServerKeyStore | None = None
 
@@ -115,7 +115,7 @@ class Settings:
             crl_keep_seconds=_number(env, "MSTCRYPT_CRL_KEEP_SECONDS", 7 * 86400.0),
             crl_delta=env.get("MSTCRYPT_CRL_DELTA", "1") != "0",
             crl_delta_rebase=_number(env, "MSTCRYPT_CRL_DELTA_REBASE", 86400.0),
-            crl_lease_seconds=_number(env, "MSTCRYPT_CRL_LEASE_SECONDS", 60.0),
+            crl_lease_seconds=_number(env, "MSTCRYPT_CRL_LEASE_SECONDS", 30.0),
         )
         for k, v in overrides.items():
             if v is not None:
