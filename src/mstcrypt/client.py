@@ -145,16 +145,14 @@ class Client:
     def revocation_lists(self, cas: Sequence[str] = ("issuing", "root")) -> list[CRL]:
         """For validation: per CA the complete CRL held (cached) and, on top of it, the
         newest delta CRL; a complete CRL is downloaded again only when none is held, it
-        has expired, or the delta is on a newer base. A server without delta CRLs gets
-        complete CRLs only."""
+        has expired, or the delta is on a newer base. Where no delta CRL can be had, the
+        complete CRL alone (revalidated after its max-age)."""
         out: list[CRL] = []
         for ca in cas:
             complete_path, delta_path = f"/crl/{ca}.crl", f"/crl/{ca}-delta.crl"
             try:
                 delta = self._cached_crl(delta_path, revalidate=False)
-            except ServiceError as exc:
-                if exc.status != 404:
-                    raise
+            except ServiceError:  # no delta CRLs there (404) or none now: complete only
                 out.append(self._cached_crl(complete_path, revalidate=False))
                 continue
             base = delta.delta_base
