@@ -8,7 +8,11 @@
   Among them: a recovery is released only with ``approvals_required`` distinct approvers
   besides the requester (never the requester); re-enrollment supersedes the owner's
   earlier signing and encryption certificates; operator enrollments (console codes) are
-  counted like terminal ones, and an operator's credential is one of their certificates.
+  counted like terminal ones, and an operator's credential is one of their certificates;
+  every revoked certificate is on the newest CRL, or its publication is pending (a
+  revocation sequence number above the CRL's, a due time set) and not overdue by more
+  than ``crl_grace`` seconds; the newest delta CRL updates a stored complete CRL and
+  lists every revocation after its base.
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from sqlalchemy import func, select
 
 from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
 from mstcrypt.errors import MstCryptError
+from mstcrypt.kmc.context import aware
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import (
     AuditRecord,
     CertificateAuthority,
     CrlRecord,
+    DeltaCrlRecord,
     EncryptionKey,
     EnrollmentCode,
     IssuedCertificate,
@@ -160,6 +166,12 @@ class Snapshot:
     def code(self, code: str) -> EnrollmentCode | None:
         return self.codes.get(CODE_HASH(code))
 
+    @property
+    def operation_records(self) -> int:
+        """Audit records of operations: all but those the background CRL publisher
+        writes on its own schedule (``crl.publish``)."""
+        return self.audit_records - self.audit_actions["crl.publish"]
+
 
 @dataclass
 class InvariantChecker:
@@ -169,6 +181,9 @@ class InvariantChecker:
     kmc: Kmc
     #: approvals besides the requester that release a recovery (default: the Kmc's)
     approvals_required: int | None = None
+    #: seconds a pending CRL publication may be past its due time (a server restarting
+    #: after a crash publishes at its next run)
+    crl_grace: float = 300.0
     _certs_ok: set[tuple[str, bytes]] = field(default_factory=set)
     _blobs_ok: set[tuple[str, bytes]] = field(default_factory=set)
 
@@ -200,6 +215,17 @@ class InvariantChecker:
                 .where(CrlRecord.ca_id == 2)
                 .order_by(CrlRecord.number.desc())
                 .limit(1)
+            )
+            latest_delta = s.scalar(
+                select(DeltaCrlRecord)
+                .where(DeltaCrlRecord.ca_id == 2)
+                .order_by(DeltaCrlRecord.number.desc())
+                .limit(1)
+            )
+            delta_base_crl = (
+                s.get(CrlRecord, (2, latest_delta.base_number))
+                if latest_delta is not None
+                else None
             )
         ca_certs = {i: Certificate.from_der(ca.cert_der) for i, ca in cas.items()}
         if set(ca_certs) != {1, 2}:
@@ -373,9 +399,19 @@ class InvariantChecker:
                 f"{released} released recoveries, {actions['recovery.release']} release records"
             )
 
-        # the newest issuing-CA CRL is signed and lists every revoked certificate
-        revoked = {int(sn, 16) for sn, c in certs.items() if c.status == "revoked" and c.ca_id == 2}
-        if latest_crl is None:
+        # the newest issuing-CA CRL is signed and lists every revoked certificate, except
+        # revocations still pending publication (numbered after the CRL, a due time set)
+        issuing = cas.get(2)
+        revoked_rows = {
+            int(sn, 16): c for sn, c in certs.items() if c.status == "revoked" and c.ca_id == 2
+        }
+        seqs = sorted(c.revocation_seq for c in revoked_rows.values() if c.revocation_seq)
+        if len(seqs) != len(set(seqs)):
+            problems.append("two revocations share a revocation sequence number")
+        for serial, c in revoked_rows.items():
+            if c.revocation_seq is None or c.crl_entry is None:
+                problems.append(f"revoked certificate {serial:x} has no sequence number or entry")
+        if latest_crl is None or issuing is None:
             problems.append("the issuing CA has no CRL")
         else:
             crl = CRL.from_der(latest_crl.der)
@@ -383,11 +419,65 @@ class InvariantChecker:
                 crl.verify_signature(ca_certs[2].public_key)
             except Exception as exc:
                 problems.append(f"CRL {latest_crl.number}: {exc}")
-            missing = revoked - set(crl.entries)
+            if issuing.crl_number != latest_crl.number:
+                problems.append(f"ca.crl_number {issuing.crl_number} != CRL {latest_crl.number}")
+            if latest_crl.revocation_seq != issuing.crl_seq:
+                problems.append(
+                    f"CRL {latest_crl.number} covers {latest_crl.revocation_seq}, "
+                    f"ca.crl_seq is {issuing.crl_seq}"
+                )
+            if (issuing.revocation_seq or 0) < (issuing.crl_seq or 0):
+                problems.append("the CRL covers revocations that were never made")
+            covered = issuing.crl_seq or 0
+            pending = {sn for sn, c in revoked_rows.items() if (c.revocation_seq or 0) > covered}
+            missing = set(revoked_rows) - pending - set(crl.entries)
             if missing:
                 problems.append(f"CRL {latest_crl.number} misses revoked serials {missing}")
-            if cas[2].crl_number != latest_crl.number:
-                problems.append(f"ca.crl_number {cas[2].crl_number} != CRL {latest_crl.number}")
+            listed_wrongly = set(crl.entries) - set(revoked_rows)
+            if listed_wrongly:
+                problems.append(f"CRL {latest_crl.number} lists unrevoked {listed_wrongly}")
+            for sn in set(crl.entries) & set(revoked_rows):
+                entry, row = crl.entries[sn], revoked_rows[sn]
+                if row.revoked_at is None or entry.revoked_at != aware(row.revoked_at):
+                    problems.append(f"CRL entry {sn:x}: revocation time differs from the row")
+                elif entry.reason != row.revocation_reason:
+                    problems.append(f"CRL entry {sn:x}: reason differs from the row")
+            if pending:
+                due = issuing.crl_due_at
+                if due is None:
+                    problems.append(f"revocations {pending} are pending with no due time")
+                elif (self.kmc.clock() - aware(due)).total_seconds() > self.crl_grace:
+                    problems.append(f"revocations {pending} overdue since {due}")
+            elif (
+                issuing.crl_due_at is not None
+                and (issuing.revocation_seq or 0) == covered
+                and (self.kmc.clock() - aware(issuing.crl_due_at)).total_seconds()
+                > (self.crl_grace)
+            ):
+                problems.append("a CRL publication is due with nothing pending")
+        if latest_delta is not None and issuing is not None:
+            delta = CRL.from_der(latest_delta.der)
+            try:
+                delta.verify_signature(ca_certs[2].public_key)
+            except Exception as exc:
+                problems.append(f"delta CRL {latest_delta.number}: {exc}")
+            if delta.delta_base != latest_delta.base_number or delta.number != latest_delta.number:
+                problems.append(f"delta CRL {latest_delta.number} differs from its row")
+            if delta_base_crl is None:
+                problems.append(f"delta CRL {latest_delta.number}: base CRL is not stored")
+            else:
+                since = {
+                    sn
+                    for sn, c in revoked_rows.items()
+                    if (delta_base_crl.revocation_seq or 0)
+                    < (c.revocation_seq or 0)
+                    <= (issuing.crl_seq or 0)
+                }
+                if latest_delta.number == issuing.crl_number and set(delta.entries) != since:
+                    problems.append(
+                        f"delta CRL {latest_delta.number} lists {sorted(delta.entries)}, "
+                        f"expected {sorted(since)}"
+                    )
 
         report = self.kmc.verify_audit()
         if not report.ok:

@@ -51,6 +51,7 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/ca/escrow.pem"): PUBLIC,
     ("GET", "/ca/{ca}.pem"): PUBLIC,
     ("GET", "/crl/{ca}.crl"): PUBLIC,
+    ("GET", "/crl/{ca}-delta.crl"): PUBLIC,
     ("GET", "/directory/certificates/{serial}"): PUBLIC,
     ("GET", "/directory/certificates"): PUBLIC,
     ("GET", "/directory/encryption-certificate/{owner}"): PUBLIC,

@@ -63,6 +63,7 @@ def platform(database_url: str, tmp_path: Path) -> Iterator[Running]:
         database_url=database_url,
         checkpoint_seconds=3600,
         static_operators=True,  # add_operators() bearer credentials for the operator API
+        crl_max_delay=0,  # these tests read the CRL right after revoking
     )
     with running_platform(data_dir, settings) as url:
         kmc = settings.kmc()

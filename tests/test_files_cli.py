@@ -445,6 +445,8 @@ def kmc_transport(kmc: Any, *, escrow_pem: bytes | None = None) -> httpx.MockTra
         path = request.url.path
         if path == "/ca/chain.pem":
             return httpx.Response(200, content=b"".join(c.pem for c in kmc.chain()))
+        if path.startswith("/crl/") and path.endswith("-delta.crl"):
+            return httpx.Response(200, content=kmc.delta_crl(path[5:-10]))
         if path.startswith("/crl/") and path.endswith(".crl"):
             return httpx.Response(200, content=kmc.crl(path[5:-4]))
         if path == "/ca/escrow.pem":

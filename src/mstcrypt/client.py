@@ -11,6 +11,13 @@ CRL; the issuing CA itself is still checked against the root's (small) CRL. With
 ``https://`` URL the HTTP API itself runs over TLCP, the server's certificate checked
 against the same anchors.
 
+CRLs are cached by number: a cached CRL is used for the ``max-age`` the server gives
+(never past its nextUpdate), then revalidated with a conditional GET (``If-None-Match``
+on the CRL's ETag — a 304 costs no download and no parse). For validation the client
+keeps the complete CRL it has and fetches the small delta CRL (``/crl/<ca>-delta.crl``)
+on top of it, downloading a complete CRL again only when the delta's base is newer than
+the one held or it expires.
+
     from mstcrypt.client import Client
     c = Client("https://platform.example:8600", anchors=token.anchors())
     result = c.enroll(code, token)            # token: a logged-in SoftToken
@@ -21,6 +28,8 @@ against the same anchors.
 from __future__ import annotations
 
 import base64
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,6 +74,21 @@ class EnrollResult:
     key_id: str
 
 
+@dataclass
+class _CachedCrl:
+    crl: CRL
+    etag: str | None
+    fresh_until: float  # time.monotonic()
+
+
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age=(\d{1,9})(?:$|[,\s])")
+
+
+def _max_age(r: httpx.Response) -> float:
+    m = _MAX_AGE.search(r.headers.get("cache-control", ""))
+    return float(m.group(1)) if m else 0.0
+
+
 def token_anchors(token: Any) -> list[Certificate]:
     """The trust anchors preset in a soft token (empty when it has none)."""
     getter = getattr(token, "anchors", None)
@@ -97,6 +121,7 @@ class Client:
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"), timeout=timeout, headers=headers, transport=transport
         )
+        self._crls: dict[str, _CachedCrl] = {}
 
     def close(self) -> None:
         self._http.close()
@@ -137,7 +162,71 @@ class Client:
     def _server_chain(self) -> tuple[list[Certificate], list[CRL]]:
         """The server's intermediates and CRLs, not yet trusted: a path validated to the
         anchors through them checks them on the way."""
-        return self.chain()[:-1], [self.crl("issuing"), self.crl("root")]
+        return self.chain()[:-1], self.revocation_lists()
+
+    def revocation_lists(self, cas: Sequence[str] = ("issuing", "root")) -> list[CRL]:
+        """For validation: per CA the complete CRL held (cached) and, on top of it, the
+        newest delta CRL; a complete CRL is downloaded again only when none is held, it
+        has expired, or the delta is on a newer base. Where no delta CRL can be had, the
+        complete CRL alone (revalidated after its max-age)."""
+        out: list[CRL] = []
+        for ca in cas:
+            complete_path, delta_path = f"/crl/{ca}.crl", f"/crl/{ca}-delta.crl"
+            try:
+                delta = self._cached_crl(delta_path, revalidate=False)
+            except ServiceError:  # no delta CRLs there (404) or none now: complete only
+                out.append(self._cached_crl(complete_path, revalidate=False))
+                continue
+            base = delta.delta_base
+            held = self._crls.get(complete_path)
+            if (
+                held is not None
+                and held.crl.number is not None
+                and base is not None
+                and held.crl.number >= base
+                and (held.crl.next_update is None or datetime.now(UTC) < held.crl.next_update)
+            ):
+                complete = held.crl  # still valid, and the delta applies to it
+            else:
+                complete = self._cached_crl(complete_path, revalidate=True)
+            out.append(complete)
+            if (
+                base is not None
+                and complete.number is not None
+                and delta.number is not None
+                and base <= complete.number < delta.number
+            ):
+                out.append(delta)
+        return out
+
+    def _cached_crl(self, path: str, *, revalidate: bool) -> CRL:
+        """The CRL at ``path``: the cached one while fresh (unless ``revalidate``), else
+        a conditional GET; a new CRL is parsed strictly once. A CRL older (by number)
+        than the one held is not taken while the one held is still valid."""
+        cached = self._crls.get(path)
+        now = time.monotonic()
+        if (
+            cached is not None
+            and not revalidate
+            and now < cached.fresh_until
+            and (cached.crl.next_update is None or datetime.now(UTC) < cached.crl.next_update)
+        ):
+            return cached.crl
+        headers = {"If-None-Match": cached.etag} if cached is not None and cached.etag else {}
+        r = self._request("GET", path, headers=headers)
+        if r.status_code == 304 and cached is not None:
+            cached.fresh_until = now + _max_age(r)
+            return cached.crl
+        crl = CRL.from_der(r.content)
+        if (
+            cached is not None
+            and cached.crl.number is not None
+            and (crl.number is None or crl.number < cached.crl.number)
+            and (cached.crl.next_update is None or datetime.now(UTC) < cached.crl.next_update)
+        ):
+            return cached.crl  # e.g. an instance behind a lagging replica
+        self._crls[path] = _CachedCrl(crl, r.headers.get("etag"), now + _max_age(r))
+        return crl
 
     def trusted_chain(
         self, anchors: Sequence[Certificate] | None = None
@@ -188,7 +277,7 @@ class Client:
                 intermediates=intermediates,
                 crls=crls,
                 at=now,
-                key_usage=key_usage,
+                key_usage=key_usage or (),
                 extended_key_usage=extended_key_usage,
             )
         return list(certs)
@@ -319,7 +408,12 @@ class Client:
         return [Certificate.from_pem(b"-----BEGIN" + part) for part in pem.split(b"-----BEGIN")[1:]]
 
     def crl(self, ca: str = "issuing") -> CRL:
-        return CRL.from_der(self._request("GET", f"/crl/{ca}.crl").content)
+        """The newest complete CRL of ``ca`` (revalidated now: a conditional GET)."""
+        return self._cached_crl(f"/crl/{ca}.crl", revalidate=True)
+
+    def delta_crl(self, ca: str = "issuing") -> CRL:
+        """The newest delta CRL of ``ca`` (revalidated now)."""
+        return self._cached_crl(f"/crl/{ca}-delta.crl", revalidate=True)
 
     def certificate(self, serial: str) -> tuple[Certificate, str]:
         r = self._request("GET", f"/directory/certificates/{serial}")
@@ -380,7 +474,7 @@ class Client:
             chain = [Certificate.from_pem(p.encode()) for p in body["chain"]]
             if sign_cert.public_key != h.public_key:
                 raise VerificationError("the signing certificate is not for this token's key")
-            crls = [self.crl("issuing"), self.crl("root")]
+            crls = self.revocation_lists()
             now = datetime.now(UTC)
             for cert in (sign_cert, enc_cert):
                 validate_path(cert, anchors=anchors, intermediates=chain[:-1], crls=crls, at=now)

@@ -95,6 +95,55 @@ def ca_root(
         typer.echo(root.pem.decode(), nl=False)
 
 
+@ca_app.command("publish-crl")
+def ca_publish_crl(
+    data_dir: DataDir = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Publish now even when nothing is due.")
+    ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep running as the CRL publisher (MSTCRYPT_CRL_INTERVAL); for a "
+            "dedicated publisher process next to instances run with MSTCRYPT_CRL_PUBLISHER=0.",
+        ),
+    ] = False,
+) -> None:
+    """Publish the CRLs that are due (pending revocations, a CRL past half its life), or
+    every CA's now with --force. One publisher at a time across all instances (lease)."""
+    kmc, _ = _kmc(data_dir)
+    if watch:
+        err_console.print("publishing CRLs until interrupted (Ctrl-C)")
+        with contextlib.suppress(KeyboardInterrupt):
+            kmc.crl_publisher.run_forever()
+        return
+    pubs = kmc.publish_crls(force=force)
+    t = Table(title="CRLs published")
+    for col in ("CA", "number", "entries", "delta base", "delta entries", "build ms", "store ms"):
+        t.add_column(col)
+    for p in pubs:
+        t.add_row(
+            p.ca,
+            str(p.number),
+            str(p.entries),
+            str(p.delta_base if p.delta_base is not None else "-"),
+            str(p.delta_entries if p.delta_entries is not None else "-"),
+            f"{p.build_seconds * 1000:.1f}",
+            f"{p.store_seconds * 1000:.1f}",
+        )
+    if pubs:
+        console.print(t)
+    else:
+        console.print("no CRL was due")
+    for name in ("issuing", "root"):
+        st = kmc.crl_publisher.pending(name)
+        err_console.print(
+            f"{name}: CRL {st['crl_number']}, {st['pending']} revocation(s) pending"
+            + (f", due {st['due'].isoformat()}" if st["due"] else "")
+        )
+
+
 @operator_app.command("add")
 def operator_add(
     name: str,

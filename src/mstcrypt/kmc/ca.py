@@ -6,6 +6,12 @@ pair (GM/T 0034: signing + encryption, issued together) for a reason that means 
 device or the holder is gone (:data:`PAIR_REASONS`) revokes the other half too, revokes
 the escrowed encryption key for use, and rotates every key derived for the holder
 (KDK and group keys, through :meth:`GroupService.identity_changed`).
+
+A revocation marks rows only — status, time, reason, the CA's next revocation sequence
+number and the DER of the certificate's CRL entry — and asks for a CRL by a due time;
+:class:`~mstcrypt.kmc.publisher.CrlPublisher` (``self.publisher``) publishes the CRLs,
+outside the revocation's transaction. Its cost does not depend on how many
+certificates are already revoked.
 """
 
 from __future__ import annotations
@@ -20,10 +26,12 @@ from sqlalchemy.orm import Session
 
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
-from mstcrypt.kmc.context import KmcContext, NotFoundError, Unit, aware
-from mstcrypt.kmc.models import CertificateAuthority, CrlRecord, EncryptionKey, IssuedCertificate
-from mstcrypt.pki import CRL, AltNames, Certificate, Issuer, Profile, RevokedEntry, name, spec
+from mstcrypt.kmc.context import KmcContext, NotFoundError, Unit
+from mstcrypt.kmc.models import CertificateAuthority, EncryptionKey, IssuedCertificate
+from mstcrypt.kmc.publisher import CrlPolicy, CrlPublisher, PublishedCrl
+from mstcrypt.pki import CRL, AltNames, Certificate, Issuer, Profile, name, spec
 from mstcrypt.pki.ca import BACKDATE
+from mstcrypt.pki.crl_der import entry_der
 from mstcrypt.pki.ocsp import aia_extension
 
 if TYPE_CHECKING:
@@ -31,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CRL_LIFETIME", "PAIR_REASONS", "REVOCATION_REASONS", "CaService"]
 
+#: the default lifetime of a CRL (:attr:`CrlPolicy.lifetime`)
 CRL_LIFETIME = timedelta(days=1)
 REVOCATION_REASONS = (
     "unspecified",
@@ -51,10 +60,18 @@ def serial_hex(serial: str) -> str:
 
 
 class CaService:
-    def __init__(self, ctx: KmcContext, groups: GroupService) -> None:
+    def __init__(
+        self, ctx: KmcContext, groups: GroupService, crl_policy: CrlPolicy | None = None
+    ) -> None:
         self.ctx = ctx
         self.groups = groups
         self._issuers: dict[tuple[str, bytes], Issuer] = {}
+        self._issuer_names: dict[bytes, bytes] = {}
+        self.publisher = CrlPublisher(ctx, self, crl_policy)
+
+    @property
+    def crl_policy(self) -> CrlPolicy:
+        return self.publisher.policy
 
     # -- set-up ------------------------------------------------------------------------
     def is_initialised(self) -> bool:
@@ -109,7 +126,7 @@ class CaService:
             (rows[1], sub_cert, Profile.SUB_CA),
         ):
             self._record(u, cert, ca_id=1, owner=None, profile=profile, usage="ca", key_id=None)
-            self.publish_crl(u, row.name)
+            self.publisher.publish_in(u, row)
         return [sub_cert, root.certificate]
 
     def _crl_urls(self, ca_name: str) -> list[str]:
@@ -123,6 +140,14 @@ class CaService:
         if not self.ctx.ocsp_url or Profile(profile) is Profile.OCSP_SIGNER:
             return []
         return [aia_extension([self.ctx.ocsp_url])]
+
+    def delta_urls(self, ca_name: str) -> list[str]:
+        """Where the delta CRLs of ``ca_name`` are published (freshestCRL), when delta
+        CRLs are on and a public URL is configured."""
+        base = self.ctx.crl_base_url
+        if not base or not self.crl_policy.delta:
+            return []
+        return [f"{base.rstrip('/')}/crl/{ca_name}-delta.crl"]
 
     # -- the CAs -----------------------------------------------------------------------
     def _ca_row(self, s: Session, ca_name: str = ISSUING) -> CertificateAuthority:
@@ -142,6 +167,14 @@ class CaService:
             )
             self._issuers[key] = issuer
         return issuer
+
+    def issuer_name_der(self, ca: CertificateAuthority) -> bytes:
+        """The DER of the CA's subject Name, as it is written into its CRLs (memoised)."""
+        out = self._issuer_names.get(ca.cert_der)
+        if out is None:
+            out = bytes(Certificate.from_der(ca.cert_der).subject.dump())
+            self._issuer_names[ca.cert_der] = out
+        return out
 
     def chain(self) -> list[Certificate]:
         """[issuing CA, root CA]."""
@@ -178,6 +211,7 @@ class CaService:
             not_before=u.now - BACKDATE,
             crl_urls=self._crl_urls(ISSUING),
             extra_extensions=self._aia(profile),
+            freshest_crl_urls=self.delta_urls(ISSUING),
             subject_alt_names=[*([email] if email else []), *subject_alt_names],
         )
         self._record(
@@ -264,59 +298,36 @@ class CaService:
 
     # -- CRLs --------------------------------------------------------------------------
     def publish_crl(self, u: Unit, ca_name: str = ISSUING) -> CRL:
-        """Sign and store the next CRL of ``ca_name``. The revoked entries are read after
-        the CA row is locked, so a concurrent revocation is never left out of a newer CRL."""
+        """Sign and store the next complete CRL of ``ca_name`` inside ``u`` (the CA row
+        is locked first). The publisher does this outside the revocations' transactions;
+        this is for set-up and for callers that need it in their own unit."""
         ca = u.s.execute(
             select(CertificateAuthority)
             .where(CertificateAuthority.name == ca_name)
             .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         ).scalar_one()
-        entries = [
-            RevokedEntry(int(r.serial, 16), aware(r.revoked_at or u.now), r.revocation_reason)
-            for r in u.s.scalars(
-                select(IssuedCertificate).where(
-                    IssuedCertificate.ca_id == ca.id, IssuedCertificate.status == "revoked"
-                )
-            )
-        ]
-        ca.crl_number += 1
-        crl = self.issuer(ca).crl(
-            number=ca.crl_number,
-            entries=entries,
-            this_update=u.now,
-            next_update=u.now + CRL_LIFETIME,
-        )
-        u.s.add(
-            CrlRecord(
-                ca_id=ca.id,
-                number=ca.crl_number,
-                der=crl.der,
-                this_update=u.now,
-                next_update=u.now + CRL_LIFETIME,
-            )
-        )
-        return crl
+        return CRL.from_der(self.publisher.publish_in(u, ca))
+
+    def current_crl(
+        self, ca_name: str = ISSUING, kind: str = "complete", *, publish: bool = True
+    ) -> PublishedCrl:
+        """The newest complete (or delta) CRL with its number and times; published
+        first when missing or overdue unless ``publish`` is false (see
+        :meth:`CrlPublisher.current`)."""
+        return self.publisher.current(ca_name, kind, publish=publish)
 
     def crl(self, ca_name: str = ISSUING) -> bytes:
-        """The newest CRL (DER), re-signed first when it is older than half its life."""
-        with self.ctx.read() as s:
-            ca = self._ca_row(s, ca_name)
-            rec = s.scalar(
-                select(CrlRecord)
-                .where(CrlRecord.ca_id == ca.id)
-                .order_by(CrlRecord.number.desc())
-                .limit(1)
-            )
-            if rec is not None and aware(rec.next_update) - self.ctx.clock() >= CRL_LIFETIME / 2:
-                return rec.der
-        with self.ctx.unit("system") as u:
-            crl = self.publish_crl(u, ca_name)
-            u.audit("crl.publish", f"ca:{ca_name}", number=crl.number)
-        return crl.der
+        """The newest complete CRL (DER); published first when missing or overdue, and
+        re-signed in passing when older than half its life."""
+        return self.publisher.current(ca_name).der
+
+    def delta_crl(self, ca_name: str = ISSUING) -> bytes:
+        """The newest delta CRL (DER)."""
+        return self.publisher.current(ca_name, "delta").der
 
     def crl_number(self, ca_name: str = ISSUING) -> int:
-        with self.ctx.read() as s:
+        with self.ctx.db.snapshot() as s:
             return self._ca_row(s, ca_name).crl_number
 
     # -- revocation --------------------------------------------------------------------
@@ -344,9 +355,12 @@ class CaService:
     def revoke_rows(
         self, u: Unit, rows: Sequence[IssuedCertificate], reason: str, *, why: str | None = None
     ) -> list[str]:
-        """Revoke ``rows`` inside ``u``, publish the CRL, and make keys follow: for
-        :data:`PAIR_REASONS` the pairs go too, the escrowed keys of revoked encryption
-        certificates are revoked for use, and the holders' derived keys rotate."""
+        """Revoke ``rows`` inside ``u`` and make keys follow: for :data:`PAIR_REASONS`
+        the pairs go too, the escrowed keys of revoked encryption certificates are
+        revoked for use, and the holders' derived keys rotate. Each row gets its CA's
+        next revocation sequence number and its CRL entry DER; the CA row asks the
+        publisher for a CRL by the policy's due time (at once for key or CA
+        compromise). No CRL is built here."""
         if reason not in REVOCATION_REASONS:
             raise PolicyError(f"unknown revocation reason {reason!r}")
         todo = {r.serial: r for r in rows}
@@ -359,18 +373,34 @@ class CaService:
                     if pair is not None and pair.status == "active":
                         todo[pair.serial] = pair
         owners: set[str] = set()
-        for r in todo.values():
+        cas: dict[int, CertificateAuthority] = {}
+        due = self.publisher.due_time(u.now, reason)
+        for r in sorted(todo.values(), key=lambda x: x.serial):
             if r.status == "revoked":
                 continue
+            ca = cas.get(r.ca_id)
+            if ca is None:
+                # the CA row's lock orders the sequence numbers (held until commit)
+                ca = u.s.execute(
+                    select(CertificateAuthority)
+                    .where(CertificateAuthority.id == r.ca_id)
+                    .with_for_update(key_share=True)
+                    .execution_options(populate_existing=True)
+                ).scalar_one()
+                cas[r.ca_id] = ca
+            ca.revocation_seq = int(ca.revocation_seq or 0) + 1
             r.status, r.revoked_at, r.revocation_reason = "revoked", u.now, reason
+            r.revocation_seq = ca.revocation_seq
+            r.crl_entry = entry_der(int(r.serial, 16), u.now, reason)
             if r.owner and not r.owner.startswith("service:"):
                 owners.add(r.owner)
             if reason in PAIR_REASONS and r.key_id:
                 key = u.s.get(EncryptionKey, r.key_id, with_for_update={"key_share": True})
                 if key is not None and key.state in ("generated", "active", "decrypt_only"):
                     key.state, key.updated_at = "revoked", u.now
+        for ca in cas.values():
+            self.publisher.request(u, ca, due)
         u.s.flush()
-        self.publish_crl(u, ISSUING)
         for owner in sorted(owners):
             self.groups.identity_changed(u, owner, why or f"revoked:{reason}")
         return sorted(todo)

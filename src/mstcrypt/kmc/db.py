@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,23 +43,25 @@ class Database:
             yield session
 
     @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
+    def snapshot(self) -> Iterator[Session]:
         """A read-only transaction on one consistent snapshot that takes no write lock:
         writers carry on while it runs. SQLite: a plain (deferred) read transaction,
-        which in WAL mode sees the database as of its first read; PostgreSQL:
-        ``REPEATABLE READ READ ONLY``. Long scans (audit verification, backups) use this
-        instead of :meth:`tx`, whose ``BEGIN IMMEDIATE`` would stall every writer."""
+        which in WAL mode sees the database as of its first read, with ``query_only``
+        set so that a write fails; PostgreSQL: ``REPEATABLE READ READ ONLY``. Long scans
+        (audit verification, backups, CRL building) use this instead of :meth:`tx`,
+        whose ``BEGIN IMMEDIATE`` would stall every writer. Only read in it."""
         with self.engine.connect() as conn:
             if not self.is_sqlite:
                 conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
-                with conn.begin():
-                    yield conn
+                with conn.begin(), Session(bind=conn, expire_on_commit=False) as session:
+                    yield session
                 return
             conn.execution_options(mstcrypt_snapshot=True)
             try:
                 with conn.begin():
                     conn.exec_driver_sql("PRAGMA query_only=ON")  # a write here fails
-                    yield conn
+                    with Session(bind=conn, expire_on_commit=False) as session:
+                        yield session
             finally:
                 try:
                     conn.exec_driver_sql("PRAGMA query_only=OFF")

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -40,10 +41,21 @@ class CertificateAuthority(Base):
     key_blob: Mapped[bytes] = mapped_column(LargeBinary)
     crl_number: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: the last revocation sequence number handed out (one per revoked certificate, in
+    #: commit order: the revocation holds this row's lock until it commits)
+    revocation_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: the revocation sequence number the newest CRL covers; pending when lower
+    crl_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    #: the time by which pending revocations must be on a published CRL (None: none)
+    crl_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: the complete CRL the delta CRLs are relative to, and the sequence it covers
+    delta_base: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    delta_base_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class IssuedCertificate(Base):
     __tablename__ = "certificates"
+    __table_args__ = (Index("ix_certificates_ca_revocation", "ca_id", "revocation_seq"),)
     serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex
     ca_id: Mapped[int] = mapped_column(ForeignKey("ca.id"))
     subject: Mapped[str] = mapped_column(Text, index=True)
@@ -62,6 +74,11 @@ class IssuedCertificate(Base):
     #: the other half of a dual-certificate pair (GM/T 0034): revoked together when the
     #: device is lost or the holder leaves
     pair_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    #: set at revocation: the CA's revocation sequence number (None: not revoked) and the
+    #: DER of this certificate's revokedCertificates entry, so that a CRL is assembled
+    #: from stored bytes (:mod:`mstcrypt.pki.crl_der`)
+    revocation_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    crl_entry: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class EncryptionKey(Base):
@@ -165,12 +182,55 @@ class MemberKdk(Base):
 
 
 class CrlRecord(Base):
+    """A published complete CRL (old ones are pruned by the publisher's policy)."""
+
     __tablename__ = "crls"
     ca_id: Mapped[int] = mapped_column(ForeignKey("ca.id"), primary_key=True)
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
     this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: the CA's revocation sequence number this CRL covers, and its number of entries
+    revocation_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    entries: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: a large CRL is stored in :class:`CrlChunk` rows (``der`` is then empty)
+    blob_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class DeltaCrlRecord(Base):
+    """A published delta CRL (RFC 5280 §5.2.4): the revocations since the complete CRL
+    ``base_number``; it carries the number of the complete CRL published with it."""
+
+    __tablename__ = "delta_crls"
+    ca_id: Mapped[int] = mapped_column(ForeignKey("ca.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_number: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    entries: Mapped[int] = mapped_column(Integer)
+    blob_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class CrlChunk(Base):
+    """A slice of a large CRL's DER, written in its own short transaction before the CRL
+    row that refers to it (so that no transaction writes megabytes under SQLite's write
+    lock)."""
+
+    __tablename__ = "crl_chunks"
+    blob_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Lease(Base):
+    """A named lease held by one process until it expires (the CRL publisher's: exactly
+    one instance publishes at a time)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ServiceKey(Base):

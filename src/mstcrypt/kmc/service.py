@@ -4,6 +4,7 @@ clock) and its unit of work (one transaction + its audit record per change)::
 
     kmc = Kmc(db, keystore)
     kmc.ca           issuance, CRLs, revocation (pairs; keys follow revocation)
+    kmc.ca.publisher the CRL publisher (batched, incremental, delta CRLs, one at a time)
     kmc.directory    certificate lookups
     kmc.enrollment   one-time codes, dual-certificate enrollment
     kmc.lifecycle    encryption keys: generate, distribute, rotate, archive, revoke, destroy
@@ -42,12 +43,13 @@ from mstcrypt.kmc.identities import AUDIT, FILE_RECOVERY, IdentityService, Servi
 from mstcrypt.kmc.keys import KeyService
 from mstcrypt.kmc.ocsp import OcspResponder
 from mstcrypt.kmc.operators import OperatorService
+from mstcrypt.kmc.publisher import CrlPolicy, CrlPublisher
 from mstcrypt.kmc.ratelimit import RateLimiter
 from mstcrypt.kmc.recovery import RecoveryService
 from mstcrypt.module.sscc import ServerKeyStore
 from mstcrypt.pki import Certificate, Profile
 
-__all__ = ["KEY_TRANSITIONS", "Enrollment", "Kmc", "NotFoundError", "code_hash"]
+__all__ = ["KEY_TRANSITIONS", "CrlPolicy", "Enrollment", "Kmc", "NotFoundError", "code_hash"]
 
 
 class Kmc:
@@ -62,10 +64,11 @@ class Kmc:
         ocsp_url: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         recovery_approvals: int = 1,
+        crl_policy: CrlPolicy | None = None,
     ) -> None:
         self.ctx = KmcContext(db, keys, crl_base_url=crl_base_url, ocsp_url=ocsp_url, clock=clock)
         self.groups = GroupService(self.ctx)
-        self.ca = CaService(self.ctx, self.groups)
+        self.ca = CaService(self.ctx, self.groups, crl_policy)
         self.directory = DirectoryService(self.ctx)
         self.enrollment = EnrollmentService(self.ctx, self.ca, self.groups)
         self.lifecycle = KeyService(self.ctx, self.ca)
@@ -84,6 +87,10 @@ class Kmc:
         return self.ctx.db
 
     @property
+    def crl_publisher(self) -> CrlPublisher:
+        return self.ca.publisher
+
+    @property
     def keystore(self) -> ServerKeyStore:
         return self.ctx.keys
 
@@ -98,6 +105,8 @@ class Kmc:
     def _forget_caches(self) -> None:
         self.ca._issuers.clear()
         self.ocsp.forget()
+        self.ca._issuer_names.clear()
+        self.ca.publisher._cache.clear()
         self.ctx.keys.clear_cache()
 
     # -- set-up ------------------------------------------------------------------------
@@ -184,6 +193,20 @@ class Kmc:
 
     def crl(self, ca_name: str = "issuing") -> bytes:
         return self.ca.crl(ca_name)
+
+    def delta_crl(self, ca_name: str = "issuing") -> bytes:
+        return self.ca.delta_crl(ca_name)
+
+    def publish_crls(self, *, force: bool = False) -> list[Any]:
+        """Publish the CRLs that are due now (every CA's with ``force``)."""
+        if not force:
+            return self.crl_publisher.run_once()
+        out = []
+        for name in ("root", "issuing"):
+            pub = self.crl_publisher.publish(name, force=True)
+            if pub is not None:
+                out.append(pub)
+        return out
 
     def revoke_certificate(
         self, serial: str, *, reason: str = "unspecified", actor: str

@@ -21,8 +21,9 @@ CA keys can stay inside a cryptographic module::
     assert pki.match_hostname(gw, "GW.example.com")    # RFC 6125: SANs, never the CN
 
 :func:`build_certificate`, :func:`build_csr` and :func:`build_crl` are the underlying
-builders; :class:`Certificate`, :class:`CertificationRequest` and :class:`CRL` parse
-strictly (DecodeError on malformed input).
+builders (:mod:`mstcrypt.pki.crl_der` assembles large CRLs from cached entry DER);
+:class:`Certificate`, :class:`CertificationRequest` and :class:`CRL` parse strictly
+(DecodeError on malformed input); :class:`CrlIndex` scans a CRL for status lookups.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mstcrypt.pki.ca import Issuer, random_serial
 from mstcrypt.pki.cache import ValidationCache
 from mstcrypt.pki.cert import Certificate, build_certificate, load_certificates
 from mstcrypt.pki.crl import CRL, REVOCATION_REASONS, RevokedEntry, build_crl
+from mstcrypt.pki.crl_scan import CrlIndex
 from mstcrypt.pki.csr import CertificationRequest, build_csr
 from mstcrypt.pki.errors import REASONS, CertificateError
 from mstcrypt.pki.hostname import match_hostname
@@ -47,6 +49,7 @@ __all__ = [
     "Certificate",
     "CertificateError",
     "CertificationRequest",
+    "CrlIndex",
     "Issuer",
     "Profile",
     "ProfileSpec",

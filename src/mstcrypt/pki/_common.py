@@ -196,6 +196,7 @@ OID_CERT_POLICIES = "2.5.29.32"
 OID_AIA = "1.3.6.1.5.5.7.1.1"
 OID_CRL_NUMBER = "2.5.29.20"
 OID_DELTA_CRL = "2.5.29.27"
+OID_FRESHEST_CRL = "2.5.29.46"
 OID_CRL_REASON = "2.5.29.21"
 OID_INVALIDITY_DATE = "2.5.29.24"
 OID_ANY_EKU = "2.5.29.37.0"
@@ -220,10 +221,17 @@ UNDERSTOOD_CERT_EXTENSIONS = frozenset(
     }
 )
 #: CRL extensions understood (issuingDistributionPoint, which scopes the CRL, and indirect
-#: CRLs are not supported; deltaCRLIndicator marks a delta CRL, which is never used as a
-#: complete CRL).
+#: CRLs are not supported; deltaCRLIndicator marks a delta CRL, which is only used on top
+#: of a complete CRL, never as one).
 UNDERSTOOD_CRL_EXTENSIONS = frozenset(
-    {OID_CRL_NUMBER, OID_AUTHORITY_KEY_ID, OID_ISSUER_ALT_NAME, OID_AIA, OID_DELTA_CRL}
+    {
+        OID_CRL_NUMBER,
+        OID_AUTHORITY_KEY_ID,
+        OID_ISSUER_ALT_NAME,
+        OID_AIA,
+        OID_DELTA_CRL,
+        OID_FRESHEST_CRL,
+    }
 )
 UNDERSTOOD_CRL_ENTRY_EXTENSIONS = frozenset({OID_CRL_REASON, OID_INVALIDITY_DATE})
 
@@ -292,6 +300,36 @@ def _typed_general_names(values: Any) -> tuple[tuple[str, str], ...]:
         else:
             out.append((str(kind), ""))
     return tuple(out)
+
+
+def distribution_point_urls(points: Any) -> tuple[str, ...]:
+    """The URIs of the fullName of each DistributionPoint (cRLDistributionPoints,
+    freshestCRL)."""
+    urls: list[str] = []
+    for dp in points:
+        dpn = dp["distribution_point"]
+        if not isinstance(dpn, core.Void) and dpn.name == "full_name":
+            urls.extend(
+                str(gn.native) for gn in dpn.chosen if gn.name == "uniform_resource_identifier"
+            )
+    return tuple(urls)
+
+
+def distribution_points(urls: Any, what: str) -> list[dict[str, Any]]:
+    """One DistributionPoint whose fullName lists ``urls`` (asn1crypto native form)."""
+    if isinstance(urls, str):
+        raise PolicyError(f"{what} must be a sequence of strings")
+    for url in urls:
+        if not isinstance(url, str) or "://" not in url or not url.isascii():
+            raise PolicyError(f"{what}: {url!r} must be an ASCII URI")
+    return [
+        {
+            "distribution_point": x509.DistributionPointName(
+                name="full_name",
+                value=[x509.GeneralName(name="uniform_resource_identifier", value=u) for u in urls],
+            )
+        }
+    ]
 
 
 _DNS_RE = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}\.?$")

@@ -104,6 +104,7 @@ class Issuer:
         crl_urls: Sequence[str] = (),
         extra_extensions: Iterable[ExtraExtension] = (),
         path_len: int | None = None,
+        freshest_crl_urls: Sequence[str] = (),
     ) -> Certificate:
         """Issue a certificate under this CA. Validity defaults to now − 5 minutes for
         the profile's default lifetime, clipped to this CA's own notAfter.
@@ -139,6 +140,7 @@ class Issuer:
             crl_urls=crl_urls,
             extra_extensions=extra_extensions,
             path_len=path_len,
+            freshest_crl_urls=freshest_crl_urls,
         )
 
     def issue_from_csr(
@@ -182,8 +184,11 @@ class Issuer:
         this_update: datetime | None = None,
         next_update: datetime | None = None,
         days: int = 7,
+        delta_base: int | None = None,
+        freshest_crl_urls: Sequence[str] = (),
     ) -> CRL:
-        """A CRL of this CA, valid ``days`` days from ``this_update`` (default now)."""
+        """A CRL of this CA, valid ``days`` days from ``this_update`` (default now); a
+        delta CRL on the complete CRL number ``delta_base`` when given."""
         tu = c.utc(this_update, "this_update") if this_update is not None else c.now()
         nu = next_update if next_update is not None else tu + timedelta(days=days)
         return build_crl(
@@ -194,4 +199,6 @@ class Issuer:
             this_update=tu,
             next_update=nu,
             entries=entries,
+            delta_base=delta_base,
+            freshest_crl_urls=freshest_crl_urls,
         )

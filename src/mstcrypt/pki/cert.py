@@ -74,6 +74,7 @@ class Certificate:
         "_der",
         "_eku",
         "_exts",
+        "_freshest_crl_urls",
         "_is_ca",
         "_issuer_der",
         "_issuer_str",
@@ -184,17 +185,12 @@ class Certificate:
             san = exts.get(c.OID_SUBJECT_ALT_NAME)
             setattr_(self, "_san", c.general_names(san[1]) if san else ())
             setattr_(self, "_san_entries", c.typed_general_names(san[1]) if san else ())
-            urls: list[str] = []
             dps = exts.get(c.OID_CRL_DP)
-            for dp in dps[1] if dps else ():
-                dpn = dp["distribution_point"]
-                if not isinstance(dpn, core.Void) and dpn.name == "full_name":
-                    urls.extend(
-                        str(gn.native)
-                        for gn in dpn.chosen
-                        if gn.name == "uniform_resource_identifier"
-                    )
-            setattr_(self, "_crl_urls", tuple(urls))
+            setattr_(self, "_crl_urls", c.distribution_point_urls(dps[1]) if dps else ())
+            fresh = exts.get(c.OID_FRESHEST_CRL)
+            setattr_(
+                self, "_freshest_crl_urls", c.distribution_point_urls(fresh[1]) if fresh else ()
+            )
         except DecodeError:
             raise
         except Exception as exc:
@@ -375,6 +371,11 @@ class Certificate:
         return self._crl_urls
 
     @property
+    def freshest_crl_urls(self) -> tuple[str, ...]:
+        """Where the issuer's delta CRLs are published (freshestCRL, RFC 5280 §4.2.1.15)."""
+        return self._freshest_crl_urls
+
+    @property
     def extensions(self) -> Mapping[str, bool]:
         """dotted OID → critical, for every extension present."""
         return MappingProxyType({oid: crit for oid, (crit, _) in self._exts.items()})
@@ -522,6 +523,7 @@ def build_certificate(
     extra_extensions: Iterable[ExtraExtension] = (),
     path_len: int | None = None,
     key_id_method: str = "sm3",
+    freshest_crl_urls: Sequence[str] = (),
 ) -> Certificate:
     """Issue an X.509 v3 certificate for ``public_key`` with the extensions of ``profile``.
 
@@ -531,7 +533,8 @@ def build_certificate(
     ``signer`` signs the DER tbsCertificate (SM2, default ID, issuer key); the result is
     verified with ``issuer_public_key`` before the certificate is returned.
     ``subject_alt_names``: DNS names, e-mail addresses (with ``@``), URIs (with
-    ``://``) and IP addresses. ``crl_urls`` become one cRLDistributionPoints entry.
+    ``://``) and IP addresses. ``crl_urls`` become one cRLDistributionPoints entry,
+    ``freshest_crl_urls`` (where the issuer's delta CRLs are) one freshestCRL entry.
     ``extra_extensions``: asn1crypto ``x509.Extension`` values or
     ``(dotted_oid, critical, extnValue_der)``. ``path_len`` overrides the profile's
     pathLenConstraint for a CA. ``key_id_method``: ``"sm3"`` (default) or ``"sha1"``,
@@ -596,26 +599,13 @@ def build_certificate(
             raise PolicyError("subject_alt_names must be a sequence of strings")
         exts.append(_ext("subject_alt_name", False, [c.general_name(v) for v in subject_alt_names]))
     if crl_urls:
-        if isinstance(crl_urls, str):
-            raise PolicyError("crl_urls must be a sequence of strings")
-        for url in crl_urls:
-            if not isinstance(url, str) or "://" not in url or not url.isascii():
-                raise PolicyError(f"CRL URL {url!r} must be an ASCII URI")
+        exts.append(
+            _ext("crl_distribution_points", False, c.distribution_points(crl_urls, "crl_urls"))
+        )
+    if freshest_crl_urls:
         exts.append(
             _ext(
-                "crl_distribution_points",
-                False,
-                [
-                    {
-                        "distribution_point": x509.DistributionPointName(
-                            name="full_name",
-                            value=[
-                                x509.GeneralName(name="uniform_resource_identifier", value=u)
-                                for u in crl_urls
-                            ],
-                        )
-                    }
-                ],
+                "freshest_crl", False, c.distribution_points(freshest_crl_urls, "freshest_crl_urls")
             )
         )
     seen = {e["extn_id"].dotted for e in exts}

@@ -1,10 +1,13 @@
 """Certificate revocation lists (RFC 5280 §5), v2, signed with SM2-with-SM3.
 
-:func:`build_crl` writes a complete (not delta) CRL for one issuer with the cRLNumber and
-authorityKeyIdentifier extensions and, per entry, a reasonCode when a reason is given.
-:class:`CRL` parses strictly; indirect CRLs, delta CRLs and issuingDistributionPoint
-scoping are not supported for validation (see ``usable`` and
-``unsupported_critical_extensions``).
+:func:`build_crl` writes a complete CRL — or, with ``delta_base``, a delta CRL (RFC 5280
+§5.2.4: a critical deltaCRLIndicator naming the complete CRL it updates) — for one
+issuer with the cRLNumber and authorityKeyIdentifier extensions, optionally a
+freshestCRL extension (where the delta CRLs are) and, per entry, a reasonCode when a
+reason is given. It is the reference builder; :mod:`mstcrypt.pki.crl_der` writes the
+same bytes from cached entries for CAs with many revocations. :class:`CRL` parses
+strictly; indirect CRLs and issuingDistributionPoint scoping are not supported for
+validation (see ``unsupported_critical_extensions``).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from mstcrypt.pki import _common as c
 from mstcrypt.pki.errors import CertificateError
 from mstcrypt.pki.names import name_to_str, names_equal
 
-__all__ = ["CRL", "REVOCATION_REASONS", "RevokedEntry", "build_crl"]
+__all__ = ["CRL", "REMOVE_FROM_CRL", "REVOCATION_REASONS", "RevokedEntry", "build_crl"]
 
-#: asn1crypto CRLReason names (RFC 5280 §5.3.1) allowed in a RevokedEntry.
+#: asn1crypto CRLReason names (RFC 5280 §5.3.1) allowed in a RevokedEntry
+#: (removeFromCRL only in a delta CRL).
 REVOCATION_REASONS: frozenset[str] = frozenset(
     v for k, v in crl.CRLReason._map.items() if v != "remove_from_crl"
 )
+REMOVE_FROM_CRL = "remove_from_crl"
 
 
 @dataclass(frozen=True)
@@ -49,9 +54,11 @@ class CRL:
     __slots__ = (
         "_aki",
         "_asn1",
+        "_delta_base",
         "_der",
         "_entries",
         "_exts",
+        "_freshest",
         "_issuer_str",
         "_next_update",
         "_number",
@@ -118,6 +125,16 @@ class CRL:
                 raise DecodeError("CRL: negative cRLNumber")
             aki = exts.get(c.OID_AUTHORITY_KEY_ID)
             aki_id = aki[1]["key_identifier"].native if aki else None
+            delta = exts.get(c.OID_DELTA_CRL)
+            delta_base = int(delta[1].native) if delta else None
+            if delta_base is not None and (delta_base < 0 or not delta[0]):
+                raise DecodeError("CRL: deltaCRLIndicator must be critical and non-negative")
+            if delta_base is not None and number is None:
+                raise DecodeError("CRL: a delta CRL must carry a cRLNumber")
+            fresh = exts.get(c.OID_FRESHEST_CRL)
+            freshest = c.distribution_point_urls(fresh[1]) if fresh else ()
+            if delta_base is None and any(e.reason == REMOVE_FROM_CRL for e in entries.values()):
+                raise DecodeError("CRL: removeFromCRL is only allowed in a delta CRL")
         except DecodeError:
             raise
         except Exception as exc:
@@ -129,6 +146,8 @@ class CRL:
         set_(self, "_entries", entries)
         set_(self, "_number", number)
         set_(self, "_aki", bytes(aki_id) if aki_id is not None else None)
+        set_(self, "_delta_base", delta_base)
+        set_(self, "_freshest", freshest)
         set_(self, "_unsupported", tuple(unsupported))
         return self
 
@@ -201,7 +220,17 @@ class CRL:
 
     @property
     def is_delta(self) -> bool:
-        return c.OID_DELTA_CRL in self._exts
+        return self._delta_base is not None
+
+    @property
+    def delta_base(self) -> int | None:
+        """The BaseCRLNumber of a delta CRL (the complete CRL it updates), else None."""
+        return self._delta_base
+
+    @property
+    def freshest_crl_urls(self) -> tuple[str, ...]:
+        """Where the issuer's delta CRLs are published (freshestCRL), if stated."""
+        return self._freshest
 
     @property
     def unsupported_critical_extensions(self) -> tuple[str, ...]:
@@ -209,7 +238,8 @@ class CRL:
         return self._unsupported
 
     def is_revoked(self, serial: int) -> RevokedEntry | None:
-        """The entry for ``serial``, or None. A certificateHold entry counts as revoked."""
+        """The entry for ``serial``, or None. A certificateHold entry counts as revoked;
+        in a delta CRL an entry may be removeFromCRL (the hold was released)."""
         return self._entries.get(serial)
 
     def verify_signature(self, issuer_public_key: SM2PublicKey) -> None:
@@ -254,8 +284,15 @@ def build_crl(
     entries: Sequence[RevokedEntry],
     authority_key_id: bytes | None = None,
     key_id_method: str = "sm3",
+    delta_base: int | None = None,
+    freshest_crl_urls: Sequence[str] = (),
 ) -> CRL:
     """A v2 CRL signed by ``signer`` (the issuer's key, SM2 default ID).
+
+    With ``delta_base`` it is a delta CRL updating the complete CRL of that number
+    (which must not exceed ``number``); its entries may then also carry the reason
+    ``remove_from_crl``. ``freshest_crl_urls`` adds a freshestCRL extension (where the
+    delta CRLs are).
 
     ``issuer`` may also be the issuer's :class:`~mstcrypt.pki.cert.Certificate` (its
     subject is used, and its SKI as the AKI). ``authority_key_id`` overrides the AKI;
@@ -281,6 +318,13 @@ def build_crl(
         raise PolicyError("CRL number must be a non-negative int")
     if len(core.Integer(number).contents) > 20:
         raise PolicyError("CRL number must fit in 20 octets (RFC 5280 §5.2.3)")
+    if delta_base is not None and (
+        not isinstance(delta_base, int)
+        or isinstance(delta_base, bool)
+        or not 0 <= delta_base <= number
+    ):
+        raise PolicyError("delta_base must be a CRL number between 0 and number")
+    allowed = REVOCATION_REASONS | ({REMOVE_FROM_CRL} if delta_base is not None else set())
     tu = c.utc(this_update, "this_update")
     nu = c.utc(next_update, "next_update")
     if nu <= tu:
@@ -299,10 +343,10 @@ def build_crl(
             "revocation_date": c.to_time(entry.revoked_at, "revoked_at"),
         }
         if entry.reason is not None:
-            if entry.reason not in REVOCATION_REASONS:
+            if entry.reason not in allowed:
                 raise PolicyError(
                     f"unknown revocation reason {entry.reason!r}; expected one of "
-                    + ", ".join(sorted(REVOCATION_REASONS))
+                    + ", ".join(sorted(allowed))
                 )
             item["crl_entry_extensions"] = [
                 {"extn_id": "crl_reason", "critical": False, "extn_value": entry.reason}
@@ -323,6 +367,17 @@ def build_crl(
             {"extn_id": "crl_number", "critical": False, "extn_value": number},
         ],
     }
+    exts: list[dict[str, object]] = tbs_fields["crl_extensions"]  # type: ignore[assignment]
+    if delta_base is not None:
+        exts.append({"extn_id": "delta_crl_indicator", "critical": True, "extn_value": delta_base})
+    if freshest_crl_urls:
+        exts.append(
+            {
+                "extn_id": "freshest_crl",
+                "critical": False,
+                "extn_value": c.distribution_points(freshest_crl_urls, "freshest_crl_urls"),
+            }
+        )
     if revoked:  # RFC 5280 §5.1.2.6: omit the list when empty
         tbs_fields["revoked_certificates"] = revoked
     tbs_der = dump(crl.TbsCertList(tbs_fields))

@@ -21,7 +21,14 @@ are present), then checks, from the anchor down:
 - revocation of every non-anchor certificate against a complete CRL from its issuer:
   same issuer name, AKI equal to the issuer's SKI when both are present, signature
   verified with the issuer's key, issuer allowed to sign CRLs, thisUpdate not in the
-  future, nextUpdate not passed, no unsupported critical extension, not a delta CRL.
+  future, nextUpdate not passed, no unsupported critical extension; and against the
+  issuer's delta CRLs given with it (RFC 5280 §5.2.4), each checked the same way and
+  applicable only on top of a supplied complete CRL (its BaseCRLNumber at most that
+  CRL's number: a delta on a newer base than any supplied complete CRL is
+  ``crl_invalid``). A delta CRL alone is not a complete CRL. A delta entry revokes; a
+  removeFromCRL entry in a delta newer than the complete CRL releases a certificateHold.
+  CRLs may be strictly parsed :class:`~mstcrypt.pki.crl.CRL` objects or
+  :class:`~mstcrypt.pki.crl_scan.CrlIndex` scans.
 
 Reasons (CertificateError.reason): a certificate whose issuer name matches no known
 certificate is ``unknown_issuer``, unless its authorityKeyIdentifier designates a known
@@ -41,10 +48,14 @@ from datetime import UTC, datetime, timedelta
 from mstcrypt.errors import PolicyError
 from mstcrypt.pki import _common as c
 from mstcrypt.pki.cert import Certificate
-from mstcrypt.pki.crl import CRL
+from mstcrypt.pki.crl import CRL, REMOVE_FROM_CRL, RevokedEntry
+from mstcrypt.pki.crl_scan import CrlIndex
 from mstcrypt.pki.errors import CertificateError
 
-__all__ = ["MAX_CANDIDATE_PATHS", "MAX_PATH_LENGTH", "validate_path"]
+__all__ = ["MAX_CANDIDATE_PATHS", "MAX_PATH_LENGTH", "AnyCrl", "validate_path"]
+
+#: What validate_path takes as a CRL: a strict parse or a status index.
+AnyCrl = CRL | CrlIndex
 
 #: Longest path considered (certificates, leaf and anchor included).
 MAX_PATH_LENGTH = 10
@@ -178,12 +189,8 @@ def _check_path_length(path: list[Certificate]) -> None:
             )
 
 
-def _check_crl(crl: CRL, issuer: Certificate, issuer_is_anchor: bool, at: datetime) -> None:
+def _check_crl(crl: AnyCrl, issuer: Certificate, issuer_is_anchor: bool, at: datetime) -> None:
     subject = issuer.subject_str
-    if crl.is_delta:
-        raise CertificateError(
-            "crl_invalid", "a delta CRL is not a complete CRL", certificate=subject
-        )
     if crl.unsupported_critical_extensions:
         raise CertificateError(
             "crl_invalid",
@@ -217,18 +224,21 @@ def _check_revocation(
     cert: Certificate,
     issuer: Certificate,
     issuer_is_anchor: bool,
-    crls: Sequence[CRL],
+    crls: Sequence[AnyCrl],
     at: datetime,
     required: bool,
 ) -> None:
     candidates = [x for x in crls if x.issued_by_name(issuer.subject)]
-    if not candidates:
-        if required:
-            raise _fail("crl_missing", f"no CRL from {issuer.subject_str!r}", cert)
+    complete = [x for x in candidates if not x.is_delta]
+    deltas = [x for x in candidates if x.is_delta]
+    if not complete:
+        if required or deltas:
+            why = "only delta CRLs" if deltas else "no CRL"
+            raise _fail("crl_missing", f"{why} from {issuer.subject_str!r}", cert)
         return
-    good: list[CRL] = []
+    good: list[AnyCrl] = []
     errors: list[CertificateError] = []
-    for crl in candidates:
+    for crl in complete:
         try:
             _check_crl(crl, issuer, issuer_is_anchor, at)
         except CertificateError as exc:
@@ -241,13 +251,38 @@ def _check_revocation(
         raise errors[0]
     # Any valid CRL that lists the certificate revokes it (the newest is checked first).
     good.sort(key=lambda x: (x.number if x.number is not None else -1, x.this_update), reverse=True)
+    newest = good[0].number if good[0].number is not None else -1
+    entry: RevokedEntry | None = None
     for crl in good:
         entry = crl.is_revoked(cert.serial)
         if entry is not None:
-            why = f" ({entry.reason})" if entry.reason else ""
-            raise _fail(
-                "revoked", f"certificate revoked at {entry.revoked_at.isoformat()}{why}", cert
+            break
+    # Delta CRLs: every one given is checked; those newer than the complete CRL apply.
+    applicable = []
+    for delta in deltas:
+        _check_crl(delta, issuer, issuer_is_anchor, at)
+        base = delta.delta_base if delta.delta_base is not None else -1
+        if base > newest:
+            raise CertificateError(
+                "crl_invalid",
+                f"delta CRL {delta.number} updates complete CRL {base}, newer than the "
+                f"complete CRL given ({newest})",
+                certificate=issuer.subject_str,
             )
+        if (delta.number if delta.number is not None else -1) > newest:
+            applicable.append(delta)
+    applicable.sort(key=lambda x: x.number if x.number is not None else -1)
+    for delta in applicable:
+        found = delta.is_revoked(cert.serial)
+        if found is None:
+            continue
+        if found.reason != REMOVE_FROM_CRL:
+            entry = found
+        elif entry is not None and entry.reason == "certificate_hold":
+            entry = None  # the hold was released
+    if entry is not None:
+        why = f" ({entry.reason})" if entry.reason else ""
+        raise _fail("revoked", f"certificate revoked at {entry.revoked_at.isoformat()}{why}", cert)
 
 
 def _check_leaf(leaf: Certificate, key_usage: frozenset[str], eku: str | None) -> None:
@@ -262,7 +297,7 @@ def _check_leaf(leaf: Certificate, key_usage: frozenset[str], eku: str | None) -
 
 def _check_path(
     path: list[Certificate],
-    crls: Sequence[CRL],
+    crls: Sequence[AnyCrl],
     at: datetime,
     require_revocation_check: bool,
     key_usage: frozenset[str],
@@ -288,7 +323,7 @@ def validate_path(
     *,
     anchors: Sequence[Certificate],
     intermediates: Sequence[Certificate] = (),
-    crls: Sequence[CRL] = (),
+    crls: Sequence[AnyCrl] = (),
     at: datetime | None = None,
     require_revocation_check: bool = True,
     key_usage: Iterable[str] = (),
@@ -311,8 +346,8 @@ def validate_path(
         if not isinstance(x, Certificate):
             raise PolicyError("anchors and intermediates must be Certificate objects")
     for x in crls:
-        if not isinstance(x, CRL):
-            raise PolicyError("crls must be CRL objects")
+        if not isinstance(x, CRL | CrlIndex):
+            raise PolicyError("crls must be CRL or CrlIndex objects")
     # Not truncated: a certificate is expired one microsecond after its notAfter.
     when = datetime.now(UTC) if at is None else c.utc(at, "at", whole_seconds=False)
     ku = frozenset(key_usage)

@@ -36,8 +36,9 @@ from typing import Any
 
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.errors import DecodeError, PolicyError, VerificationError
-from mstcrypt.pki import CRL, Certificate, CertificateError, validate_path
+from mstcrypt.pki import Certificate, CertificateError, validate_path
 from mstcrypt.pki.profiles import POLICY_LOGIN_SERVER
+from mstcrypt.pki.validate import AnyCrl
 
 __all__ = [
     "Challenge",
@@ -225,7 +226,7 @@ def _validate(
     *,
     anchors: Sequence[Certificate],
     intermediates: Sequence[Certificate],
-    crls: Sequence[CRL],
+    crls: Sequence[AnyCrl],
     at: datetime,
     who: str,
 ) -> None:
@@ -300,7 +301,7 @@ class LoginServer:
         return Challenge(self.server_name, cid, r_s, expires, token, self.certificate, self.chain)
 
     def verify(
-        self, response: Response, issued: Challenge, *, now: datetime, crls: Sequence[CRL]
+        self, response: Response, issued: Challenge, *, now: datetime, crls: Sequence[AnyCrl]
     ) -> Certificate:
         """Step e: ``issued`` is the challenge this server stored under the response's
         challenge id. Returns the authenticated user certificate."""
@@ -413,7 +414,7 @@ class LoginClient:
         self.anchors = tuple(anchors)
         self.server_fingerprint = server_fingerprint
 
-    def respond(self, challenge: Challenge, *, now: datetime, crls: Sequence[CRL]) -> Response:
+    def respond(self, challenge: Challenge, *, now: datetime, crls: Sequence[AnyCrl]) -> Response:
         """Steps c and d: check the server, then sign R_S ‖ R_M (with both identities)."""
         if not hmac.compare_digest(
             challenge.server_name.encode(), self.expected_server_name.encode()

@@ -44,10 +44,13 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_housekeeping(_app, service, settings))
+        if settings.crl_publisher:  # one publishes at a time across instances (lease)
+            service.crl_publisher.start()
         try:
             yield
         finally:
             task.cancel()
+            await asyncio.to_thread(service.crl_publisher.stop)
             with contextlib.suppress(MstCryptError, SQLAlchemyError):
                 if service.is_initialised():
                     service.checkpoint()  # sign the head on shutdown

@@ -24,6 +24,15 @@
   verification recomputes after the newest checkpoint.
 * ``MSTCRYPT_STATIC_OPERATORS=1`` accepts static operator credentials (automation and
   tests); operators otherwise log in with their certificates.
+* CRL publication (:class:`mstcrypt.kmc.publisher.CrlPolicy`):
+  ``MSTCRYPT_CRL_PUBLISHER`` (``1``: ``serve`` runs the background publisher; ``0``: an
+  instance that only serves), ``MSTCRYPT_CRL_INTERVAL`` (s between runs, default 5),
+  ``MSTCRYPT_CRL_MAX_DELAY`` (s a revocation may wait for its CRL, default 60; key and
+  CA compromise are published at once), ``MSTCRYPT_CRL_LIFETIME`` (s, default 86400),
+  ``MSTCRYPT_CRL_KEEP`` (newest CRLs kept, default 10), ``MSTCRYPT_CRL_KEEP_SECONDS``
+  (and all younger than this, default 0), ``MSTCRYPT_CRL_DELTA`` (``1``: publish
+  delta CRLs), ``MSTCRYPT_CRL_DELTA_REBASE`` (s before the deltas move to a newer base,
+  default 86400), ``MSTCRYPT_CRL_LEASE_SECONDS`` (publisher lease, default 30).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +48,7 @@ from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.db import Database
 
 if TYPE_CHECKING:
+    from mstcrypt.kmc.publisher import CrlPolicy
     from mstcrypt.kmc.service import Kmc
     from mstcrypt.module.sscc import ServerKeyStore
 
@@ -52,6 +63,19 @@ def _proxies(value: str) -> list[str]:
         except ValueError:
             raise PolicyError(f"MSTCRYPT_TRUSTED_PROXIES: {item!r} is not an address") from None
     return out
+
+
+def _number(env: os._Environ[str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise PolicyError(f"{key}: {raw!r} is not a number") from None
+    if value < 0 or value != value or value in (float("inf"),):
+        raise PolicyError(f"{key}: {raw!r} must be a finite non-negative number")
+    return value
 
 
 @dataclass
@@ -75,6 +99,16 @@ class Settings:
     ocsp_url: str | None = None
     ocsp_validity: int = 14400
     ocsp_rate: int = 1200
+    #: CRL publication (see the module documentation)
+    crl_publisher: bool = True
+    crl_interval: float = 5.0
+    crl_max_delay: float = 60.0
+    crl_lifetime: float = 86400.0
+    crl_keep: int = 10
+    crl_keep_seconds: float = 0.0
+    crl_delta: bool = True
+    crl_delta_rebase: float = 86400.0
+    crl_lease_seconds: float = 30.0
     #: a key store to use instead of the one configured in the environment (tests)
     keystore_override: ServerKeyStore | None = None
 
@@ -99,6 +133,15 @@ class Settings:
             ocsp_url=env.get("MSTCRYPT_OCSP_URL"),
             ocsp_validity=int(env.get("MSTCRYPT_OCSP_VALIDITY", "14400")),
             ocsp_rate=int(env.get("MSTCRYPT_OCSP_RATE", "1200")),
+            crl_publisher=env.get("MSTCRYPT_CRL_PUBLISHER", "1") != "0",
+            crl_interval=_number(env, "MSTCRYPT_CRL_INTERVAL", 5.0),
+            crl_max_delay=_number(env, "MSTCRYPT_CRL_MAX_DELAY", 60.0),
+            crl_lifetime=_number(env, "MSTCRYPT_CRL_LIFETIME", 86400.0),
+            crl_keep=int(_number(env, "MSTCRYPT_CRL_KEEP", 10)),
+            crl_keep_seconds=_number(env, "MSTCRYPT_CRL_KEEP_SECONDS", 0.0),
+            crl_delta=env.get("MSTCRYPT_CRL_DELTA", "1") != "0",
+            crl_delta_rebase=_number(env, "MSTCRYPT_CRL_DELTA_REBASE", 86400.0),
+            crl_lease_seconds=_number(env, "MSTCRYPT_CRL_LEASE_SECONDS", 30.0),
         )
         for k, v in overrides.items():
             if v is not None:
@@ -110,6 +153,20 @@ class Settings:
         if self.ocsp_url is not None:
             return self.ocsp_url or None
         return f"{self.public_url.rstrip('/')}/ocsp"
+
+    def crl_policy(self) -> CrlPolicy:
+        from mstcrypt.kmc.publisher import CrlPolicy
+
+        return CrlPolicy(
+            interval=self.crl_interval,
+            max_delay=self.crl_max_delay,
+            lifetime=timedelta(seconds=self.crl_lifetime),
+            keep=self.crl_keep,
+            keep_for=timedelta(seconds=self.crl_keep_seconds),
+            delta=self.crl_delta,
+            delta_rebase=timedelta(seconds=self.crl_delta_rebase),
+            lease_ttl=self.crl_lease_seconds,
+        )
 
     # -- storage ---------------------------------------------------------------------
     def database(self) -> Database:
@@ -134,4 +191,5 @@ class Settings:
             crl_base_url=self.public_url,
             ocsp_url=self.ocsp_responder_url(),
             recovery_approvals=self.recovery_approvals,
+            crl_policy=self.crl_policy(),
         )

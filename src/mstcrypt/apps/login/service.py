@@ -47,7 +47,7 @@ from mstcrypt.kmc import audit
 from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import IssuedCertificate, RateLimit
 from mstcrypt.kmc.service import Kmc
-from mstcrypt.pki import CRL, Certificate, Profile
+from mstcrypt.pki import Certificate, CrlIndex, Profile
 from mstcrypt.protocols.login import (
     Challenge,
     LoginError,
@@ -79,7 +79,7 @@ class LoginPolicy:
     ``challenges_per_minute``: challenges one source address may request per minute,
     counted in the database across every instance. ``purge_every``: challenges issued by
     one instance between two automatic purges of at most ``purge_batch`` rows per
-    table."""
+    table. ``crl_check_seconds``: how often the published CRL numbers are checked."""
 
     challenge_ttl: int = 60
     session_ttl: int = 3600
@@ -92,6 +92,9 @@ class LoginPolicy:
     challenges_per_minute: int = 600
     purge_every: int = 256
     purge_batch: int = 1000
+    #: seconds between two checks of the published CRL numbers (a changed number
+    #: loads and scans the new CRL once)
+    crl_check_seconds: float = 1.0
 
 
 def source_bucket(source: str) -> str:
@@ -135,7 +138,10 @@ class LoginService:
             anchors=chain[-1:],
             ttl_seconds=self.policy.challenge_ttl,
         )
-        self._crl_cache: dict[str, tuple[float, CRL]] = {}
+        #: CA name -> the newest CRL as a status index (one scan and one signature
+        #: check per CRL number); refreshed when the published number changes
+        self._crl_cache: dict[str, CrlIndex] = {}
+        self._crl_checked = float("-inf")
         self._issued = 0
 
     @staticmethod
@@ -163,15 +169,27 @@ class LoginService:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
-    def _crls(self) -> list[CRL]:
-        out = []
-        for ca in ("issuing", "root"):
+    def _crls(self) -> list[CrlIndex]:
+        """The CRLs of both CAs for the path check: the login only needs the status of
+        one serial, so each CRL is held as a :class:`CrlIndex` (a scan of its serials;
+        validate_path checks its signature once per CRL number) and reloaded only when
+        the published CRL number changes, checked every ``crl_check_seconds``. The
+        revocation itself is also checked in the database on every login."""
+        mono = time.monotonic()
+        cas = ("issuing", "root")
+        if mono - self._crl_checked < self.policy.crl_check_seconds and all(
+            ca in self._crl_cache for ca in cas
+        ):
+            return [self._crl_cache[ca] for ca in cas]
+        for ca in cas:
+            # the newest published: a login never waits for a publication (the
+            # certificate's status is read from the database below in any case)
+            pub = self.kmc.ca.current_crl(ca, publish=False)
             cached = self._crl_cache.get(ca)
-            if cached is None or self.clock() - cached[0] > 30:
-                cached = (self.clock(), CRL.from_der(self.kmc.crl(ca)))
-                self._crl_cache[ca] = cached
-            out.append(cached[1])
-        return out
+            if cached is None or cached.number != pub.number:
+                self._crl_cache[ca] = CrlIndex.from_der(pub.der)
+        self._crl_checked = mono
+        return [self._crl_cache[ca] for ca in cas]
 
     # -- step b ------------------------------------------------------------------------
     def challenge(self, *, source: str = "-") -> Challenge:

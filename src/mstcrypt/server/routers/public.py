@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from mstcrypt import __version__
@@ -46,9 +48,36 @@ def ca_certificate(ca: str, kmc: KmcDep) -> Response:
     return Response(kmc.chain()[CAS[_ca_name(ca)]].pem, media_type=PEM)
 
 
+def _crl_response(request: Request, kmc: Any, ca: str, kind: str) -> Response:
+    """A CRL with its validators: ETag = CA, kind and CRL number; Cache-Control max-age
+    up to the next publisher run (never past nextUpdate); If-None-Match → 304."""
+    pub = kmc.ca.current_crl(_ca_name(ca), kind)
+    etag = f'"{ca}-{kind}-{pub.number}"'
+    now = datetime.now(UTC)
+    max_age = int(
+        max(0.0, min((pub.next_update - now).total_seconds(), kmc.ca.crl_policy.interval))
+    )
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"public, max-age={max_age}, must-revalidate",
+        "Last-Modified": format_datetime(pub.this_update.astimezone(UTC), usegmt=True),
+        "Expires": format_datetime(pub.next_update.astimezone(UTC), usegmt=True),
+    }
+    inm = request.headers.get("if-none-match", "")
+    if inm and any(t.strip() in (etag, f"W/{etag}", "*") for t in inm.split(",")):
+        return Response(status_code=304, headers=headers)
+    return Response(pub.der, media_type="application/pkix-crl", headers=headers)
+
+
+@router.get("/crl/{ca}-delta.crl", response_class=Response)
+def delta_crl(ca: str, request: Request, kmc: KmcDep) -> Response:
+    """The newest delta CRL (RFC 5280 §5.2.4) of ``ca``: revocations since its base."""
+    return _crl_response(request, kmc, ca, "delta")
+
+
 @router.get("/crl/{ca}.crl", response_class=Response)
-def crl(ca: str, kmc: KmcDep) -> Response:
-    return Response(kmc.crl(_ca_name(ca)), media_type="application/pkix-crl")
+def crl(ca: str, request: Request, kmc: KmcDep) -> Response:
+    return _crl_response(request, kmc, ca, "complete")
 
 
 @router.get("/directory/certificates/{serial}", response_class=Response)
