@@ -84,6 +84,7 @@ from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import Certificate, Profile, build_csr, key_identifier, name
 from mstcrypt.pki.ca import BACKDATE
+from mstcrypt.pki.crl_der import entry_der
 from mstcrypt.protocols.login import Challenge, Response, tbs_m
 
 SERVER_NAME = "login.bench"
@@ -460,6 +461,14 @@ class Bench:
                         "status": "revoked" if revoke else "active",
                         "revoked_at": now if revoke else None,
                         "revocation_reason": "key_compromise" if revoke else None,
+                        # as a revocation writes them (publisher: the cached CRL entry;
+                        # sequence 0 = revoked before any delta base, on the complete CRL)
+                        "revocation_seq": 0 if revoke else None,
+                        "crl_entry": (
+                            entry_der(int(cert["serial"], 16), now, "key_compromise")
+                            if revoke
+                            else None
+                        ),
                         "issued_at": now,
                         "pair_serial": other,
                     }
