@@ -250,9 +250,10 @@ void mst_zuc_eea3(const uint8_t *key, uint32_t count, uint32_t bearer, uint32_t 
         generate(st.s, &st.r1, &st.r2, z, (nbytes + 3) >> 2);
         for (size_t i = 0; i < nbytes; i++)
             out[i] = in[i] ^ (uint8_t)(z[i >> 2] >> (24 - 8 * (i & 3)));
-        if (length_bits & 7) /* bits past LENGTH are zero */
-            out[nbytes - 1] &= (uint8_t)(0xFF << (8 - (length_bits & 7)));
+        out += nbytes;
     }
+    if (length_bits & 7) /* bits past LENGTH are zero; out is one past the last byte */
+        out[-1] &= (uint8_t)(0xFF << (8 - (length_bits & 7)));
     wipe(&st, sizeof(st));
     wipe(z, sizeof(z));
 }
