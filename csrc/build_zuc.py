@@ -24,6 +24,8 @@ ffibuilder.cdef(
                       const uint8_t *in, uint8_t *out, uint64_t length_bits);
     uint32_t mst_zuc_eia3(const uint8_t *key, uint32_t count, uint32_t bearer,
                           uint32_t direction, const uint8_t *msg, uint64_t length_bits);
+    int mst_zuc_eia3_clmul(void);
+    extern int mst_zuc_force_portable;
     """
 )
 

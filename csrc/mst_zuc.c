@@ -65,6 +65,9 @@ static const uint32_t KD[16] = {
     0x4D78, 0x2F13, 0x6BC4, 0x1AF1, 0x5E26, 0x3C4D, 0x789A, 0x47AC,
 };
 
+/* Non-zero: use the portable EIA3 even where PCLMULQDQ is available (tests). */
+int mst_zuc_force_portable = 0;
+
 #define P31 0x7FFFFFFFu
 #define ROTL32(x, k) (((x) << (k)) | ((x) >> (32 - (k))))
 
@@ -268,27 +271,17 @@ static inline uint32_t mac_word(uint32_t m, uint64_t k)
     return t;
 }
 
-uint32_t mst_zuc_eia3(const uint8_t *key, uint32_t count, uint32_t bearer, uint32_t direction,
-                      const uint8_t *msg, uint64_t length_bits)
+/* 128-EIA3, portable: one message word at a time against the 64-bit window k_j || k_{j+1}. */
+static uint32_t eia3_words(mst_zuc_state *st, const uint8_t *msg, uint64_t length_bits)
 {
-    /* IV of GB/T 33133.3 / 3GPP Doc 1 4.3. */
-    uint8_t iv[16] = {0};
-    mst_zuc_state st;
     uint32_t k[17], t = 0, zl = 0, tail = (uint32_t)(length_bits & 31);
     size_t nw = (size_t)((length_bits + 31) >> 5); /* message words, the last maybe partial */
     size_t j = 0;
 
-    store_be32(iv, count);
-    iv[4] = (uint8_t)((bearer & 0x1F) << 3);
-    memcpy(iv + 8, iv, 8);
-    iv[8] ^= (uint8_t)((direction & 1) << 7);
-    iv[14] ^= (uint8_t)((direction & 1) << 7);
-    mst_zuc_init(&st, key, iv);
-
-    generate(st.s, &st.r1, &st.r2, k, 1); /* k[0] is always key-word j */
+    generate(st->s, &st->r1, &st->r2, k, 1); /* k[0] is always key-word j */
     while (j < nw) {
         size_t cnt = nw - j < 16 ? nw - j : 16;
-        generate(st.s, &st.r1, &st.r2, k + 1, cnt);
+        generate(st->s, &st->r1, &st->r2, k + 1, cnt);
         for (size_t i = 0; i < cnt; i++, j++) {
             uint64_t win = ((uint64_t)k[i] << 32) | k[i + 1];
             uint32_t m;
@@ -307,9 +300,127 @@ uint32_t mst_zuc_eia3(const uint8_t *key, uint32_t count, uint32_t bearer, uint3
     if (tail == 0)
         zl = k[0]; /* z_LENGTH = k_{LENGTH/32} */
     t ^= zl;
-    generate(st.s, &st.r1, &st.r2, k + 1, 1);
+    generate(st->s, &st->r1, &st->r2, k + 1, 1);
     t ^= k[1]; /* z_{32(L-1)} = k_{nw+1} */
-    wipe(&st, sizeof(st));
     wipe(k, sizeof(k));
     return t;
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define MST_ZUC_CLMUL 1
+#include <emmintrin.h>
+#include <wmmintrin.h>
+
+static inline uint64_t rev64(uint64_t x)
+{
+    x = ((x >> 1) & 0x5555555555555555ULL) | ((x & 0x5555555555555555ULL) << 1);
+    x = ((x >> 2) & 0x3333333333333333ULL) | ((x & 0x3333333333333333ULL) << 2);
+    x = ((x >> 4) & 0x0F0F0F0F0F0F0F0FULL) | ((x & 0x0F0F0F0F0F0F0F0FULL) << 4);
+    return __builtin_bswap64(x);
+}
+
+/* 128-EIA3 with carry-less multiplication, 64 message bits at a time.
+ *
+ * With m_i the message bits and k_t the keystream bits (both in stream order), bit j of
+ * the 32-bit word XOR_{i : m_i = 1} z_i (counted from the most significant, j = 0..31) is
+ * sum_i m_i k_{i+j}: a correlation. For one 64-bit chunk loaded big-endian, the register
+ * as a polynomial over GF(2) is M(x) = sum_i m_i x^(63-i); with the keystream from the same
+ * offset bit-reversed into K(x) = sum_t k_t x^t (t < 96), the coefficient of x^(63+j) in
+ * M(x) K(x) is exactly sum_i m_i k_{i+j}. K is split into K_lo (t < 64) and K_hi (64 <= t
+ * < 96); the products are linear, so they are XORed over all chunks and the 32 wanted
+ * coefficients extracted once. The result has bit j at position j, so it is reversed into
+ * the spec's bit order at the end. */
+__attribute__((target("pclmul,sse2"))) static uint32_t eia3_clmul(mst_zuc_state *st,
+                                                                   const uint8_t *msg,
+                                                                   uint64_t length_bits)
+{
+    uint32_t w[20]; /* key-words base .. base + 2 cnt (+1) */
+    __m128i acc_lo = _mm_setzero_si128(), acc_hi = _mm_setzero_si128();
+    size_t nch = (size_t)((length_bits + 63) >> 6); /* 64-bit chunks, the last maybe partial */
+    size_t nw = (size_t)((length_bits + 31) >> 5);
+    size_t done = 0, base = 0, cnt = 0, j;
+    uint32_t b = (uint32_t)(length_bits & 31), zl, t;
+    uint64_t lo, hi;
+
+    generate(st->s, &st->r1, &st->r2, w, 1);
+    while (done < nch) {
+        if (cnt) { /* carry the last word of the previous group */
+            w[0] = w[2 * cnt];
+            base += 2 * cnt;
+        }
+        cnt = nch - done < 8 ? nch - done : 8;
+        generate(st->s, &st->r1, &st->r2, w + 1, 2 * cnt);
+        for (size_t i = 0; i < cnt; i++, done++) {
+            uint64_t m, bits = length_bits - 64 * (uint64_t)done;
+            if (bits >= 64) {
+                m = ((uint64_t)load_be32(msg + 8 * done) << 32) | load_be32(msg + 8 * done + 4);
+            } else { /* last chunk: zero-pad and drop the bits past LENGTH */
+                uint8_t pad[8] = {0};
+                memcpy(pad, msg + 8 * done, (size_t)((bits + 7) >> 3));
+                m = ((uint64_t)load_be32(pad) << 32) | load_be32(pad + 4);
+                m &= ~0ULL << (64 - bits);
+            }
+            __m128i mv = _mm_cvtsi64_si128((long long)m);
+            __m128i klo = _mm_cvtsi64_si128(
+                (long long)rev64(((uint64_t)w[2 * i] << 32) | w[2 * i + 1]));
+            __m128i khi = _mm_cvtsi64_si128((long long)rev64((uint64_t)w[2 * i + 2] << 32));
+            acc_lo = _mm_xor_si128(acc_lo, _mm_clmulepi64_si128(mv, klo, 0x00));
+            acc_hi = _mm_xor_si128(acc_hi, _mm_clmulepi64_si128(mv, khi, 0x00));
+        }
+    }
+    /* coefficients 63..94 of acc_lo + x^64 acc_hi */
+    lo = (uint64_t)_mm_cvtsi128_si64(acc_lo);
+    hi = (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(acc_lo, acc_lo));
+    t = (uint32_t)((lo >> 63) | (hi << 1)) ^ (uint32_t)((uint64_t)_mm_cvtsi128_si64(acc_hi) << 1);
+    t = (uint32_t)(rev64(t) >> 32);
+
+    /* w[0 .. 2 cnt] hold key-words base .. base + 2 cnt = 2 nch; one more reaches nw + 1. */
+    generate(st->s, &st->r1, &st->r2, w + 2 * cnt + 1, 1);
+    j = (size_t)(length_bits >> 5);
+    zl = b ? (w[j - base] << b) | (w[j + 1 - base] >> (32 - b)) : w[j - base]; /* z_LENGTH */
+    t ^= zl ^ w[nw + 1 - base]; /* z_{32(L-1)} = k_{nw+1} */
+    wipe(w, sizeof(w));
+    return t;
+}
+
+static int have_clmul(void)
+{
+    static int cached = -1; /* a racing first call computes the same value */
+    if (cached < 0)
+        cached = __builtin_cpu_supports("pclmul") ? 1 : 0;
+    return cached;
+}
+#endif
+
+uint32_t mst_zuc_eia3(const uint8_t *key, uint32_t count, uint32_t bearer, uint32_t direction,
+                      const uint8_t *msg, uint64_t length_bits)
+{
+    /* IV of GB/T 33133.3 / 3GPP Doc 1 4.3. */
+    uint8_t iv[16] = {0};
+    mst_zuc_state st;
+    uint32_t t;
+
+    store_be32(iv, count);
+    iv[4] = (uint8_t)((bearer & 0x1F) << 3);
+    memcpy(iv + 8, iv, 8);
+    iv[8] ^= (uint8_t)((direction & 1) << 7);
+    iv[14] ^= (uint8_t)((direction & 1) << 7);
+    mst_zuc_init(&st, key, iv);
+#ifdef MST_ZUC_CLMUL
+    if (have_clmul() && !mst_zuc_force_portable)
+        t = eia3_clmul(&st, msg, length_bits);
+    else
+#endif
+        t = eia3_words(&st, msg, length_bits);
+    wipe(&st, sizeof(st));
+    return t;
+}
+
+int mst_zuc_eia3_clmul(void)
+{
+#ifdef MST_ZUC_CLMUL
+    return have_clmul() && !mst_zuc_force_portable;
+#else
+    return 0;
+#endif
 }

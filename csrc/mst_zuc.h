@@ -18,5 +18,9 @@ void mst_zuc_eea3(const uint8_t *key, uint32_t count, uint32_t bearer, uint32_t 
                   const uint8_t *in, uint8_t *out, uint64_t length_bits);
 uint32_t mst_zuc_eia3(const uint8_t *key, uint32_t count, uint32_t bearer, uint32_t direction,
                       const uint8_t *msg, uint64_t length_bits);
+/* 1 if mst_zuc_eia3 uses carry-less multiplication (x86 PCLMULQDQ) on this CPU. */
+int mst_zuc_eia3_clmul(void);
+/* Set non-zero to force the portable EIA3 (differential tests). */
+extern int mst_zuc_force_portable;
 
 #endif

@@ -274,16 +274,18 @@ def measure_report(
             None)  # fmt: skip
 
     k16, iv16, n12 = random_bytes(16), random_bytes(16), random_bytes(12)
-    bulk: list[tuple[str, str, Callable[[bytes], object], list[tuple[SpeedTool | None, str, bool]]]]
+    Refs = list[tuple[str, SpeedTool | None, str, bool]]  # (tool name, tool, algorithm, -aead)
+    bulk: list[tuple[str, str, Callable[[bytes], object], Refs]]
     bulk = [
-        ("sm3", "SM3", lambda b: sm3.sm3(b), [(openssl, "sm3", False)]),
+        ("sm3", "SM3", lambda b: sm3.sm3(b), [("openssl", openssl, "sm3", False)]),
         ("sm4-cbc", "SM4-CBC", lambda b: sm4.cbc_encrypt(k16, iv16, b, padding=False),
-         [(openssl, "sm4-cbc", False)]),
-        ("sm4-ctr", "SM4-CTR", lambda b: sm4.ctr(k16, iv16, b), [(openssl, "sm4-ctr", False)]),
+         [("openssl", openssl, "sm4-cbc", False)]),
+        ("sm4-ctr", "SM4-CTR", lambda b: sm4.ctr(k16, iv16, b),
+         [("openssl", openssl, "sm4-ctr", False)]),
         ("sm4-gcm", "SM4-GCM", lambda b: sm4.gcm_encrypt(k16, n12, b),
-         [(openssl, "SM4-GCM", True), (tongsuo, "SM4-GCM", True)]),
+         [("openssl", openssl, "SM4-GCM", True), ("tongsuo", tongsuo, "SM4-GCM", True)]),
         ("zuc", "ZUC-128 EEA3", lambda b: zuc.eea3(k16, 0x1234, 5, 1, b, len(b) << 3),
-         [(tongsuo, "ZUC-128-EEA3", False)]),
+         [("tongsuo", tongsuo, "ZUC-128-EEA3", False)]),
         ("zuc", "ZUC-128 EIA3", lambda b: zuc.eia3(k16, 0x1234, 5, 1, b, len(b) << 3), []),
     ]  # fmt: skip
     for group, name, fn, refs in bulk:
@@ -292,7 +294,7 @@ def measure_report(
         for size in sizes:
             buf = random_bytes(size)
             ref, how = None, ""
-            for tool, alg, aead in refs:
+            for _tname, tool, alg, aead in refs:
                 if tool is None or not tool.supports(alg):
                     continue
                 command = f"{tool.name} speed {'-aead ' if aead else ''}-evp {alg}"
@@ -301,11 +303,11 @@ def measure_report(
                 if ref is not None:
                     how = command
                     break
-            lacking = [f"{t.version} has no {a}" for t, a, _ in refs if t and not t.supports(a)]
+            lacking = [f"{t.version} has no {a}" for _n, t, a, _ in refs if t and not t.supports(a)]
             if ref is not None and lacking:
                 how += f" ({'; '.join(lacking)})"
             if ref is None:
-                how = _no_reference(name, refs, reference)
+                how = _no_reference(refs, reference)
             step(f"{name} ({size} B)")
             add(name, "MB/s", rate(lambda fn=fn, buf=buf: fn(buf), seconds), ref, how, size)
     return report
@@ -315,20 +317,18 @@ def _missing(tool: SpeedTool | None, command: str) -> str:
     return f"none: {command} failed" if tool else "none: openssl not found"
 
 
-def _no_reference(
-    name: str, refs: list[tuple[SpeedTool | None, str, bool]], reference: bool
-) -> str:
+def _no_reference(refs: list[tuple[str, SpeedTool | None, str, bool]], reference: bool) -> str:
     if not reference:
         return "not measured (--no-reference)"
     if not refs:
         return "none: no speed tool measures it"
     why = []
-    for tool, alg, _aead in refs:
+    for name, tool, alg, _aead in refs:
         if tool is None:
-            continue
-        why.append(
-            f"{tool.version} has no {alg}" if not tool.supports(alg) else f"{tool.name} failed"
-        )
-    if name.startswith("ZUC") and not any(t for t, _a, _b in refs):
-        return "none: Tongsuo not found (set MSTCRYPT_TONGSUO)"
-    return "none: " + ("; ".join(why) if why else "reference tool not found")
+            env = "MSTCRYPT_TONGSUO" if name == "tongsuo" else "MSTCRYPT_OPENSSL"
+            why.append(f"{name} not found (set {env})")
+        elif not tool.supports(alg):
+            why.append(f"{tool.version} has no {alg}")
+        else:
+            why.append(f"{tool.name} speed failed")
+    return "none: " + "; ".join(why)
