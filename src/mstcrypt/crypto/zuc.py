@@ -259,10 +259,13 @@ def eea3(
     Raises :class:`~mstcrypt.errors.DecodeError` for a bad key or data length and
     :class:`~mstcrypt.errors.PolicyError` for COUNT/BEARER/DIRECTION/LENGTH out of range.
     """
-    name = _resolve(backend)
+    name = BACKEND if backend is None else _resolve(backend)
     _check_params(count, bearer, direction, length_bits)
-    key = _check_key(key)
-    buf = _check_data(data, length_bits, "EEA3 data")
+    if type(key) is not bytes or len(key) != 16:  # the common case costs two tests
+        key = _check_key(key)
+    buf = data
+    if type(buf) is not bytes or len(buf) != (length_bits + 7) >> 3:
+        buf = _check_data(data, length_bits, "EEA3 data")
     if name == "python":
         return _zuc_python.eea3(key, count, bearer, direction, buf, length_bits)
     assert _native is not None
@@ -291,10 +294,13 @@ def eia3(
     are ignored. Raises :class:`~mstcrypt.errors.DecodeError` or
     :class:`~mstcrypt.errors.PolicyError` like :func:`eea3`.
     """
-    name = _resolve(backend)
+    name = BACKEND if backend is None else _resolve(backend)
     _check_params(count, bearer, direction, length_bits)
-    key = _check_key(key)
-    buf = _check_data(message, length_bits, "EIA3 message")
+    if type(key) is not bytes or len(key) != 16:
+        key = _check_key(key)
+    buf = message
+    if type(buf) is not bytes or len(buf) != (length_bits + 7) >> 3:
+        buf = _check_data(message, length_bits, "EIA3 message")
     if name == "python":
         tag = _zuc_python.eia3(key, count, bearer, direction, buf, length_bits)
     else:
