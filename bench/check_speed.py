@@ -1,6 +1,6 @@
 """Check that the ratios `mstcrypt speed` prints match an independent measurement (within 10%).
 
-    .venv/bin/python bench/check_speed.py [--seconds 1] [--sizes 16,64,256,1024,16384]
+    .venv/bin/python bench/check_speed.py [--seconds 2] [--sizes 16,64,256,1024,16384]
                                           [--busy N] [--json out.json]
 
 For each algorithm group it runs `mstcrypt speed --algorithms G --json ...` (the command users
@@ -12,8 +12,10 @@ after it measures both sides again by other means:
   (``MSTCRYPT_TONGSUO``) -- that repeats what `openssl speed` times with its own loop and
   clock (process CPU time);
 * our figure by running the same public API call N times in a child process and taking the
-  child's CPU time from the kernel (``os.wait4`` rusage), with two values of N so that the
-  interpreter start-up cancels out.
+  child's CPU time from the kernel (``os.wait4`` rusage), minus that of children making no
+  calls (interpreter start-up and set-up); a child runs before and after the C reference, so
+  a load that changes meanwhile affects both sides alike (as `mstcrypt speed` measures its
+  reference between two halves of its own figure).
 
 A row passes when the ratio `mstcrypt speed` printed is within 10% of the independent ratio.
 ``--busy N`` keeps N extra processes spinning (``yes > /dev/null``) for the whole run, to show
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -93,16 +96,22 @@ def child_cpu(op: str, size: int, n: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def ours_independent(op: str, size: int, calls_per_s: float, seconds: float) -> float:
-    """Calls per CPU-second from two child runs (start-up cost cancels in the difference)."""
-    small = max(1, round(calls_per_s * seconds * 0.1))
-    big = small + max(1, round(calls_per_s * seconds))
-    for _ in range(3):
-        t_small = child_cpu(op, size, small)
-        t_big = child_cpu(op, size, big)
-        if t_big > t_small:
-            return (big - small) / (t_big - t_small)
-    raise RuntimeError(f"could not time {op}: child CPU times not increasing")
+def independent(
+    op: str, size: int, calls_per_s: float, seconds: float, reference: Callable[[], float]
+) -> tuple[float, float]:
+    """(our calls per CPU-second, the reference figure) measured as a sandwich: a child making
+    N calls, the reference, another child making N calls; two children making no calls give
+    the start-up and set-up cost, which is subtracted."""
+    n = max(1, round(calls_per_s * seconds / 2))
+    base_a = child_cpu(op, size, 0)
+    t_a = child_cpu(op, size, n)
+    ref = reference()
+    t_b = child_cpu(op, size, n)
+    base_b = child_cpu(op, size, 0)
+    work = t_a + t_b - base_a - base_b
+    if work <= 0:
+        raise RuntimeError(f"could not time {op}: no CPU time left after start-up")
+    return 2 * n / work, ref
 
 
 # --- the C reference --------------------------------------------------------------------------
@@ -148,7 +157,7 @@ def main() -> int:
         child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=1.0, help="seconds per measurement")
+    ap.add_argument("--seconds", type=float, default=2.0, help="CPU seconds per measurement")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--algorithms", default=",".join(GROUPS))
     ap.add_argument("--busy", type=int, default=0, help="extra busy-loop processes to run")
@@ -202,10 +211,17 @@ def main() -> int:
                     continue
                 mode, alg = SPEEDREF[name]
                 print(f"  {name} {size or ''}: independent measurements …", file=sys.stderr)
-                ref_c = speedref(exe, mode, alg, size, args.seconds)
-                calls = row["ours"] / (size / 1e6 if size else 1.0)
-                ours_c = ours_independent(name, size or 0, calls, args.seconds)
-                ours_c *= size / 1e6 if size else 1.0
+                scale = size / 1e6 if size else 1.0
+                ours_c, ref_c = independent(
+                    name,
+                    size or 0,
+                    row["ours"] / scale,
+                    args.seconds,
+                    lambda exe=exe, mode=mode, alg=alg, size=size: speedref(
+                        exe, mode, alg, size, args.seconds
+                    ),
+                )
+                ours_c *= scale
                 indep_ratio = ours_c / ref_c
                 shown = row["ratio"]
                 results.append(

@@ -6,8 +6,9 @@ the work done by the *user CPU time* it consumed, so its figures do not drop whe
 is busy. We do the same: :func:`rate` counts calls per CPU-second of the measuring thread
 (:func:`time.thread_time`, which leaves out a progress-display thread) and also records calls
 per wall-second, so a busy machine shows up as a CPU share below 100 % rather than as a false
-ratio. Each reference figure is measured right before ours for the same algorithm and size,
-so both see the same machine conditions.
+ratio. Each reference figure is measured between the two halves of ours for the same
+algorithm and size, so both see the same machine conditions, and on a busy machine the
+reference runs for more wall seconds so that it too collects about ``seconds`` of CPU time.
 
 What is compared. Our rows are one-shot API calls per message (key schedule and IV setup
 included, as an application pays them). ``openssl speed -evp`` times ``EVP_*Update`` on one
@@ -18,6 +19,7 @@ every message, which is what :func:`mstcrypt.crypto.sm4.gcm_encrypt` does.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -25,6 +27,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 from mstcrypt.crypto import sm3, sm4, zuc
 from mstcrypt.crypto.random import random_bytes
@@ -41,6 +44,8 @@ BASIS = (
 
 BULK = 16384  # kept for callers of the previous API
 
+_T = TypeVar("_T")
+
 
 @dataclass
 class Rate:
@@ -56,6 +61,13 @@ class Rate:
     def cpu_share(self) -> float:
         """CPU time over wall time while measuring (1.0 on an idle core)."""
         return self.cpu_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+    def __add__(self, other: Rate) -> Rate:
+        """The two measurements as one."""
+        calls = self.calls + other.calls
+        cpu = self.cpu_seconds + other.cpu_seconds
+        wall = self.wall_seconds + other.wall_seconds
+        return Rate(calls / cpu, calls / wall, calls, cpu, wall)
 
 
 @dataclass
@@ -235,6 +247,23 @@ def measure_report(
             report.references[tool.name] = tool.version
     rows = report.rows
 
+    share = 1.0  # CPU share of the last measurement: how long the reference must run
+
+    def ref_seconds() -> int:
+        """Wall seconds for `speed -seconds`: enough to collect about ``seconds`` of CPU time
+        on a busy machine too (its user time is counted in 10 ms ticks)."""
+        return min(5, max(1, math.ceil(seconds / max(share, 0.2))))
+
+    def around(fns: list[Callable[[], object]], middle: Callable[[], _T]) -> tuple[list[Rate], _T]:
+        """Measure ``fns`` for half the time before ``middle()`` (the reference) and half
+        after, so a load that changes while measuring shifts both sides alike."""
+        nonlocal share
+        before = [rate(f, seconds / 2) for f in fns]
+        share = sum(r.cpu_share for r in before) / len(before)
+        mid = middle()
+        after = [rate(f, seconds / 2) for f in fns]
+        return [a + b for a, b in zip(before, after, strict=True)], mid
+
     def add(name: str, unit: str, r: Rate, ref: float | None, how: str, size: int | None) -> None:
         scale = size / 1e6 if size else 1.0
         rows.append(
@@ -256,15 +285,14 @@ def measure_report(
         msg = random_bytes(32)
         sig = key.sign(msg)
         ct = pub.encrypt(msg)
-        step("openssl speed sm2")
-        ref_sm2 = openssl.sm2(seconds) if openssl else None
+        step("SM2 sign and verify, openssl speed sm2")
+        (r_sign, r_verify), ref_sm2 = around(
+            [lambda: key.sign(msg), lambda: pub.verify(sig, msg)],
+            lambda: openssl.sm2(ref_seconds()) if openssl else None,
+        )
         how = "openssl speed sm2" if ref_sm2 else _missing(openssl, "openssl speed sm2")
-        step("SM2 sign")
-        add("SM2 sign", "ops/s", rate(lambda: key.sign(msg), seconds),
-            ref_sm2[0] if ref_sm2 else None, how, None)  # fmt: skip
-        step("SM2 verify")
-        add("SM2 verify", "ops/s", rate(lambda: pub.verify(sig, msg), seconds),
-            ref_sm2[1] if ref_sm2 else None, how, None)  # fmt: skip
+        add("SM2 sign", "ops/s", r_sign, ref_sm2[0] if ref_sm2 else None, how, None)
+        add("SM2 verify", "ops/s", r_verify, ref_sm2[1] if ref_sm2 else None, how, None)
         none = "none: openssl/tongsuo speed have no SM2 encryption"
         step("SM2 encrypt")
         add("SM2 encrypt (32 B)", "ops/s", rate(lambda: pub.encrypt(msg), seconds), None, none,
@@ -293,23 +321,24 @@ def measure_report(
             continue
         for size in sizes:
             buf = random_bytes(size)
-            ref, how = None, ""
-            for _tname, tool, alg, aead in refs:
-                if tool is None or not tool.supports(alg):
-                    continue
-                command = f"{tool.name} speed {'-aead ' if aead else ''}-evp {alg}"
-                step(f"{command} ({size} B)")
-                ref = tool.evp(alg, size, seconds, aead=aead)
-                if ref is not None:
-                    how = command
-                    break
+
+            def reference_figure(size: int = size, refs: Refs = refs) -> tuple[float | None, str]:
+                for _tname, tool, alg, aead in refs:
+                    if tool is None or not tool.supports(alg):
+                        continue
+                    value = tool.evp(alg, size, ref_seconds(), aead=aead)
+                    if value is not None:
+                        return value, f"{tool.name} speed {'-aead ' if aead else ''}-evp {alg}"
+                return None, ""
+
+            step(f"{name} ({size} B)")
+            (r,), (ref, how) = around([lambda fn=fn, buf=buf: fn(buf)], reference_figure)
             lacking = [f"{t.version} has no {a}" for _n, t, a, _ in refs if t and not t.supports(a)]
             if ref is not None and lacking:
                 how += f" ({'; '.join(lacking)})"
             if ref is None:
                 how = _no_reference(refs, reference)
-            step(f"{name} ({size} B)")
-            add(name, "MB/s", rate(lambda fn=fn, buf=buf: fn(buf), seconds), ref, how, size)
+            add(name, "MB/s", r, ref, how, size)
     return report
 
 
