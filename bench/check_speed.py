@@ -1,11 +1,11 @@
 """Check that the ratios `mstcrypt speed` prints match an independent measurement (within 10%).
 
-    .venv/bin/python bench/check_speed.py [--seconds 2] [--sizes 16,64,256,1024,16384]
+    .venv/bin/python bench/check_speed.py [--seconds 3] [--rounds 3] [--sizes 16,256,16384]
                                           [--busy N] [--json out.json]
 
-For each algorithm group it runs `mstcrypt speed --algorithms G --json ...` (the command users
-run; its references come from `openssl speed`, or Tongsuo's for SM4-GCM and ZUC) and right
-after it measures both sides again by other means:
+For each algorithm group it runs `mstcrypt speed --algorithms G --rounds 3 --json ...` (the
+command users run; its references come from `openssl speed`, or Tongsuo's for SM4-GCM and
+ZUC) and right after it measures both sides again by other means:
 
 * the reference with bench/speedref.c, a small C program compiled here with the system C
   compiler against the same libcrypto (``-lcrypto``; needs libssl-dev) -- or against Tongsuo's
@@ -15,7 +15,8 @@ after it measures both sides again by other means:
   child's CPU time from the kernel (``os.wait4`` rusage), minus that of children making no
   calls (interpreter start-up and set-up); a child runs before and after the C reference, so
   a load that changes meanwhile affects both sides alike (as `mstcrypt speed` measures its
-  reference between two halves of its own figure).
+  reference between two halves of its own figure), and the medians of three such rounds are
+  kept (as `--rounds 3` does).
 
 A row passes when the ratio `mstcrypt speed` printed is within 10% of the independent ratio.
 ``--busy N`` keeps N extra processes spinning (``yes > /dev/null``) for the whole run, to show
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,21 +99,28 @@ def child_cpu(op: str, size: int, n: int) -> float:
 
 
 def independent(
-    op: str, size: int, calls_per_s: float, seconds: float, reference: Callable[[], float]
+    op: str,
+    size: int,
+    calls_per_s: float,
+    seconds: float,
+    rounds: int,
+    reference: Callable[[float], float],
 ) -> tuple[float, float]:
-    """(our calls per CPU-second, the reference figure) measured as a sandwich: a child making
-    N calls, the reference, another child making N calls; two children making no calls give
-    the start-up and set-up cost, which is subtracted."""
-    n = max(1, round(calls_per_s * seconds / 2))
-    base_a = child_cpu(op, size, 0)
-    t_a = child_cpu(op, size, n)
-    ref = reference()
-    t_b = child_cpu(op, size, n)
-    base_b = child_cpu(op, size, 0)
-    work = t_a + t_b - base_a - base_b
-    if work <= 0:
-        raise RuntimeError(f"could not time {op}: no CPU time left after start-up")
-    return 2 * n / work, ref
+    """(our calls per CPU-second, the reference figure), medians over ``rounds`` sandwiches:
+    a child making N calls, the reference, another child making N calls. Children making no
+    calls give the start-up and set-up cost, which is subtracted."""
+    n = max(1, round(calls_per_s * seconds / rounds / 2))
+    base = (child_cpu(op, size, 0) + child_cpu(op, size, 0)) / 2
+    ours, refs = [], []
+    for _ in range(rounds):
+        t_a = child_cpu(op, size, n)
+        refs.append(reference(seconds / rounds))
+        t_b = child_cpu(op, size, n)
+        work = t_a + t_b - 2 * base
+        if work <= 0:
+            raise RuntimeError(f"could not time {op}: no CPU time left after start-up")
+        ours.append(2 * n / work)
+    return statistics.median(ours), statistics.median(refs)
 
 
 # --- the C reference --------------------------------------------------------------------------
@@ -144,9 +153,12 @@ def speedref(exe: Path, mode: str, alg: str, size: int | None, seconds: float) -
 # --- the run -----------------------------------------------------------------------------------
 
 
-def mstcrypt_speed(group: str, sizes: str, seconds: float, tmp: Path) -> dict[str, object]:
+def mstcrypt_speed(
+    group: str, sizes: str, seconds: float, rounds: int, tmp: Path
+) -> dict[str, object]:
     out = tmp / f"speed-{group}.json"
     cmd = [sys.executable, "-m", "mstcrypt", "speed", "--seconds", str(seconds)]
+    cmd += ["--rounds", str(rounds)]
     cmd += ["--sizes", sizes, "--algorithms", group, "--json", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -157,8 +169,9 @@ def main() -> int:
         child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=2.0, help="CPU seconds per measurement")
-    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--seconds", type=float, default=3.0, help="CPU seconds per measurement")
+    ap.add_argument("--sizes", default="16,256,16384", help=f"message sizes (all: {SIZES})")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per row, medians kept")
     ap.add_argument("--algorithms", default=",".join(GROUPS))
     ap.add_argument("--busy", type=int, default=0, help="extra busy-loop processes to run")
     ap.add_argument("--json", help="also write the figures as JSON")
@@ -195,7 +208,7 @@ def main() -> int:
         print(f"load average before: {os.getloadavg()[0]:.2f}; busy-loop processes: {len(busy)}")
         for group in args.algorithms.split(","):
             print(f"  {group}: mstcrypt speed …", file=sys.stderr)
-            report = mstcrypt_speed(group, args.sizes, args.seconds, tmp)
+            report = mstcrypt_speed(group, args.sizes, args.seconds, args.rounds, tmp)
             for row in report["rows"]:  # type: ignore[attr-defined]
                 name, size = row["name"], row["size"]
                 if row["cpu_share"] is not None:
@@ -217,8 +230,9 @@ def main() -> int:
                     size or 0,
                     row["ours"] / scale,
                     args.seconds,
-                    lambda exe=exe, mode=mode, alg=alg, size=size: speedref(
-                        exe, mode, alg, size, args.seconds
+                    args.rounds,
+                    lambda s, exe=exe, mode=mode, alg=alg, size=size: speedref(
+                        exe, mode, alg, size, s
                     ),
                 )
                 ours_c *= scale
@@ -267,11 +281,17 @@ def main() -> int:
             f"{r['ours_indep']:>17,.1f} {r['ref_indep']:>9,.1f} {r['ratio_indep']:>5.2f}x | "
             f"{verdict}"
         )
-    checked = sum(1 for r in results if r["diff"] is not None)
-    worst = max((abs(r["diff"]) for r in results if r["diff"] is not None), default=0.0)
+    diffs = [r["diff"] for r in results if r["diff"] is not None]
+    checked = len(diffs)
+    worst = max((abs(d) for d in diffs), default=0.0)
     print()
     if share is not None:
         print(f"mstcrypt's CPU share of wall time while measuring: {share:.0%}")
+    if diffs:
+        mean = sum(diffs) / len(diffs)
+        print(
+            f"differences: mean {mean:+.1%}, mean absolute {sum(map(abs, diffs)) / len(diffs):.1%}"
+        )
     print(
         f"{checked} ratios checked, largest difference {worst:.1%}: "
         f"{'all within' if not failed else f'{failed} outside'} {TOLERANCE:.0%}"

@@ -34,8 +34,10 @@ OPENSSL_NO_GCM = (
 )
 
 FAKE = r"""#!{python}
-import sys
+import os, sys
 args = sys.argv[1:]
+with open(os.environ["FAKE_OPENSSL_LOG"], "a") as log:
+    log.write(" ".join(args) + "\n")
 if args[0] == "version":
     print("OpenSSL 3.0.99 1 Jan 2030 (Library: OpenSSL 3.0.99 1 Jan 2030)")
 elif "sm2" in args:
@@ -57,6 +59,7 @@ def fake_openssl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     exe.write_text(FAKE.format(python=sys.executable, sm2=OPENSSL_SM2, nogcm=OPENSSL_NO_GCM))
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("MSTCRYPT_OPENSSL", str(exe))
+    monkeypatch.setenv("FAKE_OPENSSL_LOG", str(tmp_path / "calls.log"))
     monkeypatch.delenv("MSTCRYPT_TONGSUO", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))  # no real `tongsuo` either
     return exe
@@ -131,6 +134,31 @@ def test_measure_report_rows_sizes_and_references(fake_openssl: Path) -> None:
     assert "CPU" in report.basis
 
 
+def test_rounds_measure_the_reference_between_halves_of_ours(fake_openssl: Path) -> None:
+    """--rounds 3: three reference runs per row (medians kept), each given at least one
+    wall second; our figure sums both halves of the median round."""
+    report = perf.measure_report(0.03, sizes=(64,), algorithms=["sm4-ctr", "sm2"], rounds=3)
+    calls = (fake_openssl.parent / "calls.log").read_text().splitlines()
+    speed_calls = [c.split() for c in calls if c.startswith("speed")]
+    assert sum("sm2" in c for c in speed_calls) == 3
+    assert sum("sm4-ctr" in c for c in speed_calls) == 3
+    for c in speed_calls:
+        assert c[:2] == ["speed", "-mr"] and c[2] == "-seconds" and 1 <= int(c[3]) <= 5
+    (ctr,) = [r for r in report.rows if r.name == "SM4-CTR"]
+    assert ctr.reference == pytest.approx(100.0) and ctr.size == 64
+
+
+def test_median_helpers() -> None:
+    assert perf._median([3.0, 1.0, 2.0]) == 2.0
+    assert perf._median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    rates = [
+        perf.Rate(cpu=c, wall=c / 2, calls=10, cpu_seconds=1, wall_seconds=2) for c in (5, 1, 3)
+    ]
+    assert perf._median_rate(rates).cpu == 3
+    both = rates[0] + rates[1]
+    assert both.calls == 20 and both.cpu_seconds == 2 and both.cpu == 10
+
+
 def test_measure_report_refuses_unknown_algorithm() -> None:
     from mstcrypt.errors import PolicyError
 
@@ -191,7 +219,13 @@ def test_speed_command_without_reference(
 
 @pytest.mark.parametrize(
     "args",
-    [("--sizes", "0"), ("--sizes", "abc"), ("--algorithms", "des"), ("--seconds", "0")],
+    [
+        ("--sizes", "0"),
+        ("--sizes", "abc"),
+        ("--algorithms", "des"),
+        ("--seconds", "0"),
+        ("--rounds", "0"),
+    ],
 )
 def test_speed_command_bad_options(
     args: tuple[str, str], monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]

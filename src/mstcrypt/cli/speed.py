@@ -90,6 +90,13 @@ def speed_command(
         str,
         typer.Option("--algorithms", help=f"Comma-separated subset of: {', '.join(ALGORITHMS)}."),
     ] = ",".join(ALGORITHMS),
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            help="Measure each row this many times (seconds split between them), keep medians.",
+        ),
+    ] = 1,
     reference: Annotated[
         bool,
         typer.Option(
@@ -104,6 +111,8 @@ def speed_command(
     (Tongsuo for SM4-GCM/ZUC when present) measured in the same run, on CPU time."""
     if seconds <= 0:
         fail("--seconds must be positive")
+    if rounds < 1:
+        fail("--rounds must be at least 1")
     try:
         size_list = [int(s) for s in _csv(sizes, "--sizes")]
     except ValueError:
@@ -122,6 +131,7 @@ def speed_command(
                 sizes=size_list,
                 algorithms=algs,
                 reference=reference,
+                rounds=rounds,
             )
         except MstCryptError as exc:
             fail(str(exc))

@@ -216,10 +216,11 @@ def measure(
     sizes: Iterable[int] = SIZES,
     algorithms: Iterable[str] = ALGORITHMS,
     reference: bool = True,
+    rounds: int = 1,
 ) -> list[Row]:
     """Run the measurements; ``progress(name)`` is called before each step."""
     return measure_report(
-        seconds, progress, sizes=sizes, algorithms=algorithms, reference=reference
+        seconds, progress, sizes=sizes, algorithms=algorithms, reference=reference, rounds=rounds
     ).rows
 
 
@@ -230,8 +231,16 @@ def measure_report(
     sizes: Iterable[int] = SIZES,
     algorithms: Iterable[str] = ALGORITHMS,
     reference: bool = True,
+    rounds: int = 1,
 ) -> Report:
+    """Measure every selected row. With ``rounds`` > 1 each row is measured that many times
+    (``seconds`` split between them) and the medians are kept, which on a machine whose load
+    comes and goes drops the rounds a burst of other work disturbed."""
     step = progress or (lambda _name: None)
+    if rounds < 1:
+        from mstcrypt.errors import PolicyError
+
+        raise PolicyError("rounds must be at least 1")
     sizes = tuple(sizes)
     algs = tuple(a.lower() for a in algorithms)
     unknown = set(algs) - set(ALGORITHMS)
@@ -250,19 +259,28 @@ def measure_report(
     share = 1.0  # CPU share of the last measurement: how long the reference must run
 
     def ref_seconds() -> int:
-        """Wall seconds for `speed -seconds`: enough to collect about ``seconds`` of CPU time
-        on a busy machine too (its user time is counted in 10 ms ticks)."""
-        return min(5, max(1, math.ceil(seconds / max(share, 0.2))))
+        """Wall seconds for `speed -seconds`: enough to collect about as much CPU time as our
+        side of the round on a busy machine too (its user time is counted in 10 ms ticks)."""
+        return min(5, max(1, math.ceil(seconds / rounds / max(share, 0.2))))
 
-    def around(fns: list[Callable[[], object]], middle: Callable[[], _T]) -> tuple[list[Rate], _T]:
-        """Measure ``fns`` for half the time before ``middle()`` (the reference) and half
-        after, so a load that changes while measuring shifts both sides alike."""
+    def around(
+        fns: list[Callable[[], object]], middle: Callable[[], _T]
+    ) -> tuple[list[Rate], list[_T]]:
+        """Per round, measure ``fns`` for half their time before ``middle()`` (the reference)
+        and half after, so a load that changes meanwhile shifts both sides alike. Returns the
+        median rate of each function and every ``middle()`` result."""
         nonlocal share
-        before = [rate(f, seconds / 2) for f in fns]
-        share = sum(r.cpu_share for r in before) / len(before)
-        mid = middle()
-        after = [rate(f, seconds / 2) for f in fns]
-        return [a + b for a, b in zip(before, after, strict=True)], mid
+        per_fn: list[list[Rate]] = [[] for _ in fns]
+        mids: list[_T] = []
+        slice_ = seconds / (2 * rounds)
+        for _ in range(rounds):
+            before = [rate(f, slice_) for f in fns]
+            share = sum(r.cpu_share for r in before) / len(before)
+            mids.append(middle())
+            after = [rate(f, slice_) for f in fns]
+            for i, (a, b) in enumerate(zip(before, after, strict=True)):
+                per_fn[i].append(a + b)
+        return [_median_rate(rs) for rs in per_fn], mids
 
     def add(name: str, unit: str, r: Rate, ref: float | None, how: str, size: int | None) -> None:
         scale = size / 1e6 if size else 1.0
@@ -286,10 +304,12 @@ def measure_report(
         sig = key.sign(msg)
         ct = pub.encrypt(msg)
         step("SM2 sign and verify, openssl speed sm2")
-        (r_sign, r_verify), ref_sm2 = around(
+        (r_sign, r_verify), refs_sm2 = around(
             [lambda: key.sign(msg), lambda: pub.verify(sig, msg)],
             lambda: openssl.sm2(ref_seconds()) if openssl else None,
         )
+        got = [r for r in refs_sm2 if r is not None]
+        ref_sm2 = (_median([s for s, _ in got]), _median([v for _, v in got])) if got else None
         how = "openssl speed sm2" if ref_sm2 else _missing(openssl, "openssl speed sm2")
         add("SM2 sign", "ops/s", r_sign, ref_sm2[0] if ref_sm2 else None, how, None)
         add("SM2 verify", "ops/s", r_verify, ref_sm2[1] if ref_sm2 else None, how, None)
@@ -332,7 +352,10 @@ def measure_report(
                 return None, ""
 
             step(f"{name} ({size} B)")
-            (r,), (ref, how) = around([lambda fn=fn, buf=buf: fn(buf)], reference_figure)
+            (r,), figures = around([lambda fn=fn, buf=buf: fn(buf)], reference_figure)
+            got = [f for f in figures if f[0] is not None]
+            ref = _median([v for v, _ in got if v is not None]) if got else None
+            how = got[0][1] if got else ""
             lacking = [f"{t.version} has no {a}" for _n, t, a, _ in refs if t and not t.supports(a)]
             if ref is not None and lacking:
                 how += f" ({'; '.join(lacking)})"
@@ -340,6 +363,17 @@ def measure_report(
                 how = _no_reference(refs, reference)
             add(name, "MB/s", r, ref, how, size)
     return report
+
+
+def _median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def _median_rate(rates: list[Rate]) -> Rate:
+    """The round with the median CPU rate (the lower middle one for an even count)."""
+    return sorted(rates, key=lambda r: r.cpu)[(len(rates) - 1) // 2]
 
 
 def _missing(tool: SpeedTool | None, command: str) -> str:
