@@ -12,8 +12,11 @@
  * - The feedback sum 2^15 s15 + 2^17 s13 + 2^21 s10 + 2^20 s4 + (1 + 2^8) s0 (+ u) is formed
  *   in 64 bits and reduced mod 2^31 - 1 by folding the high bits twice, which lands in
  *   [1, 2^31 - 1] with 2^31 - 1 standing for zero, as the spec requires.
- * - No table depends on the key except through the S-boxes, which are indexed by state bytes
- *   exactly as in every table-based ZUC; EIA3 is branch-free in the message bits.
+ * - The S-boxes are 256-byte tables indexed by state bytes, as in every table-based ZUC (their
+ *   512 bytes stay in L1 cache); nothing branches on secret data.
+ * - EIA3 uses carry-less multiplication (PCLMULQDQ, detected at run time on x86) to fold 64
+ *   message bits per step, or a branch-free word-at-a-time loop elsewhere.
+ * - EEA3 and EIA3 wipe their key-dependent state and keystream buffers before returning.
  */
 #include "mst_zuc.h"
 
