@@ -1,112 +1,117 @@
 """ZUC-128 stream cipher with the 128-EEA3 confidentiality and 128-EIA3 integrity modes.
 
-Implemented from the specifications:
+Specifications: GB/T 33133.1 (GM/T 0001.1) = ETSI/SAGE 3GPP "Document 2: ZUC Specification"
+v1.6 for the generator; GB/T 33133.2 / 33133.3 = 3GPP "Document 1" for 128-EEA3 / 128-EIA3
+(lengths are in *bits*). ZUC-256 is not implemented.
 
-* ZUC-128: GB/T 33133.1 (GM/T 0001.1) = ETSI/SAGE "Specification of the 3GPP Confidentiality
-  and Integrity Algorithms 128-EEA3 & 128-EIA3, Document 2: ZUC Specification" v1.6.
-* 128-EEA3 / 128-EIA3: GB/T 33133.2 / 33133.3 = 3GPP Document 1 (lengths are in *bits*).
+Two backends compute the same function (tested against each other and every 3GPP vector):
 
-This is pure Python (no native backend offers ZUC). The keystream generator keeps the LFSR
-and the F registers in local variables, and replaces both linear transforms L1/L2 and the
-S-layer with byte-indexed tables already shifted into their 32-bit lanes, so a key-word costs
-a few dozen integer operations. EEA3 XORs the whole buffer at once through ``int.from_bytes``
-and EIA3 is evaluated bit-sliced on big integers (32 passes over the message, not one per bit).
-Expect a few MB/s; this is meant for interoperability and moderate data sizes.
+* ``"native"``: our C core (``csrc/mst_zuc.c``), built by pip through cffi (API mode) into
+  :mod:`mstcrypt.crypto._zuc_native` when a C compiler is present. Keystream, the EEA3 XOR
+  and the EIA3 MAC all run in C, several hundred MB/s (EIA3 by carry-less multiplication
+  where the CPU has PCLMULQDQ, word by word otherwise).
+* ``"python"``: :mod:`mstcrypt.crypto._zuc_python`, a few MB/s, used when the extension was
+  not built (no compiler at install time).
+
+:data:`BACKEND` names the active one. The environment variable ``MSTCRYPT_ZUC_BACKEND``
+(read at import) chooses: ``python`` forces the fallback, ``native`` makes a missing
+extension an error (:class:`~mstcrypt.errors.BackendError` on import), unset or ``auto``
+prefers native. Every entry point also takes ``backend="native"|"python"`` to pick one
+explicitly (differential tests, benchmarks).
 """
 
 from __future__ import annotations
 
 import hmac
-import sys
-from array import array
+import os
+from types import ModuleType
+from typing import Final
 
-from mstcrypt.errors import DecodeError, PolicyError, VerificationError
+from mstcrypt.crypto import _zuc_python
+from mstcrypt.errors import (
+    BackendError,
+    DecodeError,
+    PolicyError,
+    UnsupportedError,
+    VerificationError,
+)
 
-__all__ = ["ZUC128", "eea3", "eia3", "eia3_verify"]
+__all__ = [
+    "BACKEND",
+    "BACKENDS",
+    "NATIVE_AVAILABLE",
+    "ZUC128",
+    "backend_info",
+    "eea3",
+    "eia3",
+    "eia3_verify",
+]
+
+_native: ModuleType | None
+_native_error: str | None
+try:
+    from mstcrypt.crypto import _zuc_native as _native  # type: ignore[attr-defined]
+
+    _native_error = None
+except ImportError as exc:  # the optional extension was not built (no C compiler)
+    _native = None
+    _native_error = str(exc) or type(exc).__name__
+
+#: True when the C extension is importable.
+NATIVE_AVAILABLE: Final[bool] = _native is not None
+#: The backends usable in this process.
+BACKENDS: Final[tuple[str, ...]] = ("native", "python") if NATIVE_AVAILABLE else ("python",)
+
+ENV_VAR: Final = "MSTCRYPT_ZUC_BACKEND"
+
+
+def _native_description() -> str:
+    assert _native is not None
+    eia3_how = "PCLMULQDQ" if _native.lib.mst_zuc_eia3_clmul() else "portable C"
+    return f"C extension mstcrypt.crypto._zuc_native (EIA3: {eia3_how})"
+
+
+def _choose_default() -> tuple[str, str]:
+    wanted = os.environ.get(ENV_VAR, "").strip().lower()
+    if wanted in ("", "auto"):
+        if NATIVE_AVAILABLE:
+            return "native", _native_description()
+        return "python", f"native extension not built ({_native_error})"
+    if wanted == "python":
+        return "python", f"forced by {ENV_VAR}=python"
+    if wanted == "native":
+        if not NATIVE_AVAILABLE:
+            raise BackendError(
+                f"{ENV_VAR}=native but the native ZUC extension is not available "
+                f"({_native_error}); reinstall mstcrypt with a C compiler and Python headers"
+            )
+        return "native", f"{_native_description()}, {ENV_VAR}=native"
+    raise BackendError(f"{ENV_VAR} must be 'native', 'python' or 'auto', not {wanted!r}")
+
+
+#: The active backend: ``"native"`` or ``"python"``.
+BACKEND: Final[str]
+_BACKEND_REASON: Final[str]
+BACKEND, _BACKEND_REASON = _choose_default()
 
 _MASK32 = 0xFFFFFFFF
-_P31 = 0x7FFFFFFF  # 2^31 - 1, the LFSR modulus
-
-# Table 3.1 of the ZUC specification: the S-box S0 (row = high nibble, column = low nibble).
-_S0 = bytes.fromhex(
-    "3e725b47cae0003304d1549809b96dcb"
-    "7b1bf932af9d6aa5b82dfc1d08530390"
-    "4d4e8499e4ced991ddb685488b296eac"
-    "cdc1f81e734369c6b5bdfd396320d438"
-    "767db2a7cfed57c5f32cbb142106559b"
-    "e3ef5e314f7f5aa40d8251495fba581c"
-    "4a16d517a892241f8cffd8ae2e01d3ad"
-    "3b4bda46ebc9de9a8f87d73a806f2fc8"
-    "b1b437f70a2213287ccc3c89c7c39656"
-    "07bf7ef00b2b975235417961a64c10fe"
-    "bc2695888ab0a3fbc01894f2e1e5e95d"
-    "d0dc1166645cec59427512f5749caa23"
-    "0e86abbe2a02e767e644a26cc2939ff1"
-    "f6fa36d250689e6271153dd640c4e20f"
-    "8e83776b25053f0c30ea70b7a1e8a965"
-    "8d271adb81b3a0f4457a19dfee783460"
-)
-# Table 3.2: the S-box S1.
-_S1 = bytes.fromhex(
-    "55c263713bc847869f3cda5b29aafd77"
-    "8cc5940ca61a1300e3a8167240f9f842"
-    "4426689681d9453e1076c6a78b3943e1"
-    "3ab5562ac06db3052266bfdc0bfa6248"
-    "dd20110636c9c1cff62752bb69f5d487"
-    "7f844cd29c57a4bc4f9adffed68d7aeb"
-    "2b53d85ca11417fb23d57d3067730809"
-    "eeb7703f61b2198e4ee54b938f5ddba9"
-    "adf1ae2ecb0dfcf42d466e1d97e8d1e9"
-    "4d37a5755e839eab829db91ce0cd4989"
-    "01b6bd5824a25f387899159050b895e4"
-    "d091c7ceed0fb46fa0ccf0024a79c3de"
-    "a3efea51e66b18ec1b2c80f774e7ff21"
-    "5a6a541e41319235c433070aba7e0e34"
-    "88b1987cf33d606c7bcad31f32650428"
-    "64be859b2f598ad7b025acaf1203e2f2"
-)
-
-# Section 3.5: the 15-bit key-loading constants d0..d15.
-_D = (
-    0x44D7, 0x26BC, 0x626B, 0x135E, 0x5789, 0x35E2, 0x7135, 0x09AF,
-    0x4D78, 0x2F13, 0x6BC4, 0x1AF1, 0x5E26, 0x3C4D, 0x789A, 0x47AC,
-)  # fmt: skip
 
 
-def _rotl32(x: int, k: int) -> int:
-    return ((x << k) | (x >> (32 - k))) & _MASK32
+def backend_info() -> str:
+    """A one-line description of the active backend and why it was chosen."""
+    return f"{BACKEND}: {_BACKEND_REASON}"
 
 
-def _l1(x: int) -> int:
-    """Linear transform L1 of section 3.4.2."""
-    return x ^ _rotl32(x, 2) ^ _rotl32(x, 10) ^ _rotl32(x, 18) ^ _rotl32(x, 24)
-
-
-def _l2(x: int) -> int:
-    """Linear transform L2 of section 3.4.2."""
-    return x ^ _rotl32(x, 8) ^ _rotl32(x, 14) ^ _rotl32(x, 22) ^ _rotl32(x, 30)
-
-
-# The 32-bit S-box S = (S0, S1, S0, S1) of section 3.4.1 as four lanes already shifted into
-# place: S(x) = SL3[x >> 24] | SL2[(x >> 16) & 255] | SL1[(x >> 8) & 255] | SL0[x & 255].
-_SL3 = tuple(b << 24 for b in _S0)
-_SL2 = tuple(b << 16 for b in _S1)
-_SL1 = tuple(b << 8 for b in _S0)
-_SL0 = tuple(_S1)
-# L1 and L2 are GF(2)-linear, so L(x) = XOR over the bytes of x of L(byte << 8i).
-_L1_LANES = tuple(tuple(_l1(b << (8 * i)) for b in range(256)) for i in range(4))
-_L2_LANES = tuple(tuple(_l2(b << (8 * i)) for b in range(256)) for i in range(4))
-
-_WORD_CODE = "I" if array("I").itemsize == 4 else "L"
-_SWAP_TO_BE = sys.byteorder == "little"
-
-
-def _words_to_bytes(words: list[int]) -> bytes:
-    """Serialise 32-bit words big-endian, in one C-level pass."""
-    buf = array(_WORD_CODE, words)
-    if _SWAP_TO_BE:
-        buf.byteswap()
-    return buf.tobytes()
+def _resolve(backend: str | None) -> str:
+    if backend is None:
+        return BACKEND
+    if backend == "native":
+        if not NATIVE_AVAILABLE:
+            raise UnsupportedError(f"the native ZUC backend is not available ({_native_error})")
+        return backend
+    if backend == "python":
+        return backend
+    raise UnsupportedError(f"unknown ZUC backend {backend!r} (use 'native' or 'python')")
 
 
 def _as_bytes(value: object, what: str) -> bytes:
@@ -117,6 +122,37 @@ def _as_bytes(value: object, what: str) -> bytes:
     raise DecodeError(f"{what} must be a bytes-like object, not {type(value).__name__}")
 
 
+def _check_key(key: object) -> bytes:
+    key = _as_bytes(key, "ZUC-128 key")
+    if len(key) != 16:
+        raise DecodeError(f"ZUC-128 key must be 16 bytes, got {len(key)}")
+    return key
+
+
+class _NativeCore:
+    """The C generator state (``mst_zuc_state``), with the same interface as the Python core."""
+
+    __slots__ = ("_st",)
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        assert _native is not None
+        self._st = _native.ffi.new("mst_zuc_state *")
+        _native.lib.mst_zuc_init(self._st, key, iv)
+
+    def words(self, n: int) -> list[int]:
+        assert _native is not None
+        buf = _native.ffi.new("uint32_t[]", n)
+        _native.lib.mst_zuc_words(self._st, buf, n)
+        return list(buf)
+
+    def block(self, nwords: int) -> bytes:
+        assert _native is not None
+        ffi = _native.ffi
+        buf = ffi.new("uint8_t[]", nwords << 2)
+        _native.lib.mst_zuc_keystream(self._st, buf, nwords)
+        return ffi.buffer(buf)[:]
+
+
 class ZUC128:
     """The ZUC-128 keystream generator (key and IV of 16 bytes each).
 
@@ -124,90 +160,35 @@ class ZUC128:
     previous call stopped. Key-words are serialised big-endian (most significant byte first).
     """
 
-    __slots__ = ("_lfsr", "_pending", "_r1", "_r2")
+    __slots__ = ("_backend", "_core", "_pending")
 
     KEY_SIZE = 16
     IV_SIZE = 16
 
-    def __init__(self, key: bytes, iv: bytes) -> None:
+    def __init__(self, key: bytes, iv: bytes, *, backend: str | None = None) -> None:
         """Load ``key`` and ``iv`` (16 bytes each) and run the initialisation stage.
 
-        Raises :class:`~mstcrypt.errors.DecodeError` if either has the wrong length or type.
+        Raises :class:`~mstcrypt.errors.DecodeError` if either has the wrong length or type,
+        :class:`~mstcrypt.errors.UnsupportedError` for an unknown or unavailable ``backend``.
         """
-        key = _as_bytes(key, "ZUC-128 key")
+        name = _resolve(backend)
+        key = _check_key(key)
         iv = _as_bytes(iv, "ZUC-128 IV")
-        if len(key) != self.KEY_SIZE:
-            raise DecodeError(f"ZUC-128 key must be {self.KEY_SIZE} bytes, got {len(key)}")
         if len(iv) != self.IV_SIZE:
             raise DecodeError(f"ZUC-128 IV must be {self.IV_SIZE} bytes, got {len(iv)}")
+        self._backend = name
         self._pending = b""
-        self._initialise(key, iv)
+        self._core: _NativeCore | _zuc_python.Core = (
+            _NativeCore(key, iv) if name == "native" else _zuc_python.Core(key, iv)
+        )
 
-    def _initialise(self, key: bytes, iv: bytes) -> None:
-        # Key loading (3.5): s_i = k_i || d_i || iv_i (31 bits).
-        s = [(key[i] << 23) | (_D[i] << 8) | iv[i] for i in range(16)]
-        r1 = r2 = 0
-        t3, t2, t1, t0 = _SL3, _SL2, _SL1, _SL0
-        a0, a1, a2, a3 = _L1_LANES
-        b0, b1, b2, b3 = _L2_LANES
-        # 32 rounds of the initialisation stage (3.6.1), then one working-stage round whose
-        # F output is discarded (3.6.2). Same tables as _generate(), spelt out step by step.
-        for rnd in range(33):
-            x0 = ((s[15] & 0x7FFF8000) << 1) | (s[14] & 0xFFFF)
-            x1 = ((s[11] & 0xFFFF) << 16) | (s[9] >> 15)
-            x2 = ((s[7] & 0xFFFF) << 16) | (s[5] >> 15)
-            w = ((x0 ^ r1) + r2) & _MASK32
-            w1 = (r1 + x1) & _MASK32
-            w2 = r2 ^ x2
-            u = a3[(w1 >> 8) & 255] ^ a2[w1 & 255] ^ a1[w2 >> 24] ^ a0[(w2 >> 16) & 255]
-            v = b3[(w2 >> 8) & 255] ^ b2[w2 & 255] ^ b1[w1 >> 24] ^ b0[(w1 >> 16) & 255]
-            r1 = t3[u >> 24] | t2[(u >> 16) & 255] | t1[(u >> 8) & 255] | t0[u & 255]
-            r2 = t3[v >> 24] | t2[(v >> 16) & 255] | t1[(v >> 8) & 255] | t0[v & 255]
-            # 2^15 s15 + 2^17 s13 + 2^21 s10 + 2^20 s4 + (1 + 2^8) s0 (mod 2^31 - 1)
-            f = (s[15] << 15) + (s[13] << 17) + (s[10] << 21) + (s[4] << 20) + s[0] * 257
-            if rnd < 32:
-                f += w >> 1  # LFSRWithInitialisationMode(W >> 1)
-            s.append(f % _P31 or _P31)  # a zero cell is represented by 2^31 - 1
-            del s[0]
-        self._lfsr = tuple(s)
-        self._r1 = r1
-        self._r2 = r2
+    @property
+    def backend(self) -> str:
+        """``"native"`` or ``"python"``: the implementation behind this instance."""
+        return self._backend
 
-    def _generate(self, n: int) -> list[int]:
-        """Clock the working stage ``n`` times and return the ``n`` key-words."""
-        s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15 = self._lfsr
-        r1 = self._r1
-        r2 = self._r2
-        out: list[int] = []
-        emit = out.append
-        t3, t2, t1, t0 = _SL3, _SL2, _SL1, _SL0
-        a0, a1, a2, a3 = _L1_LANES
-        b0, b1, b2, b3 = _L2_LANES
-        m32 = _MASK32
-        p31 = _P31
-        for _ in range(n):
-            # Bit reorganisation + F. W1 is left unreduced: only its bytes are read below.
-            w1 = r1 + (((s11 & 0xFFFF) << 16) | (s9 >> 15))
-            w2 = r2 ^ (((s7 & 0xFFFF) << 16) | (s5 >> 15))
-            # Z = F(X0, X1, X2) ^ X3
-            emit(
-                (((((s15 & 0x7FFF8000) << 1) | (s14 & 0xFFFF)) ^ r1) + r2 & m32)
-                ^ (((s2 & 0xFFFF) << 16) | (s0 >> 15))
-            )
-            # u = L1(W1L || W2H), v = L2(W2L || W1H), byte by byte.
-            u = a3[(w1 >> 8) & 255] ^ a2[w1 & 255] ^ a1[w2 >> 24] ^ a0[(w2 >> 16) & 255]
-            v = b3[(w2 >> 8) & 255] ^ b2[w2 & 255] ^ b1[(w1 >> 24) & 255] ^ b0[(w1 >> 16) & 255]
-            r1 = t3[u >> 24] | t2[(u >> 16) & 255] | t1[(u >> 8) & 255] | t0[u & 255]
-            r2 = t3[v >> 24] | t2[(v >> 16) & 255] | t1[(v >> 8) & 255] | t0[v & 255]
-            # LFSRWithWorkMode
-            s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15 = (
-                s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15,
-                ((s15 << 15) + (s13 << 17) + (s10 << 21) + (s4 << 20) + s0 * 257) % p31 or p31,
-            )  # fmt: skip
-        self._lfsr = (s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13, s14, s15)
-        self._r1 = r1
-        self._r2 = r2
-        return out
+    def __repr__(self) -> str:
+        return f"<ZUC128 backend={self._backend}>"
 
     def keystream_words(self, n: int) -> list[int]:
         """Return the next ``n`` 32-bit key-words.
@@ -218,7 +199,7 @@ class ZUC128:
         if not isinstance(n, int) or n < 0:
             raise PolicyError("number of key-words must be a non-negative integer")
         self._pending = b""
-        return self._generate(n)
+        return self._core.words(n)
 
     def keystream(self, nbytes: int) -> bytes:
         """Return the next ``nbytes`` keystream bytes (key-words serialised big-endian).
@@ -233,7 +214,7 @@ class ZUC128:
             self._pending = pending[nbytes:]
             return pending[:nbytes]
         need = nbytes - len(pending)
-        block = _words_to_bytes(self._generate((need + 3) >> 2))
+        block = self._core.block((need + 3) >> 2)
         self._pending = block[need:]
         return pending + block[:need] if pending else block[:need]
 
@@ -261,7 +242,14 @@ def _check_data(data: object, length_bits: int, what: str) -> bytes:
 
 
 def eea3(
-    key: bytes, count: int, bearer: int, direction: int, data: bytes, length_bits: int
+    key: bytes,
+    count: int,
+    bearer: int,
+    direction: int,
+    data: bytes,
+    length_bits: int,
+    *,
+    backend: str | None = None,
 ) -> bytes:
     """128-EEA3: encrypt or decrypt the first ``length_bits`` bits of ``data``.
 
@@ -271,33 +259,34 @@ def eea3(
     Raises :class:`~mstcrypt.errors.DecodeError` for a bad key or data length and
     :class:`~mstcrypt.errors.PolicyError` for COUNT/BEARER/DIRECTION/LENGTH out of range.
     """
+    name = BACKEND if backend is None else _resolve(backend)
     _check_params(count, bearer, direction, length_bits)
-    buf = _check_data(data, length_bits, "EEA3 data")
-    head = count.to_bytes(4, "big") + bytes((bearer << 3 | direction << 2, 0, 0, 0))
+    if type(key) is not bytes or len(key) != 16:  # the common case costs two tests
+        key = _check_key(key)
+    buf = data
+    if type(buf) is not bytes or len(buf) != (length_bits + 7) >> 3:
+        buf = _check_data(data, length_bits, "EEA3 data")
+    if name == "python":
+        return _zuc_python.eea3(key, count, bearer, direction, buf, length_bits)
+    assert _native is not None
     nbytes = len(buf)
     if nbytes == 0:
-        ZUC128(key, head + head)  # still validate the key
         return b""
-    ks = ZUC128(key, head + head).keystream(nbytes)
-    out = int.from_bytes(buf, "big") ^ int.from_bytes(ks, "big")
-    spare = (nbytes << 3) - length_bits
-    if spare:
-        out &= ~((1 << spare) - 1)
-    return out.to_bytes(nbytes, "big")
-
-
-def _eia3_iv(count: int, bearer: int, direction: int) -> bytes:
-    c = count.to_bytes(4, "big")
-    return bytes(
-        (
-            c[0], c[1], c[2], c[3], bearer << 3, 0, 0, 0,
-            c[0] ^ (direction << 7), c[1], c[2], c[3], bearer << 3, 0, direction << 7, 0,
-        )
-    )  # fmt: skip
+    out = bytearray(nbytes)
+    ffi = _native.ffi
+    _native.lib.mst_zuc_eea3(key, count, bearer, direction, buf, ffi.from_buffer(out), length_bits)
+    return bytes(out)
 
 
 def eia3(
-    key: bytes, count: int, bearer: int, direction: int, message: bytes, length_bits: int
+    key: bytes,
+    count: int,
+    bearer: int,
+    direction: int,
+    message: bytes,
+    length_bits: int,
+    *,
+    backend: str | None = None,
 ) -> bytes:
     """128-EIA3: the 4-byte MAC of the first ``length_bits`` bits of ``message``.
 
@@ -305,36 +294,18 @@ def eia3(
     are ignored. Raises :class:`~mstcrypt.errors.DecodeError` or
     :class:`~mstcrypt.errors.PolicyError` like :func:`eea3`.
     """
+    name = BACKEND if backend is None else _resolve(backend)
     _check_params(count, bearer, direction, length_bits)
-    buf = _check_data(message, length_bits, "EIA3 message")
-    n = (length_bits + 31) >> 5  # message words; the spec's L = n + 2 key-words
-    ks_words = ZUC128(key, _eia3_iv(count, bearer, direction))._generate(n + 2)
-
-    # z_i is the 32-bit keystream window starting at bit i. With K = W_0 || ... || W_n,
-    # the word j of (K >> (32 - b)) (counted from the top, n words) is z_{32j+b}. So
-    #   T = XOR_{i : m_i = 1} z_i = fold( XOR_b (K >> (32 - b)) & sel_b )
-    # where sel_b has word j all-ones iff message bit 32j+b is set: 32 big-int passes.
-    tag = 0
-    if n:
-        m = int.from_bytes(buf.ljust(n << 2, b"\0"), "big")
-        spare = (n << 5) - length_bits
-        m = (m >> spare) << spare  # drop bits past LENGTH
-        k = int.from_bytes(_words_to_bytes(ks_words[: n + 1]), "big")
-        ones = int.from_bytes(b"\0\0\0\1" * n, "big")
-        acc = 0
-        for b in range(32):
-            sel = ((m >> (31 - b)) & ones) * _MASK32
-            if sel:
-                acc ^= (k >> (32 - b)) & sel
-        words = n
-        while words > 1:  # XOR all 32-bit words of acc together
-            half = (words + 1) >> 1
-            acc = (acc >> (half << 5)) ^ (acc & ((1 << (half << 5)) - 1))
-            words = half
-        tag = acc
-    j, b = length_bits >> 5, length_bits & 31
-    tag ^= (((ks_words[j] << 32) | ks_words[j + 1]) >> (32 - b)) & _MASK32  # z_LENGTH
-    tag ^= ks_words[n + 1]  # z_{32(L-1)}
+    if type(key) is not bytes or len(key) != 16:
+        key = _check_key(key)
+    buf = message
+    if type(buf) is not bytes or len(buf) != (length_bits + 7) >> 3:
+        buf = _check_data(message, length_bits, "EIA3 message")
+    if name == "python":
+        tag = _zuc_python.eia3(key, count, bearer, direction, buf, length_bits)
+    else:
+        assert _native is not None
+        tag = _native.lib.mst_zuc_eia3(key, count, bearer, direction, buf, length_bits)
     return tag.to_bytes(4, "big")
 
 
@@ -346,6 +317,8 @@ def eia3_verify(
     message: bytes,
     length_bits: int,
     mac: bytes,
+    *,
+    backend: str | None = None,
 ) -> None:
     """Check a 128-EIA3 MAC in constant time.
 
@@ -356,6 +329,6 @@ def eia3_verify(
     mac = _as_bytes(mac, "EIA3 MAC")
     if len(mac) != 4:
         raise DecodeError(f"EIA3 MAC must be 4 bytes, got {len(mac)}")
-    expected = eia3(key, count, bearer, direction, message, length_bits)
+    expected = eia3(key, count, bearer, direction, message, length_bits, backend=backend)
     if not hmac.compare_digest(expected, mac):
         raise VerificationError("EIA3 MAC does not match")
