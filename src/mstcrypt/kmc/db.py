@@ -29,6 +29,7 @@ class Database:
         if self.is_sqlite:
             _sqlite_setup(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = self.engine.execution_options(mstcrypt_read_only=True)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -39,6 +40,14 @@ class Database:
     def tx(self) -> Iterator[Session]:
         """One transaction: committed on success, rolled back on any exception."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """One read-only transaction that takes no write lock (on SQLite a deferred
+        BEGIN: a snapshot of the WAL; writing in it is a bug). For the work done before
+        a short write transaction, e.g. signing a certificate."""
+        with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     def upsert_increment(self, conn: Any, table: Any, key: dict[str, Any], column: str) -> int:
@@ -104,7 +113,11 @@ def _sqlite_setup(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         # Take the write lock at BEGIN: no lock upgrades, so no SQLITE_BUSY deadlocks.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Database.read() transactions never write, so they take no lock at all.
+        if conn.get_execution_options().get("mstcrypt_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 #: advisory-lock key that serialises schema migrations of every instance (PostgreSQL)
