@@ -276,15 +276,16 @@ class CaService:
         certificate unchanged, and its own certificate neither revoked nor expired."""
         if not prepared:
             return
+        # read, not locked: CA rows change only by CRL publication (crl_number), and the
+        # certificate rows inserted below hold a key-share lock on it through their FK
         ca = u.s.execute(
             select(CertificateAuthority)
             .where(CertificateAuthority.name == ISSUING)
-            .with_for_update(read=True, key_share=True)
             .execution_options(populate_existing=True)
         ).scalar_one_or_none()
         if ca is None:
             raise PolicyError("the CA is not initialised (run `mstcrypt ca init`)")
-        ca_cert = Certificate.from_der(ca.cert_der)
+        ca_cert = self.issuer(ca).certificate  # parsed once per CA key
         own = u.s.get(IssuedCertificate, f"{ca_cert.serial:x}")
         if own is not None and own.status != "active":
             raise PolicyError("the issuing CA's certificate is revoked; nothing was issued")
