@@ -183,6 +183,14 @@ class CaService:
     # :meth:`build` signs outside any transaction (serials are random, 127 bits, so
     # nothing is allocated from the database) and :meth:`record` stores the result in a
     # short one, after re-checking that the CA that signed it is still the issuing CA.
+    def issuing_ca(self, s: Session | None = None) -> CertificateAuthority:
+        """The issuing CA's row for :meth:`build`: read in ``s``, or in a read-only
+        transaction that takes no write lock."""
+        if s is not None:
+            return self._ca_row(s, ISSUING)
+        with self.ctx.db.read() as rs:
+            return self._ca_row(rs, ISSUING)
+
     def build(
         self,
         *,
@@ -196,16 +204,15 @@ class CaService:
         subject_alt_names: Sequence[str] = (),
         serial: int | None = None,
         u: Unit | None = None,
+        ca: CertificateAuthority | None = None,
     ) -> PreparedCertificate:
         """Build and sign a certificate under the issuing CA without recording it. The
-        CA row is read in ``u`` when given, else in a read-only transaction that takes
-        no write lock."""
+        CA row is ``ca`` (from :meth:`issuing_ca`) or read in ``u`` when given, else in
+        a read-only transaction that takes no write lock."""
         if u is not None:
-            ca, now = self._ca_row(u.s), u.now
+            ca, now = ca or self._ca_row(u.s), u.now
         else:
-            with self.ctx.db.read() as s:
-                ca = self._ca_row(s)
-            now = self.ctx.clock()
+            ca, now = ca or self.issuing_ca(), self.ctx.clock()
         cert = self.issuer(ca).issue(
             subject=name(**subject),
             public_key=public_key,
@@ -240,9 +247,12 @@ class CaService:
         owner: str,
         key_id: str,
         u: Unit | None = None,
+        ca: CertificateAuthority | None = None,
     ) -> tuple[PreparedCertificate, PreparedCertificate]:
         """Dual certificates (signing, encryption), built as each other's pair: both
         serials are drawn first, so each row can name the other when recorded."""
+        if u is None and ca is None:
+            ca = self.issuing_ca()  # one read for both
         sign_serial, enc_serial = random_serial(), random_serial()
         while enc_serial == sign_serial:  # pragma: no cover - 2**-127
             enc_serial = random_serial()
@@ -256,6 +266,7 @@ class CaService:
             pair_serial=f"{enc_serial:x}",
             serial=sign_serial,
             u=u,
+            ca=ca,
         )
         enc = self.build(
             public_key=enc_public_key,
@@ -267,6 +278,7 @@ class CaService:
             pair_serial=f"{sign_serial:x}",
             serial=enc_serial,
             u=u,
+            ca=ca,
         )
         return sign, enc
 

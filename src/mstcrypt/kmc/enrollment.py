@@ -182,6 +182,7 @@ class EnrollmentService:
                 raise VerificationError("this enrollment code has expired")
             if (row.purpose == "operator") != (s.get(Operator, row.owner) is not None):
                 raise VerificationError("this enrollment code no longer fits its owner")
+            ca = self.ca.issuing_ca(s)
             code_id, owner, subject = row.id, row.owner, dict(row.subject)
             profile, purpose = Profile(row.profile), row.purpose
         keys = self.ctx.keys
@@ -194,6 +195,7 @@ class EnrollmentService:
             profiles=ENROLL_PAIRS[profile],
             owner=owner,
             key_id=key_id,
+            ca=ca,
         )
         envelope = keys.export_enveloped(blob, f"enc:{key_id}".encode(), csr.public_key)
         return PreparedEnrollment(
