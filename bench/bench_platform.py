@@ -35,8 +35,9 @@ write-lock monitor (:class:`LockMonitor`) reset, so "max write hold" is per meas
   concurrently; latency percentiles per kind.
 
 Write-lock hold: on SQLite, from the moment ``BEGIN IMMEDIATE`` has the write lock
-(every transaction takes it at BEGIN, reads included) to ``COMMIT``/``ROLLBACK``, seen by
-the DB-API trace callback of every connection. PostgreSQL locks rows, not the database:
+(every read-write transaction takes it at BEGIN; the read-only snapshots taken before
+one — a deferred ``BEGIN`` — take no lock and are not counted) to ``COMMIT``/``ROLLBACK``,
+seen by the DB-API trace callback of every connection. PostgreSQL locks rows, not the database:
 there the hold is from the moment a transaction has locked or written one of the rows
 that every writer of a kind serialises on — the audit chain head (every audited change)
 or a CA row (every CRL publication) — to its end. Time spent waiting for a lock is not
@@ -143,7 +144,9 @@ class LockMonitor:
                 # not holding it)
                 head = sql.lstrip()[:16].upper()
                 if head.startswith("BEGIN"):
-                    state["begun"] = 1.0
+                    # a deferred BEGIN (read-only snapshot) takes no write lock
+                    if head.startswith(("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")):
+                        state["begun"] = 1.0
                     return
                 if state.pop("begun", None) is not None:
                     state["t"] = time.perf_counter()

@@ -700,3 +700,17 @@ def test_escrow_key_comes_only_from_a_certified_escrow_certificate(
     args = ["--recipient-cert", str(env.certs["alice"]), "--escrow", "-o", str(env.tmp / "x.mst")]
     code, _, err = cli(monkeypatch, capfd, "encrypt", str(src), *args)
     assert code == 2 and "--escrow needs --server" in err
+
+
+@pytest.mark.parametrize("last", [0x09, 0x0A, 0x0D, 0x20, 0x41])
+def test_released_key_in_der_is_read_whole(tmp_path, last) -> None:
+    """A released key given as DER is read byte for byte: a DER encoding may end in a
+    byte that is whitespace in ASCII, and stripping it truncated the key (a flaky
+    'not a canonical DER SM2Cipher' about 1 time in 40)."""
+    from mstcrypt.cli.file_cmd import _released
+
+    der = bytes([0x30, 0x04, 0x02, 0x02, 0x01, last])
+    (tmp_path / "k.der").write_bytes(der)
+    assert _released(str(tmp_path / "k.der")) == der
+    (tmp_path / "k.b64").write_text(base64.b64encode(der).decode() + "\n")
+    assert _released(str(tmp_path / "k.b64")) == der

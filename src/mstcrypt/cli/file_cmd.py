@@ -384,11 +384,11 @@ def inspect_command(
 
 
 def _released(path: str) -> bytes:
-    raw = _read_bytes(path).strip()
+    raw = _read_bytes(path)
     if raw.startswith(b"\x30"):
-        return raw
+        return raw  # DER as is: its last byte may well be 0x20, 0x0a... (never strip it)
     try:
-        return base64.b64decode(raw, validate=True)
+        return base64.b64decode(raw.strip(), validate=True)
     except ValueError:
         fail(f"{path}: expected the released file key as DER or base64")
 

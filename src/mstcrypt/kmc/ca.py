@@ -17,6 +17,7 @@ certificates are already revoked.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -26,18 +27,24 @@ from sqlalchemy.orm import Session
 
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
-from mstcrypt.kmc.context import KmcContext, NotFoundError, Unit
+from mstcrypt.kmc.context import KmcContext, NotFoundError, Unit, aware
 from mstcrypt.kmc.models import CertificateAuthority, EncryptionKey, IssuedCertificate
 from mstcrypt.kmc.publisher import CrlPolicy, CrlPublisher, PublishedCrl
 from mstcrypt.pki import CRL, AltNames, Certificate, Issuer, Profile, name, spec
-from mstcrypt.pki.ca import BACKDATE
+from mstcrypt.pki.ca import BACKDATE, random_serial
 from mstcrypt.pki.crl_der import entry_der
 from mstcrypt.pki.ocsp import aia_extension
 
 if TYPE_CHECKING:
     from mstcrypt.kmc.groups import GroupService
 
-__all__ = ["CRL_LIFETIME", "PAIR_REASONS", "REVOCATION_REASONS", "CaService"]
+__all__ = [
+    "CRL_LIFETIME",
+    "PAIR_REASONS",
+    "REVOCATION_REASONS",
+    "CaService",
+    "PreparedCertificate",
+]
 
 #: the default lifetime of a CRL (:attr:`CrlPolicy.lifetime`)
 CRL_LIFETIME = timedelta(days=1)
@@ -53,6 +60,26 @@ REVOCATION_REASONS = (
 #: reasons that say the device is lost or the holder is gone: the whole pair goes
 PAIR_REASONS = frozenset({"key_compromise", "affiliation_changed", "cessation_of_operation"})
 ISSUING, ROOT = "issuing", "root"
+
+
+@dataclass(frozen=True)
+class PreparedCertificate:
+    """A certificate signed by :meth:`CaService.build`, not yet recorded: it is issued
+    only once :meth:`CaService.record` has stored it (until then it is discarded on any
+    refusal and no relying party can learn of it)."""
+
+    certificate: Certificate
+    ca_id: int
+    ca_der: bytes = field(repr=False)
+    owner: str | None
+    profile: Profile
+    usage: str
+    key_id: str | None
+    pair_serial: str | None = None
+
+    @property
+    def serial(self) -> str:
+        return f"{self.certificate.serial:x}"
 
 
 def serial_hex(serial: str) -> str:
@@ -185,6 +212,152 @@ class CaService:
             ]
 
     # -- issuance ----------------------------------------------------------------------
+    # Issuance is two steps so that no write transaction waits for the CA's signature:
+    # :meth:`build` signs outside any transaction (serials are random, 127 bits, so
+    # nothing is allocated from the database) and :meth:`record` stores the result in a
+    # short one, after re-checking that the CA that signed it is still the issuing CA.
+    def issuing_ca(self, s: Session | None = None) -> CertificateAuthority:
+        """The issuing CA's row for :meth:`build`: read in ``s``, or in a read-only
+        transaction that takes no write lock."""
+        if s is not None:
+            return self._ca_row(s, ISSUING)
+        with self.ctx.db.read() as rs:
+            return self._ca_row(rs, ISSUING)
+
+    def build(
+        self,
+        *,
+        public_key: SM2PublicKey,
+        subject: dict[str, str],
+        profile: Profile,
+        owner: str | None,
+        usage: str,
+        key_id: str | None,
+        pair_serial: str | None = None,
+        subject_alt_names: Sequence[str] = (),
+        serial: int | None = None,
+        u: Unit | None = None,
+        ca: CertificateAuthority | None = None,
+    ) -> PreparedCertificate:
+        """Build and sign a certificate under the issuing CA without recording it. The
+        CA row is ``ca`` (from :meth:`issuing_ca`) or read in ``u`` when given, else in
+        a read-only transaction that takes no write lock."""
+        if u is not None:
+            ca, now = ca or self._ca_row(u.s), u.now
+        else:
+            ca, now = ca or self.issuing_ca(), self.ctx.clock()
+        email = subject.get("email") if spec(profile).alt_names is AltNames.EMAIL else None
+        cert = self.issuer(ca).issue(
+            subject=name(**subject),
+            public_key=public_key,
+            profile=profile,
+            serial=serial if serial is not None else random_serial(),
+            not_before=now - BACKDATE,
+            crl_urls=self._crl_urls(ISSUING),
+            extra_extensions=self._aia(profile),
+            freshest_crl_urls=self.delta_urls(ISSUING),
+            subject_alt_names=[*([email] if email else []), *subject_alt_names],
+        )
+        return PreparedCertificate(
+            certificate=cert,
+            ca_id=ca.id,
+            ca_der=ca.cert_der,
+            owner=owner,
+            profile=Profile(profile),
+            usage=usage,
+            key_id=key_id,
+            pair_serial=pair_serial,
+        )
+
+    def build_pair(
+        self,
+        *,
+        sign_public_key: SM2PublicKey,
+        enc_public_key: SM2PublicKey,
+        subject: dict[str, str],
+        profiles: tuple[Profile, Profile],
+        owner: str,
+        key_id: str,
+        subject_alt_names: Sequence[str] = (),
+        u: Unit | None = None,
+        ca: CertificateAuthority | None = None,
+    ) -> tuple[PreparedCertificate, PreparedCertificate]:
+        """Dual certificates (signing, encryption), built as each other's pair: both
+        serials are drawn first, so each row can name the other when recorded."""
+        if u is None and ca is None:
+            ca = self.issuing_ca()  # one read for both
+        sign_serial, enc_serial = random_serial(), random_serial()
+        while enc_serial == sign_serial:  # pragma: no cover - 2**-127
+            enc_serial = random_serial()
+        sign = self.build(
+            public_key=sign_public_key,
+            subject=subject,
+            profile=profiles[0],
+            owner=owner,
+            usage="sign",
+            key_id=None,
+            pair_serial=f"{enc_serial:x}",
+            serial=sign_serial,
+            subject_alt_names=subject_alt_names,
+            u=u,
+            ca=ca,
+        )
+        enc = self.build(
+            public_key=enc_public_key,
+            subject=subject,
+            profile=profiles[1],
+            owner=owner,
+            usage="enc",
+            key_id=key_id,
+            pair_serial=f"{sign_serial:x}",
+            serial=enc_serial,
+            subject_alt_names=subject_alt_names,
+            u=u,
+            ca=ca,
+        )
+        return sign, enc
+
+    def record(self, u: Unit, prepared: Sequence[PreparedCertificate]) -> None:
+        """Record certificates made by :meth:`build` inside ``u``. Refused (nothing
+        recorded) unless the CA that signed them is still the issuing CA, its key and
+        certificate unchanged, and its own certificate neither revoked nor expired."""
+        if not prepared:
+            return
+        # read, not locked: CA rows change only by CRL publication (crl_number), and the
+        # certificate rows inserted below hold a key-share lock on it through their FK
+        ca = u.s.execute(
+            select(CertificateAuthority)
+            .where(CertificateAuthority.name == ISSUING)
+            .execution_options(populate_existing=True)
+        ).scalar_one_or_none()
+        if ca is None:
+            raise PolicyError("the CA is not initialised (run `mstcrypt ca init`)")
+        ca_cert = self.issuer(ca).certificate  # parsed once per CA key
+        own = u.s.get(IssuedCertificate, f"{ca_cert.serial:x}")
+        if own is not None and own.status != "active":
+            raise PolicyError("the issuing CA's certificate is revoked; nothing was issued")
+        if aware(ca_cert.not_after) <= u.now:
+            raise PolicyError("the issuing CA's certificate has expired; nothing was issued")
+        for p in prepared:
+            if p.ca_id != ca.id or p.ca_der != ca.cert_der:
+                raise PolicyError(
+                    "the issuing CA changed while the certificate was being built; "
+                    "nothing was issued"
+                )
+        for p in prepared:
+            self._record(
+                u,
+                p.certificate,
+                ca_id=ca.id,
+                owner=p.owner,
+                profile=p.profile,
+                usage=p.usage,
+                key_id=p.key_id,
+                pair_serial=p.pair_serial,
+                flush=False,
+            )
+        u.s.flush()
+
     def issue(
         self,
         u: Unit,
@@ -198,33 +371,24 @@ class CaService:
         pair_serial: str | None = None,
         subject_alt_names: Sequence[str] = (),
     ) -> Certificate:
-        """Issue under the issuing CA and record the certificate, inside ``u``. The
+        """Issue under the issuing CA and record the certificate, inside ``u`` (signing
+        in the transaction; hot paths use :meth:`build` then :meth:`record`). The
         subject's e-mail address becomes an rfc822Name SAN where the profile carries
         e-mail addresses (devices); ``subject_alt_names`` must fit the profile
         (:func:`mstcrypt.pki.check_alt_names`, PolicyError otherwise)."""
-        ca = self._ca_row(u.s)
-        email = subject.get("email") if spec(profile).alt_names is AltNames.EMAIL else None
-        cert = self.issuer(ca).issue(
-            subject=name(**subject),
+        prepared = self.build(
             public_key=public_key,
+            subject=subject,
             profile=profile,
-            not_before=u.now - BACKDATE,
-            crl_urls=self._crl_urls(ISSUING),
-            extra_extensions=self._aia(profile),
-            freshest_crl_urls=self.delta_urls(ISSUING),
-            subject_alt_names=[*([email] if email else []), *subject_alt_names],
-        )
-        self._record(
-            u,
-            cert,
-            ca_id=ca.id,
             owner=owner,
-            profile=profile,
             usage=usage,
             key_id=key_id,
             pair_serial=pair_serial,
+            subject_alt_names=subject_alt_names,
+            u=u,
         )
-        return cert
+        self.record(u, [prepared])
+        return prepared.certificate
 
     def issue_pair(
         self,
@@ -240,29 +404,18 @@ class CaService:
     ) -> tuple[Certificate, Certificate]:
         """Dual certificates (signing, encryption) recorded as each other's pair, both
         with ``subject_alt_names``."""
-        sign = self.issue(
-            u,
-            public_key=sign_public_key,
+        sign, enc = self.build_pair(
+            sign_public_key=sign_public_key,
+            enc_public_key=enc_public_key,
             subject=subject,
-            profile=profiles[0],
+            profiles=profiles,
             owner=owner,
-            usage="sign",
-            key_id=None,
-            subject_alt_names=subject_alt_names,
-        )
-        enc = self.issue(
-            u,
-            public_key=enc_public_key,
-            subject=subject,
-            profile=profiles[1],
-            owner=owner,
-            usage="enc",
             key_id=key_id,
-            pair_serial=f"{sign.serial:x}",
             subject_alt_names=subject_alt_names,
+            u=u,
         )
-        u.s.get(IssuedCertificate, f"{sign.serial:x}").pair_serial = f"{enc.serial:x}"  # type: ignore[union-attr]
-        return sign, enc
+        self.record(u, [sign, enc])
+        return sign.certificate, enc.certificate
 
     def _record(
         self,
@@ -275,6 +428,7 @@ class CaService:
         usage: str,
         key_id: str | None,
         pair_serial: str | None = None,
+        flush: bool = True,
     ) -> None:
         u.s.add(
             IssuedCertificate(
@@ -294,7 +448,8 @@ class CaService:
                 pair_serial=pair_serial,
             )
         )
-        u.s.flush()
+        if flush:
+            u.s.flush()
 
     # -- CRLs --------------------------------------------------------------------------
     def publish_crl(self, u: Unit, ca_name: str = ISSUING) -> CRL:

@@ -30,6 +30,7 @@ class Database:
         if self.is_sqlite:
             _sqlite_setup(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_engine = self.engine.execution_options(mstcrypt_read_only=True)
 
     @classmethod
     def for_data_dir(cls, data_dir: Path) -> Database:
@@ -67,6 +68,14 @@ class Database:
                     conn.exec_driver_sql("PRAGMA query_only=OFF")
                 except SQLAlchemyError:
                     conn.invalidate()  # never hand a read-only connection back to the pool
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """One read-only transaction that takes no write lock (on SQLite a deferred
+        BEGIN: a snapshot of the WAL; writing in it is a bug). For the work done before
+        a short write transaction, e.g. signing a certificate."""
+        with Session(self._read_engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     def upsert_increment(self, conn: Any, table: Any, key: dict[str, Any], column: str) -> int:
         """INSERT the row with ``column`` = 1, or add 1 to it when it exists, atomically
@@ -135,7 +144,11 @@ def _sqlite_setup(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN DEFERRED")
             return
         # Take the write lock at BEGIN: no lock upgrades, so no SQLITE_BUSY deadlocks.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Database.read() transactions never write, so they take no lock at all.
+        if conn.get_execution_options().get("mstcrypt_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 #: advisory-lock key that serialises schema migrations of every instance (PostgreSQL)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -37,13 +37,14 @@ from mstcrypt.pki.hostname import dns_name, ip_address
 from mstcrypt.pki.profiles import MAX_ALT_NAMES
 
 if TYPE_CHECKING:
-    from mstcrypt.kmc.ca import CaService
+    from mstcrypt.kmc.ca import CaService, PreparedCertificate
     from mstcrypt.kmc.groups import GroupService
 
 __all__ = [
     "ENROLL_PAIRS",
     "Enrollment",
     "EnrollmentService",
+    "PreparedEnrollment",
     "UnauthorisedNameError",
     "code_hash",
     "code_names",
@@ -150,6 +151,24 @@ class Enrollment:
     key_id: str
 
 
+@dataclass(frozen=True)
+class PreparedEnrollment:
+    """What :meth:`EnrollmentService.prepare` computed, held in memory until
+    :meth:`EnrollmentService.commit` records it or it is dropped. The key blob is
+    wrapped by the SS-CC (never a plain key); it is kept out of the repr all the same."""
+
+    code_hash: str = field(repr=False)
+    code_id: str
+    owner: str
+    purpose: str
+    key_id: str
+    enc_public_key: bytes = field(repr=False)
+    key_blob: bytes = field(repr=False)
+    sign: PreparedCertificate
+    enc: PreparedCertificate
+    enveloped_key: bytes = field(repr=False)
+
+
 def check_owner(owner: str) -> None:
     if not owner or len(owner) > 128 or not owner.isprintable():
         raise PolicyError("owner must be 1..128 printable characters")
@@ -232,27 +251,82 @@ class EnrollmentService:
     def enroll(self, code: str, csr_der: bytes, *, source: str = "-") -> Enrollment:
         """Consume a code and enroll (see the module docstring). Concurrent enrollments
         of one owner are serialised by retrying."""
-        for attempt in range(5):
-            try:
-                return self._enroll(code, csr_der, source=source)
-            except IntegrityError:
-                if attempt == 4:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _enroll(self, code: str, csr_der: bytes, *, source: str) -> Enrollment:
         csr = (
             CertificationRequest.from_pem(csr_der)
             if csr_der.startswith(b"-----")
             else CertificationRequest.from_der(csr_der)
         )
         csr.verify()
-        keys = self.ctx.keys
-        with self.ctx.unit("enrollment") as u:
-            row = u.s.scalar(
-                select(EnrollmentCode).where(EnrollmentCode.code_hash == code_hash(code))
-            )
+        for attempt in range(5):
+            try:
+                return self.commit(self.prepare(code, csr), source=source)
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def prepare(self, code: str, csr: CertificationRequest) -> PreparedEnrollment:
+        """Everything that costs CPU, outside any write transaction: the code is looked
+        up (read-only, to refuse early), the encryption key pair is generated in the
+        SS-CC (a wrapped blob held in memory, stored only by :meth:`commit`), both
+        certificates are built and signed, and the key is enveloped to the terminal.
+        Nothing is written: if the commit is refused, all of it is simply dropped."""
+        h = code_hash(code)
+        with self.ctx.db.read() as s:
+            row = s.scalar(select(EnrollmentCode).where(EnrollmentCode.code_hash == h))
             if row is None:
+                raise VerificationError("unknown enrollment code")
+            if row.used_at is not None:
+                raise VerificationError("this enrollment code was already used")
+            if aware(row.expires_at) < self.ctx.clock():
+                raise VerificationError("this enrollment code has expired")
+            if (row.purpose == "operator") != (s.get(Operator, row.owner) is not None):
+                raise VerificationError("this enrollment code no longer fits its owner")
+            ca = self.ca.issuing_ca(s)
+            code_id, owner, subject = row.id, row.owner, dict(row.subject)
+            profile, purpose = Profile(row.profile), row.purpose
+            # the names the CSR asks for, within those the code authorised (refused
+            # here, before anything is written: the code stays usable)
+            email_ok = spec(profile).alt_names is AltNames.EMAIL
+            alt_names = _requested_names(
+                csr, list(row.alt_names or []), subject.get("email") if email_ok else None
+            )
+        keys = self.ctx.keys
+        key_id = new_id()
+        enc_pub, blob = keys.generate_sm2(f"enc:{key_id}".encode())
+        sign, enc = self.ca.build_pair(
+            sign_public_key=csr.public_key,
+            enc_public_key=enc_pub,
+            subject=subject,
+            profiles=ENROLL_PAIRS[profile],
+            owner=owner,
+            key_id=key_id,
+            subject_alt_names=alt_names,
+            ca=ca,
+        )
+        envelope = keys.export_enveloped(blob, f"enc:{key_id}".encode(), csr.public_key)
+        return PreparedEnrollment(
+            code_hash=h,
+            code_id=code_id,
+            owner=owner,
+            purpose=purpose,
+            key_id=key_id,
+            enc_public_key=enc_pub.to_bytes(),
+            key_blob=blob,
+            sign=sign,
+            enc=enc,
+            enveloped_key=envelope,
+        )
+
+    def commit(self, p: PreparedEnrollment, *, source: str = "-") -> Enrollment:
+        """The short write transaction of an enrollment: every precondition is checked
+        again under the lock (the code unused, unexpired and still the one prepared, its
+        owner's kind unchanged, the issuing CA unchanged), then the code is consumed,
+        the owner's earlier keys and certificates are superseded and the new key and
+        certificates are recorded with the audit record. A refusal records nothing."""
+        with self.ctx.unit("enrollment") as u:
+            row = u.s.scalar(select(EnrollmentCode).where(EnrollmentCode.code_hash == p.code_hash))
+            if row is None or row.id != p.code_id or row.owner != p.owner:
                 raise VerificationError("unknown enrollment code")
             # consume exactly once, even with concurrent attempts on several instances
             done = u.s.execute(
@@ -265,12 +339,8 @@ class EnrollmentService:
             if aware(row.expires_at) < u.now:
                 raise VerificationError("this enrollment code has expired")
             owner = row.owner
-            email_ok = spec(Profile(row.profile)).alt_names is AltNames.EMAIL
-            alt_names = _requested_names(
-                csr, list(row.alt_names or []), row.subject.get("email") if email_ok else None
-            )
             operator = u.s.get(Operator, owner, with_for_update={"key_share": True})
-            if (row.purpose == "operator") != (operator is not None):
+            if row.purpose != p.purpose or (row.purpose == "operator") != (operator is not None):
                 raise VerificationError("this enrollment code no longer fits its owner")
             u.lock(f"owner:{owner}")
             previous = list(
@@ -287,38 +357,26 @@ class EnrollmentService:
             old_certs = [
                 c for c in self.ca.active_certificates(u, owner=owner) if c.usage in ("sign", "enc")
             ]
-            key_id = new_id()
-            enc_pub, blob = keys.generate_sm2(f"enc:{key_id}".encode())
             u.s.add(
                 EncryptionKey(
-                    id=key_id,
+                    id=p.key_id,
                     owner=owner,
                     version=version,
                     state="active",
-                    public_key=enc_pub.to_bytes(),
-                    key_blob=blob,
+                    public_key=p.enc_public_key,
+                    key_blob=p.key_blob,
                     created_at=u.now,
                     updated_at=u.now,
                 )
             )
             u.s.flush()
-            sign_cert, enc_cert = self.ca.issue_pair(
-                u,
-                sign_public_key=csr.public_key,
-                enc_public_key=enc_pub,
-                subject=dict(row.subject),
-                profiles=ENROLL_PAIRS[Profile(row.profile)],
-                owner=owner,
-                key_id=key_id,
-                subject_alt_names=alt_names,
-            )
-            envelope = keys.export_enveloped(blob, f"enc:{key_id}".encode(), csr.public_key)
+            self.ca.record(u, [p.sign, p.enc])
             if old_certs:
                 self.ca.revoke_rows(u, old_certs, "superseded", why="re-enrollment")
             elif previous:
                 self.groups.identity_changed(u, owner, "re-enrollment")
             if operator is not None:
-                operator.cert_serial = f"{sign_cert.serial:x}"
+                operator.cert_serial = p.sign.serial
                 operator.status = "active" if operator.status == "pending" else operator.status
                 operator.updated_at = u.now
             u.audit(
@@ -327,10 +385,17 @@ class EnrollmentService:
                 actor=f"operator:{owner}" if operator is not None else f"terminal:{owner}",
                 enrollment_id=row.id,
                 source=source,
-                sign_serial=f"{sign_cert.serial:x}",
-                enc_serial=f"{enc_cert.serial:x}",
-                key_id=key_id,
+                sign_serial=p.sign.serial,
+                enc_serial=p.enc.serial,
+                key_id=p.key_id,
                 key_version=version,
                 superseded=[c.serial for c in old_certs],
             )
-        return Enrollment(owner, sign_cert, enc_cert, envelope, self.ca.chain(), key_id)
+        return Enrollment(
+            owner,
+            p.sign.certificate,
+            p.enc.certificate,
+            p.enveloped_key,
+            self.ca.chain(),
+            p.key_id,
+        )

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.ca import REVOCATION_REASONS, CaService
-from mstcrypt.kmc.context import KmcContext, Unit, aware, new_id
+from mstcrypt.kmc.context import KEY_TRANSITIONS, KmcContext, Unit, aware, new_id
 from mstcrypt.kmc.models import EncryptionKey, IssuedCertificate, Operator
 from mstcrypt.pki import AltNames, Certificate, Profile, spec
 
@@ -61,13 +61,19 @@ class KeyService:
                 for r in rows
             ]
 
-    def _new_key(self, u: Unit, owner: str, state: str) -> tuple[EncryptionKey, SM2PublicKey]:
+    def _new_key(
+        self,
+        u: Unit,
+        owner: str,
+        state: str,
+        generated: tuple[str, SM2PublicKey, bytes] | None = None,
+    ) -> tuple[EncryptionKey, SM2PublicKey]:
+        """Store a key made by :meth:`_generate` (before the transaction) or made now."""
         version = (
             u.s.scalar(select(func.max(EncryptionKey.version)).where(EncryptionKey.owner == owner))
             or 0
         ) + 1
-        key_id = new_id()
-        pub, blob = self.ctx.keys.generate_sm2(f"enc:{key_id}".encode())
+        key_id, pub, blob = generated or self._generate()
         row = EncryptionKey(
             id=key_id,
             owner=owner,
@@ -82,12 +88,20 @@ class KeyService:
         u.s.flush()
         return row, pub
 
+    def _generate(self) -> tuple[str, SM2PublicKey, bytes]:
+        """A new key pair in the SS-CC: its id, public key and wrapped blob, held in
+        memory only (a refused transaction leaves nothing behind)."""
+        key_id = new_id()
+        pub, blob = self.ctx.keys.generate_sm2(f"enc:{key_id}".encode())
+        return key_id, pub, blob
+
     def generate(self, owner: str, *, actor: str) -> str:
         """Generate an escrowed encryption key pair (state ``generated``)."""
+        generated = self._generate()  # outside the write transaction
         with self.ctx.unit(actor) as u:
             self._not_operator(u, owner, "generate")
             u.lock(f"owner:{owner}")
-            row, _ = self._new_key(u, owner, "generated")
+            row, _ = self._new_key(u, owner, "generated", generated)
             u.audit("key.generate", f"key:{row.id}", owner=owner, version=row.version)
         return row.id
 
@@ -101,27 +115,39 @@ class KeyService:
         actor: str,
     ) -> tuple[bytes, Certificate]:
         """generated → active: certify the key and wrap it to the terminal's signing key.
-        The owner's previous active key becomes decrypt_only (its certificate superseded)."""
+        The owner's previous active key becomes decrypt_only (its certificate superseded).
+        The certificate and the envelope are made from a read-only snapshot before the
+        write transaction, which re-checks the key's state and records them."""
+        with self.ctx.db.read() as s:
+            seen = s.get(EncryptionKey, key_id)
+            if seen is None or seen.state not in KEY_TRANSITIONS["distribute"]:
+                with self.ctx.unit(actor) as u:
+                    u.key(key_id, "distribute")  # raises the precise error
+                raise PolicyError(f"cannot distribute key {key_id}")  # pragma: no cover
+            owner, public_key, blob = seen.owner, seen.public_key, seen.key_blob or b""
+        prepared = self.ca.build(
+            public_key=SM2PublicKey.from_bytes(public_key),
+            subject=subject,
+            profile=profile,
+            owner=owner,
+            usage="enc",
+            key_id=key_id,
+            subject_alt_names=self._host_names(owner, Profile(profile)),
+        )
+        cert = prepared.certificate
+        envelope = self.ctx.keys.export_enveloped(
+            blob, f"enc:{key_id}".encode(), terminal_public_key
+        )
         with self.ctx.unit(actor) as u:
             row = u.key(key_id, "distribute")
+            if row.owner != owner or row.public_key != public_key:  # pragma: no cover
+                raise PolicyError("the key changed while it was being certified; retry")
             self._not_operator(u, row.owner, "distribute")
             u.lock(f"owner:{row.owner}")
             previous = self._demote_active(u, row.owner, keep=row.id)
             row.state, row.updated_at = "active", u.now
-            cert = self.ca.issue(
-                u,
-                public_key=SM2PublicKey.from_bytes(row.public_key),
-                subject=subject,
-                profile=profile,
-                owner=row.owner,
-                usage="enc",
-                key_id=row.id,
-                subject_alt_names=self._host_names(u, row.owner, Profile(profile)),
-            )
+            self.ca.record(u, [prepared])
             self._pair_with_signing(u, row.owner, cert)
-            envelope = self.ctx.keys.export_enveloped(
-                row.key_blob or b"", f"enc:{row.id}".encode(), terminal_public_key
-            )
             self._supersede(u, previous, row.owner)
             u.audit(
                 "key.distribute",
@@ -132,12 +158,22 @@ class KeyService:
             )
         return envelope, cert
 
-    def _host_names(self, u: Unit, owner: str, profile: Profile) -> list[str]:
+    def _host_names(self, owner: str, profile: Profile) -> list[str]:
         """For a gateway or server encryption certificate, the host names of the owner's
-        current signing certificate (the pair carries the same names); none otherwise."""
+        current signing certificate (the pair carries the same names); none otherwise.
+        Read before the write transaction, with the rest of the certificate's making."""
         if spec(profile).alt_names not in (AltNames.HOST, AltNames.HOST_OPTIONAL):
             return []
-        signs = self.ca.active_certificates(u, owner=owner, usage="sign")
+        with self.ctx.db.read() as s:
+            signs = list(
+                s.scalars(
+                    select(IssuedCertificate).where(
+                        IssuedCertificate.owner == owner,
+                        IssuedCertificate.usage == "sign",
+                        IssuedCertificate.status == "active",
+                    )
+                )
+            )
         if not signs:
             return []
         sign = Certificate.from_der(max(signs, key=lambda c: aware(c.issued_at)).der)
@@ -185,7 +221,24 @@ class KeyService:
         profile: Profile = Profile.DEVICE_ENC,
         actor: str,
     ) -> tuple[str, bytes, Certificate]:
-        """Update: a new version becomes active (encrypts); old versions decrypt only."""
+        """Update: a new version becomes active (encrypts); old versions decrypt only.
+        The key pair, its certificate and the envelope are made before the write
+        transaction, which re-checks the owner and the current key and records them."""
+        generated = self._generate()
+        key_id, pub, blob = generated
+        prepared = self.ca.build(
+            public_key=pub,
+            subject=subject,
+            profile=profile,
+            owner=owner,
+            usage="enc",
+            key_id=key_id,
+            subject_alt_names=self._host_names(owner, Profile(profile)),
+        )
+        envelope = self.ctx.keys.export_enveloped(
+            blob, f"enc:{key_id}".encode(), terminal_public_key
+        )
+        cert = prepared.certificate
         with self.ctx.unit(actor) as u:
             self._not_operator(u, owner, "rotate")
             u.lock(f"owner:{owner}")
@@ -200,21 +253,9 @@ class KeyService:
                     "rotation may just have replaced it; list the keys and retry)"
                 )
             current.state, current.updated_at = "decrypt_only", u.now
-            row, pub = self._new_key(u, owner, "active")
-            cert = self.ca.issue(
-                u,
-                public_key=pub,
-                subject=subject,
-                profile=profile,
-                owner=owner,
-                usage="enc",
-                key_id=row.id,
-                subject_alt_names=self._host_names(u, owner, Profile(profile)),
-            )
+            row, _ = self._new_key(u, owner, "active", generated)
+            self.ca.record(u, [prepared])
             self._pair_with_signing(u, owner, cert)
-            envelope = self.ctx.keys.export_enveloped(
-                row.key_blob or b"", f"enc:{row.id}".encode(), terminal_public_key
-            )
             self._supersede(u, [current.id], owner)
             u.audit(
                 "key.rotate",

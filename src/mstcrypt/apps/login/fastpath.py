@@ -24,16 +24,18 @@ class RawTx:
     """``with RawTx(db) as tx: tx.q(sql, params)`` — one transaction; SQL uses ``:name``
     parameters and ``{lock}`` where a row lock belongs."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, read_only: bool = False) -> None:
         self.db = db
         self.sqlite = db.is_sqlite
-        self._lock = "" if self.sqlite else " FOR NO KEY UPDATE"
+        self.read_only = read_only
+        self._lock = "" if self.sqlite or read_only else " FOR NO KEY UPDATE"
 
     def __enter__(self) -> RawTx:
         self._raw = self.db.engine.raw_connection()
         self._cur = self._raw.cursor()
         if self.sqlite:
-            self._cur.execute("BEGIN IMMEDIATE")
+            # a read-only transaction is a deferred BEGIN: a WAL snapshot, no write lock
+            self._cur.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
         return self
 
     def __exit__(
@@ -43,7 +45,7 @@ class RawTx:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc_type is None:
+            if exc_type is None and not self.read_only:
                 self._raw.commit() if not self.sqlite else self._cur.execute("COMMIT")
             else:
                 self._raw.rollback() if not self.sqlite else self._cur.execute("ROLLBACK")

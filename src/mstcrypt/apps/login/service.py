@@ -1,8 +1,9 @@
 """The login service of an information system (server side of §7.3).
 
 State lives in the database, so a replayed Token-M is refused even when it reaches
-another instance: each challenge is consumed (``UPDATE … WHERE used_at IS NULL``) before
-the response is verified.
+another instance: each challenge is consumed (``UPDATE … WHERE used_at IS NULL``) in the
+transaction that accepts the response. The verification itself (signature, certificate
+path, password) is done before that transaction, so no write lock waits for it.
 
 Lockout cannot be used against someone else: every failed attempt counts against its
 source address (a rate limit: ``source_max_failures`` within ``failure_window`` lock
@@ -242,11 +243,17 @@ class LoginService:
     ) -> dict[str, Any]:
         """Verify the terminal's response; returns the session token and its claims.
 
-        One transaction on success: source lock check, challenge consumption,
-        verification, certificate lock check, counter reset and the audit record. On
-        failure the transaction rolls back and a second one consumes the challenge
-        anyway, counts the failure (against the source; against the certificate only for
-        a wrong password after a valid Token-M) and audits it."""
+        Everything that costs CPU happens before the write transaction, on what a
+        read-only snapshot shows: the source and certificate locks, the challenge (known,
+        unused), the Token-M signature and the certificate path, the certificate's row
+        and the password. The write transaction then only re-checks what may have
+        changed meanwhile — the locks, the certificate's status row, the password
+        verifier — consumes the challenge (``UPDATE … WHERE used_at IS NULL``: of two
+        concurrent responses to one challenge exactly one gets it), clears the
+        certificate's password count and writes the audit record. On failure a second
+        transaction consumes the challenge anyway, counts the failure (against the
+        source; against the certificate only for a wrong password after a valid
+        Token-M) and audits it."""
         now = int(self.clock())
         serial: str | None = None
         challenge_id: str | None = None
@@ -256,62 +263,82 @@ class LoginService:
             serial, challenge_id = f"{response.cert_m.serial:x}", response.challenge_id
             keys = {"k1": f"cert:{serial}", "k2": self._source_key(source)}
             crls = self._crls()
-            with RawTx(self.kmc.db) as tx:
-                locks = dict(
-                    tx.q(
-                        "SELECT key, locked_until FROM login_failures WHERE key IN (:k1, :k2)",
-                        keys,
-                    ).fetchall()
-                )
+            # -- before the write transaction: reads and verification ------------------
+            with RawTx(self.kmc.db, read_only=True) as rd:
+                locks = self._locks(rd, keys)
                 if int(locks.get(keys["k2"], 0)) > now:
                     source_locked = True
                     raise LoginError(
                         "locked_out", "too many failed logins from this address; try again later"
                     )
-                row = tx.q(
+                row = rd.q(
+                    "SELECT r_s, expires, used_at FROM login_challenges "
+                    "WHERE id = :cid AND server_name = :srv",
+                    {"cid": challenge_id, "srv": self.server_name},
+                ).fetchone()
+            if row is None:
+                raise LoginError("unknown_challenge", "unknown or expired login challenge")
+            if row[2] is not None:
+                raise LoginError("replayed", "this login challenge was already used")
+            r_s = bytes(row[0])
+            issued = Challenge(
+                self.server_name, challenge_id, r_s, int(row[1]), b"", self.certificate
+            )
+            cert = self.protocol.verify(response, issued, now=self._now(), crls=crls)
+            # From here on the holder of the certificate's key signed this attempt.
+            with RawTx(self.kmc.db, read_only=True) as rd:
+                owner = self._known_certificate(rd, cert)
+                pw_row = self._password_row(rd, owner)
+            if int(locks.get(keys["k1"], 0)) > now:
+                raise LoginError(
+                    "locked_out", "too many failed logins for this certificate; try again later"
+                )
+            amr = ["cert", "pin"]
+            use_password = self.policy.require_password or password is not None
+            if use_password:
+                self._check_password(pw_row, password)
+                amr.append("pwd")
+            claims = {
+                "iss": self.server_name,
+                "aud": list(self.policy.audiences),
+                "sub": cert.subject_str,
+                "serial": serial,
+                "owner": owner,
+                "iat": now,
+                "exp": now + self.policy.session_ttl,
+                "jti": secrets.token_hex(16),
+                "amr": amr,
+            }
+            # -- the write transaction: re-check, consume, record ------------------------
+            with RawTx(self.kmc.db) as tx:
+                locks = self._locks(tx, keys)
+                if int(locks.get(keys["k2"], 0)) > now:
+                    source_locked = True
+                    raise LoginError(
+                        "locked_out", "too many failed logins from this address; try again later"
+                    )
+                done = tx.q(
                     "UPDATE login_challenges SET used_at = :at WHERE id = :cid AND "
-                    "server_name = :srv AND used_at IS NULL RETURNING r_s, expires",
+                    "server_name = :srv AND used_at IS NULL RETURNING r_s",
                     {"at": tx.ts(self._now()), "cid": challenge_id, "srv": self.server_name},
                 ).fetchone()
-                if row is None:
-                    known = tx.q(
-                        "SELECT 1 FROM login_challenges WHERE id = :cid AND server_name = :srv",
-                        {"cid": challenge_id, "srv": self.server_name},
-                    ).fetchone()
-                    if known is None:
-                        raise LoginError("unknown_challenge", "unknown or expired login challenge")
+                if done is None:  # another response to this challenge got there first
                     raise LoginError("replayed", "this login challenge was already used")
-                issued = Challenge(
-                    self.server_name,
-                    challenge_id,
-                    bytes(row[0]),
-                    int(row[1]),
-                    b"",
-                    self.certificate,
-                )
-                cert = self.protocol.verify(response, issued, now=self._now(), crls=crls)
-                # From here on the holder of the certificate's key signed this attempt.
-                owner = self._known_certificate(tx, cert)
+                if not hmac.compare_digest(bytes(done[0]), r_s):  # pragma: no cover
+                    raise LoginError("unknown_challenge", "unknown or expired login challenge")
+                if self._known_certificate(tx, cert) != owner:  # pragma: no cover
+                    raise LoginError(
+                        "user_certificate_unknown_issuer",
+                        "the user certificate was not issued by this platform",
+                    )
                 if int(locks.get(keys["k1"], 0)) > now:
                     raise LoginError(
                         "locked_out",
                         "too many failed logins for this certificate; try again later",
                     )
-                amr = ["cert", "pin"]
-                if self.policy.require_password or password is not None:
-                    self._check_password(tx, owner, password)
-                    amr.append("pwd")
-                claims = {
-                    "iss": self.server_name,
-                    "aud": list(self.policy.audiences),
-                    "sub": cert.subject_str,
-                    "serial": serial,
-                    "owner": owner,
-                    "iat": now,
-                    "exp": now + self.policy.session_ttl,
-                    "jti": secrets.token_hex(16),
-                    "amr": amr,
-                }
+                if use_password and self._password_row(tx, owner) != pw_row:
+                    # changed since it was checked: check the new one (rare, so in here)
+                    self._check_password(self._password_row(tx, owner), password)
                 if keys["k1"] in locks:  # a success clears the certificate's password count
                     tx.q("DELETE FROM login_failures WHERE key = :k1", {"k1": keys["k1"]})
                 append_audit(
@@ -334,6 +361,15 @@ class LoginService:
         return {"session_token": tokens.issue(claims, self._key.sign), "claims": claims}
 
     @staticmethod
+    def _locks(tx: RawTx, keys: dict[str, str]) -> dict[str, int]:
+        return {
+            str(k): int(v)
+            for k, v in tx.q(
+                "SELECT key, locked_until FROM login_failures WHERE key IN (:k1, :k2)", keys
+            ).fetchall()
+        }
+
+    @staticmethod
     def _known_certificate(tx: RawTx, cert: Certificate) -> str | None:
         row = tx.q(
             "SELECT der, status, usage, owner FROM certificates WHERE serial = :s",
@@ -354,17 +390,22 @@ class LoginService:
         return None if row[3] is None else str(row[3])
 
     @staticmethod
-    def _check_password(tx: RawTx, owner: str | None, password: str | None) -> None:
-        if password is None:
-            raise LoginError("password_required", "a password is required by policy")
+    def _password_row(tx: RawTx, owner: str | None) -> tuple[bytes, bytes, int] | None:
         row = tx.q(
             "SELECT salt, verifier, iterations FROM login_passwords WHERE owner = :o",
             {"o": owner or ""},
         ).fetchone()
+        return None if row is None else (bytes(row[0]), bytes(row[1]), int(row[2]))
+
+    @staticmethod
+    def _check_password(row: tuple[bytes, bytes, int] | None, password: str | None) -> None:
+        if password is None:
+            raise LoginError("password_required", "a password is required by policy")
         if row is None:
             raise LoginError("password_not_set", "no password is set for this user")
-        got = pbkdf2_hmac_sm3(password.encode(), bytes(row[0]), int(row[2]))
-        if not hmac.compare_digest(got, bytes(row[1])):
+        salt, verifier, iterations = row
+        got = pbkdf2_hmac_sm3(password.encode(), salt, iterations)
+        if not hmac.compare_digest(got, verifier):
             raise LoginError("bad_password", "the password is not correct")
 
     def set_password(self, owner: str, password: str, *, actor: str) -> None:
