@@ -8,6 +8,7 @@ difference handled here: parameter markers and row locks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from datetime import datetime
@@ -31,11 +32,17 @@ class RawTx:
         self._lock = "" if self.sqlite or read_only else " FOR NO KEY UPDATE"
 
     def __enter__(self) -> RawTx:
-        self._raw = self.db.engine.raw_connection()
-        self._cur = self._raw.cursor()
-        if self.sqlite:
-            # a read-only transaction is a deferred BEGIN: a WAL snapshot, no write lock
-            self._cur.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
+        self._turn = contextlib.nullcontext() if self.read_only else self.db.writer()
+        self._turn.__enter__()
+        try:
+            self._raw = self.db.engine.raw_connection()
+            self._cur = self._raw.cursor()
+            if self.sqlite:
+                # a read-only transaction is a deferred BEGIN: a WAL snapshot, no write lock
+                self._cur.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
+        except BaseException:
+            self._turn.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
@@ -50,8 +57,11 @@ class RawTx:
             else:
                 self._raw.rollback() if not self.sqlite else self._cur.execute("ROLLBACK")
         finally:
-            self._cur.close()
-            self._raw.close()
+            try:
+                self._cur.close()
+                self._raw.close()
+            finally:
+                self._turn.__exit__(None, None, None)
 
     def q(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         sql = sql.replace("{lock}", self._lock)
