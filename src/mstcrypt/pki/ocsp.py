@@ -300,28 +300,35 @@ class OcspRequest:
                         f"OCSP request: unsupported critical extension {ext['extn_id'].dotted}"
                     )
             ids.append(CertId._from_asn1(item["req_cert"], "OCSP request"))
-        nonce = None
-        seen: set[str] = set()
-        for ext in tbs["request_extensions"]:
-            oid = ext["extn_id"].dotted
-            if oid in seen:
-                raise DecodeError(f"OCSP request: extension {oid} more than once")
-            seen.add(oid)
-            if oid == OID_OCSP_NONCE:
-                try:
-                    value = core.OctetString.load(ext["extn_value"].contents, strict=True)
-                    nonce = bytes(value.native)
-                except (ValueError, TypeError):
-                    raise DecodeError("OCSP request: the nonce is not an OCTET STRING") from None
-                if not 1 <= len(nonce) <= MAX_NONCE_LENGTH:
-                    raise DecodeError(
-                        f"OCSP request: nonce of {len(nonce)} octets (1 to "
-                        f"{MAX_NONCE_LENGTH} allowed, RFC 8954)"
-                    )
-            elif ext["critical"].native:
-                raise DecodeError(f"OCSP request: unsupported critical extension {oid}")
+        nonce = _read_nonce(tbs["request_extensions"], "OCSP request", DecodeError)
+        if nonce is not None and not 1 <= len(nonce) <= MAX_NONCE_LENGTH:
+            raise DecodeError(
+                f"OCSP request: nonce of {len(nonce)} octets (1 to "
+                f"{MAX_NONCE_LENGTH} allowed, RFC 8954)"
+            )
         signed = not isinstance(req["optional_signature"], core.Void)
         return cls(tuple(ids), nonce, signed, bytes(der))
+
+
+def _read_nonce(extensions: Any, what: str, critical_error: type[Exception]) -> bytes | None:
+    """The nonce of a request's or response's extensions (None when absent). Each
+    extension at most once; an unknown critical one raises ``critical_error``."""
+    nonce = None
+    seen: set[str] = set()
+    for ext in extensions:
+        oid = ext["extn_id"].dotted
+        if oid in seen:
+            raise DecodeError(f"{what}: extension {oid} more than once")
+        seen.add(oid)
+        if oid == OID_OCSP_NONCE:
+            try:
+                value = core.OctetString.load(ext["extn_value"].contents, strict=True)
+                nonce = bytes(value.native)
+            except (ValueError, TypeError):
+                raise DecodeError(f"{what}: the nonce is not an OCTET STRING") from None
+        elif ext["critical"].native:
+            raise critical_error(f"{what}: unsupported critical extension {oid}")
+    return nonce
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -531,21 +538,7 @@ class OcspResponse:
         responses = tuple(_single(s) for s in data["responses"])
         if not responses:
             raise DecodeError("OCSP response: no SingleResponse")
-        nonce = None
-        seen: set[str] = set()
-        for ext in data["response_extensions"]:
-            oid = ext["extn_id"].dotted
-            if oid in seen:
-                raise DecodeError(f"OCSP response: extension {oid} more than once")
-            seen.add(oid)
-            if oid == OID_OCSP_NONCE:
-                try:
-                    value = core.OctetString.load(ext["extn_value"].contents, strict=True)
-                    nonce = bytes(value.native)
-                except (ValueError, TypeError):
-                    raise DecodeError("OCSP response: the nonce is not an OCTET STRING") from None
-            elif ext["critical"].native:
-                raise UnsupportedError(f"OCSP response: unsupported critical extension {oid}")
+        nonce = _read_nonce(data["response_extensions"], "OCSP response", UnsupportedError)
         certs = basic["certs"]
         certificates = (
             ()
