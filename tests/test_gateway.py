@@ -942,3 +942,35 @@ def test_cli_compat_option(tmp_path: Path, pki, gw_id, device) -> None:
             check=False,
         )
         assert p.returncode == 2 and b"unknown --compat" in p.stderr, (command, p.stderr)
+
+
+def test_trust_source_scans_each_crl_once(tmp_path: Path, pki) -> None:
+    """The trust source indexes CRLs (no strict per-entry parse on every refresh) and
+    reuses the index while the bytes are unchanged; a new CRL is scanned afresh, and the
+    index still refuses the revoked serial and a tampered CRL."""
+    from mstcrypt.apps.tlcp_gateway import file_trust_source, load_crl_index
+    from mstcrypt.errors import DecodeError, VerificationError
+    from mstcrypt.pki import CrlIndex
+
+    revoked = RevokedEntry(serial=0x5EED, revoked_at=pki.issuer.certificate.not_before)
+    first = pki.issuer.crl(number=41, entries=[revoked])
+    path = tmp_path / "crl.pem"
+    path.write_bytes(first.pem)
+    anchors = tmp_path / "root.pem"
+    anchors.write_bytes(pki.root.pem)
+    source = file_trust_source([anchors], (), [path])
+    a = asyncio.run(source()).crls[0]
+    b = asyncio.run(source()).crls[0]
+    assert isinstance(a, CrlIndex) and a is b  # unchanged bytes: the same index
+    assert load_crl_index(first.der) is a  # DER and PEM of one CRL: one index
+    assert a.number == 41 and a.is_revoked(0x5EED) is not None and a.is_revoked(1) is None
+    path.write_bytes(pki.issuer.crl(number=42).pem)
+    c = asyncio.run(source()).crls[0]
+    assert c is not a and c.number == 42 and c.is_revoked(0x5EED) is None
+    bad = bytearray(first.der)
+    bad[-1] ^= 1  # the signature's last byte: framing intact, signature wrong
+    tampered = load_crl_index(bytes(bad))
+    with pytest.raises(VerificationError):
+        tampered.verify_signature(pki.issuer.certificate.public_key)
+    with pytest.raises(DecodeError):
+        load_crl_index(first.der + b"\x00")

@@ -28,7 +28,7 @@ from mstcrypt.kmc.models import (
 )
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
-from mstcrypt.pki import CRL, Certificate, CertificationRequest, build_csr, name
+from mstcrypt.pki import CRL, Certificate, CertificationRequest, Profile, build_csr, name
 from mstcrypt.protocols.login import LoginClient, LoginError
 from platform_helpers import InvariantChecker
 
@@ -218,6 +218,63 @@ def test_enrollment_signs_outside_the_write_lock(
     calls.clear()
     kmc.enroll(code, _csr("frank")[1].der)
     assert calls.count("sign") == 2 and "generate_sm2" in calls and "export_enveloped" in calls
+
+
+def _probe_keystore(kmc: Kmc, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    store = kmc.keystore
+    calls: list[str] = []
+    for op in ("generate_sm2", "sign"):
+        real = getattr(store, op)
+
+        def probed(*a: Any, _real: Any = real, _op: str = op, **kw: Any) -> Any:
+            _no_write_lock(kmc)
+            calls.append(_op)
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(store, op, probed)
+    kmc.ca._issuers.clear()  # signers made after the probe is in place
+    return calls
+
+
+@pytest.mark.parametrize("what", ["service identity", "ocsp responder"])
+def test_service_certificates_signed_outside_the_write_lock(
+    kmc: Kmc, monkeypatch: pytest.MonkeyPatch, database_url: str, what: str
+) -> None:
+    """A service identity (made, then renewed for new names) and the OCSP responder's
+    rotation generate their key and take the CA's signature before the short write
+    transaction that records them."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the probe takes SQLite's database-wide write lock")
+    calls = _probe_keystore(kmc, monkeypatch)
+    if what == "service identity":
+        _, cert1 = kmc.service_identity(
+            "probe", Profile.LOGIN_SERVER_SIGN, "probe.example", subject_alt_names=["probe.example"]
+        )
+        assert calls.count("generate_sm2") == 1 and calls.count("sign") == 1
+        calls.clear()
+        _, cert2 = kmc.service_identity(
+            "probe",
+            Profile.LOGIN_SERVER_SIGN,
+            "probe.example",
+            subject_alt_names=["probe.example", "alt.example"],
+        )
+        assert calls == ["sign"]  # renewed for the new name: same key, a new signature
+        assert cert2.public_key == cert1.public_key and cert2.serial != cert1.serial
+        assert set(cert2.subject_alt_names) == {"probe.example", "alt.example"}
+        with kmc.db.tx() as s:
+            status = s.scalar(
+                select(IssuedCertificate.status).where(
+                    IssuedCertificate.serial == f"{cert1.serial:x}"
+                )
+            )
+        assert status == "revoked"  # superseded in the same transaction
+    else:
+        before = kmc.ocsp.responder()[1]
+        calls.clear()
+        cert = kmc.ocsp.rotate(force=True)
+        assert calls.count("generate_sm2") == 1 and calls.count("sign") == 1
+        assert cert.public_key != before.public_key
+        assert kmc.ocsp.responder()[1].serial == cert.serial
 
 
 # ------------------------------------------------------------------ login ----------

@@ -134,6 +134,8 @@ class KmcContext:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only transaction."""
-        with self.db.tx() as s:
+        """A read-only transaction that takes no write lock (:meth:`Database.read`): on
+        SQLite a deferred BEGIN, so a directory lookup or a rate-limit check no longer
+        queues behind writers. Only read in it."""
+        with self.db.read() as s:
             yield s

@@ -60,7 +60,17 @@ class IdentityService:
 
     def create_key(self, u: Unit, name: str) -> SM2PublicKey:
         """A new service key ``name`` inside ``u`` (replacing an earlier one)."""
-        pub, blob = self.ctx.keys.generate_sm2(f"service:{name}".encode())
+        return self.store_key(u, name, self.generate_key(name))
+
+    def generate_key(self, name: str) -> tuple[SM2PublicKey, bytes]:
+        """A new key for service ``name`` from the SS-CC (public key, wrapped blob), made
+        before the transaction that stores it (:meth:`store_key`)."""
+        return self.ctx.keys.generate_sm2(f"service:{name}".encode())
+
+    def store_key(self, u: Unit, name: str, key: tuple[SM2PublicKey, bytes]) -> SM2PublicKey:
+        """Store a key made by :meth:`generate_key` as service key ``name`` inside ``u``
+        (replacing an earlier one)."""
+        pub, blob = key
         old = u.s.get(ServiceKey, name)
         if old is not None:
             u.s.delete(old)
@@ -120,31 +130,50 @@ class IdentityService:
         profile = Profile(profile)
         with self.ctx.read() as s:
             exists = s.get(ServiceKey, name) is not None
+        # The key (when there is none) and the certificate are made here, before the
+        # write transaction, so that no writer waits for the SS-CC or the CA signature.
+        new_key = None
         if exists:
             ident = self.key(name)
             if self._fits(ident.certificate, ident.public_key(), profile, common_name, sans):
                 return ident
+            pub = ident.public_key()
+        else:
+            new_key = self.generate_key(name)
+            pub = new_key[0]
+        issue = {
+            "subject": {"CN": common_name},
+            "profile": profile,
+            "owner": f"service:{name}",
+            "usage": "enc" if spec(profile).is_encryption else "sign",
+            "key_id": None,
+            "subject_alt_names": sans,
+        }
+        prepared = self.ca.build(public_key=pub, **issue)
         # audited only when it changes something: another instance may have certified
         # the key between the check above and the row lock below (then nothing is done)
         with self.ctx.unit(actor, audited=False) as u:
             row = u.s.get(ServiceKey, name, with_for_update={"key_share": True})
-            pub = SM2PublicKey.from_bytes(row.public_key) if row else self.create_key(u, name)
+            if row is not None:
+                stored = SM2PublicKey.from_bytes(row.public_key)
+            elif new_key is not None:
+                stored = self.store_key(u, name, new_key)
+            else:  # deleted since the check above: start again with a new key
+                stored = self.create_key(u, name)
             old = self.ca.active_certificates(u, owner=f"service:{name}")
             newest = max(old, key=lambda r: aware(r.issued_at), default=None)
             if row is not None and newest is not None:
                 current = Certificate.from_der(newest.der)
-                if self._fits(current, pub, profile, common_name, sans, newest.profile):
+                if self._fits(current, stored, profile, common_name, sans, newest.profile):
                     return self.key(name)
-            cert = self.ca.issue(
-                u,
-                public_key=pub,
-                subject={"CN": common_name},
-                profile=profile,
-                owner=f"service:{name}",
-                usage="enc" if spec(profile).is_encryption else "sign",
-                key_id=None,
-                subject_alt_names=sans,
-            )
+            if stored == prepared.certificate.public_key:
+                try:  # refused before writing anything when the CA changed
+                    self.ca.record(u, [prepared])
+                    cert = prepared.certificate
+                except PolicyError:  # the issuing CA changed meanwhile: sign under the new one
+                    cert = self.ca.issue(u, public_key=stored, **issue)
+            else:  # another instance replaced the key: certify the one stored
+                cert = self.ca.issue(u, public_key=stored, **issue)
             if old:
                 self.ca.revoke_rows(u, old, "superseded", why="service certificate renewed")
             u.audit(

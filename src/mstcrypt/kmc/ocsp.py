@@ -323,6 +323,17 @@ class OcspResponder:
         one audited transaction — unless, under the lock, the current one turns out to be
         usable (another instance rotated first) and ``force`` is false."""
         self.issuing()
+        # the new key and its certificate are made before the write transaction, so no
+        # writer waits for the SS-CC or the CA signature; discarded if not needed
+        new_key = self.identities.generate_key(RESPONDER)
+        prepared = self.ca.build(
+            public_key=new_key[0],
+            subject={"CN": RESPONDER_CN},
+            profile=Profile.OCSP_SIGNER,
+            owner=_OWNER,
+            usage="sign",
+            key_id=None,
+        )
         with self.ctx.unit(actor, audited=False) as u:
             u.lock(_OWNER)
             now = u.now
@@ -338,16 +349,9 @@ class OcspResponder:
                 if self._usable(cert, SM2PublicKey.from_bytes(key_row.public_key), now):
                     return cert
             old = self.ca.active_certificates(u, owner=_OWNER)
-            pub = self.identities.create_key(u, RESPONDER)
-            cert = self.ca.issue(
-                u,
-                public_key=pub,
-                subject={"CN": RESPONDER_CN},
-                profile=Profile.OCSP_SIGNER,
-                owner=_OWNER,
-                usage="sign",
-                key_id=None,
-            )
+            self.identities.store_key(u, RESPONDER, new_key)
+            self.ca.record(u, [prepared])
+            cert = prepared.certificate
             if old:
                 self.ca.revoke_rows(u, old, "superseded", why="OCSP responder rotated")
             u.audit(

@@ -15,7 +15,7 @@ class RateLimiter:
         self.ctx = ctx
 
     def allow(self, bucket: str, *, limit: int, window_seconds: int = 60) -> bool:
-        with self.ctx.read() as s:
+        with self.ctx.db.tx() as s:  # counts are writes
             return self.allow_in(s, bucket, limit=limit, window_seconds=window_seconds)
 
     def allow_in(self, s: Any, bucket: str, *, limit: int, window_seconds: int = 60) -> bool:

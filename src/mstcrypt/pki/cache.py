@@ -41,6 +41,7 @@ from mstcrypt.errors import PolicyError
 from mstcrypt.pki import _common as c
 from mstcrypt.pki.cert import Certificate
 from mstcrypt.pki.crl import CRL
+from mstcrypt.pki.crl_scan import CrlIndex
 from mstcrypt.pki.validate import CRL_CLOCK_SKEW, validate_path
 
 __all__ = ["ValidationCache"]
@@ -67,18 +68,19 @@ class _SetDigest:
 
     __slots__ = ("_kind", "_memo", "_tag")
 
-    def __init__(self, tag: bytes, kind: type) -> None:
+    def __init__(self, tag: bytes, kind: tuple[type, ...]) -> None:
         self._tag = tag
         self._kind = kind
         self._memo: tuple[tuple[object, ...], bytes] = ((), sm3(tag))
 
-    def __call__(self, items: Sequence[Certificate] | Sequence[CRL]) -> bytes:
+    def __call__(self, items: Sequence[Certificate] | Sequence[CRL | CrlIndex]) -> bytes:
         held, digest = self._memo
         if len(held) == len(items) and all(a is b for a, b in zip(held, items, strict=True)):
             return digest
         snapshot = tuple(items)
         if not all(isinstance(x, self._kind) for x in snapshot):
-            raise PolicyError(f"{self._tag.decode()} must be {self._kind.__name__} objects")
+            kinds = " or ".join(k.__name__ for k in self._kind)
+            raise PolicyError(f"{self._tag.decode()} must be {kinds} objects")
         digest = sm3(self._tag + b"".join(sm3(x.der) for x in snapshot))
         self._memo = (snapshot, digest)
         return digest
@@ -120,9 +122,9 @@ class ValidationCache:
         self.misses = 0
         self._items: OrderedDict[bytes, _Entry] = OrderedDict()
         self._lock = threading.Lock()
-        self._anchors = _SetDigest(b"anchors", Certificate)
-        self._intermediates = _SetDigest(b"intermediates", Certificate)
-        self._crls = _SetDigest(b"crls", CRL)
+        self._anchors = _SetDigest(b"anchors", (Certificate,))
+        self._intermediates = _SetDigest(b"intermediates", (Certificate,))
+        self._crls = _SetDigest(b"crls", (CRL, CrlIndex))
         self._crl_digest: bytes | None = None
         self._purposes: dict[tuple[frozenset[str], str | None, bool], bytes] = {}
 
@@ -146,7 +148,7 @@ class ValidationCache:
         *,
         anchors: Sequence[Certificate],
         intermediates: Sequence[Certificate] = (),
-        crls: Sequence[CRL] = (),
+        crls: Sequence[CRL | CrlIndex] = (),
         at: datetime | None = None,
         require_revocation_check: bool = True,
         key_usage: Iterable[str] = (),
@@ -206,7 +208,7 @@ class ValidationCache:
         leaf: Certificate,
         anchors: Sequence[Certificate],
         intermediates: Sequence[Certificate],
-        crls: Sequence[CRL],
+        crls: Sequence[CRL | CrlIndex],
         require: bool,
         ku: frozenset[str],
         eku: str | None,
@@ -235,7 +237,7 @@ class ValidationCache:
 
     @staticmethod
     def _intervals(
-        path: Sequence[Certificate], crls: Sequence[CRL]
+        path: Sequence[Certificate], crls: Sequence[CRL | CrlIndex]
     ) -> list[tuple[datetime, datetime]]:
         out = [(x.not_before, x.not_after) for x in path]
         for issuer in path[1:]:

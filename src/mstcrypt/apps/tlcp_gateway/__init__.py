@@ -17,6 +17,7 @@ from mstcrypt.apps.tlcp_gateway.trust import (
     file_trust_source,
     kmc_trust_source,
     load_crl,
+    load_crl_index,
 )
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "file_trust_source",
     "kmc_trust_source",
     "load_crl",
+    "load_crl_index",
     "run_asgi_tlcp",
     "serve_asgi_tlcp",
 ]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from mstcrypt.crypto.sm2 import SM2PrivateKey, SM2PublicKey
 from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder
 from mstcrypt.errors import PolicyError
-from mstcrypt.pki import CRL, Certificate, ValidationCache
+from mstcrypt.pki import CRL, Certificate, CrlIndex, ValidationCache
 from mstcrypt.protocols.tlcp.constants import (
     DEFAULT_CIPHER_SUITES,
     CertificateVerifyForm,
@@ -324,7 +324,7 @@ class TLCPContext:
     credentials: Credentials | None = None
     trust_anchors: Sequence[Certificate] = ()
     intermediates: Sequence[Certificate] = ()
-    crls: Sequence[CRL] = ()
+    crls: Sequence[CRL | CrlIndex] = ()
     require_crl: bool = False
     cipher_suites: Sequence[CipherSuite | int] = DEFAULT_CIPHER_SUITES
     client_auth: ClientAuth | str = ClientAuth.NONE
@@ -362,8 +362,8 @@ class TLCPContext:
             if not isinstance(c, Certificate):
                 raise PolicyError("trust anchors and intermediates must be Certificate objects")
         for crl in self.crls:
-            if not isinstance(crl, CRL):
-                raise PolicyError("crls must be CRL objects")
+            if not isinstance(crl, CRL | CrlIndex):
+                raise PolicyError("crls must be CRL or CrlIndex objects")
         suites = []
         for s in self.cipher_suites:
             try:
