@@ -342,6 +342,48 @@ def test_background_publisher_publishes_when_woken(kmc: Kmc) -> None:
     assert CRL.from_der(der).is_revoked(e.sign_certificate.serial)
 
 
+def test_revocation_in_another_instance_wakes_the_publisher(database_url: str) -> None:
+    """On PostgreSQL a revocation that wants its CRL now notifies every instance
+    (NOTIFY at commit), so the lease holder publishes at once although the revocation
+    was made elsewhere and its own interval is two minutes; stopping the publisher
+    interrupts its wait."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("one SQLite node: its publisher is woken in-process (previous test)")
+    a = new_kmc(database_url, max_delay=3600, interval=120)
+    a.init_ca(actor="test")
+    b = Kmc(
+        Database(database_url),
+        a.keystore,
+        crl_base_url=BASE,
+        crl_policy=CrlPolicy(max_delay=3600, interval=120),
+    )
+    e = enroll(a, "alice")
+    seen: list[Any] = []
+    b.crl_publisher.listeners.append(seen.append)
+    b.crl_publisher.start()
+    try:
+        deadline = time.monotonic() + 30  # its first run publishes what is overdue
+        while b.crl_publisher._wake_pair is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        seen.clear()
+        before = stored(a)
+        revoke(a, e.sign_certificate, "key_compromise")  # at A, whose publisher is not running
+        deadline = time.monotonic() + 60
+        while not any(p.ca == "issuing" for p in seen) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(p.ca == "issuing" and p.why == "due" for p in seen), seen
+        assert max(stored(a)) > max(before)
+    finally:
+        t0 = time.monotonic()
+        b.crl_publisher.stop()
+        stopped_in = time.monotonic() - t0
+        b.db.dispose()
+        a.db.dispose()
+    assert b.crl_publisher._thread is None and stopped_in < 30
+    assert CRL.from_der(a.crl()).is_revoked(e.sign_certificate.serial)
+
+
 def test_no_write_lock_while_building_and_signing(
     kmc: Kmc, monkeypatch: pytest.MonkeyPatch
 ) -> None:

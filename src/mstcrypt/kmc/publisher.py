@@ -43,9 +43,11 @@ publishes first when a publication is overdue, so CRLs stay correct without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import select as io_select
 import socket
 import threading
 import time
@@ -54,7 +56,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mstcrypt.errors import MstCryptError, PolicyError
@@ -200,6 +202,9 @@ class CrlPublisher:
         self.holder = holder or f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(4)}"
         self._lock = threading.Lock()  # one publication per process at a time
         self._wake = threading.Event()
+        # while run_forever runs, the wake-up is a socket pair too, so that the thread can
+        # wait on it and on PostgreSQL's notifications at once (select)
+        self._wake_pair: tuple[socket.socket, socket.socket] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cache: dict[tuple[str, str], PublishedCrl] = {}
@@ -223,9 +228,20 @@ class CrlPublisher:
             ca_row.crl_due_at = due
         if due <= u.now + timedelta(seconds=self.policy.interval):
             u.after_commit(self.wake)
+            if not self.ctx.db.is_sqlite:
+                # every instance's publisher listens (the lease holder publishes);
+                # PostgreSQL delivers the notification only if this transaction commits
+                u.s.execute(
+                    text("SELECT pg_notify(:channel, :ca)"),
+                    {"channel": NOTIFY_CHANNEL, "ca": ca_row.name},
+                )
 
     def wake(self) -> None:
         self._wake.set()
+        pair = self._wake_pair
+        if pair is not None:
+            with contextlib.suppress(OSError):  # full or closed: a wake-up is pending anyway
+                pair[1].send(b"!")
 
     # -- reading -----------------------------------------------------------------------
     def _state(self, s: Any, ca_name: str) -> _State:
@@ -785,16 +801,51 @@ class CrlPublisher:
         return wait
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
-        """Publish until ``stop`` (or :meth:`stop`) is set."""
+        """Publish until ``stop`` (or :meth:`stop`) is set. Wakes after
+        :attr:`CrlPolicy.interval` seconds, at a due time, when a revocation in this
+        process asks (:meth:`wake`), and on PostgreSQL when one in another instance
+        does (``LISTEN``)."""
         stop = stop or self._stop
-        while not stop.is_set():
-            self._wake.clear()
-            self.run_once()
-            wait = self.next_wait()
-            if wait > 0:
-                self._wake.wait(wait)
-            if stop.is_set():
-                return
+        recv, send = socket.socketpair()
+        recv.setblocking(False)
+        send.setblocking(False)
+        self._wake_pair = (recv, send)
+        listener = None if self.ctx.db.is_sqlite else _PgListener(self.ctx.db, self.wake)
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                self._drain_wake(recv)
+                self.run_once()
+                wait = self.next_wait()
+                if wait > 0 and not self._wake.is_set():
+                    self._sleep(wait, recv, listener)
+                if stop.is_set():
+                    return
+        finally:
+            self._wake_pair = None
+            if listener is not None:
+                listener.close()
+            recv.close()
+            send.close()
+
+    @staticmethod
+    def _drain_wake(recv: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
+            while recv.recv(4096):
+                pass
+
+    def _sleep(self, seconds: float, recv: socket.socket, listener: _PgListener | None) -> None:
+        fds: list[Any] = [recv]
+        pg = listener.fileno() if listener is not None else None
+        if pg is not None:
+            fds.append(pg)
+        try:
+            ready, _, _ = io_select.select(fds, [], [], seconds)
+        except (OSError, ValueError):  # a closed descriptor: fall back to the event
+            self._wake.wait(seconds)
+            return
+        if pg is not None and pg in ready and listener is not None:
+            listener.drain()  # calls wake() for each notification
 
     def start(self) -> None:
         """Run :meth:`run_forever` in a daemon thread."""
@@ -808,10 +859,70 @@ class CrlPublisher:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._stop.set()
-        self._wake.set()
+        self.wake()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+
+#: the PostgreSQL notification channel a revocation that wants its CRL now signals on
+NOTIFY_CHANNEL = "mstcrypt_crl_due"
+
+
+class _PgListener:
+    """A dedicated PostgreSQL connection (outside the pool, autocommit) that LISTENs on
+    :data:`NOTIFY_CHANNEL` and calls ``on_notify`` for each notification. A lost
+    connection is dropped and reopened at the next wait; meanwhile the publisher still
+    runs every interval."""
+
+    def __init__(self, db: Any, on_notify: Callable[[], None]) -> None:
+        self._db = db
+        self._on_notify = on_notify
+        self._conn: Any = None
+        self._fairy: Any = None
+
+    def _connect(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        try:
+            fairy = self._db.engine.raw_connection()
+            conn = fairy.driver_connection  # psycopg's Connection (None once detached)
+            fairy.detach()  # this connection never returns to the pool
+            conn.rollback()
+            conn.autocommit = True
+            conn.add_notify_handler(lambda _n: self._on_notify())
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except Exception as exc:  # an unreachable database: poll instead
+            log.warning("CRL publisher: cannot listen for notifications (%s)", type(exc).__name__)
+            return None
+        self._fairy, self._conn = fairy, conn
+        return conn
+
+    def fileno(self) -> int | None:
+        conn = self._connect()
+        if conn is None:
+            return None
+        try:
+            return int(conn.fileno())
+        except Exception:  # closed under us
+            self.close()
+            return None
+
+    def drain(self) -> None:
+        """Read what arrived (the notify handler runs for each notification)."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute("SELECT 1")
+        except Exception as exc:  # connection lost: reopen next time
+            log.warning("CRL publisher: notification connection lost (%s)", type(exc).__name__)
+            self.close()
+
+    def close(self) -> None:
+        conn, self._conn, self._fairy = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
 
 _ENTRIES_SQLITE = (
