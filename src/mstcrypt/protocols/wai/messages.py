@@ -401,6 +401,12 @@ def _flag(v: int) -> int:
     return v
 
 
+def _opt_flag(flag: int, present: bool, what: str) -> int:
+    if bool(flag & Flag.OPTIONAL_FIELD) != present:
+        raise WaiDecodeError(f"{what}: FLAG bit 3 must be set exactly when optional fields follow")
+    return _flag(flag)
+
+
 @dataclass(frozen=True)
 class Activation(Message):
     SUBTYPE: ClassVar[Subtype] = Subtype.AUTH_ACTIVATION
@@ -447,11 +453,7 @@ class AccessAuthRequest(Message):
     signature: SignatureAttr | None = None
 
     def signed_part(self) -> bytes:
-        flag = (
-            self.flag | Flag.OPTIONAL_FIELD
-            if self.asu_list is not None
-            else self.flag & ~Flag.OPTIONAL_FIELD
-        )
+        flag = _opt_flag(self.flag, self.asu_list is not None, "access authentication request")
         out = (
             bytes([_flag(flag)])
             + _fixed(self.auth_id, NONCE_SIZE, "auth id")
@@ -508,7 +510,7 @@ class AccessAuthResponse(Message):
             raise WaiDecodeError(
                 "access authentication response: certificate result without ASU signature"
             )
-        flag = self.flag | Flag.OPTIONAL_FIELD if has_opt else self.flag & ~Flag.OPTIONAL_FIELD
+        flag = _opt_flag(self.flag, has_opt, "access authentication response")
         out = (
             bytes([_flag(flag)])
             + _fixed(self.n_asue, NONCE_SIZE, "N_ASUE")
@@ -1042,5 +1044,3 @@ def iter_fields(msg: Message) -> Iterator[tuple[str, object]]:
     """(name, value) of a message's fields, for inspection output."""
     for f in msg.__dataclass_fields__.values():  # type: ignore[attr-defined]
         yield f.name, getattr(msg, f.name)
-
-
