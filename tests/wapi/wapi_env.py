@@ -87,3 +87,61 @@ def machines(
 def pump(p: SmPlatform, **kw: object) -> tuple[Pump, AccessPoint]:
     asue, session, server, point = machines(p, **kw)  # type: ignore[arg-type]
     return Pump(asue, session, server, at=AT), point
+
+
+@dataclass
+class StdPlatform:
+    """The standard suite: the ASU issues AE and ASUE certificates on the 192-bit curve."""
+
+    revoked: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        from mstcrypt.crypto import wapi192
+
+        self._serial = 1
+        self.asu_key = wapi192.PrivateKey.generate()
+        self.asu = self._cred("ASU", self.asu_key)
+        self.ap = self.issue("AP-1")
+        self.sta = self.issue("terminal-1")
+
+    def _cred(self, cn: str, key: object) -> Credential:
+        from mstcrypt.protocols.wai import certs
+
+        self._serial += 1
+        der = certs.issue(
+            subject_cn=cn,
+            public_key=key.public_key(),  # type: ignore[attr-defined]
+            issuer_cn="ASU",
+            issuer_key=self.asu_key,
+            serial=self._serial,
+            not_before=AT - timedelta(days=1),
+            not_after=AT + timedelta(days=365),
+        )
+        return Credential(der, SoftSigner(key))  # type: ignore[arg-type]
+
+    def issue(self, cn: str) -> Credential:
+        from mstcrypt.crypto import wapi192
+
+        return self._cred(cn, wapi192.PrivateKey.generate())
+
+    def validator(self) -> object:
+        from mstcrypt.protocols.wai.certs import Wapi192Validator
+
+        return Wapi192Validator(self.asu.cert_der, lambda: self.revoked)
+
+
+def std_pump(p: StdPlatform, *, sta: Credential | None = None) -> Pump:
+    from mstcrypt.protocols.wai import STANDARD
+
+    suite_ie = ie(STANDARD)
+    asue = Asue(
+        sta or p.sta,
+        trusted_asus=[p.asu.cert_der],
+        own_mac=STA_MAC,
+        ae_mac=AE_MAC,
+        ie=suite_ie,
+        ae_ie=suite_ie,
+    )
+    point = AccessPoint(p.ap, asu_cert=p.asu.cert_der, mac=AE_MAC, ie=suite_ie)
+    session = point.associate(STA_MAC, suite_ie, 0.0)
+    return Pump(asue, session, Asu(p.asu, p.validator(), STANDARD), at=AT)  # type: ignore[arg-type]
