@@ -39,6 +39,7 @@ capability(2) [bkid-count(2) BKID(16)*].
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -1042,5 +1043,5 @@ class Reassembler:
 
 def iter_fields(msg: Message) -> Iterator[tuple[str, object]]:
     """(name, value) of a message's fields, for inspection output."""
-    for f in msg.__dataclass_fields__.values():  # type: ignore[attr-defined]
+    for f in dataclasses.fields(msg):  # type: ignore[arg-type]
         yield f.name, getattr(msg, f.name)
