@@ -394,13 +394,17 @@ class StaRunner:
 
     def associate(self, *, timeout: float = 10.0, ap: bytes = BROADCAST) -> None:
         deadline = time.monotonic() + timeout
-        self.link.send(ap, ETHERTYPE_LOCAL, bytes([ASSOC_REQ]) + self.ie.encode())
+        next_request = 0.0
         while not self.associated:
             if self.failure is not None:
                 raise WapiRunError(f"authentication failed: {self.failure}")
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise WapiRunError("no association before the timeout")
-            self._step(deadline)
+            if self.asue is None and now >= next_request:  # the AP may not be up yet
+                self.link.send(ap, ETHERTYPE_LOCAL, bytes([ASSOC_REQ]) + self.ie.encode())
+                next_request = now + 1.0
+            self._step(min(deadline, next_request) if self.asue is None else deadline)
 
     def send(self, payload: bytes) -> None:
         assert self.keys.tx is not None and self.ap is not None
