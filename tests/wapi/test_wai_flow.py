@@ -275,3 +275,43 @@ def test_retransmission_recovers_a_lost_packet(plat: env.SmPlatform) -> None:
     p.asue.handle_timer(2.0)
     p.run(2.0)
     assert p.asue.state is State.ESTABLISHED and p.ae.state is State.ESTABLISHED
+
+
+def test_rogue_ae_forging_the_asu_verdict_is_refused_by_the_terminal(plat: env.SmPlatform) -> None:
+    # An AP from another organisation rewrites the ASU's verdict on its own certificate to
+    # "valid", signs it with a key of its own under the ASU's identity, and signs the
+    # access response properly with its own key.
+    other = env.SmPlatform()
+    rogue = other.ap
+    p, _ = env.pump(plat, ap=rogue)
+
+    def tap(src: str, dst: str, pkt: bytes) -> bytes | None:
+        if pkt[3] != Subtype.ACCESS_AUTH_RESPONSE:
+            return pkt
+        h, msg = m.decode_packet(pkt)
+        assert isinstance(msg, m.AccessAuthResponse) and msg.cert_result and msg.asu_sig_asue
+        cr = m.CertVerifyResult(**{**msg.cert_result.__dict__, "result2": VerifyResult.VALID})
+        asu_sig = m.SignatureAttr(
+            msg.asu_sig_asue.identity,
+            2,
+            2,
+            msg.asu_sig_asue.param,
+            other.asu.signer.sign(cr.encode()),
+        )
+        fields = {**msg.__dict__, "cert_result": cr, "asu_sig_asue": asu_sig, "signature": None}
+        fields["result"] = AccessResult.SUCCESS
+        forged = m.AccessAuthResponse(**fields)
+        ae_sig = m.SignatureAttr(
+            msg.signature.identity,
+            2,
+            2,
+            msg.signature.param,
+            rogue.signer.sign(forged.signed_part()),  # type: ignore[union-attr]
+        )
+        return m.encode_packet(m.AccessAuthResponse(**{**fields, "signature": ae_sig}), h.seq)
+
+    p.tap = tap
+    p.run()
+    (fail,) = _of(p.asue_events, AuthenticationFailed)
+    assert "ASU signature" in fail.reason  # type: ignore[attr-defined]
+    assert not _of(p.asue_events, UnicastKeyInstalled)
