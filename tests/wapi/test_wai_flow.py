@@ -11,7 +11,7 @@ import wapi_env as env
 from mstcrypt.protocols.wai import messages as m
 from mstcrypt.protocols.wai import wpi
 from mstcrypt.protocols.wai.constants import AccessResult, Subtype, VerifyResult
-from mstcrypt.protocols.wai.errors import WaiStateError
+from mstcrypt.protocols.wai.errors import WaiStateError, WaiVerifyError
 from mstcrypt.protocols.wai.events import (
     Associated,
     AuthenticationFailed,
@@ -315,3 +315,55 @@ def test_rogue_ae_forging_the_asu_verdict_is_refused_by_the_terminal(plat: env.S
     (fail,) = _of(p.asue_events, AuthenticationFailed)
     assert "ASU signature" in fail.reason  # type: ignore[attr-defined]
     assert not _of(p.asue_events, UnicastKeyInstalled)
+
+
+def test_invalid_ephemeral_key_is_refused_before_the_asu_is_asked(plat: env.SmPlatform) -> None:
+    p, _ = env.pump(plat)
+
+    def tap(src: str, dst: str, pkt: bytes) -> bytes | None:
+        if pkt[3] != Subtype.ACCESS_AUTH_REQUEST:
+            return pkt
+        h, msg = m.decode_packet(pkt)
+        assert isinstance(msg, m.AccessAuthRequest) and msg.signature
+        key = msg.asue_key[:-1] + bytes([msg.asue_key[-1] ^ 1])  # off the curve
+        req = m.AccessAuthRequest(**{**msg.__dict__, "asue_key": key, "signature": None})
+        value = plat.sta.signer.sign(req.signed_part())
+        sig = m.SignatureAttr(msg.signature.identity, 2, 2, msg.signature.param, value)
+        return m.encode_packet(m.AccessAuthRequest(**{**req.__dict__, "signature": sig}), h.seq)
+
+    p.tap = tap
+    p.run()
+    assert _of(p.ae_events, PacketDropped)
+    assert [pkt[3] for _, _, pkt in p.log] == [3, 4]  # nothing went to the ASU
+
+
+def test_asu_refuses_a_request_naming_other_asus(plat: env.SmPlatform) -> None:
+    _, _, server, _ = env.machines(plat)
+    other = env.SmPlatform()
+    ident = lambda c: m.Certificate(c.cert_der)  # noqa: E731
+    from mstcrypt.protocols.wai.suites import cert_info
+
+    for asus, ok in (
+        ([cert_info(other.asu.cert_der).identity], False),
+        ([cert_info(plat.asu.cert_der).identity], True),
+    ):
+        req = m.CertAuthRequest(
+            env.AE_MAC + env.STA_MAC,
+            bytes(32),
+            bytes(32),
+            ident(plat.sta),
+            ident(plat.ap),
+            tuple(asus),
+        )
+        if ok:
+            _, resp = m.decode_packet(server.handle(m.encode_packet(req, 1), env.AT))
+            assert isinstance(resp, m.CertAuthResponse)
+            assert resp.cert_result.result1 is VerifyResult.VALID
+        else:
+            with pytest.raises(WaiVerifyError):
+                server.handle(m.encode_packet(req, 1), env.AT)
+    act = m.Activation(
+        0, bytes(32), m.Identity(b"x"), ident(plat.ap), m.EcdhParams(b"\x06\x01\x00")
+    )
+    with pytest.raises(WaiStateError):
+        server.handle(m.encode_packet(act, 1), env.AT)

@@ -170,6 +170,7 @@ class Asue(Endpoint):
         _check(
             msg.asue_identity == self._cred_info.identity, "access response: ASUE identity differs"
         )
+        self.suite.check_public(msg.ae_key)
         try:
             self.suite.check_signature_attr(msg.signature, ae, msg.signed_part())
         except WaiVerifyError as e:
@@ -402,6 +403,7 @@ class AeSession(Endpoint):
         if msg.asue_cert.id != 1:
             raise WaiDecodeError("access request: ASUE certificate is not X.509")
         asue = cert_info(msg.asue_cert.data)
+        self.suite.check_public(msg.asue_key)
         try:
             self.suite.check_signature_attr(msg.signature, asue, msg.signed_part())
         except WaiVerifyError as e:
@@ -416,6 +418,7 @@ class AeSession(Endpoint):
             msg.n_asue,
             msg.asue_cert,
             m.Certificate(self.credential.cert_der),
+            msg.asu_list,  # the ASUs the terminal trusts: the ASU checks it is one
         )
         self.state = State.WAIT_CERT_RESPONSE
         self._out.append(self._links["asu"].build(req, now, expect_answer=True))

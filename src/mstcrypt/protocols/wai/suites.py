@@ -200,6 +200,10 @@ class Suite:
     def ecdh(self, private: Any, peer_public: bytes) -> bytes:
         raise NotImplementedError
 
+    def check_public(self, public: bytes) -> None:
+        """Raise WaiVerifyError unless ``public`` is an uncompressed point of the curve."""
+        raise NotImplementedError
+
     def verify(self, info: CertInfo, data: bytes, value: bytes) -> None:
         raise NotImplementedError
 
@@ -240,6 +244,12 @@ class _StandardSuite(Suite):
     def verify(self, info: CertInfo, data: bytes, value: bytes) -> None:
         wapi192.PublicKey.from_bytes(info.public_point).verify(value, data)
 
+    def check_public(self, public: bytes) -> None:
+        try:
+            wapi192.PublicKey.from_bytes(public)
+        except DecodeError as e:
+            raise WaiVerifyError(f"ECDH key: {e}") from None
+
 
 class _SmSuite(Suite):
     def new_ephemeral(self) -> tuple[Any, bytes]:
@@ -257,6 +267,14 @@ class _SmSuite(Suite):
 
     def verify(self, info: CertInfo, data: bytes, value: bytes) -> None:
         SM2PublicKey.from_bytes(info.public_point).verify(value, data, encoding="raw")
+
+    def check_public(self, public: bytes) -> None:
+        if len(public) != 65 or public[0] != 4:
+            raise WaiVerifyError("ECDH key: expected the 65-byte uncompressed form")
+        try:
+            sm2_ec.Point.from_bytes(public)
+        except DecodeError as e:
+            raise WaiVerifyError(f"ECDH key: {e}") from None
 
 
 STANDARD: Suite = _StandardSuite(
