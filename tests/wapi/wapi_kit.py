@@ -83,3 +83,73 @@ def wpi_protect(
         chunk = plain[i : i + 16]
         out += _xor(chunk, s[: len(chunk)])
     return bytes([key_idx, 0]) + pn_field + bytes(out)
+
+
+def vectors() -> dict[str, object]:
+    """The content of wapi_vectors.json (``python tests/wapi/wapi_kit.py`` rewrites it)."""
+    import hashlib
+    import hmac
+
+    from mstcrypt.crypto.sm3 import hmac_sm3
+
+    def h256(k: bytes, d: bytes) -> bytes:
+        return hmac.new(k, d, hashlib.sha256).digest()
+
+    out: dict[str, list[dict[str, object]] | str] = {
+        "description": "WAPI vectors computed by tests/wapi/wapi_kit.py (an independent reading "
+        "of the layouts); checked against mstcrypt.protocols.wai by "
+        "tests/wapi/test_wapi_vectors.py",
+        "kd": [],
+        "wpi": [],
+    }
+    for name, fn in (("sha256", h256), ("sm3", hmac_sm3)):
+        key = bytes(range(24))
+        text = b"base key expansion for key and additional nonce"
+        out["kd"].append(  # type: ignore[union-attr]
+            {
+                "hash": name,
+                "key": key.hex(),
+                "text": text.hex(),
+                "length": 48,
+                "out": kd_hmac(fn, key, text, 48).hex(),
+            }
+        )
+    ek = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+    ck = bytes.fromhex("101112131415161718191a1b1c1d1e1f")
+    pn = int.from_bytes(bytes.fromhex("5c36" * 8), "big") + 1
+    for size, qos in ((0, None), (17, None), (64, "0500"), (1500, "0500")):
+        data = bytes((i * 7 + 3) & 0xFF for i in range(size))
+        fc = "8842" if qos else "0842"
+        a1, a2, a3 = "020000000002", "020000000001", "020000000001"
+        fcb = bytes.fromhex(fc)
+        ph = bytes([fcb[0] & 0x8F, (fcb[1] & 0xC7) | 0x40]) + bytes.fromhex(a1 + a2)
+        ph += bytes([0x35 & 0x0F, 0]) + bytes.fromhex(a3) + bytes(6)
+        if qos:
+            ph += bytes.fromhex(qos)
+        ph += bytes([1, 0]) + size.to_bytes(2, "big")
+        body = wpi_protect(ek, ck, pn.to_bytes(16, "little"), 1, ph, data)
+        out["wpi"].append(  # type: ignore[union-attr]
+            {
+                "uek": ek.hex(),
+                "uck": ck.hex(),
+                "pn": f"{pn:032x}",
+                "key_idx": 1,
+                "fc": fc,
+                "addr1": a1,
+                "addr2": a2,
+                "addr3": a3,
+                "seq_ctl": "3512",
+                "qos": qos,
+                "data": data.hex(),
+                "pseudo_header": ph.hex(),
+                "body": body.hex(),
+            }
+        )
+    return out
+
+
+if __name__ == "__main__":
+    import json
+    from pathlib import Path
+
+    (Path(__file__).parent / "wapi_vectors.json").write_text(json.dumps(vectors(), indent=1))
