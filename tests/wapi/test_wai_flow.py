@@ -367,3 +367,24 @@ def test_asu_refuses_a_request_naming_other_asus(plat: env.SmPlatform) -> None:
     )
     with pytest.raises(WaiStateError):
         server.handle(m.encode_packet(act, 1), env.AT)
+
+
+def test_a_repeated_request_gets_the_same_answer_and_only_that(plat: env.SmPlatform) -> None:
+    asue, ae, asu, _ = env.machines(plat)
+    act = ae.data_to_send()[0].packet
+    asue.receive(act, 0.0)
+    req = asue.data_to_send()[0].packet
+    ae.receive(req, 0.0)
+    (to_asu,) = ae.data_to_send()
+    assert to_asu.to == "asu"
+    # the terminal repeats its request while the AE waits for the ASU: nothing is resent
+    assert _of(ae.receive(req, 0.5), PacketDropped) and ae.data_to_send() == []
+    # the AE repeats its activation: the terminal resends the same request
+    asue.receive(act, 0.6)
+    assert [o.packet for o in asue.data_to_send()] == [req]
+    ae.receive(asu.handle(to_asu.packet, env.AT), 0.7, source="asu")
+    first = ae.data_to_send()
+    resp = next(o.packet for o in first if o.packet[3] == Subtype.ACCESS_AUTH_RESPONSE)
+    # now a repeated request gets the access response again
+    ae.receive(req, 0.8)
+    assert [o.packet for o in ae.data_to_send()] == [resp]

@@ -65,6 +65,8 @@ class Link:
         self.last_rx: bytes | None = None
         self.pending: bytes | None = None  # awaiting an answer: retransmit on timeout
         self.last_tx: bytes | None = None
+        self.sent = 0
+        self.answer: bytes | None = None  # what we sent in reply to last_rx, if anything
         self.deadline: float | None = None
         self.tries = 0
         self.timeout = timeout
@@ -74,6 +76,7 @@ class Link:
         self.tx_seq = self.tx_seq % 0xFFFF + 1
         pkt = m.encode_packet(msg, self.tx_seq)
         self.last_tx = pkt
+        self.sent += 1
         if expect_answer:
             self.pending = pkt
             self.deadline = now + self.timeout
@@ -145,13 +148,17 @@ class Endpoint:
         except (WaiDecodeError, WaiReplayError) as e:
             return [PacketDropped(str(e))]
         if got is None:
-            if lk.last_tx is not None and lk.pending is None:
-                self._out.append(Outgoing(lk.name, lk.last_tx))
-            return [PacketDropped(f"duplicate from {link}: last answer resent")]
+            # the peer did not get our answer: send it again (only an answer to that
+            # very packet; nothing when we answered elsewhere or not yet)
+            if lk.answer is not None:
+                self._out.append(Outgoing(lk.name, lk.answer))
+                return [PacketDropped(f"duplicate from {link}: answer resent")]
+            return [PacketDropped(f"duplicate from {link}")]
         h, msg = got
         handler = self._handlers().get(type(msg))
         if handler is None:
             return [PacketDropped(f"{type(msg).__name__} not handled by this role")]
+        sent = lk.sent
         try:
             events = handler(msg, now)
         except (WaiStateError, WaiVerifyError, WaiDecodeError) as e:
@@ -159,6 +166,7 @@ class Endpoint:
             # value that does not match (failures that end the session call _fail)
             return [PacketDropped(str(e))]
         lk.commit(h, packet)
+        lk.answer = lk.last_tx if lk.sent > sent else None
         return events
 
     def _handlers(self) -> dict[type, Any]:  # pragma: no cover - abstract

@@ -469,7 +469,9 @@ class AeSession(Endpoint):
             self._info.identity, self.credential.signer.sign(resp.signed_part())
         )
         resp = m.AccessAuthResponse(**{**resp.__dict__, "signature": sig_attr})
-        self._out.append(self._links["asue"].build(resp, now, expect_answer=False))
+        asue_link = self._links["asue"]
+        self._out.append(asue_link.build(resp, now, expect_answer=False))
+        asue_link.answer = asue_link.last_tx  # a repeated access request gets it again
         if result != AccessResult.SUCCESS:
             return self._fail(
                 "terminal certificate refused by the ASU",
