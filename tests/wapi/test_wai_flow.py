@@ -388,3 +388,28 @@ def test_a_repeated_request_gets_the_same_answer_and_only_that(plat: env.SmPlatf
     # now a repeated request gets the access response again
     ae.receive(req, 0.8)
     assert [o.packet for o in ae.data_to_send()] == [resp]
+
+
+def test_a_lost_confirm_is_recovered_by_the_terminals_retransmission(plat: env.SmPlatform) -> None:
+    p, _ = env.pump(plat)
+    lost = {"n": 0}
+
+    def tap(src: str, dst: str, pkt: bytes) -> bytes | None:
+        if pkt[3] in (Subtype.UNICAST_KEY_CONFIRM, Subtype.MULTICAST_ANNOUNCE) and lost["n"] < 2:
+            lost["n"] += 1
+            return None
+        return pkt
+
+    p.tap = tap
+    p.run()
+    assert p.asue.state is State.WAIT_USK_CONFIRM and lost["n"] == 2
+    p.asue.handle_timer(2.0)  # the terminal repeats its unicast response
+    p.run(2.0)
+    resent = [pkt[3] for src, _, pkt in p.log if src == "ae"][-1]
+    assert (
+        resent == Subtype.UNICAST_KEY_CONFIRM
+    )  # the answer to that response, not the announcement
+    assert p.asue.state is State.WAIT_MSK_ANNOUNCE
+    p.ae.handle_timer(2.0)  # the AE repeats the announcement
+    p.run(2.0)
+    assert p.asue.state is State.ESTABLISHED and p.ae.state is State.ESTABLISHED

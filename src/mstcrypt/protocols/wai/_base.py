@@ -65,8 +65,9 @@ class Link:
         self.last_rx: bytes | None = None
         self.pending: bytes | None = None  # awaiting an answer: retransmit on timeout
         self.last_tx: bytes | None = None
-        self.sent = 0
         self.answer: bytes | None = None  # what we sent in reply to last_rx, if anything
+        self._first: bytes | None = None
+        self._marking = False
         self.deadline: float | None = None
         self.tries = 0
         self.timeout = timeout
@@ -76,7 +77,8 @@ class Link:
         self.tx_seq = self.tx_seq % 0xFFFF + 1
         pkt = m.encode_packet(msg, self.tx_seq)
         self.last_tx = pkt
-        self.sent += 1
+        if self._marking and self._first is None:
+            self._first = pkt
         if expect_answer:
             self.pending = pkt
             self.deadline = now + self.timeout
@@ -98,9 +100,14 @@ class Link:
             raise WaiReplayError(f"WAI packet from {self.name} replayed or reordered (seq {h.seq})")
         return h, msg
 
+    def mark(self) -> None:
+        """Start noting the first packet sent: the direct answer to the packet at hand."""
+        self._first, self._marking = None, True
+
     def commit(self, h: m.Header, packet: bytes) -> None:
         self.rx_seq = h.seq
         self.last_rx = packet
+        self.answer, self._first, self._marking = self._first, None, False
 
 
 class Endpoint:
@@ -158,15 +165,15 @@ class Endpoint:
         handler = self._handlers().get(type(msg))
         if handler is None:
             return [PacketDropped(f"{type(msg).__name__} not handled by this role")]
-        sent = lk.sent
+        lk.mark()
         try:
             events = handler(msg, now)
         except (WaiStateError, WaiVerifyError, WaiDecodeError) as e:
             # discarded without a state change: a wrong-state packet, a bad MIC or a
             # value that does not match (failures that end the session call _fail)
+            lk._marking = False
             return [PacketDropped(str(e))]
         lk.commit(h, packet)
-        lk.answer = lk.last_tx if lk.sent > sent else None
         return events
 
     def _handlers(self) -> dict[type, Any]:  # pragma: no cover - abstract

@@ -349,7 +349,7 @@ class AeSession(Endpoint):
         self._n_ae_usk = b""
         self._uskid = -1
         self._usk: UnicastKeys | None = None
-        self._pending_usk: tuple[int, UnicastKeys] | None = None
+        self._pending_uskid: int | None = None
         self._rekeying = False
         self._announced: MulticastKey | None = None
         self._ann_id = b""
@@ -493,15 +493,15 @@ class AeSession(Endpoint):
         uskid = 0 if self._uskid < 0 else self._uskid ^ 1
         flag = Flag.USK_REKEYING if rekey else 0
         req = m.UnicastKeyRequest(flag, self._bkid, uskid, self.addid, self._n_ae_usk)
-        self._pending_usk = (uskid, UnicastKeys(b"", b"", b"", b"", b""))
+        self._pending_uskid = uskid
         self._rekeying = rekey
         self.state = State.WAIT_USK_RESPONSE
         self._out.append(self._links["asue"].build(req, now, expect_answer=True))
 
     def _on_usk_response(self, msg: m.UnicastKeyResponse, now: float) -> list[Event]:
         self._expect(State.WAIT_USK_RESPONSE)
-        assert self._pending_usk is not None
-        uskid = self._pending_usk[0]
+        assert self._pending_uskid is not None
+        uskid = self._pending_uskid
         _check(
             (msg.bkid, msg.uskid, msg.addid) == (self._bkid, uskid, self.addid),
             "unicast response: ids differ",
@@ -519,7 +519,7 @@ class AeSession(Endpoint):
         )
         self._links["asue"].answered()
         self._out.append(self._links["asue"].build(conf, now, expect_answer=False))
-        self._usk, self._uskid, self._pending_usk = keys, uskid, None
+        self._usk, self._uskid, self._pending_uskid = keys, uskid, None
         self._n_ae_usk = keys.next_n_ae
         if self._usk_lifetime is not None:
             self._rekey_at = now + self._usk_lifetime
