@@ -413,3 +413,15 @@ def test_a_lost_confirm_is_recovered_by_the_terminals_retransmission(plat: env.S
     p.ae.handle_timer(2.0)  # the AE repeats the announcement
     p.run(2.0)
     assert p.asue.state is State.ESTABLISHED and p.ae.state is State.ESTABLISHED
+
+
+def test_a_spoofed_activation_does_not_tear_down_an_established_terminal(
+    plat: env.SmPlatform,
+) -> None:
+    p, _ = env.pump(plat)
+    p.run()
+    act = next(pkt for _, _, pkt in p.log if pkt[3] == Subtype.AUTH_ACTIVATION)
+    _, msg = m.decode_packet(act)
+    ev = p.asue.receive(m.encode_packet(msg, 0xFFF0), 100.0)  # fresh sequence number
+    assert _of(ev, PacketDropped) and p.asue.state is State.ESTABLISHED
+    assert p.asue.data_to_send() == []

@@ -117,13 +117,10 @@ class Asue(Endpoint):
 
     # -- authentication ---------------------------------------------------------
     def _on_activation(self, msg: m.Activation, now: float) -> list[Event]:
-        if self.state not in (
-            State.IDLE,
-            State.WAIT_ACCESS_RESPONSE,
-            State.FAILED,
-            State.ESTABLISHED,
-        ):
-            raise WaiStateError("activation in the middle of key negotiation")
+        # Not once established: an unauthenticated activation must not tear down working
+        # keys (re-authentication comes with a new association, hence a new Asue).
+        if self.state not in (State.IDLE, State.WAIT_ACCESS_RESPONSE, State.FAILED):
+            raise WaiStateError("activation refused in state " + self.state.value)
         # A flood of activations would make us sign for each: at most one per interval.
         if self._last_activation is not None and now - self._last_activation < self._min_interval:
             raise WaiStateError("activation rate limit")
