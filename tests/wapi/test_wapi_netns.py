@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,3 +210,89 @@ def test_terminal_associates_moves_data_and_revoked_terminal_is_refused(
                 except subprocess.TimeoutExpired:
                     p.kill()
     assert hashlib.sha256(payload).digest()  # payload was generated
+
+
+def test_standard_suite_over_namespaces(topo: nsmod.Topology, tmp_path: Path) -> None:
+    """The standard suite end to end: certificates from `mstcrypt wapi issue` (the ASU
+    issues), a revoked serial listed in the ASU's file, data over WPI."""
+    e = topo.env(PASSWORD)
+    d = tmp_path
+
+    def cli(*args: str) -> str:
+        r = subprocess.run(
+            [sys.executable, "-m", "mstcrypt", "wapi", *args],
+            env=e,
+            capture_output=True,
+            timeout=60,
+            cwd=d,
+        )
+        assert r.returncode == 0, r.stderr.decode()
+        return r.stdout.decode()
+
+    cli("issue", "--cn", "ASU", "--out", "asu")
+    for who in ("ap", "sta", "sta-revoked"):
+        out = cli(
+            "issue",
+            "--cn",
+            who,
+            "--issuer-cert",
+            "asu.pem",
+            "--issuer-key",
+            "asu.key",
+            "--out",
+            who,
+        )
+    serial = out.rsplit("serial ", 1)[1].strip(")\n ")
+    (d / "revoked.txt").write_text(f"# revoked terminals\n{serial}\n")
+    (d / "in").mkdir()
+    (d / "asu.toml").write_text(
+        f'[asu]\nsuite = "standard"\nlisten = "{topo.asu_ip}:3811"\ncert = "asu.pem"\n'
+        'key = "asu.key"\nca = "asu.pem"\nrevoked = "revoked.txt"\n'
+    )
+    (d / "ap.toml").write_text(
+        f'[ap]\nsuite = "standard"\ninterface = "{topo.ifs["ap"]}"\ncert = "ap.pem"\n'
+        f'key = "ap.key"\nasu_cert = "asu.pem"\nasu = "{topo.asu_ip}:3811"\nreceive_dir = "in"\n'
+    )
+    for who in ("sta", "sta-revoked"):
+        (d / f"{who}.toml").write_text(
+            f'[sta]\nsuite = "standard"\ninterface = "{topo.ifs["sta"]}"\ncert = "{who}.pem"\n'
+            f'key = "{who}.key"\ntrusted_asu = ["asu.pem"]\ntimeout = 15\n'
+        )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for role in ("asu", "ap"):
+            proc = subprocess.Popen(
+                topo.mstcrypt(role, "wapi", role, "-c", str(d / f"{role}.toml")),
+                env=e,
+                stderr=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+            )
+            procs.append(proc)
+            _wait_for(proc, b"ASU listening" if role == "asu" else b"AP ")
+        payload = os.urandom(50_000)
+        (d / "payload.bin").write_bytes(payload)
+        r = subprocess.run(
+            topo.mstcrypt(
+                "sta", "wapi", "sta", "-c", str(d / "sta.toml"), "--send", str(d / "payload.bin")
+            ),
+            env=e,
+            capture_output=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr.decode()
+        assert "standard suite" in r.stdout.decode()
+        assert [p.read_bytes() for p in (d / "in").iterdir()] == [payload]
+        r = subprocess.run(
+            topo.mstcrypt("sta", "wapi", "sta", "-c", str(d / "sta-revoked.toml"), "--ping", "1"),
+            env=e,
+            capture_output=True,
+            timeout=60,
+        )
+        assert r.returncode == 1 and "refused" in r.stderr.decode()
+    finally:
+        for p in procs:
+            p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -111,7 +111,8 @@ def sta_command(
     try:
         runner.associate(timeout=timeout)
         assert runner.ap is not None
-        console.print(f"associated with {runner.ap.hex(':')} (WAI, SM suite)")
+        suite = "standard suite" if cfg.suite.name == "standard" else "SM suite"
+        console.print(f"associated with {runner.ap.hex(':')} (WAI, {suite})")
         if send is not None:
             digest = runner.send_file(read_input(send), timeout=timeout)
             console.print(f"sent {send} over WPI; the AP confirmed SM3 {digest.hex()}")
@@ -121,6 +122,68 @@ def sta_command(
     except WapiRunError as e:
         err_console.print(f"[red]refused:[/red] {e}", markup=True)
         raise typer.Exit(EXIT_INVALID) from None
+
+
+@app.command("issue")
+def issue_command(
+    cn: Annotated[str, typer.Option("--cn", help="Subject common name.")],
+    out: Annotated[str, typer.Option("--out", help="Writes OUT.pem and OUT.key.")],
+    issuer_cert: Annotated[
+        str | None, typer.Option("--issuer-cert", help="The ASU's certificate (PEM).")
+    ] = None,
+    issuer_key: Annotated[
+        str | None, typer.Option("--issuer-key", help="The ASU's private key (PEM).")
+    ] = None,
+    days: Annotated[int, typer.Option("--days", help="Validity in days.")] = 730,
+    password: PassOpt = None,
+) -> None:
+    """Standard suite: a key on the WAPI 192-bit curve and its certificate, signed by the
+    ASU (ECDSA-192/SHA-256); without --issuer-*, the ASU's own self-issued certificate."""
+    import secrets
+    from datetime import UTC, datetime, timedelta
+
+    from mstcrypt.cli._common import write_output, write_secret
+    from mstcrypt.crypto import wapi192
+    from mstcrypt.formats._der import pem_decode, pem_encode
+    from mstcrypt.formats.wapi_keys import dump_wapi_private_key, load_wapi_private_key
+    from mstcrypt.protocols.wai import certs
+    from mstcrypt.protocols.wai.suites import cert_info
+
+    if not password:
+        fail("the new private key needs a password (--pass or MSTCRYPT_KEY_PASS)")
+    if (issuer_cert is None) != (issuer_key is None):
+        fail("--issuer-cert and --issuer-key go together")
+    key = wapi192.PrivateKey.generate()
+    try:
+        if issuer_cert is None or issuer_key is None:
+            ikey, icn = key, cn
+        else:
+            ikey = load_wapi_private_key(read_input(issuer_key), password)
+            ider = pem_decode(read_input(issuer_cert), ("CERTIFICATE",))[1]
+            if cert_info(ider).public_point != ikey.public_key().to_bytes():
+                fail("the issuer key does not match the issuer certificate")
+            icn = _common_name(ider)
+        now = datetime.now(UTC)
+        der = certs.issue(
+            subject_cn=cn,
+            public_key=key.public_key(),
+            issuer_cn=icn,
+            issuer_key=ikey,
+            serial=secrets.randbits(63) | 1,
+            not_before=now - timedelta(minutes=5),
+            not_after=now + timedelta(days=days),
+        )
+    except MstCryptError as e:
+        fail(str(e), EXIT_INVALID)
+    write_output(out + ".pem", pem_encode(der, "CERTIFICATE"))
+    write_secret(out + ".key", dump_wapi_private_key(key, password))
+    console.print(f"wrote {out}.pem and {out}.key (serial {certs.serial_of(der):x})")
+
+
+def _common_name(der: bytes) -> str:
+    from mstcrypt.protocols.wai import certs
+
+    return certs.subject_cn(der)
 
 
 @app.command("inspect")

@@ -2,7 +2,10 @@
 
 Paths are relative to the file. Private keys are PEM PKCS#8 files, encrypted with the
 password given by ``--pass`` / ``MSTCRYPT_KEY_PASS`` (unencrypted keys are refused unless
-``allow_plain_key = true``). The SM suite only: certificates from the platform CA.
+``allow_plain_key = true``). ``suite = "sm"`` (default): certificates from the platform
+CA, CRL checked; ``suite = "standard"``: certificates on the WAPI 192-bit curve issued by
+the ASU (``mstcrypt wapi issue``), ``ca`` is the issuer's certificate and ``revoked`` a
+file of revoked serial numbers (hex, one per line; re-read like the CRL).
 
     [asu]                              [ap]                       [sta]
     listen = "10.88.0.1:3810"          interface = "wap0"         interface = "wsta0"
@@ -28,16 +31,20 @@ import httpx
 
 from mstcrypt.apps.wapi.trust import PlatformValidator
 from mstcrypt.errors import MstCryptError, PolicyError
+from mstcrypt.formats._der import pem_decode
 from mstcrypt.formats.keys import load_private_key
+from mstcrypt.formats.wapi_keys import load_wapi_private_key
 from mstcrypt.pki import CRL, Certificate, load_certificates
-from mstcrypt.protocols.wai import SM
+from mstcrypt.protocols.wai import SM, STANDARD
 from mstcrypt.protocols.wai import messages as m
+from mstcrypt.protocols.wai.certs import Wapi192Validator
 from mstcrypt.protocols.wai.roles import AccessPoint, Asu, Asue, Credential
-from mstcrypt.protocols.wai.suites import SoftSigner
+from mstcrypt.protocols.wai.suites import SoftSigner, Suite, cert_info
 
 __all__ = [
     "ConfigError",
     "CrlSource",
+    "RevokedSerials",
     "RoleConfig",
     "asue_factory",
     "build_ap",
@@ -75,13 +82,36 @@ class RoleConfig:
         except OSError as e:
             raise ConfigError(f"[{self.role}] cannot read {rel}: {e.strerror}") from None
 
+    @property
+    def suite(self) -> Suite:
+        return STANDARD if self.get("suite", "sm") == "standard" else SM
+
+    def _cert_file(self, rel: str) -> list[bytes]:
+        raw = self.read(rel)
+        if self.suite is SM:
+            return [c.der for c in load_certificates(raw)]
+        try:
+            der = pem_decode(raw, ("CERTIFICATE",))[1] if raw.lstrip().startswith(b"-----") else raw
+            cert_info(der)
+        except MstCryptError as e:
+            raise ConfigError(f"[{self.role}] {rel}: {e}") from None
+        return [der]
+
     def cert(self, key: str) -> bytes:
-        certs = load_certificates(self.read(str(self.need(key))))
+        certs = self._cert_file(str(self.need(key)))
         if len(certs) != 1:
             raise ConfigError(f"[{self.role}] {key} must hold exactly one certificate")
-        return certs[0].der
+        return certs[0]
 
     def credential(self) -> Credential:
+        if self.suite is STANDARD:
+            if self.password is None:
+                raise ConfigError(f"[{self.role}] the private key needs --pass / MSTCRYPT_KEY_PASS")
+            wkey = load_wapi_private_key(self.read(str(self.need("key"))), self.password)
+            cert = self.cert("cert")
+            if cert_info(cert).public_point != wkey.public_key().to_bytes():
+                raise ConfigError(f"[{self.role}] the key does not match the certificate")
+            return Credential(cert, SoftSigner(wkey))
         raw = self.read(str(self.need("key")))
         if b"ENCRYPTED" not in raw and not self.get("allow_plain_key", False):
             raise ConfigError(f"[{self.role}] the private key file is not encrypted")
@@ -94,7 +124,7 @@ class RoleConfig:
         return Credential(cert, SoftSigner(key))
 
     def ie(self) -> m.WapiIE:
-        return m.WapiIE(akm_suites=(SM.akm,))
+        return m.WapiIE(akm_suites=(self.suite.akm,))
 
 
 def load(path: str | Path, role: str, password: str | None) -> RoleConfig:
@@ -107,8 +137,8 @@ def load(path: str | Path, role: str, password: str | None) -> RoleConfig:
     if not isinstance(section, dict):
         raise ConfigError(f"{path} has no [{role}] section")
     suite = section.get("suite", "sm")
-    if suite != "sm":
-        raise ConfigError("the CLI runs the SM suite (platform certificates) only")
+    if suite not in ("sm", "standard"):
+        raise ConfigError(f"[{role}] suite must be sm or standard, not {suite!r}")
     return RoleConfig(role, section, p.resolve().parent, password)
 
 
@@ -148,7 +178,34 @@ class CrlSource:
             return [self._crl] if self._crl is not None else []
 
 
+class RevokedSerials:
+    """Revoked serial numbers (hex, one per line, ``#`` comments) from a file, re-read at
+    most every ``crl_refresh`` seconds; the last good list is kept on read errors."""
+
+    def __init__(self, cfg: RoleConfig) -> None:
+        self.path = cfg.base / str(cfg.need("revoked"))
+        self.refresh = float(cfg.get("crl_refresh", 5))
+        self._serials: set[int] | None = None
+        self._at = 0.0
+
+    def __call__(self) -> set[int]:
+        now = time.monotonic()
+        if self._serials is None or now - self._at >= self.refresh:
+            try:
+                lines = self.path.read_text(encoding="ascii").splitlines()
+                self._serials = {
+                    int(t, 16) for t in (ln.split("#", 1)[0].strip() for ln in lines) if t
+                }
+                self._at = now
+            except (OSError, UnicodeDecodeError, ValueError):
+                pass
+        return set(self._serials or ())
+
+
 def build_asu(cfg: RoleConfig) -> Asu:
+    if cfg.suite is STANDARD:
+        validator: Any = Wapi192Validator(cfg.cert("ca"), RevokedSerials(cfg))
+        return Asu(cfg.credential(), validator, STANDARD)
     anchors = [Certificate.from_der(cfg.cert("ca"))]
     return Asu(cfg.credential(), PlatformValidator(anchors, CrlSource(cfg)), SM)
 
@@ -170,8 +227,7 @@ def asue_factory(cfg: RoleConfig, mac: bytes) -> Any:
         trusted = [trusted]
     asus = []
     for t in trusted:
-        certs = load_certificates(cfg.read(str(t)))
-        asus += [c.der for c in certs]
+        asus += cfg._cert_file(str(t))
     ie = cfg.ie()
 
     def make(ae_mac: bytes) -> Asue:

@@ -21,7 +21,7 @@ from mstcrypt.protocols.wai.constants import VerifyResult
 from mstcrypt.protocols.wai.errors import WaiDecodeError
 from mstcrypt.protocols.wai.suites import cert_info
 
-__all__ = ["SIG_OID", "Wapi192Validator", "issue", "signature_of"]
+__all__ = ["SIG_OID", "Wapi192Validator", "issue", "serial_of", "signature_of", "subject_cn"]
 
 #: ECDSA-192 with SHA-256 (WAPI).
 SIG_OID = "1.2.156.11235.1.1.1"
@@ -155,6 +155,26 @@ def _serial_and_issuer(der: bytes) -> tuple[int, bytes]:
     issuer = ident[start:p]
     serial, _ = _der.read_tlv(ident, p, 0x02, "serial")
     return int.from_bytes(serial, "big", signed=True), issuer
+
+
+def serial_of(der: bytes) -> int:
+    return _serial_and_issuer(der)[0]
+
+
+def subject_cn(der: bytes) -> str:
+    """The (first) common name of the subject."""
+    subject, _ = _der.read_tlv(cert_info(der).identity.data, 0, 0x30, "subject")
+    cn = _oid(_CN)
+    p = 0
+    while p < len(subject):
+        rdn, p = _der.read_tlv(subject, p, 0x31, "RDN")
+        q = 0
+        while q < len(rdn):
+            atv, q = _der.read_tlv(rdn, q, 0x30, "attribute")
+            if atv.startswith(cn) and len(atv) > len(cn):
+                value, _ = _der.read_tlv(atv, len(cn), atv[len(cn)], "common name")
+                return value.decode("utf-8", "replace")
+    raise WaiDecodeError("certificate subject has no common name")
 
 
 class Wapi192Validator:
