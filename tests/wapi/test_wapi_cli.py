@@ -158,8 +158,6 @@ def test_bad_credentials_are_refused(
 def test_bad_config_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(cf.ConfigError, match="no \\[ap\\]"):
         cf.load(_cfg(tmp_path, "sta", 'interface="x"\n'), "ap", None)
-    with pytest.raises(cf.ConfigError, match="SM suite"):
-        cf.load(_cfg(tmp_path, "ap", 'suite="standard"\n'), "ap", None)
     (tmp_path / "broken.toml").write_text("[ap\n")
     with pytest.raises(cf.ConfigError, match="cannot read"):
         cf.load(tmp_path / "broken.toml", "ap", None)
@@ -181,3 +179,106 @@ def test_crl_source_rereads_and_keeps_the_last_good(
     os.remove(tmp_path / "root.crl")
     cfg2 = cf.load(_cfg(tmp_path, "asu", 'crl="root.crl"\n'), "asu", None)
     assert cf.CrlSource(cfg2)() == []  # none: verdicts say "revocation unknown"
+
+
+# ---------------------------------------------------------------- standard suite
+def test_wapi_key_file_round_trip_and_refusals() -> None:
+    from mstcrypt.crypto import wapi192
+    from mstcrypt.errors import DecodeError, DecryptionError, UnsupportedError
+    from mstcrypt.formats.wapi_keys import dump_wapi_private_key, load_wapi_private_key
+
+    key = wapi192.PrivateKey.generate()
+    pem = dump_wapi_private_key(key, "secret", iterations=1000)
+    assert b"ENCRYPTED PRIVATE KEY" in pem and key.to_bytes().hex().encode() not in pem
+    assert load_wapi_private_key(pem, "secret").to_bytes() == key.to_bytes()
+    with pytest.raises(DecryptionError):
+        load_wapi_private_key(pem, "wrong")
+    with pytest.raises(UnsupportedError):
+        dump_wapi_private_key(key, "")
+    # an SM2 key file is not a WAPI key
+    sm2_pem = dump_private_key(SM2PrivateKey.generate(), password="secret")
+    with pytest.raises((UnsupportedError, DecryptionError, DecodeError)):
+        load_wapi_private_key(sm2_pem, "secret")
+    with pytest.raises(DecodeError):
+        load_wapi_private_key(
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+            "x",
+        )
+
+
+def test_issue_command_and_standard_configs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MSTCRYPT_KEY_PASS", PASSWORD)
+    code, out, _ = cli(monkeypatch, capfd, "wapi", "issue", "--cn", "ASU", "--out", "asu")
+    assert code == 0 and "asu.pem" in out
+    for who in ("ap", "sta"):
+        code, out, err = cli(
+            monkeypatch,
+            capfd,
+            "wapi",
+            "issue",
+            "--cn",
+            who,
+            "--issuer-cert",
+            "asu.pem",
+            "--issuer-key",
+            "asu.key",
+            "--out",
+            who,
+        )
+        assert code == 0, err
+    assert oct((tmp_path / "sta.key").stat().st_mode & 0o777) == "0o600"
+    # a mismatched issuer pair is refused
+    code, _, err = cli(
+        monkeypatch,
+        capfd,
+        "wapi",
+        "issue",
+        "--cn",
+        "x",
+        "--issuer-cert",
+        "ap.pem",
+        "--issuer-key",
+        "asu.key",
+        "--out",
+        "x",
+    )
+    assert code != 0 and "does not match" in err
+    serial = out.rsplit("serial ", 1)[1].strip(")\n ")
+    (tmp_path / "revoked.txt").write_text("")
+    asu = cf.load(
+        _cfg(
+            tmp_path,
+            "asu",
+            'suite="standard"\ncert="asu.pem"\nkey="asu.key"\nca="asu.pem"\nrevoked="revoked.txt"\ncrl_refresh=0\n',
+        ),
+        "asu",
+        PASSWORD,
+    )
+    server = cf.build_asu(asu)
+    from mstcrypt.formats._der import pem_decode
+
+    sta_der = pem_decode((tmp_path / "sta.pem").read_bytes(), ("CERTIFICATE",))[1]
+    assert server.validator(sta_der, env.AT) is VerifyResult.VALID
+    (tmp_path / "revoked.txt").write_text(f"# comment\n{serial}\n")
+    assert server.validator(sta_der, env.AT) is VerifyResult.REVOKED
+    sta = cf.load(
+        _cfg(
+            tmp_path,
+            "sta",
+            'suite="standard"\ncert="sta.pem"\nkey="sta.key"\ntrusted_asu="asu.pem"\n',
+        ),
+        "sta",
+        PASSWORD,
+    )
+    asue = cf.asue_factory(sta, env.STA_MAC)(env.AE_MAC)
+    assert asue.suite.name == "standard"
+    bad = cf.load(
+        _cfg(tmp_path, "ap", 'suite="standard"\ncert="ap.pem"\nkey="sta.key"\n'), "ap", PASSWORD
+    )
+    with pytest.raises(cf.ConfigError, match="does not match"):
+        bad.credential()
+    with pytest.raises(cf.ConfigError, match="suite must be"):
+        cf.load(_cfg(tmp_path, "ap", 'suite="wep"\n'), "ap", None)
