@@ -425,3 +425,19 @@ def test_a_spoofed_activation_does_not_tear_down_an_established_terminal(
     ev = p.asue.receive(m.encode_packet(msg, 0xFFF0), 100.0)  # fresh sequence number
     assert _of(ev, PacketDropped) and p.asue.state is State.ESTABLISHED
     assert p.asue.data_to_send() == []
+
+
+def test_multicast_rekey_on_the_timer(plat: env.SmPlatform) -> None:
+    p, point = env.pump(plat, msk_lifetime=30.0)
+    p.run()
+    assert point.next_timer() == pytest.approx(30.0)
+    assert point.handle_timer(29.0) == []
+    old = _of(p.asue_events, MulticastKeyInstalled)[-1]
+    out = point.handle_timer(30.0)
+    assert [o.to for o in out] == [env.STA_MAC.hex()]
+    p.asue_events += p.asue.receive(out[0].packet, 30.0)
+    p.run(30.0)
+    new = _of(p.asue_events, MulticastKeyInstalled)[-1]
+    assert new.mskid == old.mskid ^ 1 and new.mek != old.mek  # type: ignore[attr-defined]
+    assert _of(p.ae_events, MulticastKeyInstalled)[-1].mek == new.mek  # type: ignore[attr-defined]
+    assert point.next_timer() == pytest.approx(60.0)

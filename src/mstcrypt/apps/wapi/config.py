@@ -15,6 +15,7 @@ file of revoked serial numbers (hex, one per line; re-read like the CRL).
     crl = "root.crl" | "http://…/crl/root.crl"                    timeout = 10
     crl_refresh = 5                    asu = "10.88.0.1:3810"
                                        usk_lifetime = 3600
+                                       msk_lifetime = 86400
                                        receive_dir = "in"
 """
 
@@ -217,6 +218,7 @@ def build_ap(cfg: RoleConfig, mac: bytes) -> AccessPoint:
         mac=mac,
         ie=cfg.ie(),
         usk_lifetime=cfg.get("usk_lifetime"),
+        msk_lifetime=cfg.get("msk_lifetime"),
     )
 
 

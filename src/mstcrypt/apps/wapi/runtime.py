@@ -291,6 +291,8 @@ class ApRunner:
             timers = [
                 t for t in (s.next_timer() for s in self.point.sessions.values()) if t is not None
             ]
+            if self.point.next_timer() is not None:
+                timers.append(self.point.next_timer())  # type: ignore[arg-type]
             wait = max(0.0, min([*timers, now + 0.5]) - now)
             r, _, _ = select.select([self.link, self.udp], [], [], wait)
             now = time.monotonic()
@@ -306,6 +308,8 @@ class ApRunner:
                 if t is not None and now >= t:
                     self._events(sta, s.handle_timer(now))
                     self._flush(sta, s)
+            for o in self.point.handle_timer(now):  # multicast rekey
+                self.link.send_wai(bytes.fromhex(o.to), o.packet)
 
 
 # =============================================================================== STA

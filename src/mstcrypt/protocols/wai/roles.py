@@ -608,9 +608,12 @@ class AccessPoint:
         timeout: float = 1.0,
         retries: int = 3,
         usk_lifetime: float | None = None,
+        msk_lifetime: float | None = None,
     ) -> None:
         self.credential = credential
         self.asu_cert = asu_cert
+        self.msk_lifetime = msk_lifetime
+        self._msk_due: float | None = None
         self.mac = bytes(mac)
         self.ie = ie
         self.max_pending = max_pending
@@ -640,6 +643,20 @@ class AccessPoint:
                 s.announce(now)
                 out += [Outgoing(mac.hex(), o.packet) for o in s.data_to_send()]
         return out
+
+    def next_timer(self) -> float | None:
+        """When the multicast key is due for renewal (``msk_lifetime`` after the first
+        association or the last renewal)."""
+        return self._msk_due
+
+    def handle_timer(self, now: float) -> list[Outgoing]:
+        """Renew the multicast key when due; the announcements to send, tagged by the
+        terminal's MAC in hex."""
+        if self._msk_due is None or now < self._msk_due:
+            return []
+        assert self.msk_lifetime is not None
+        self._msk_due = now + self.msk_lifetime
+        return self.rekey_multicast(now)
 
     def _pending(self) -> int:
         return sum(
@@ -677,6 +694,8 @@ class AccessPoint:
         )
         self.sessions[bytes(sta_mac)] = s
         s.start(now)
+        if self.msk_lifetime is not None and self._msk_due is None:
+            self._msk_due = now + self.msk_lifetime
         return s
 
     def disassociate(self, sta_mac: bytes) -> None:
