@@ -441,3 +441,31 @@ def test_multicast_rekey_on_the_timer(plat: env.SmPlatform) -> None:
     assert new.mskid == old.mskid ^ 1 and new.mek != old.mek  # type: ignore[attr-defined]
     assert _of(p.ae_events, MulticastKeyInstalled)[-1].mek == new.mek  # type: ignore[attr-defined]
     assert point.next_timer() == pytest.approx(60.0)
+
+
+def test_an_old_asu_verdict_replayed_into_a_new_authentication_is_refused(
+    plat: env.SmPlatform,
+) -> None:
+    first, _ = env.pump(plat)
+    first.run()
+    old_resp = next(pkt for _, _, pkt in first.log if pkt[3] == Subtype.ACCESS_AUTH_RESPONSE)
+    _, old = m.decode_packet(old_resp)
+    assert isinstance(old, m.AccessAuthResponse)
+    p, _ = env.pump(plat)
+
+    def tap(src: str, dst: str, pkt: bytes) -> bytes | None:
+        if pkt[3] != Subtype.ACCESS_AUTH_RESPONSE:
+            return pkt
+        h, msg = m.decode_packet(pkt)
+        assert isinstance(msg, m.AccessAuthResponse) and msg.signature
+        fields = {**msg.__dict__, "cert_result": old.cert_result, "asu_sig_asue": old.asu_sig_asue}
+        fields["signature"] = None
+        unsigned = m.AccessAuthResponse(**fields)
+        value = plat.ap.signer.sign(unsigned.signed_part())  # the AE itself cheats
+        sig = m.SignatureAttr(msg.signature.identity, 2, 2, msg.signature.param, value)
+        return m.encode_packet(m.AccessAuthResponse(**{**fields, "signature": sig}), h.seq)
+
+    p.tap = tap
+    p.run()
+    (fail,) = _of(p.asue_events, AuthenticationFailed)
+    assert "not about this authentication" in fail.reason  # type: ignore[attr-defined]

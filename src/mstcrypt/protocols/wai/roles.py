@@ -183,7 +183,8 @@ class Asue(Endpoint):
         except WaiVerifyError as e:
             return self._fail(f"ASU signature: {e}")
         if (
-            cr.nonce2 != self._n_asue
+            cr.nonce1 != msg.n_ae
+            or cr.nonce2 != self._n_asue
             or cr.cert1.data != self.credential.cert_der
             or cr.cert2.data != ae.der
         ):
