@@ -1,0 +1,182 @@
+"""asyncio UDP for voice media: :class:`MediaEndpoint` sends a call's SRTP (paced at
+20 ms) and receives, decrypts and buffers the peer's; :class:`UdpRelay` forwards one
+direction of a call with injected loss, reordering, duplication and replay, seeded so a
+test is reproducible. Both are thin adapters over the sans-IO SRTP contexts and
+:mod:`.media`."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from mstcrypt.apps.voice.keyagree import CallKeys
+from mstcrypt.apps.voice.media import FRAME_SAMPLES, SAMPLE_RATE, Depacketizer, Packetizer
+from mstcrypt.errors import MstCryptError, PolicyError
+from mstcrypt.protocols.srtp import SrtpError
+
+__all__ = ["MediaEndpoint", "RelayStats", "UdpRelay"]
+
+Addr = tuple[str, int]
+
+
+class _Proto(asyncio.DatagramProtocol):
+    def __init__(self, on_packet: Any) -> None:
+        self.on_packet = on_packet
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.on_packet(data, addr)
+
+
+class MediaEndpoint:
+    """One terminal's media socket for one call. ``start()`` binds; ``send(pcm, peer)``
+    streams a 16-bit 8 kHz signal as SRTP at real-time pace (``pace`` scales it);
+    received packets from any address are unprotected — forged, replayed, malformed
+    and foreign packets are dropped and counted in ``rx.stats`` — and buffered in
+    :attr:`received`."""
+
+    def __init__(self, keys: CallKeys, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.keys = keys
+        self.tx, self.rx = keys.contexts()
+        self.host, self.port = host, port
+        self.received = Depacketizer(keys.remote_ssrc)
+        self.packets_in = 0
+        rng = random.SystemRandom()
+        #: this side's RTP numbering (random start, RFC 3550 §5.1), continued across sends
+        self.packetizer = Packetizer(keys.local_ssrc, rng.getrandbits(16), rng.getrandbits(32))
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> Addr:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Proto(self._on_packet), local_addr=(self.host, self.port)
+        )
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("sockname")
+        self.host, self.port = sock[0], sock[1]
+        return self.host, self.port
+
+    def _on_packet(self, data: bytes, addr: Addr) -> None:
+        self.packets_in += 1
+        try:
+            rtp = self.rx.unprotect(data)
+        except SrtpError:
+            return  # counted in self.rx.stats; the call goes on
+        try:
+            self.received.add(rtp)
+        except MstCryptError:
+            return
+
+    async def send(self, pcm: bytes, peer: Addr, *, pace: float = 1.0) -> int:
+        """Send ``pcm`` to ``peer``; returns the number of packets sent."""
+        assert self._transport is not None, "start() first"
+        pk = self.packetizer
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        frame = FRAME_SAMPLES / SAMPLE_RATE * pace
+        n = 0
+        for i, pkt in enumerate(pk.packets(pcm)):
+            self._transport.sendto(self.tx.protect(pkt), peer)
+            n += 1
+            delay = t0 + (i + 1) * frame - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return n
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+
+@dataclass
+class RelayStats:
+    forwarded: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    reordered: int = 0
+    replayed: int = 0
+    seen: list[bytes] = field(default_factory=list, repr=False)
+
+
+class UdpRelay:
+    """Forwards datagrams received on its socket to ``target`` with impairments:
+    ``loss`` (probability a packet is dropped), ``duplicate`` (sent twice),
+    ``reorder`` (held back behind the next one), ``replay`` (an old packet, already
+    delivered, is sent again later). ``record`` keeps every packet seen (a capture)."""
+
+    def __init__(
+        self,
+        target: Addr,
+        *,
+        loss: float = 0.0,
+        duplicate: float = 0.0,
+        reorder: float = 0.0,
+        replay: float = 0.0,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        record: bool = False,
+    ) -> None:
+        for v in (loss, duplicate, reorder, replay):
+            if not 0.0 <= v <= 1.0:
+                raise PolicyError("impairment probabilities lie in [0, 1]")
+        self.target = target
+        self.loss, self.duplicate, self.reorder, self.replay = loss, duplicate, reorder, replay
+        self.rng = random.Random(seed)  # noqa: S311 - network simulation, not crypto
+        self.host = host
+        self.record = record
+        self.stats = RelayStats()
+        self._held: bytes | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self.address: Addr | None = None
+
+    async def start(self) -> Addr:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Proto(self._on_packet), local_addr=(self.host, 0)
+        )
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("sockname")
+        self.address = (sock[0], sock[1])
+        return self.address
+
+    def _send(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.sendto(data, self.target)
+        self.stats.forwarded += 1
+
+    def _on_packet(self, data: bytes, addr: Addr) -> None:
+        st, rng = self.stats, self.rng
+        if self.record:
+            st.seen.append(data)
+        if rng.random() < self.loss:
+            st.dropped += 1
+            return
+        if self._held is not None:
+            self._send(data)
+            self._send(self._held)
+            self._held = None
+        elif rng.random() < self.reorder:
+            self._held = data
+            st.reordered += 1
+            return
+        else:
+            self._send(data)
+        if rng.random() < self.duplicate:
+            self._send(data)
+            st.duplicated += 1
+        if st.seen and rng.random() < self.replay:
+            self._send(rng.choice(st.seen[-200:-1] or st.seen))
+            st.replayed += 1
+        if not self.record and self.replay:
+            st.seen.append(data)
+            del st.seen[:-256]
+
+    def close(self) -> None:
+        if self._held is not None and self._transport is not None:
+            self._send(self._held)
+            self._held = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
