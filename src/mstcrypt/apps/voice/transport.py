@@ -30,22 +30,39 @@ class _Proto(asyncio.DatagramProtocol):
 
 
 class MediaEndpoint:
-    """One terminal's media socket for one call. ``start()`` binds; ``send(pcm, peer)``
-    streams a 16-bit 8 kHz signal as SRTP at real-time pace (``pace`` scales it);
-    received packets from any address are unprotected — forged, replayed, malformed
-    and foreign packets are dropped and counted in ``rx.stats`` — and buffered in
-    :attr:`received`."""
+    """One terminal's media socket for one call. ``start()`` binds (before the keys
+    exist, so the address can go into signalling); ``set_keys`` arms it once the key
+    agreement has finished, and packets that arrived earlier (at most 64) are then
+    processed. ``send(pcm, peer)`` streams a 16-bit 8 kHz signal as SRTP at real-time
+    pace (``pace`` scales it). Received packets from any address are unprotected —
+    forged, replayed, malformed and foreign packets are dropped and counted in
+    ``rx.stats`` — and buffered in :attr:`received`."""
 
-    def __init__(self, keys: CallKeys, host: str = "127.0.0.1", port: int = 0) -> None:
+    EARLY_MAX = 64
+
+    def __init__(
+        self, keys: CallKeys | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.host, self.port = host, port
+        self.packets_in = 0
+        self._early: list[bytes] = []
+        self._transport: asyncio.DatagramTransport | None = None
+        self.keys: CallKeys | None = None
+        if keys is not None:
+            self.set_keys(keys)
+
+    def set_keys(self, keys: CallKeys) -> None:
+        if self.keys is not None:
+            raise PolicyError("the media endpoint already has its keys")
         self.keys = keys
         self.tx, self.rx = keys.contexts()
-        self.host, self.port = host, port
         self.received = Depacketizer(keys.remote_ssrc)
-        self.packets_in = 0
         rng = random.SystemRandom()
         #: this side's RTP numbering (random start, RFC 3550 §5.1), continued across sends
         self.packetizer = Packetizer(keys.local_ssrc, rng.getrandbits(16), rng.getrandbits(32))
-        self._transport: asyncio.DatagramTransport | None = None
+        early, self._early = self._early, []
+        for data in early:
+            self._receive(data)
 
     async def start(self) -> Addr:
         loop = asyncio.get_running_loop()
@@ -59,6 +76,13 @@ class MediaEndpoint:
 
     def _on_packet(self, data: bytes, addr: Addr) -> None:
         self.packets_in += 1
+        if self.keys is None:
+            if len(self._early) < self.EARLY_MAX:
+                self._early.append(data)
+            return
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
         try:
             rtp = self.rx.unprotect(data)
         except SrtpError:
@@ -70,7 +94,8 @@ class MediaEndpoint:
 
     async def send(self, pcm: bytes, peer: Addr, *, pace: float = 1.0) -> int:
         """Send ``pcm`` to ``peer``; returns the number of packets sent."""
-        assert self._transport is not None, "start() first"
+        if self._transport is None or self.keys is None:
+            raise PolicyError("start() and set_keys() before sending")
         pk = self.packetizer
         loop = asyncio.get_running_loop()
         t0 = loop.time()
