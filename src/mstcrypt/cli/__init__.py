@@ -25,6 +25,7 @@ from mstcrypt.cli import (
     symmetric,
     tlcp_cmd,
     token_cmd,
+    voice_cmd,
 )
 
 app = typer.Typer(
@@ -54,6 +55,7 @@ app.command("tlcp-server")(tlcp_cmd.tlcp_server_command)
 app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
 app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
+app.add_typer(voice_cmd.app, name="voice")
 
 
 @app.command("version")

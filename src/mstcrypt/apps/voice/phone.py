@@ -48,8 +48,8 @@ def _addr(media: object) -> tuple[str, int]:
 
 class Phone:
     """``party``: the terminal's identity and keys; ``sig``: its signalling client;
-    ``media_host``: where to bind UDP; ``advertise``: the media address to give the peer
-    (default the bound one; a NAT's or a relay's otherwise)."""
+    ``media_host``/``media_port``: where to bind UDP (port 0: any); ``advertise``: the
+    media address to give the peer (default the bound one; a NAT's or a relay's)."""
 
     def __init__(
         self,
@@ -57,11 +57,12 @@ class Phone:
         sig: SignallingClient,
         *,
         media_host: str = "127.0.0.1",
+        media_port: int = 0,
         advertise: str | None = None,
     ) -> None:
         self.party = party
         self.sig = sig
-        self.media_host = media_host
+        self.media_host, self.media_port = media_host, media_port
         self.advertise = advertise
         self.guard = OfferGuard()
 
@@ -69,7 +70,7 @@ class Phone:
         return await asyncio.to_thread(fn, *args, **kw)
 
     async def _bind(self) -> tuple[MediaEndpoint, str]:
-        ep = MediaEndpoint(host=self.media_host)
+        ep = MediaEndpoint(host=self.media_host, port=self.media_port)
         host, port = await ep.start()
         return ep, self.advertise or f"{host}:{port}"
 

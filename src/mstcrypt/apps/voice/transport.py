@@ -141,6 +141,7 @@ class UdpRelay:
         replay: float = 0.0,
         seed: int = 0,
         host: str = "127.0.0.1",
+        port: int = 0,
         record: bool = False,
     ) -> None:
         for v in (loss, duplicate, reorder, replay):
@@ -149,7 +150,7 @@ class UdpRelay:
         self.target = target
         self.loss, self.duplicate, self.reorder, self.replay = loss, duplicate, reorder, replay
         self.rng = random.Random(seed)  # noqa: S311 - network simulation, not crypto
-        self.host = host
+        self.host, self.port = host, port
         self.record = record
         self.stats = RelayStats()
         self._held: bytes | None = None
@@ -159,7 +160,7 @@ class UdpRelay:
     async def start(self) -> Addr:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Proto(self._on_packet), local_addr=(self.host, 0)
+            lambda: _Proto(self._on_packet), local_addr=(self.host, self.port)
         )
         self._transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("sockname")
