@@ -62,6 +62,7 @@ BLOCKS: dict[str, list[str]] = {
     "TLCP and the mobile access gateway (guide 6.4)": ["check"],
     "File encryption (guide 7.6)": ["session"],
     "Command line": ["check", "run"],
+    "Voice call encryption (guide 7.1)": ["check"],
 }
 
 
