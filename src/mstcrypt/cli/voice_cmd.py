@@ -79,6 +79,9 @@ def _report(r: Any, record: str | None) -> None:
         f"dropped {s.dropped} (authentication {s.auth_failures}, replay {s.replays}, "
         f"malformed {s.malformed})"
     )
+    if r.remote_sent is not None:
+        lost = max(0, r.remote_sent - s.rtp_unprotected)
+        console.print(f"the peer reported {r.remote_sent} packets sent (RTCP): {lost} lost")
     if record:
         write_wav(record, r.received_pcm)
         console.print(f"received audio written to {record}")

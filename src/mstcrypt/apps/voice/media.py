@@ -21,9 +21,13 @@ __all__ = [
     "SAMPLE_RATE",
     "Depacketizer",
     "Packetizer",
+    "SenderReport",
     "mulaw_decode",
     "mulaw_encode",
+    "parse_rtcp",
     "read_wav",
+    "rtcp_bye",
+    "rtcp_sender_report",
     "write_wav",
 ]
 
@@ -205,3 +209,54 @@ def write_wav(path: str | Path, pcm: bytes, rate: int = SAMPLE_RATE) -> None:
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(pcm)
+
+
+# --- RTCP (RFC 3550 §6.4.1 SR, §6.6 BYE) ------------------------------------------------
+
+_NTP_EPOCH = 2208988800  # seconds from 1900-01-01 to 1970-01-01
+
+
+@dataclass(frozen=True)
+class SenderReport:
+    ssrc: int
+    ntp: int
+    rtp_timestamp: int
+    packets: int
+    octets: int
+
+
+def rtcp_sender_report(ssrc: int, now: float, rtp_timestamp: int, packets: int,
+                       octets: int) -> bytes:  # fmt: skip
+    """An SR without report blocks (28 bytes): what this sender has sent so far."""
+    ntp = (int(now) + _NTP_EPOCH) << 32 | int((now % 1) * (1 << 32))
+    body = ssrc.to_bytes(4, "big") + (ntp & (1 << 64) - 1).to_bytes(8, "big")
+    body += (rtp_timestamp & 0xFFFFFFFF).to_bytes(4, "big")
+    body += (packets & 0xFFFFFFFF).to_bytes(4, "big") + (octets & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes([0x80, 200]) + (len(body) // 4).to_bytes(2, "big") + body
+
+
+def rtcp_bye(ssrc: int) -> bytes:
+    return bytes([0x81, 203, 0, 1]) + ssrc.to_bytes(4, "big")
+
+
+def parse_rtcp(packet: bytes) -> tuple[list[SenderReport], set[int]]:
+    """The sender reports and the SSRCs saying BYE in a (decrypted, length-checked)
+    compound RTCP packet; other packet types are skipped."""
+    reports: list[SenderReport] = []
+    byes: set[int] = set()
+    off = 0
+    while off + 4 <= len(packet):
+        count, pt = packet[off] & 0x1F, packet[off + 1]
+        end = off + 4 + 4 * int.from_bytes(packet[off + 2 : off + 4], "big")
+        if end > len(packet):
+            raise CallFormatError("RTCP length runs past the end")
+        if pt == 200 and end - off >= 28:
+            f = [int.from_bytes(packet[off + i : off + i + n], "big")
+                 for i, n in ((4, 4), (8, 8), (16, 4), (20, 4), (24, 4))]  # fmt: skip
+            reports.append(SenderReport(*f))
+        elif pt == 203:
+            for i in range(count):
+                if off + 8 + 4 * i <= end:
+                    byes.add(int.from_bytes(packet[off + 4 + 4 * i : off + 8 + 4 * i], "big"))
+        off = end
+    return reports, byes

@@ -37,6 +37,12 @@ class CallResult:
     received_pcm: bytes = field(repr=False)
     rx_stats: SrtpStats
     ended_by: str
+    #: packets the peer said (RTCP SR) it sent; None without a report
+    remote_sent: int | None = None
+
+
+def _sent(ep: MediaEndpoint) -> int | None:
+    return ep.remote_report.packets if ep.remote_report is not None else None
 
 
 def _addr(media: object) -> tuple[str, int]:
@@ -113,11 +119,13 @@ class Phone:
             await self._io(self.sig.confirm, hs.call_id, confirm.to_json())
             assert hs.keys is not None
             ep.set_keys(hs.keys)
-            sent = await ep.send(pcm, _addr(ev.get("media")), pace=pace)
+            peer = _addr(ev.get("media"))
+            sent = await ep.send(pcm, peer, pace=pace)
+            ep.send_bye(peer)
             await asyncio.sleep(drain)
             await self._io(self.sig.bye, hs.call_id, "hangup")
             return CallResult(hs.call_id, callee, hs.keys.profile.name, sent,
-                              ep.received.pcm(), ep.rx.stats, "caller")  # fmt: skip
+                              ep.received.pcm(), ep.rx.stats, "caller", _sent(ep))  # fmt: skip
         finally:
             ep.close()
 
@@ -170,6 +178,6 @@ class Phone:
                     await sender
                 sent = ep.tx.stats.rtp_protected
             return CallResult(hs.call_id, offer.caller, keys.profile.name, sent,
-                              ep.received.pcm(), ep.rx.stats, "caller")  # fmt: skip
+                              ep.received.pcm(), ep.rx.stats, "caller", _sent(ep))  # fmt: skip
         finally:
             ep.close()

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from mstcrypt.apps.voice.keyagree import CallKeys
-from mstcrypt.apps.voice.media import FRAME_SAMPLES, SAMPLE_RATE, Depacketizer, Packetizer
+from mstcrypt.apps.voice.media import (
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    Depacketizer,
+    Packetizer,
+    SenderReport,
+    parse_rtcp,
+    rtcp_bye,
+    rtcp_sender_report,
+)
 from mstcrypt.errors import MstCryptError, PolicyError
 from mstcrypt.protocols.srtp import SrtpError
 
@@ -45,6 +55,9 @@ class MediaEndpoint:
     ) -> None:
         self.host, self.port = host, port
         self.packets_in = 0
+        #: the peer's latest RTCP sender report, and whether it said BYE
+        self.remote_report: SenderReport | None = None
+        self.remote_bye = False
         self._early: list[bytes] = []
         self._transport: asyncio.DatagramTransport | None = None
         self.keys: CallKeys | None = None
@@ -56,6 +69,7 @@ class MediaEndpoint:
             raise PolicyError("the media endpoint already has its keys")
         self.keys = keys
         self.tx, self.rx = keys.contexts()
+        self.sent_packets = self.sent_octets = 0
         self.received = Depacketizer(keys.remote_ssrc)
         rng = random.SystemRandom()
         #: this side's RTP numbering (random start, RFC 3550 §5.1), continued across sends
@@ -83,6 +97,17 @@ class MediaEndpoint:
         self._receive(data)
 
     def _receive(self, data: bytes) -> None:
+        if len(data) >= 2 and 192 <= data[1] <= 223:  # RTCP on the RTP port (RFC 5761 §4)
+            try:
+                reports, byes = parse_rtcp(self.rx.unprotect_rtcp(data))
+            except MstCryptError:
+                return  # counted in self.rx.stats (SRTCP) or malformed
+            for r in reports:
+                if r.ssrc == self.received.ssrc:
+                    self.remote_report = r
+            if self.received.ssrc in byes:
+                self.remote_bye = True
+            return
         try:
             rtp = self.rx.unprotect(data)
         except SrtpError:
@@ -104,10 +129,26 @@ class MediaEndpoint:
         for i, pkt in enumerate(pk.packets(pcm)):
             self._transport.sendto(self.tx.protect(pkt), peer)
             n += 1
+            self.sent_packets += 1
+            self.sent_octets += len(pkt) - 12
+            if n % 250 == 0:  # an SR every 5 s of audio
+                self._transport.sendto(self.tx.protect_rtcp(self._sr()), peer)
             delay = t0 + (i + 1) * frame - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+        self._transport.sendto(self.tx.protect_rtcp(self._sr()), peer)
         return n
+
+    def _sr(self) -> bytes:
+        pk = self.packetizer
+        return rtcp_sender_report(pk.ssrc, time.time(), pk.timestamp, self.sent_packets,
+                                  self.sent_octets)  # fmt: skip
+
+    def send_bye(self, peer: Addr) -> None:
+        """RTCP SR + BYE: this side stops sending."""
+        if self._transport is not None and self.keys is not None:
+            pkt = self._sr() + rtcp_bye(self.packetizer.ssrc)
+            self._transport.sendto(self.tx.protect_rtcp(pkt), peer)
 
     def close(self) -> None:
         if self._transport is not None:
