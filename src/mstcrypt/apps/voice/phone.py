@@ -105,7 +105,11 @@ class Phone:
             cert = await self._io(self.sig.encryption_certificate, callee)
             hs = CallerHandshake(self.party, callee, cert, now=datetime.now(UTC))
             await self._io(self.sig.invite, hs.offer().to_json(), media)
-            ev = await self._wait(hs.call_id, {"answer", "bye"}, answer_timeout)
+            try:
+                ev = await self._wait(hs.call_id, {"answer", "bye"}, answer_timeout)
+            except CallPolicyError:
+                await self._io(self.sig.bye, hs.call_id, "no answer")
+                raise
             if ev["event"] == "bye":
                 raise CallPolicyError(f"the call was refused: {ev.get('reason')}")
             try:
@@ -148,13 +152,14 @@ class Phone:
                     hs = CalleeHandshake(self.party, offer, guard=self.guard,
                                          now=datetime.now(UTC))  # fmt: skip
                     caller_media = ev.get("media")
+                    answer = hs.accept()
                 except CallError as exc:
                     cid = ev.get("call_id")
                     if isinstance(cid, str):
                         await self._io(self.sig.bye, cid, getattr(exc, "code", "error"))
                     continue
                 break
-            await self._io(self.sig.answer, hs.call_id, hs.accept().to_json(), media)
+            await self._io(self.sig.answer, hs.call_id, answer.to_json(), media)
             ev = await self._wait(hs.call_id, {"confirm", "bye"}, timeout)
             if ev["event"] == "bye":
                 raise CallPolicyError(f"the caller hung up: {ev.get('reason')}")
