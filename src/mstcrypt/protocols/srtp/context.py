@@ -9,7 +9,10 @@ packet be reflected to its sender.
 Per SSRC the context keeps a stream: the highest index (ROC ‖ s_l), a replay window of
 ``window_size`` (≥ 64) indices, and for SRTCP the 31-bit index and its own window. A
 receive stream is created only once a packet of that SSRC authenticates, so forged
-packets cannot fill memory. Nothing here reads a clock or a socket.
+packets cannot fill memory. Nothing here reads a clock or a socket, and a context is
+not thread-safe: one thread (or event loop) per context. Session keys live in Python
+bytes for the context's life; Python cannot wipe them, so drop the context when the call
+ends.
 """
 
 from __future__ import annotations
