@@ -164,9 +164,12 @@ def relay_command(
     replay: Annotated[float, typer.Option("--replay")] = 0.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     duration: Annotated[float, typer.Option("--duration", help="Stop after N seconds.")] = 600.0,
+    pcap: Annotated[
+        str | None, typer.Option("--pcap", help="Write what arrived as a pcap (tshark).")
+    ] = None,
 ) -> None:
     """Forward UDP media to --to with injected loss, reordering, duplicates, replays."""
-    from mstcrypt.apps.voice.transport import UdpRelay
+    from mstcrypt.apps.voice.transport import UdpRelay, write_pcap
 
     th, _, tp = to.rpartition(":")
     if not th or not tp.isdigit():
@@ -174,11 +177,16 @@ def relay_command(
 
     async def run() -> Any:
         relay = UdpRelay((th, int(tp)), loss=loss, reorder=reorder, duplicate=duplicate,
-                         replay=replay, seed=seed, host=host, port=port)  # fmt: skip
+                         replay=replay, seed=seed, host=host, port=port,
+                         record=pcap is not None)  # fmt: skip
         addr = await relay.start()
         console.print(f"relay {addr[0]}:{addr[1]} -> {to}", highlight=False)
-        await asyncio.sleep(duration)
-        relay.close()
+        try:
+            await asyncio.sleep(duration)
+        finally:
+            relay.close()
+            if pcap:
+                write_pcap(pcap, relay.stats.seen, ("127.0.0.1", 9), addr)
         return relay.stats
 
     try:

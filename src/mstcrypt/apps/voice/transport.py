@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +28,7 @@ from mstcrypt.apps.voice.media import (
 from mstcrypt.errors import MstCryptError, PolicyError
 from mstcrypt.protocols.srtp import SrtpError
 
-__all__ = ["MediaEndpoint", "RelayStats", "UdpRelay"]
+__all__ = ["MediaEndpoint", "RelayStats", "UdpRelay", "write_pcap"]
 
 Addr = tuple[str, int]
 
@@ -247,3 +249,24 @@ class UdpRelay:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+
+
+def write_pcap(
+    path: str, packets: list[bytes], src: Addr, dst: Addr, *, start: float = 0.0
+) -> None:
+    """A classic pcap (link type Ethernet) of UDP datagrams from ``src`` to ``dst``
+    (IPv4), 20 ms apart, for tshark/Wireshark. The Ethernet, IP and UDP headers are
+    synthesised; the UDP payloads are the captured bytes."""
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]
+    sip, dip = socket.inet_aton(src[0]), socket.inet_aton(dst[0])
+    t0 = start or time.time()
+    for i, p in enumerate(packets):
+        udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(p), 0) + p
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i & 0xFFFF, 0, 64, 17, 0,
+                         sip, dip)  # fmt: skip
+        frame = bytes(12) + b"\x08\x00" + ip + udp
+        t = t0 + i * 0.02
+        out.append(struct.pack("<IIII", int(t), int((t % 1) * 1e6), len(frame), len(frame)))
+        out.append(frame)
+    with open(path, "wb") as f:
+        f.write(b"".join(out))
