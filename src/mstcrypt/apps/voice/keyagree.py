@@ -443,9 +443,9 @@ class OfferGuard:
 
 
 class CalleeHandshake:
-    """Side B. ``accept(offer)`` → send the :class:`Answer`; ``receive_confirm`` checks
-    the caller's confirmation and sets :attr:`keys`. Media must not be sent or played
-    before that."""
+    """Side B, built from the Offer (checks it and the caller's certificate). ``accept()``
+    → send the :class:`Answer`; ``receive_confirm`` checks the caller's confirmation and
+    the transcript MAC and sets :attr:`keys`. Media must not be sent or played before."""
 
     def __init__(
         self, party: CallParty, offer: Offer, *, guard: OfferGuard | None = None,
