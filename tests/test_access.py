@@ -67,6 +67,15 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/login/logout"): SESSION,
     ("GET", "/kmc/kdk"): SESSION,
     ("GET", "/kmc/groups/{group}/key"): SESSION,
+    # voice call signalling (apps.voice): a terminal's session
+    ("POST", "/voice/register"): SESSION,
+    ("POST", "/voice/unregister"): SESSION,
+    ("POST", "/voice/calls"): SESSION,
+    ("GET", "/voice/calls/{call_id}"): SESSION,
+    ("POST", "/voice/calls/{call_id}/answer"): SESSION,
+    ("POST", "/voice/calls/{call_id}/confirm"): SESSION,
+    ("POST", "/voice/calls/{call_id}/bye"): SESSION,
+    ("GET", "/voice/events"): SESSION,
     # registration officers
     ("POST", "/admin/enrollment-codes"): frozenset({RA}),
     ("POST", "/admin/certificates/{serial}/revoke"): frozenset({RA}),
@@ -214,6 +223,7 @@ def _request(
         "key_id": "no-such-key",
         "request_b64": "MAA=",
         "request_id": "no-such-request",
+        "call_id": "no-such-call",
     }
     url = path.format(**values)
     params = {"owner": t.owner} if path in ("/admin/keys", "/directory/certificates") else None

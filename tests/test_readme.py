@@ -63,6 +63,7 @@ BLOCKS: dict[str, list[str]] = {
     "File encryption (guide 7.6)": ["session"],
     "Command line": ["check", "run"],
     "WLAN access with WAPI (guide 6.3)": ["check"],
+    "Voice call encryption (guide 7.1)": ["check"],
 }
 
 

@@ -26,6 +26,7 @@ from mstcrypt.cli import (
     tlcp_cmd,
     token_cmd,
     wapi_cmd,
+    voice_cmd,
 )
 
 app = typer.Typer(
@@ -56,6 +57,7 @@ app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
 app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
 app.add_typer(wapi_cmd.app, name="wapi")
+app.add_typer(voice_cmd.app, name="voice")
 
 
 @app.command("version")
