@@ -25,8 +25,8 @@ from mstcrypt.cli import (
     symmetric,
     tlcp_cmd,
     token_cmd,
-    wapi_cmd,
     voice_cmd,
+    wapi_cmd,
 )
 
 app = typer.Typer(
