@@ -21,6 +21,9 @@ __all__ = [
     "PolicyError",
     "RateLimitError",
     "SignatureFormatError",
+    "TwoPartyError",
+    "TwoPartyProofError",
+    "TwoPartyStateError",
     "UnsupportedError",
     "VerificationError",
 ]
@@ -93,3 +96,19 @@ class UnsupportedError(MstCryptError):
 class BackendError(MstCryptError):
     """The native backend (OpenSSL libcrypto) is missing a needed capability or failed
     unexpectedly. The message names the library and the missing function."""
+
+
+# --- seal ---
+class TwoPartyError(MstCryptError):
+    """The two-party (collaborative) SM2 protocol was aborted; the message says which
+    check failed. The session is unusable afterwards."""
+
+
+class TwoPartyProofError(TwoPartyError, VerificationError):
+    """A peer's commitment, proof of knowledge, confirmation tag or final signature did
+    not verify: the peer is faulty or malicious."""
+
+
+class TwoPartyStateError(TwoPartyError, PolicyError):
+    """A two-party message arrived out of order, twice, for another session or for
+    another share version (a replay)."""
