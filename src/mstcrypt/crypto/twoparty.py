@@ -817,9 +817,6 @@ class ClientRefresh(_OneShot):
             new = ClientShare(
                 s._d * rho % N, s.peer_point * rho, s.public_key, (s.version + 1) % 2**32
             )
-        except InvalidKeyError as exc:
-            self._abort()
-            raise TwoPartyProofError(f"refresh failed ({exc})") from None
         except Exception:
             self._abort()
             raise
@@ -861,9 +858,6 @@ class ServerRefresh(_OneShot):
             self._pending = ServerShare(
                 s._d * rho_inv % N, s.peer_point * rho_inv, s.public_key, (s.version + 1) % 2**32
             )
-        except InvalidKeyError as exc:
-            self._abort()
-            raise TwoPartyProofError(f"refresh failed ({exc})") from None
         except Exception:
             self._abort()
             raise
