@@ -60,6 +60,7 @@ __all__ = [
     "ServerShare",
     "ServerSigner",
     "message_type",
+    "read_confirmation",
     "session_id",
 ]
 
@@ -450,6 +451,30 @@ class ServerKeyGen(_OneShot):
         proof = _prove(self._sid, _ROLE_SERVER, _inv(self._d2), self._p2)
         return _header(MessageType.KG2, self._sid) + _pt(self._p2) + proof
 
+    def to_bytes(self) -> bytes:
+        """The state between KG2 and KG3 (SECRET: it holds d2; wrap it in the SS-CC), so
+        that another server instance can finish the key generation."""
+        if self._step != 1 or self._dead or self._sid is None:
+            raise TwoPartyStateError("only a key generation waiting for KG3 can be saved")
+        return b"2PKG" + self._sid + self._commitment + _sc(self._d2)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ServerKeyGen:
+        data = _bytes(data, "key generation state")
+        if len(data) != 4 + _SID + 32 + SIZE or data[:4] != b"2PKG":
+            raise DecodeError("not a saved two-party key generation state")
+        d2 = int.from_bytes(data[4 + _SID + 32 :], "big")
+        if not 1 <= d2 < N:
+            raise InvalidKeyError("saved key generation share outside [1, n-1]")
+        self = cls.__new__(cls)
+        _OneShot.__init__(self)
+        self._step = 1
+        self._sid = data[4 : 4 + _SID]
+        self._commitment = data[4 + _SID : 4 + _SID + 32]
+        self._d2 = d2
+        self._p2 = mul_base(_inv(d2))
+        return self
+
     def receive_opening(self, kg3: bytes) -> tuple[bytes, ServerShare]:
         """Check the opening and the client's proof; return (KG4, the server share)."""
         self._advance(1, "KG3")
@@ -673,6 +698,20 @@ class ServerSigner(_OneShot):
         return der
 
 
+def read_confirmation(sg3: bytes) -> tuple[bytes, bytes]:
+    """Parse SG3 statelessly: (session id, DER signature). The caller checks the
+    signature against the joint key and the e it computed for that session."""
+    rd = _Reader(sg3, MessageType.SG3, None)
+    n = rd.take(1)[0]
+    der = rd.take(n)
+    rd.end()
+    try:
+        signature_to_raw(der)
+    except SignatureFormatError as exc:
+        raise TwoPartyProofError(f"SG3: {exc}") from None
+    return rd.sid, der
+
+
 # --- decryption -----------------------------------------------------------------------
 
 
@@ -863,6 +902,46 @@ class ServerRefresh(_OneShot):
             raise
         tag = hmac_sm3(self._kc, b"S" + self._transcript)
         return _header(MessageType.RF2, self._sid) + _pt(big_b) + tag
+
+    @property
+    def session_id(self) -> bytes | None:
+        return self._sid
+
+    def to_bytes(self) -> bytes:
+        """The state between RF2 and RF3 (SECRET: the pending share and the confirmation
+        key; wrap it in the SS-CC), so that another server instance can finish."""
+        if self._step != 1 or self._dead or self._pending is None or self._sid is None:
+            raise TwoPartyStateError("only a refresh waiting for RF3 can be saved")
+        share = self._pending.to_bytes()
+        return (
+            b"2PRF"
+            + self._sid
+            + self._kc
+            + len(self._transcript).to_bytes(2, "big")
+            + self._transcript
+            + share
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ServerRefresh:
+        data = _bytes(data, "refresh state")
+        if len(data) < 4 + _SID + 32 + 2 or data[:4] != b"2PRF":
+            raise DecodeError("not a saved two-party refresh state")
+        pos = 4 + _SID + 32
+        tlen = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        if len(data) != pos + tlen + _SHARE_LEN:
+            raise DecodeError("saved two-party refresh state has the wrong length")
+        pending = ServerShare.from_bytes(data[pos + tlen :])
+        self = cls.__new__(cls)
+        _OneShot.__init__(self)
+        self._step = 1
+        self._share = pending
+        self._sid = data[4 : 4 + _SID]
+        self._kc = data[4 + _SID : 4 + _SID + 32]
+        self._transcript = data[pos : pos + tlen]
+        self._pending = pending
+        return self
 
     def finish(self, rf3: bytes) -> ServerShare:
         """Check the client's tag; return the new server share."""

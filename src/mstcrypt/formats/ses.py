@@ -51,10 +51,14 @@ __all__ = [
     "SealInfo",
     "SealSignature",
     "SealType",
+    "TbsSign",
+    "assemble_signature",
+    "build_tbs",
     "make_seal",
     "make_signature",
     "parse_seal",
     "parse_signature",
+    "parse_tbs",
 ]
 
 #: Picture types named by GB/T 38540 and seen in products.
@@ -588,31 +592,8 @@ def make_signature(
     DER(TBS_Sign) with ``sign`` (the stamper's key) and return the SES_Signature."""
     if not isinstance(seal, Seal) or seal.version != 4:
         raise PolicyError("make_signature needs a v4 Seal")
-    data_hash = _bytes(data_hash, "dataHash")
-    if len(data_hash) != 32:
-        raise PolicyError(f"dataHash must be a 32-byte SM3 digest, got {len(data_hash)}")
-    v: dict[str, object] = {
-        "version": 4,
-        "eseal": Any.load(seal.der),
-        "time_info": _utc(time or datetime.now(UTC), "time"),
-        "data_hash": data_hash,
-        "property_info": _ia5(property_info, "propertyInfo"),
-    }
-    if extensions:
-        v["ext_datas"] = _exts_out(extensions)
-    tbs_der = dump(_TBSSign(v))
-    signature = _bytes(sign(tbs_der), "signature")
-    der = dump(
-        _SESSignature(
-            {
-                "to_sign": _TBSSign.load(tbs_der),
-                "cert": _bytes(signer_cert, "signer certificate"),
-                "signature_alg_id": oids.SM2_WITH_SM3,
-                "signature": signature,
-            }
-        )
-    )
-    return parse_signature(der)
+    tbs_der = build_tbs(seal, data_hash, property_info, time=time, extensions=extensions)
+    return assemble_signature(tbs_der, signer_cert, _bytes(sign(tbs_der), "signature"))
 
 
 def parse_signature(der: bytes) -> SealSignature:
@@ -673,3 +654,83 @@ def parse_signature(der: bytes) -> SealSignature:
         time_stamp=bytes(ts.native) if ts.native is not None else None,
         sign_alg=alg,
     )
+
+
+@dataclass(frozen=True)
+class TbsSign:
+    """A v4 TBS_Sign on its own: what a stamper (or a co-signing server) is asked to
+    sign. The seal server reads it to decide and to audit what it co-signs."""
+
+    seal: Seal
+    time_info: datetime
+    data_hash: bytes
+    property_info: str
+    der: bytes = field(repr=False)
+    extensions: tuple[ExtensionData, ...] = ()
+
+
+def parse_tbs(der: bytes) -> TbsSign:
+    """Strictly parse a DER TBS_Sign (v4) with its embedded SESeal."""
+    der = _bytes(der, "TBS_Sign")
+    if len(der) > MAX_SES_BYTES:
+        raise DecodeError(f"TBS_Sign larger than {MAX_SES_BYTES} bytes")
+    tbs = load_strict(_TBSSign, der, "TBS_Sign")
+    if tbs["version"].native != 4:
+        raise DecodeError(f"TBS_Sign.version {tbs['version'].native}, expected 4")
+    seal = parse_seal(tbs["eseal"].dump())
+    if seal.version != 4:
+        raise DecodeError("a v4 TBS_Sign must carry a v4 SESeal")
+    data_hash = bytes(tbs["data_hash"].native)
+    if len(data_hash) != 32:
+        raise DecodeError(f"TBS_Sign.dataHash has {len(data_hash)} bytes, expected 32 (SM3)")
+    return TbsSign(
+        seal=seal,
+        time_info=tbs["time_info"].native,
+        data_hash=data_hash,
+        property_info=tbs["property_info"].native,
+        der=der,
+        extensions=_exts_in(tbs["ext_datas"]),
+    )
+
+
+def build_tbs(
+    seal: Seal,
+    data_hash: bytes,
+    property_info: str,
+    *,
+    time: datetime | None = None,
+    extensions: Sequence[ExtensionData] = (),
+) -> bytes:
+    """DER TBS_Sign v4 (what :func:`make_signature` signs), for remote signing."""
+    if not isinstance(seal, Seal) or seal.version != 4:
+        raise PolicyError("a TBS_Sign needs a v4 Seal")
+    data_hash = _bytes(data_hash, "dataHash")
+    if len(data_hash) != 32:
+        raise PolicyError(f"dataHash must be a 32-byte SM3 digest, got {len(data_hash)}")
+    v: dict[str, object] = {
+        "version": 4,
+        "eseal": Any.load(seal.der),
+        "time_info": _utc(time or datetime.now(UTC), "time"),
+        "data_hash": data_hash,
+        "property_info": _ia5(property_info, "propertyInfo"),
+    }
+    if extensions:
+        v["ext_datas"] = _exts_out(extensions)
+    return dump(_TBSSign(v))
+
+
+def assemble_signature(tbs_der: bytes, signer_cert: bytes, signature: bytes) -> SealSignature:
+    """SES_Signature from a TBS_Sign and its (remotely made) signature."""
+    tbs_der = _bytes(tbs_der, "TBS_Sign")
+    parse_tbs(tbs_der)
+    der = dump(
+        _SESSignature(
+            {
+                "to_sign": _TBSSign.load(tbs_der),
+                "cert": _bytes(signer_cert, "signer certificate"),
+                "signature_alg_id": oids.SM2_WITH_SM3,
+                "signature": _bytes(signature, "signature"),
+            }
+        )
+    )
+    return parse_signature(der)
