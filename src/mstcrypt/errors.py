@@ -24,6 +24,7 @@ __all__ = [
     "TwoPartyError",
     "TwoPartyProofError",
     "TwoPartyStateError",
+    "TwoPartyVersionError",
     "UnsupportedError",
     "VerificationError",
 ]
@@ -112,3 +113,8 @@ class TwoPartyProofError(TwoPartyError, VerificationError):
 class TwoPartyStateError(TwoPartyError, PolicyError):
     """A two-party message arrived out of order, twice, for another session or for
     another share version (a replay)."""
+
+
+class TwoPartyVersionError(TwoPartyStateError):
+    """The peer holds another version of the share (a refresh happened on one side
+    only); the terminal settles it by retrying with its other share."""

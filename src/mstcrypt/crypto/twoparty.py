@@ -43,6 +43,7 @@ from mstcrypt.errors import (
     SignatureFormatError,
     TwoPartyProofError,
     TwoPartyStateError,
+    TwoPartyVersionError,
     VerificationError,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "ServerRefresh",
     "ServerShare",
     "ServerSigner",
+    "TwoPartyVersionError",
     "message_type",
     "read_confirmation",
     "session_id",
@@ -628,7 +630,7 @@ class ServerSigner(_OneShot):
             rd = _Reader(sg1, MessageType.SG1, None)
             version = int.from_bytes(rd.take(4), "big")
             if version != self._share.version:
-                raise TwoPartyStateError(
+                raise TwoPartyVersionError(
                     f"SG1 is for share version {version}, the server holds {self._share.version}"
                 )
             self._q1 = rd.point("Q1")
@@ -793,7 +795,7 @@ class ServerDecryptor(_OneShot):
             rd = _Reader(dc1, MessageType.DC1, None)
             version = int.from_bytes(rd.take(4), "big")
             if version != self._share.version:
-                raise TwoPartyStateError(
+                raise TwoPartyVersionError(
                     f"DC1 is for share version {version}, the server holds {self._share.version}"
                 )
             t1 = rd.point("T1")
@@ -881,7 +883,7 @@ class ServerRefresh(_OneShot):
             rd = _Reader(rf1, MessageType.RF1, None)
             version = int.from_bytes(rd.take(4), "big")
             if version != self._share.version:
-                raise TwoPartyStateError(
+                raise TwoPartyVersionError(
                     f"RF1 is for share version {version}, the server holds {self._share.version}"
                 )
             a = rd.point("A")
