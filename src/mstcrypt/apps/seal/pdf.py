@@ -80,6 +80,7 @@ def _image_xobject(picture: bytes, picture_type: str):
     if picture_type.lower() not in ("png", "jpg", "jpeg", "gif", "bmp"):
         raise PolicyError(f"seal picture type {picture_type!r} cannot be drawn on a PDF page")
     try:
+        Image.open(io.BytesIO(picture)).verify()  # chunk CRCs and structure
         img = Image.open(io.BytesIO(picture))
         img.load()
     except Exception:
