@@ -19,6 +19,7 @@ from mstcrypt.cli import (
     demo,
     file_cmd,
     platform,
+    seal_cmd,
     selftest,
     sm2_cmd,
     speed,
@@ -54,6 +55,7 @@ app.command("tlcp-server")(tlcp_cmd.tlcp_server_command)
 app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
 app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
+app.add_typer(seal_cmd.app, name="seal")
 
 
 @app.command("version")
