@@ -13,7 +13,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from mstcrypt.cli._common import EXIT_INVALID, console, fail, read_input, write_output
+from mstcrypt.cli._common import (
+    EXIT_INVALID,
+    console,
+    err_console,
+    fail,
+    read_input,
+    write_output,
+)
 from mstcrypt.errors import MstCryptError
 from mstcrypt.pki import Certificate, load_certificates
 
@@ -152,7 +159,7 @@ def make_command(
         r = c._request("POST", "/admin/seal/seals", json=body, headers=headers).json()
     if out:
         write_output(out, base64.b64decode(r["seal"]))
-    console.print(f"seal {r['es_id']} made for {', '.join(stampers)}")
+    err_console.print(f"seal {r['es_id']} made for {', '.join(stampers)}")
     typer.echo(r["es_id"])
 
 
@@ -303,3 +310,24 @@ def inspect_command(
         console.print(f"signature v{sig.version} by {escape(signer)}")
         console.print(f"  time {sig.time_info}, dataHash {sig.data_hash.hex()}")
         console.print(f"  propertyInfo {escape(sig.property_info)}")
+
+
+@app.command("sample-pdf")
+def sample_pdf_command(
+    out: Annotated[str, typer.Argument(help="Where to write the PDF.")],
+    lines: Annotated[
+        list[str] | None, typer.Option("--line", help="A line of text (repeat).")
+    ] = None,
+) -> None:
+    """Write a small one-page contract PDF to try stamping on."""
+    from mstcrypt.apps.seal.pdf import sample_pdf
+
+    text = lines or [
+        "Contract No. 2026-001",
+        "Party A: Example Unit",
+        "Party B: Example Supplier",
+        "The parties agree to the terms below.",
+        "",
+        "Seal of Party A:",
+    ]
+    write_output(out, sample_pdf(text))

@@ -118,8 +118,8 @@ def _image_xobject(picture: bytes, picture_type: str):
 
 
 def find_keyword(pdf: bytes, keyword: str) -> tuple[int, float, float] | None:
-    """(page index, x, y) of the first occurrence of ``keyword`` in the page text, in
-    default user space (the text's origin), or None."""
+    """(page index, x, y) of the middle of the first occurrence of ``keyword`` in the
+    page text, in default user space (estimated from the font size), or None."""
     reader = _reader(pdf)
     for index, page in enumerate(reader.pages):
         hits: list[tuple[float, float]] = []
@@ -129,12 +129,15 @@ def find_keyword(pdf: bytes, keyword: str) -> tuple[int, float, float] | None:
             cm: list[float],
             tm: list[float],
             _f: object,
-            _s: object,
+            size: object,
             hits: list[tuple[float, float]] = hits,
         ) -> None:
             if keyword in text and not hits:
-                x = tm[4] * cm[0] + tm[5] * cm[2] + cm[4]
-                y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5]
+                pt = float(size) * abs(cm[0] or 1) if isinstance(size, int | float) else 12.0
+                before = text.index(keyword)
+                # text origin, then the middle of the keyword (glyphs ~0.5 em wide)
+                x = tm[4] * cm[0] + tm[5] * cm[2] + cm[4] + (before + len(keyword) / 2) * pt * 0.5
+                y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5] + pt * 0.3
                 hits.append((x, y))
 
         page.extract_text(visitor_text=visit)
@@ -163,7 +166,7 @@ def _placement(
         if hit is None:
             raise PolicyError(f"keyword {keyword!r} not found in the document")
         index, x, y = hit
-        return _Placement(index, (x - w / 4, y - h / 2, x - w / 4 + w, y + h / 2))
+        return _Placement(index, (x - w / 2, y - h / 2, x + w / 2, y + h / 2))
     index = len(reader.pages) - 1 if page is None else page
     if not 0 <= index < len(reader.pages):
         raise PolicyError(f"page {index + 1} does not exist (the document has {len(reader.pages)})")
