@@ -371,3 +371,106 @@ def test_malformed_messages_are_typed_errors(shares, mutate) -> None:
     sg1 = tp.ClientSigner(cs, b"m").start()
     with pytest.raises((DecodeError, TwoPartyStateError)):
         tp.ServerSigner(ss).respond(mutate(sg1))
+
+
+# --- server state kept between requests, and the soft token's share -------------------
+
+
+def test_server_state_survives_between_requests() -> None:
+    """Another server instance finishes key generation and refresh from saved state."""
+    c, s = tp.ClientKeyGen(), tp.ServerKeyGen()
+    kg2 = s.receive_commitment(c.start())
+    saved = s.to_bytes()
+    kg4, ss = tp.ServerKeyGen.from_bytes(saved).receive_opening(c.receive_server_share(kg2))
+    cs = c.finish(kg4)
+    cr, sr = tp.ClientRefresh(cs), tp.ServerRefresh(ss)
+    rf2 = sr.respond(cr.start())
+    rf3, cs2 = cr.finish(rf2)
+    ss2 = tp.ServerRefresh.from_bytes(sr.to_bytes()).finish(rf3)
+    cs.public_key.verify(cosign(cs2, ss2, b"m"), b"m")
+    with pytest.raises(TwoPartyStateError):
+        tp.ServerKeyGen().to_bytes()  # nothing to save before KG1
+    with pytest.raises(DecodeError):
+        tp.ServerKeyGen.from_bytes(saved[:-1])
+
+
+class _Server:
+    """The server side of a soft token's two-party key, in process."""
+
+    def __init__(self) -> None:
+        self.keygen = tp.ServerKeyGen()
+        self.share: tp.ServerShare | None = None
+        self.refresh: tp.ServerRefresh | None = None
+        self.signer: tp.ServerSigner | None = None
+        self.lose_ack = False
+
+    def __call__(self, msg: bytes) -> bytes:
+        kind = tp.message_type(msg)
+        if kind == tp.MessageType.KG1:
+            return self.keygen.receive_commitment(msg)
+        if kind == tp.MessageType.KG3:
+            kg4, self.share = self.keygen.receive_opening(msg)
+            return kg4
+        assert self.share is not None
+        if kind == tp.MessageType.SG1:
+            self.signer = tp.ServerSigner(self.share)
+            return self.signer.respond(msg)
+        if kind == tp.MessageType.SG3:
+            assert self.signer is not None
+            self.signer.confirm(msg)
+            return b""
+        if kind == tp.MessageType.DC1:
+            return tp.ServerDecryptor(self.share).respond(msg)
+        if kind == tp.MessageType.RF1:
+            self.refresh = tp.ServerRefresh(self.share)
+            return self.refresh.respond(msg)
+        if kind == tp.MessageType.RF3:
+            assert self.refresh is not None
+            self.share = self.refresh.finish(msg)
+            if self.lose_ack:
+                raise ConnectionError("the acknowledgement was lost")
+            return b""
+        raise AssertionError(kind)
+
+
+def test_soft_token_keeps_the_share_and_settles_an_unacknowledged_refresh(tmp_path) -> None:
+    from mstcrypt.module import SoftToken
+
+    tok = SoftToken.init(tmp_path / "t.tok", "123456", "admin-code-1")
+    server = _Server()
+    pub = tok.twoparty_generate("seal", server)
+    assert tok.twoparty_public_key("seal") == pub and "seal" in tok.list_containers()
+    pub.verify(tok.twoparty_sign("seal", b"one", server), b"one")
+    assert tok.twoparty_decrypt("seal", pub.encrypt(b"k"), server) == b"k"
+    assert tok.twoparty_refresh("seal", server) == 1
+    # the server commits RF3 but its answer is lost: the token keeps the new share as
+    # pending; the next signature uses it (the server has it) and promotes it
+    server.lose_ack = True
+    with pytest.raises(ConnectionError):
+        tok.twoparty_refresh("seal", server)
+    assert "pending" in tok._get("seal").twoparty
+    server.lose_ack = False
+    reopened = SoftToken.open(tmp_path / "t.tok")
+    reopened.login("123456")
+    pub.verify(reopened.twoparty_sign("seal", b"two", server), b"two")
+    assert "pending" not in reopened._get("seal").twoparty
+    assert tp.ClientShare.from_bytes(reopened._get("seal").twoparty["current"]).version == 2
+
+
+def test_soft_token_drops_a_refresh_the_server_never_committed(tmp_path) -> None:
+    from mstcrypt.module import SoftToken
+
+    tok = SoftToken.init(tmp_path / "t.tok", "123456", "admin-code-1")
+    server = _Server()
+    pub = tok.twoparty_generate("seal", server)
+
+    def failing(msg: bytes) -> bytes:
+        if tp.message_type(msg) == tp.MessageType.RF3:
+            raise ConnectionError("the server went away before RF3")
+        return server(msg)
+
+    with pytest.raises(ConnectionError):
+        tok.twoparty_refresh("seal", failing)
+    # the server never saw RF3: the token's pending share is refused (version), dropped
+    pub.verify(tok.twoparty_sign("seal", b"m", server), b"m")
+    assert "pending" not in tok._get("seal").twoparty
