@@ -165,7 +165,7 @@ def make_command(
 
 @app.command("stamp")
 def stamp_command(
-    document: Annotated[str, typer.Argument(help="PDF to stamp.")],
+    document: Annotated[str, typer.Argument(help="PDF or OFD document to stamp.")],
     server: ServerOpt,
     token: TokenOpt,
     session: SessionOpt,
@@ -178,14 +178,15 @@ def stamp_command(
     ] = None,
     page: Annotated[int | None, typer.Option("--page", min=1, help="Page (default last).")] = None,
     at: Annotated[
-        str | None, typer.Option("--at", help="Lower-left corner 'X,Y' in points.")
+        str | None,
+        typer.Option("--at", help="PDF: lower-left corner 'X,Y' in points; OFD: top-left in mm."),
     ] = None,
     reason: Annotated[str | None, typer.Option("--reason")] = None,
     ca_file: CaOpt = None,
 ) -> None:
-    """Stamp a PDF: a visible seal and an SES_Signature co-signed by the token and the
-    seal server, added as an incremental update."""
-    from mstcrypt.apps.seal import pdf
+    """Stamp a PDF (a visible seal and an SES_Signature, as an incremental update) or an
+    OFD document (GB/T 33190 Signs), co-signed by the token and the seal server."""
+    from mstcrypt.apps.seal import ofd, pdf
 
     position = None
     if at is not None:
@@ -202,23 +203,39 @@ def stamp_command(
         cert = t.token.get_certificate(container, "sign")
         if cert is None:
             fail(f"container {container!r} has no stamper certificate (run `mstcrypt seal keygen`)")
-        stamped = pdf.stamp_pdf(
-            data,
-            seal=seal,
-            signer_cert=cert,
-            sign=lambda tbs: t.sign(container, tbs, key_id=key_id),
-            page=None if page is None else page - 1,
-            position=position,
-            keyword=keyword,
-            reason=reason,
-        )
+
+        def sign(tbs: bytes) -> bytes:
+            return t.sign(container, tbs, key_id=key_id)
+
+        if ofd.is_ofd(data):
+            if keyword is not None:
+                fail("--keyword is for PDF documents; give --page and --at (mm) for OFD")
+            stamped = ofd.stamp_ofd(
+                data,
+                seal=seal,
+                signer_cert=cert,
+                sign=sign,
+                page=-1 if page is None else page - 1,
+                position=position or (140.0, 230.0),
+            )
+        else:
+            stamped = pdf.stamp_pdf(
+                data,
+                seal=seal,
+                signer_cert=cert,
+                sign=sign,
+                page=None if page is None else page - 1,
+                position=position,
+                keyword=keyword,
+                reason=reason,
+            )
     write_output(out, stamped)
     console.print(f"stamped with seal {escape(seal.info.name)} ({es_id}) -> {out}")
 
 
 @app.command("verify")
 def verify_command(
-    document: Annotated[str, typer.Argument(help="Stamped PDF.")],
+    document: Annotated[str, typer.Argument(help="Stamped PDF or OFD document.")],
     ca_file: Annotated[str, typer.Option("--ca-file", help="Trusted root CA (PEM).")],
     chain: Annotated[
         list[str] | None, typer.Option("--chain", help="Intermediate CA certificates (PEM).")
@@ -236,10 +253,10 @@ def verify_command(
         bool, typer.Option("--tolerant", help="Accept vendor r||s seal signatures.")
     ] = False,
 ) -> None:
-    """Verify every seal on a PDF: signatures, seal, certificates and CRLs, document
-    digest over the signed byte range, and changes after stamping. Exit 1 if any check
-    fails."""
-    from mstcrypt.apps.seal import pdf
+    """Verify every seal on a PDF or OFD document: signatures, seal, certificates and
+    CRLs, document digest (PDF byte range, OFD references), and changes after stamping.
+    Exit 1 if any check fails."""
+    from mstcrypt.apps.seal import ofd, pdf
     from mstcrypt.apps.seal.verify import Trust
     from mstcrypt.pki import CRL
 
@@ -256,7 +273,11 @@ def verify_command(
             intermediates.extend(c.chain()[:-1])
             crls.extend(c.revocation_lists())
     trust = Trust(anchors, intermediates, crls, require_revocation_check=not no_revocation)
-    report = pdf.verify_pdf(read_input(document), trust, tolerant=tolerant)
+    data = read_input(document)
+    if ofd.is_ofd(data):
+        report: Any = ofd.verify_ofd(data, trust, tolerant=tolerant)
+    else:
+        report = pdf.verify_pdf(data, trust, tolerant=tolerant)
     if as_json:
         typer.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2, default=str))
     else:
@@ -281,7 +302,7 @@ def _print_report(document: str, report: Any) -> None:
         for c in s.checks:
             mark = "[green]✓[/green]" if c.ok else "[red]✗[/red]"
             console.print(f"    {mark} {c.code}: {escape(c.message)}")
-    if report.revisions_after_last_seal:
+    if getattr(report, "revisions_after_last_seal", False):
         console.print("  note: the file was updated after the last seal (see changes_after)")
 
 
