@@ -11,6 +11,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from mstcrypt.apps.seal.ofd import sample_ofd
 from mstcrypt.apps.seal.pdf import sample_pdf
 from mstcrypt.cli import app
 from mstcrypt.cli.platform import running_platform
@@ -78,6 +79,16 @@ def test_seal_cli_end_to_end(tmp_path: Path) -> None:
         assert r.exit_code == 1
         checks = {c["code"]: c["ok"] for c in json.loads(r.output)["seals"][0]["checks"]}
         assert checks["data_hash"] is False
+        # the same commands on an OFD document
+        (tmp_path / "doc.ofd").write_bytes(sample_ofd(["Agreement", "Seal here:"]))
+        r = cli(
+            "seal", "stamp", str(tmp_path / "doc.ofd"), "--server", url, "--token",
+            str(tok_path), "--seal", es_id, "--at", "120,200", "--out",
+            str(tmp_path / "stamped.ofd"), **sess,
+        )  # fmt: skip
+        assert r.exit_code == 0, r.output
+        r = cli(*verify, "--json", str(tmp_path / "stamped.ofd"))
+        assert r.exit_code == 0 and json.loads(r.output)["valid"] is True, r.output
         # offline with neither the issuing CA nor CRLs the certificates cannot be checked
         r = cli("seal", "verify", "--ca-file", str(root), "--no-revocation", str(out))
         assert r.exit_code == 1 and "unknown_issuer" in r.output
