@@ -251,3 +251,25 @@ def test_terminal_cannot_use_anothers_key(plat: Platform, tmp_path: Path) -> Non
         headers=bob.headers,
     )
     assert r.status_code == 404, r.text
+
+
+def test_keygen_with_a_bad_opening_over_http(plat: Platform) -> None:
+    """A terminal that opens something else than it committed to is refused, and that
+    key generation is over for good (the key is disabled, not retried)."""
+    t = plat.terminal("alice")
+    c = tp.ClientKeyGen()
+    r = plat.c.post(
+        "/seal/keys", json={"message": base64.b64encode(c.start()).decode()}, headers=t.headers
+    )
+    assert r.status_code == 200, r.text
+    key_id = r.json()["key_id"]
+    kg3 = c.receive_server_share(base64.b64decode(r.json()["message"]))
+    forged = kg3[:-1] + bytes([kg3[-1] ^ 1])  # the opening randomness
+    url = f"/seal/keys/{key_id}/keygen"
+    r = plat.c.post(url, json={"message": base64.b64encode(forged).decode()}, headers=t.headers)
+    assert r.status_code == 403 and r.json()["error"] == "TwoPartyProofError", r.text
+    r = plat.c.post(url, json={"message": base64.b64encode(kg3).decode()}, headers=t.headers)
+    assert r.status_code == 409 and "no key generation" in r.json()["detail"], r.text
+    keys = plat.c.get("/seal/keys", headers=t.headers).json()
+    assert [(k["key_id"], k["state"]) for k in keys] == [(key_id, "disabled")]
+    assert _audit(plat, "seal.key.keygen_abort")

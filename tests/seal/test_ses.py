@@ -371,3 +371,28 @@ def test_seal_info_policy(seal_pki: SealPki) -> None:
         _info(seal_pki, width=0)
     with pytest.raises(PolicyError):
         _info(seal_pki, valid_start=datetime(2026, 1, 1))  # naive time
+
+
+def test_time_stamp_is_parsed_and_reported_unverified(
+    seal_pki: SealPki, signature: ses.SealSignature
+) -> None:
+    from mstcrypt.apps.seal.verify import SealReport, Trust, verify_ses_signature
+
+    asn = ses._SESSignature.load(signature.der)
+    with_ts = dump(
+        ses._SESSignature(
+            {
+                "to_sign": ses._TBSSign.load(signature.tbs_der),
+                "cert": asn["cert"].native,
+                "signature_alg_id": asn["signature_alg_id"].dotted,
+                "signature": asn["signature"].native,
+                "time_stamp": b"\x30\x03\x02\x01\x00",
+            }
+        )
+    )
+    parsed = ses.parse_signature(with_ts)
+    assert parsed.time_stamp == b"\x30\x03\x02\x01\x00"
+    report = SealReport("x")
+    trust = Trust(anchors=[seal_pki.root.certificate], require_revocation_check=False)
+    verify_ses_signature(with_ts, report, data_hash=signature.data_hash, trust=trust)
+    assert report.ok and "not verified" in str(report.to_json()["time_stamp"])

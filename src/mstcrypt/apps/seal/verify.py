@@ -160,6 +160,9 @@ def verify_ses_signature(
     )
     # 6. the stamper's certificate at the time of stamping
     _chain(report, "stamper_certificate", signer, trust, at, "stamper")
+    # 9. a timestamp over the signature value is carried but not checked here: say so
+    if sig.time_stamp is not None:
+        report.extra["time_stamp"] = "present, not verified (RFC 3161 not supported yet)"
     # 7. the document digest
     match = data_hash == sig.data_hash
     report.add(
