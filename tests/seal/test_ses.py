@@ -373,11 +373,12 @@ def test_seal_info_policy(seal_pki: SealPki) -> None:
         _info(seal_pki, valid_start=datetime(2026, 1, 1))  # naive time
 
 
-def test_time_stamp_is_parsed_and_reported_unverified(
-    seal_pki: SealPki, signature: ses.SealSignature
-) -> None:
+def test_time_stamp_is_parsed_and_reported_unverified(seal_pki: SealPki, seal: ses.Seal) -> None:
     from mstcrypt.apps.seal.verify import SealReport, Trust, verify_ses_signature
 
+    signature = ses.make_signature(
+        seal, sm3(b"d"), "p", seal_pki.stamper_cert.der, seal_pki.stamper_sign
+    )
     asn = ses._SESSignature.load(signature.der)
     with_ts = dump(
         ses._SESSignature(
