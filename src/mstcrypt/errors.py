@@ -21,10 +21,6 @@ __all__ = [
     "PolicyError",
     "RateLimitError",
     "SignatureFormatError",
-    "TwoPartyError",
-    "TwoPartyProofError",
-    "TwoPartyStateError",
-    "TwoPartyVersionError",
     "UnsupportedError",
     "VerificationError",
 ]
@@ -100,6 +96,9 @@ class BackendError(MstCryptError):
 
 
 # --- seal ---
+__all__ += ["TwoPartyError", "TwoPartyProofError", "TwoPartyStateError", "TwoPartyVersionError"]
+
+
 class TwoPartyError(MstCryptError):
     """The two-party (collaborative) SM2 protocol was aborted; the message says which
     check failed. The session is unusable afterwards."""
