@@ -491,12 +491,15 @@ class CryptoModule(ABC):
         with self._lock:
             if container in self._containers:
                 raise PolicyError(f"container {container!r} already exists")
+        if not isinstance(container, str) or not _NAME.fullmatch(container):
+            raise PolicyError("container name: 1-64 characters of A-Z a-z 0-9 . _ @ -")
         kg = tp.ClientKeyGen()
         kg3 = kg.receive_server_share(transport(kg.start()))
         share = kg.finish(transport(kg3))
-        self.create_container(container)
-        with self._transaction():
-            self._get(container).twoparty["current"] = share.to_bytes()
+        with self._transaction():  # the container and its share, in one write
+            if container in self._containers:
+                raise PolicyError(f"container {container!r} already exists")
+            self._containers[container] = _Container(twoparty={"current": share.to_bytes()})
         return share.public_key
 
     def _shares(self, container: str) -> tuple[Any, Any]:
