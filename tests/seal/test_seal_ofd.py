@@ -12,13 +12,19 @@ import re
 import zipfile
 
 import pytest
+from sealkit import SealPki, make_seal_pki, validity
 
-from conftest import SealPki, validity
 from mstcrypt.apps.seal import ofd as O
 from mstcrypt.apps.seal.verify import Trust
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import DecodeError
 from mstcrypt.formats import ses
+
+
+@pytest.fixture(scope="module")
+def seal_pki() -> SealPki:
+    return make_seal_pki()
+
 
 DOC = O.sample_ofd(["合同编号 2026-001", "甲方：示例单位", "甲方盖章："])
 

@@ -14,14 +14,19 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from sealkit import SealPki, make_seal_pki, validity
 
-from conftest import SealPki, validity
 from mstcrypt.apps.seal import pdf as P
 from mstcrypt.apps.seal.verify import Trust
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import PolicyError
 from mstcrypt.formats import ses
 from mstcrypt.pki import RevokedEntry, build_crl
+
+
+@pytest.fixture(scope="module")
+def seal_pki() -> SealPki:
+    return make_seal_pki()
 
 
 def seal_png() -> bytes:

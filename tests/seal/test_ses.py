@@ -12,13 +12,19 @@ from pathlib import Path
 
 import pytest
 from asn1crypto.core import Any
+from sealkit import SealPki, make_seal_pki, validity
 
-from conftest import SealPki, validity
 from mstcrypt.crypto.sm2 import signature_to_raw
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import DecodeError, PolicyError, UnsupportedError, VerificationError
 from mstcrypt.formats import ses
 from mstcrypt.formats._der import dump
+
+
+@pytest.fixture(scope="module")
+def seal_pki() -> SealPki:
+    return make_seal_pki()
+
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
 

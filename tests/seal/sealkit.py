@@ -1,14 +1,13 @@
-"""Fixtures for the seal tests: a small CA, a seal maker, and a stamper whose key is a
-two-party SM2 key (the certificate is issued for the joint public key from a CSR that
-the two parties signed together)."""
+"""Shared helpers of the seal tests (not a conftest.py: the root conftest is imported by
+name elsewhere): a small CA, a seal maker, and a stamper whose key is a two-party SM2 key
+(the certificate is issued for the joint public key from a CSR that the two parties
+signed together). Each test module makes its ``seal_pki`` fixture with make_seal_pki."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-
-import pytest
 
 from mstcrypt.crypto import twoparty as tp
 from mstcrypt.crypto.sm2 import SM2PrivateKey
@@ -49,8 +48,7 @@ class SealPki:
         return self.maker_key.sign(message)
 
 
-@pytest.fixture(scope="session")
-def seal_pki() -> SealPki:
+def make_seal_pki() -> SealPki:
     root_key = SM2PrivateKey.generate()
     root = Issuer.self_signed(
         name(C="CN", O="Seal Test", CN="Seal Test Root"), root_key.public_key(), root_key.sign
