@@ -76,6 +76,16 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/voice/calls/{call_id}/confirm"): SESSION,
     ("POST", "/voice/calls/{call_id}/bye"): SESSION,
     ("GET", "/voice/events"): SESSION,
+    # seal server (terminal side): the caller's own two-party keys, the seals it may use
+    ("POST", "/seal/keys"): SESSION,
+    ("GET", "/seal/keys"): SESSION,
+    ("POST", "/seal/keys/{key_id}/keygen"): SESSION,
+    ("POST", "/seal/keys/{key_id}/certificate"): SESSION,
+    ("POST", "/seal/keys/{key_id}/sign"): SESSION,
+    ("POST", "/seal/keys/{key_id}/decrypt"): SESSION,
+    ("POST", "/seal/keys/{key_id}/refresh"): SESSION,
+    ("GET", "/seal/seals"): SESSION,
+    ("GET", "/seal/seals/{es_id}"): SESSION,
     # registration officers
     ("POST", "/admin/enrollment-codes"): frozenset({RA}),
     ("POST", "/admin/certificates/{serial}/revoke"): frozenset({RA}),
@@ -96,8 +106,15 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/admin/keys/{key_id}/destroy"): frozenset({ADMIN}),
     ("POST", "/admin/backup"): frozenset({ADMIN}),
     ("POST", "/admin/audit/checkpoint"): frozenset({ADMIN}),
+    ("POST", "/admin/seal/seals"): frozenset({ADMIN}),
+    ("POST", "/admin/seal/seals/{es_id}/revoke"): frozenset({ADMIN}),
+    # a lost phone: the server share of a seal key is disabled
+    ("POST", "/admin/seal/keys/{key_id}/disable"): frozenset({RA, ADMIN}),
+    ("POST", "/admin/seal/keys/{key_id}/enable"): frozenset({RA, ADMIN}),
+    ("POST", "/admin/seal/owners/{owner}/disable"): frozenset({RA, ADMIN}),
     # auditors (and administrators): verify the audit chain
     ("GET", "/admin/audit/verify"): frozenset({AUDITOR, ADMIN}),
+    ("GET", "/admin/seal/stampings"): frozenset({AUDITOR, ADMIN}),
     # key metadata (public keys and states) for every operator role
     ("GET", "/admin/keys"): frozenset({RA, KRO, AUDITOR, ADMIN}),
 }
@@ -224,6 +241,7 @@ def _request(
         "request_b64": "MAA=",
         "request_id": "no-such-request",
         "call_id": "no-such-call",
+        "es_id": "no-such-seal",
     }
     url = path.format(**values)
     params = {"owner": t.owner} if path in ("/admin/keys", "/directory/certificates") else None

@@ -6,6 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import mstcrypt.apps.login.models  # noqa: F401 - login tables share the metadata
+from mstcrypt.apps.seal import models as _seal_models  # noqa: F401 - seal tables too
 from mstcrypt.kmc.db import Database, migrate
 from mstcrypt.kmc.models import Base
 

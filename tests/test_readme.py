@@ -5,7 +5,8 @@ working fails this test (finding 12 of issue 9).
 README.md's fenced ``sh`` blocks, by section (``BLOCKS``; an unclassified block fails
 :func:`test_every_readme_block_is_classified`):
 
-* "Running the platform" then "File encryption": **run** as written, top to bottom, in
+* "Running the platform", "File encryption" then "Electronic seals": **run** as
+  written, top to bottom, in
   one bash session (``set -euo pipefail``) in a temporary directory, with the venv's
   ``mstcrypt`` first on PATH and no ``MSTCRYPT_*`` variable inherited. A line ending in
   ``&`` starts a background server: the harness waits until its ``--port`` accepts a TCP
@@ -64,6 +65,7 @@ BLOCKS: dict[str, list[str]] = {
     "Command line": ["check", "run"],
     "WLAN access with WAPI (guide 6.3)": ["check"],
     "Voice call encryption (guide 7.1)": ["check"],
+    "Electronic seals (guide 7.4)": ["session"],
 }
 
 
@@ -344,11 +346,13 @@ def test_docs_commands_exist(doc: Path) -> None:
 
 
 def test_readme_platform_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    """ "Running the platform" then "File encryption", in one bash session."""
+    """ "Running the platform", "File encryption" and "Electronic seals", in one bash
+    session."""
     blocks = blocks_of("session")
     assert [b.section for b in blocks] == [
         "Running the platform",
         "File encryption (guide 7.6)",
+        "Electronic seals (guide 7.4)",
     ]
     if port_busy(PORT):
         pytest.skip(f"port {PORT}, which the README's commands use, is busy on this machine")
@@ -357,6 +361,13 @@ def test_readme_platform_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert "audit chain OK" in out
     assert (tmp_path / "alice.session").read_text().startswith("MST1.")
     assert (tmp_path / "report.out").read_bytes() == (tmp_path / "report.txt").read_bytes()
+    # the seal demo: a stamped PDF that verifies, its rendered page, a detected edit
+    stamped = (tmp_path / "stamped.pdf").read_bytes()
+    assert stamped.startswith((tmp_path / "contract.pdf").read_bytes())
+    assert b"/GBT38540.SES_Signature" in stamped and "stamped.pdf: VALID" in out
+    assert "tampered.pdf: NOT VALID" in out
+    assert (tmp_path / "stamped.png").stat().st_size > 1000
+    assert (tmp_path / "tampered.pdf").read_bytes() != stamped
     assert not port_busy(PORT), "the README's server was not stopped"
 
 

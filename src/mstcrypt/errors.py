@@ -93,3 +93,27 @@ class UnsupportedError(MstCryptError):
 class BackendError(MstCryptError):
     """The native backend (OpenSSL libcrypto) is missing a needed capability or failed
     unexpectedly. The message names the library and the missing function."""
+
+
+# --- seal ---
+__all__ += ["TwoPartyError", "TwoPartyProofError", "TwoPartyStateError", "TwoPartyVersionError"]
+
+
+class TwoPartyError(MstCryptError):
+    """The two-party (collaborative) SM2 protocol was aborted; the message says which
+    check failed. The session is unusable afterwards."""
+
+
+class TwoPartyProofError(TwoPartyError, VerificationError):
+    """A peer's commitment, proof of knowledge, confirmation tag or final signature did
+    not verify: the peer is faulty or malicious."""
+
+
+class TwoPartyStateError(TwoPartyError, PolicyError):
+    """A two-party message arrived out of order, twice, for another session or for
+    another share version (a replay)."""
+
+
+class TwoPartyVersionError(TwoPartyStateError):
+    """The peer holds another version of the share (a refresh happened on one side
+    only); the terminal settles it by retrying with its other share."""

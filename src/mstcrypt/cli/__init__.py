@@ -19,6 +19,7 @@ from mstcrypt.cli import (
     demo,
     file_cmd,
     platform,
+    seal_cmd,
     selftest,
     sm2_cmd,
     speed,
@@ -58,6 +59,7 @@ app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
 app.add_typer(wapi_cmd.app, name="wapi")
 app.add_typer(voice_cmd.app, name="voice")
+app.add_typer(seal_cmd.app, name="seal")
 
 
 @app.command("version")

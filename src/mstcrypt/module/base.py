@@ -22,7 +22,7 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +46,15 @@ __all__ = [
 
 #: Key exchanges started but not finished that a module keeps (oldest dropped first).
 MAX_PENDING_EXCHANGES = 256
+
+Transport = Callable[[bytes], bytes]
+
+
+def _twoparty() -> Any:
+    from mstcrypt.crypto import twoparty
+
+    return twoparty
+
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 
@@ -111,6 +120,9 @@ class _Container:
     keys: dict[KeyUsage, SM2PrivateKey] = field(default_factory=dict)
     certs: dict[KeyUsage, bytes] = field(default_factory=dict)
     meta: dict[KeyUsage, KeyProvenance] = field(default_factory=dict)
+    #: a two-party SM2 signing key's share: "current" and, during a refresh whose
+    #: outcome the server has not acknowledged, "pending" (serialised ClientShare)
+    twoparty: dict[str, bytes] = field(default_factory=dict)
 
 
 # Modules by id, so that a KeyExchange (which holds no reference to its module, and so
@@ -237,6 +249,8 @@ class CryptoModule(ABC):
                     if u in c.keys and m.origin is not KeyOrigin.UNKNOWN
                 },
             }
+            if c.twoparty:
+                out[name]["twoparty"] = {k: v.hex() for k, v in c.twoparty.items()}
         return {"containers": out}
 
     @staticmethod
@@ -256,6 +270,12 @@ class CryptoModule(ABC):
                     if escrowed not in (True, False, None) or KeyUsage(u) not in cont.keys:
                         raise TypeError
                     cont.meta[KeyUsage(u)] = KeyProvenance(KeyOrigin(m["origin"]), escrowed)
+                for slot, v in c.get("twoparty", {}).items():
+                    if slot not in ("current", "pending"):
+                        raise TypeError
+                    raw = bytes.fromhex(v)
+                    _twoparty().ClientShare.from_bytes(raw)  # validates the share
+                    cont.twoparty[slot] = raw
                 containers[name] = cont
         except (KeyError, TypeError, ValueError, AttributeError, MstCryptError):
             raise KeyStoreError("keystore payload has the wrong shape") from None
@@ -451,13 +471,115 @@ class CryptoModule(ABC):
             raise PolicyError("certificate must be non-empty DER bytes")
         with self._transaction():
             c = self._get(container)
-            if usage not in c.keys:
+            if usage not in c.keys and not (usage is KeyUsage.SIGN and c.twoparty):
                 raise KeyStoreError(f"container {container!r} has no {usage.value} key")
             c.certs[usage] = bytes(cert_der)
 
     def get_certificate(self, container: str, usage: KeyUsage) -> bytes | None:
         self._require_open()
         return self._get(container).certs.get(_usage(usage))
+
+    # -- two-party SM2 (docs/two-party-sm2.md): this module holds the terminal's share ----
+    # ``transport(message) -> reply`` carries one protocol message to the server and
+    # returns its answer (b"" where none is expected). The share and the nonces never
+    # leave the module.
+    def twoparty_generate(self, container: str, transport: Transport) -> SM2PublicKey:
+        """Run key generation with the server; store the share in a new container."""
+        self._require_open()
+        self._require_may_add_keys()
+        tp = _twoparty()
+        with self._lock:
+            if container in self._containers:
+                raise PolicyError(f"container {container!r} already exists")
+        if not isinstance(container, str) or not _NAME.fullmatch(container):
+            raise PolicyError("container name: 1-64 characters of A-Z a-z 0-9 . _ @ -")
+        kg = tp.ClientKeyGen()
+        kg3 = kg.receive_server_share(transport(kg.start()))
+        share = kg.finish(transport(kg3))
+        with self._transaction():  # the container and its share, in one write
+            if container in self._containers:
+                raise PolicyError(f"container {container!r} already exists")
+            self._containers[container] = _Container(twoparty={"current": share.to_bytes()})
+        return share.public_key
+
+    def _shares(self, container: str) -> tuple[Any, Any]:
+        self._require_open()
+        tp = _twoparty()
+        c = self._get(container)
+        if "current" not in c.twoparty:
+            raise KeyStoreError(f"container {container!r} has no two-party key")
+        pending = c.twoparty.get("pending")
+        return (
+            tp.ClientShare.from_bytes(c.twoparty["current"]),
+            tp.ClientShare.from_bytes(pending) if pending else None,
+        )
+
+    def twoparty_public_key(self, container: str) -> SM2PublicKey:
+        return self._shares(container)[0].public_key
+
+    def _with_share(self, container: str, run: Any) -> Any:
+        """Run with the pending share first (a refresh the server may have committed),
+        then settle: promote it if the server knew it, drop it if not."""
+        tp = _twoparty()
+        current, pending = self._shares(container)
+        if pending is not None:
+            try:
+                out = run(pending)
+            except tp.TwoPartyVersionError:
+                with self._transaction():
+                    self._get(container).twoparty.pop("pending", None)
+            else:
+                with self._transaction():
+                    c = self._get(container)
+                    c.twoparty["current"] = c.twoparty.pop("pending")
+                return out
+        return run(current)
+
+    def twoparty_sign(
+        self,
+        container: str,
+        message: bytes,
+        transport: Transport,
+        *,
+        signer_id: bytes = DEFAULT_ID,
+    ) -> bytes:
+        """A DER signature over ``message`` made with the server; verified against the
+        joint key before it is returned, and confirmed to the server (SG3)."""
+        tp = _twoparty()
+
+        def run(share: Any) -> bytes:
+            signer = tp.ClientSigner(share, message, signer_id=signer_id)
+            sig = signer.finish(transport(signer.start()))
+            transport(signer.confirmation())
+            return bytes(sig)
+
+        return bytes(self._with_share(container, run))
+
+    def twoparty_decrypt(self, container: str, ciphertext: bytes, transport: Transport) -> bytes:
+        tp = _twoparty()
+
+        def run(share: Any) -> bytes:
+            dec = tp.ClientDecryptor(share, ciphertext)
+            return bytes(dec.finish(transport(dec.start())))
+
+        return bytes(self._with_share(container, run))
+
+    def twoparty_refresh(self, container: str, transport: Transport) -> int:
+        """Re-randomise both shares (same public key). The new share is kept as pending
+        until the server acknowledges RF3; returns the new share version."""
+        tp = _twoparty()
+        current, pending = self._shares(container)
+        if pending is not None:
+            raise PolicyError("a refresh is unsettled; sign once first")
+        ref = tp.ClientRefresh(current)
+        rf3, new = ref.finish(transport(ref.start()))
+        with self._transaction():
+            self._get(container).twoparty["pending"] = new.to_bytes()
+        transport(rf3)
+        with self._transaction():
+            c = self._get(container)
+            c.twoparty["current"] = c.twoparty.pop("pending")
+        return int(new.version)
 
     # -- private-key operations ---------------------------------------------------------------
     def _private(self, handle: KeyHandle, usage: KeyUsage | None = None) -> SM2PrivateKey:
