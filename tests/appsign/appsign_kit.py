@@ -11,17 +11,25 @@ zips it with a few entries, and :func:`apksign` signs the result with the stock
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import struct
 import subprocess
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.pki import CRL, Certificate, Issuer, Profile, RevokedEntry, build_csr
+from mstcrypt.pki import name as pki_name
 
 ANDROID_NS = "http://schemas.android.com/apk/res/android"
 ATTR_IDS = {"versionCode": 0x0101021B, "versionName": 0x0101021C, "minSdkVersion": 0x0101020C}
@@ -190,3 +198,70 @@ def apksigner_verify(path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [tool, "verify", "-v", str(path)], capture_output=True, text=True, timeout=120
     )
+
+
+# --- the channel's PKI --------------------------------------------------------------------
+
+
+@dataclass
+class Party:
+    """A key and its certificate."""
+
+    key: SM2PrivateKey
+    cert: Certificate
+
+    def signer(self) -> Callable[[bytes], bytes]:
+        return self.key.sign
+
+
+@dataclass
+class ChannelPki:
+    """A distribution channel: its CA, its own App-signing identity, a developer it
+    registered, and CRLs."""
+
+    name: str
+    ca: Issuer
+    signer: Party
+    developer: Party
+
+    def developer_from_csr(self, cn: str, **kw: Any) -> Party:
+        key = SM2PrivateKey.generate()
+        csr = build_csr(pki_name(O=self.name, CN=cn), key.public_key(), key.sign)
+        cert = self.ca.issue_from_csr(csr, profile=Profile.APP_DEVELOPER, **kw)
+        return Party(key, cert)
+
+    def crl(self, *revoked: Certificate, number: int = 1) -> CRL:
+        now = datetime.datetime.now(datetime.UTC)
+        entries = [RevokedEntry(c.serial, now - datetime.timedelta(minutes=1)) for c in revoked]
+        return self.ca.crl(number=number, entries=entries)
+
+    def policy(self, directory: Path, **extra: Any) -> Path:
+        ca_file = directory / f"{self.name}-ca.pem"
+        ca_file.write_bytes(self.ca.certificate.pem)
+        doc = {
+            "channels": [
+                {
+                    "name": self.name,
+                    "ca_file": ca_file.name,
+                    "signer_keys": [self.signer.cert.public_key.fingerprint().hex()],
+                }
+            ],
+            **extra,
+        }
+        path = directory / f"{self.name}-policy.json"
+        path.write_text(json.dumps(doc), encoding="utf-8")
+        return path
+
+
+def channel_pki(name: str = "gov-store") -> ChannelPki:
+    ca_key = SM2PrivateKey.generate()
+    ca = Issuer.self_signed(
+        pki_name(O=name, CN=f"{name} channel CA"),
+        ca_key.public_key(),
+        ca_key.sign,
+        profile=Profile.DISTRIBUTION_CHANNEL_CA,
+    )
+    tmp = ChannelPki(name, ca, None, None)  # type: ignore[arg-type]
+    tmp.signer = tmp.developer_from_csr(f"{name} App signing")
+    tmp.developer = tmp.developer_from_csr("Example Developer Ltd")
+    return tmp
