@@ -62,6 +62,8 @@ BLOCKS: dict[str, list[str]] = {
     "TLCP and the mobile access gateway (guide 6.4)": ["check"],
     "File encryption (guide 7.6)": ["session"],
     "Command line": ["check", "run"],
+    # run by tests/appsign/test_appsign_cli.py on an APK it builds and signs with apksigner
+    "App signing (guide 6.2)": ["check"],
 }
 
 
