@@ -1,0 +1,99 @@
+"""The channel hosted on the platform: developer certificates from the platform's issuing
+CA (codeSigning), its directory, revocation through the platform's CRL, and reviews and
+countersignatures in the audit chain; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import pytest
+from appsign_kit import apksign, apksigner_path, build_apk
+
+from mstcrypt.apps import appsign
+from mstcrypt.apps.appsign.service import PlatformChannel
+from mstcrypt.crypto.sm2 import SM2PrivateKey
+from mstcrypt.errors import PolicyError
+from mstcrypt.kmc.db import Database
+from mstcrypt.kmc.models import AuditRecord
+from mstcrypt.kmc.service import Kmc
+from mstcrypt.module.sscc import SoftKeyStore
+from mstcrypt.pki import build_csr, name
+
+pytestmark = pytest.mark.skipif(
+    apksigner_path() is None, reason="apksigner not installed (Debian package apksigner)"
+)
+
+
+@pytest.fixture
+def kmc(database_url):
+    k = Kmc(Database(database_url), SoftKeyStore(secrets.token_bytes(32)))
+    k.create_schema()
+    k.init_ca(actor="test")
+    yield k
+    k.db.dispose()
+
+
+def _csr(cn: str):
+    key = SM2PrivateKey.generate()
+    return key, build_csr(name(CN=cn), key.public_key(), key.sign)
+
+
+def test_platform_channel(kmc, tmp_path):
+    channel = PlatformChannel(kmc, name="gov-store")
+    dev_key, dev_csr = _csr("Example Notes Ltd")
+    dev = channel.register_developer(dev_csr, owner="notes-ltd", actor="officer-alice")
+    assert "code_signing" in dev.extended_key_usage and dev.issuer == channel.ca_certificate.subject
+    ch_key, ch_csr = _csr("gov-store App Signing")
+    ch_cert = channel.register_signer(ch_csr, actor="officer-alice")
+    with pytest.raises(PolicyError):
+        channel.register_developer(dev_csr, owner="channel:x", actor="officer-alice")
+    assert [d["owner"] for d in channel.developers()] == ["notes-ltd"]
+
+    build_apk(tmp_path / "u.apk", "cn.gov.notes", 3)
+    apksign(tmp_path / "u.apk", tmp_path / "s.apk", tmp_path)
+    appsign.sign_developer(
+        tmp_path / "s.apk", tmp_path / "d.apk", signer=dev_key.sign, certificates=[dev]
+    )
+    channel.countersign(
+        tmp_path / "d.apk",
+        tmp_path / "p.apk",
+        signer=ch_key.sign,
+        certificates=[ch_cert],
+        actor="officer-alice",
+    )
+    (tmp_path / "ca.pem").write_bytes(channel.ca_certificate.pem)
+    policy = appsign.Policy.from_dict(
+        {
+            "channels": [
+                {
+                    "name": "gov-store",
+                    "ca_file": "ca.pem",
+                    "signer_keys": [appsign.key_fingerprint(ch_cert)],
+                }
+            ]
+        },
+        base=tmp_path,
+    )
+    assert (
+        appsign.verify_package(tmp_path / "p.apk", policy, crls=[channel.crl()]).version_code == 3
+    )
+
+    # revoking the developer on the platform: refused after the next CRL
+    kmc.revoke_certificate(f"{dev.serial:x}", reason="key_compromise", actor="officer-alice")
+    kmc.publish_crls(force=True)
+    with pytest.raises(appsign.AppVerificationError) as e:
+        appsign.verify_package(tmp_path / "p.apk", policy, crls=[channel.crl()])
+    assert "revoked" in str(e.value)
+    with pytest.raises(appsign.AppVerificationError):
+        channel.review(tmp_path / "d.apk", actor="officer-bob")
+    assert channel.developers()[0]["status"] == "revoked"
+
+    with kmc.ctx.read() as s:
+        rows = s.query(AuditRecord).order_by(AuditRecord.seq).all()
+        actions = [r.action for r in rows]
+        details = [r.details for r in rows]
+    assert actions[-1] == "appsign.review"
+    assert "appsign.countersign" in actions and "appsign.developer.register" in actions
+    last = details[-1] if isinstance(details[-1], dict) else json.loads(details[-1])
+    assert last["result"] == "refused" and last["reason"] == "developer-certificate"
