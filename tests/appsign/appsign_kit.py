@@ -40,24 +40,46 @@ def apksigner_path() -> str | None:
     return os.environ.get("MSTCRYPT_APKSIGNER") or shutil.which("apksigner")
 
 
-def _pool(strings: list[str]) -> bytes:
+def _len8(n: int) -> bytes:
+    return bytes([n]) if n < 0x80 else bytes([0x80 | (n >> 8), n & 0xFF])
+
+
+def _pool(strings: list[str], utf8: bool = False) -> bytes:
     data, offsets = b"", []
     for s in strings:
         offsets.append(len(data))
-        u = s.encode("utf-16-le")
-        data += struct.pack("<H", len(s)) + u + b"\0\0"
+        if utf8:  # as aapt2 writes: UTF-16 length, UTF-8 length, bytes, NUL
+            b = s.encode("utf-8")
+            data += _len8(len(s.encode("utf-16-le")) // 2) + _len8(len(b)) + b + b"\0"
+        else:
+            data += struct.pack("<H", len(s)) + s.encode("utf-16-le") + b"\0\0"
     data += bytes((-len(data)) % 4)
     header = 28
     start = header + 4 * len(strings)
     body = b"".join(struct.pack("<I", o) for o in offsets) + data
     return (
-        struct.pack("<HHIIIIII", 0x0001, header, header + len(body), len(strings), 0, 0, start, 0)
+        struct.pack(
+            "<HHIIIIII",
+            0x0001,
+            header,
+            header + len(body),
+            len(strings),
+            0,
+            0x100 if utf8 else 0,
+            start,
+            0,
+        )
         + body
     )
 
 
 def manifest_axml(
-    package: str, version_code: int, version_name: str = "1.0", min_sdk: int = 24
+    package: str,
+    version_code: int,
+    version_name: str = "1.0",
+    min_sdk: int = 24,
+    *,
+    utf8: bool = False,
 ) -> bytes:
     """Binary AndroidManifest.xml: <manifest package versionCode versionName><uses-sdk
     minSdkVersion/></manifest>."""
@@ -77,7 +99,7 @@ def manifest_axml(
     idx = {s: i for i, s in enumerate(strings)}
     none = 0xFFFFFFFF
     rmap = b"".join(struct.pack("<I", ATTR_IDS[n]) for n in strings[:3])
-    chunks = [_pool(strings), struct.pack("<HHI", 0x0180, 8, 8 + len(rmap)) + rmap]
+    chunks = [_pool(strings, utf8), struct.pack("<HHI", 0x0180, 8, 8 + len(rmap)) + rmap]
     chunks.append(struct.pack("<HHIIIII", 0x0100, 16, 24, 1, none, idx["android"], idx[ANDROID_NS]))
 
     def attr(ns: int, name: str, raw: int, dtype: int, data: int) -> bytes:
@@ -118,6 +140,7 @@ def build_apk(
     *,
     payload: int = 4096,
     seed: bytes = b"mstcrypt",
+    utf8: bool = False,
 ) -> Path:
     """An unsigned APK: the binary manifest, classes.dex-like filler and an asset of
     ``payload`` pseudo-random (incompressible, stored) bytes."""
@@ -130,7 +153,9 @@ def build_apk(
         counter += 1
     with zipfile.ZipFile(path, "w") as z:
         z.writestr(
-            "AndroidManifest.xml", manifest_axml(package, version_code), zipfile.ZIP_DEFLATED
+            "AndroidManifest.xml",
+            manifest_axml(package, version_code, utf8=utf8),
+            zipfile.ZIP_DEFLATED,
         )
         z.writestr("classes.dex", b"dex\n035\0" + bytes(120), zipfile.ZIP_DEFLATED)
         z.writestr("assets/data.bin", bytes(filler[:payload]), zipfile.ZIP_STORED)

@@ -35,12 +35,16 @@ def other_store():
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    """An apksigner-signed (v2+v3) APK, version 7, and version 6 of the same package."""
+    """An apksigner-signed (v2+v3) APK, version 7, and version 6 of the same package (with
+    a UTF-8 string pool in its manifest, as aapt2 writes)."""
     d = tmp_path_factory.mktemp("apk")
     out = {}
     for code in (6, 7):
-        build_apk(d / f"u{code}.apk", "cn.example.app", code, payload=300_000)
+        build_apk(d / f"u{code}.apk", "cn.example.app", code, payload=300_000, utf8=code == 6)
         out[code] = apksign(d / f"u{code}.apk", d / f"s{code}.apk", d)
+        # apksigner read minSdkVersion 24 from our manifest: it refuses to sign with ECDSA
+        # below minSdk 18 (the default, 1, when it cannot read the manifest)
+        assert apksigner_verify(out[code]).returncode == 0
     return out
 
 

@@ -233,9 +233,15 @@ def test_hostile_manifests(data):
     assert e.value.code == "bad-manifest"
 
 
-def test_manifest_reader_matches_kit():
-    m = parse_axml(manifest_axml("org.example.x", 123456, "9.8"))
-    assert (m.package, m.version_code, m.version_name) == ("org.example.x", 123456, "9.8")
+@pytest.mark.parametrize("utf8", [False, True])
+def test_manifest_reader_matches_kit(utf8):
+    long_name = "org.example." + "x" * 200  # two-byte lengths in a UTF-8 pool
+    for package, version, vname in (
+        ("org.example.x", 123456, "9.8"),
+        (long_name, 2**31 - 1, "版本 2"),
+    ):
+        m = parse_axml(manifest_axml(package, version, vname, utf8=utf8))
+        assert (m.package, m.version_code, m.version_name) == (package, version, vname)
 
 
 def test_missing_manifest_refused(tmp_path):

@@ -84,6 +84,13 @@ def _entry(f: BinaryIO, layout: ApkLayout) -> bytes:
     return out
 
 
+def _len8(chunk: bytes, p: int) -> tuple[int, int]:
+    n = chunk[p]
+    if n & 0x80:
+        return ((n & 0x7F) << 8) | chunk[p + 1], p + 2
+    return n, p + 1
+
+
 def _strings(chunk: bytes) -> list[str]:
     count, styles, flags, start, _ = struct.unpack_from("<IIIII", chunk, 8)
     header = struct.unpack_from("<H", chunk, 2)[0]
@@ -96,10 +103,9 @@ def _strings(chunk: bytes) -> list[str]:
         p = start + off
         try:
             if utf8:
-                n = chunk[p]
-                p += 2 if n & 0x80 else 1
-                n = chunk[p] if not (chunk[p] & 0x80) else ((chunk[p] & 0x7F) << 8) | chunk[p + 1]
-                p += 2 if chunk[p] & 0x80 else 1
+                # two lengths, each 1 byte (or 2 with the top bit set): UTF-16 units, bytes
+                _, p = _len8(chunk, p)
+                n, p = _len8(chunk, p)
                 raw = chunk[p : p + n]
                 if len(raw) != n:
                     raise IndexError
