@@ -14,7 +14,7 @@ from appsign_kit import apksign, apksigner_path, apksigner_verify, build_apk, ch
 
 from mstcrypt.apps import appsign
 from mstcrypt.apps.appsign.format import CHANNEL_PAIR_ID, DEVELOPER_PAIR_ID
-from mstcrypt.apps.appsign.package import read_layout, write_with_pairs
+from mstcrypt.apps.appsign.package import V2_PAIR_ID, V3_PAIR_ID, read_layout, write_with_pairs
 from mstcrypt.errors import DecodeError, PolicyError, VerificationError
 
 needs_apksigner = pytest.mark.skipif(
@@ -372,3 +372,19 @@ def test_errors_are_typed(published, tmp_path):
     with pytest.raises(appsign.PackageFormatError) as e:
         appsign.inspect(tmp_path / "x.apk")
     assert e.value.code == "bad-eocd"
+
+
+def test_android_signature_changed_or_stripped(published, store, tmp_path):
+    """A byte changed in apksigner's v2 pair, or the v3 pair stripped: Android would
+    refuse or downgrade the package, and so does the terminal."""
+    with open(published, "rb") as f:
+        v2 = read_layout(f).pair(V2_PAIR_ID)
+    bad = _flip(published, tmp_path / "bad.apk", v2.offset + v2.length - 3)
+    assert apksigner_verify(bad).returncode != 0
+    with pytest.raises(appsign.AppVerificationError) as e:
+        appsign.verify_package(bad, policy(store, tmp_path), crls=[store.crl()])
+    assert e.value.code == "apk-signature-mismatch"
+    stripped = _replace_pair(published, tmp_path / "stripped.apk", remove=[V3_PAIR_ID])
+    with pytest.raises(appsign.AppVerificationError) as e:
+        appsign.verify_package(stripped, policy(store, tmp_path), crls=[store.crl()])
+    assert e.value.code == "apk-signature-mismatch"

@@ -46,6 +46,7 @@ VERIFY_CODES = frozenset(
         "developer-missing",
         "channel-missing",
         "digest-mismatch",
+        "apk-signature-mismatch",
         "developer-signature",
         "developer-certificate",
         "developer-not-allowed",

@@ -14,6 +14,8 @@ Developer signed data::
     lp("mstcrypt-app-developer-v1") | uint32 digest algorithm (0x00010301: chunked SM3)
     | lp(content digest, 32) | lp(package, UTF-8) | uint64 versionCode
     | uint64 signing time (Unix seconds) | lp(SM3 of the signer's certificate)
+    | lp(Android signatures) = (uint32 pair ID | SM3 of the pair value)... for each v2,
+      v3 and v3.1 pair in the block at signing time, in block order (1 to 3)
 
 Channel signed data::
 
@@ -33,6 +35,7 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives import hashes
 
 from mstcrypt.apps.appsign.errors import LayerFormatError
+from mstcrypt.apps.appsign.package import APK_SIGNATURE_IDS
 from mstcrypt.errors import DecodeError
 from mstcrypt.pki import Certificate
 
@@ -131,8 +134,11 @@ class DeveloperSignedData:
     version_code: int
     signed_at: datetime
     certificate_sm3: bytes
+    #: (pair ID, SM3 of its value) of Android's own signature pairs when signed
+    apk_signatures: tuple[tuple[int, bytes], ...]
 
     def encode(self) -> bytes:
+        sigs = b"".join(struct.pack("<I", i) + d for i, d in self.apk_signatures)
         return b"".join(
             (
                 _lp(DEVELOPER_LABEL),
@@ -141,6 +147,7 @@ class DeveloperSignedData:
                 _lp(self.package.encode()),
                 struct.pack("<QQ", self.version_code, _seconds(self.signed_at)),
                 _lp(self.certificate_sm3),
+                _lp(sigs),
             )
         )
 
@@ -155,10 +162,20 @@ class DeveloperSignedData:
         package = r.text()
         code, when = r.u64(), r.u64()
         cert = r.lp(32)
+        sigs = r.lp(36 * len(APK_SIGNATURE_IDS))
         r.end()
         if len(digest) != 32 or len(cert) != 32:
             raise _bad(r.what, "digests must be 32 bytes")
-        return cls(digest, package, code, _time(when), cert)
+        if not sigs or len(sigs) % 36:
+            raise _bad(r.what, "the Android signature list must hold 1 to 3 entries of 36 bytes")
+        entries = tuple(
+            (int(struct.unpack_from("<I", sigs, k)[0]), sigs[k + 4 : k + 36])
+            for k in range(0, len(sigs), 36)
+        )
+        ids = [i for i, _ in entries]
+        if len(set(ids)) != len(ids) or not set(ids) <= set(APK_SIGNATURE_IDS):
+            raise _bad(r.what, "the Android signature list names unknown or repeated pairs")
+        return cls(digest, package, code, _time(when), cert, entries)
 
 
 @dataclass(frozen=True)

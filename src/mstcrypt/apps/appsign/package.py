@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes
 from mstcrypt.apps.appsign.errors import NotSignedError, PackageFormatError
 
 __all__ = [
+    "APK_SIGNATURE_IDS",
     "APK_SIG_BLOCK_MAGIC",
     "CHUNK_SIZE",
     "MAX_CENTRAL_DIRECTORY",
@@ -50,6 +51,7 @@ __all__ = [
     "ApkLayout",
     "Pair",
     "content_digest",
+    "pair_digest",
     "read_layout",
     "read_pair_value",
     "write_with_pairs",
@@ -60,6 +62,8 @@ V2_PAIR_ID = 0x7109871A
 V3_PAIR_ID = 0xF05368C0
 V31_PAIR_ID = 0x1B93AD61
 PADDING_PAIR_ID = 0x42726577
+#: the pairs holding Android's own signatures (v2, v3, v3.1)
+APK_SIGNATURE_IDS = (V2_PAIR_ID, V3_PAIR_ID, V31_PAIR_ID)
 
 #: the v2/v3 chunk size
 CHUNK_SIZE = 1 << 20
@@ -114,7 +118,7 @@ class ApkLayout:
 
     @property
     def has_apk_signature(self) -> bool:
-        return any(p.id in (V2_PAIR_ID, V3_PAIR_ID, V31_PAIR_ID) for p in self.pairs)
+        return any(p.id in APK_SIGNATURE_IDS for p in self.pairs)
 
 
 def _fail(code: str, message: str) -> PackageFormatError:
@@ -278,6 +282,20 @@ def read_pair_value(f: BinaryIO, pair: Pair, *, limit: int = MAX_PAIR_VALUE) -> 
             "pair-too-large", f"pair 0x{pair.id:08x} holds {pair.length} bytes (limit {limit})"
         )
     return _read_at(f, pair.offset, pair.length)
+
+
+def pair_digest(f: BinaryIO, pair: Pair) -> bytes:
+    """SM3 of the value of ``pair`` (streamed: no size limit)."""
+    h = hashes.Hash(_SM3)
+    f.seek(pair.offset)
+    left = pair.length
+    while left:
+        data = f.read(min(left, CHUNK_SIZE))
+        if not data:
+            raise _fail("not-a-zip", "the file changed or ended while being digested")
+        h.update(data)
+        left -= len(data)
+    return h.finalize()
 
 
 def _eocd_for_digest(layout: ApkLayout) -> bytes:

@@ -98,6 +98,7 @@ def sign_developer(
         version_code=info.manifest.version_code,
         signed_at=(now or datetime.now(UTC)).replace(microsecond=0),
         certificate_sm3=sm3(certs[0].der),
+        apk_signatures=info.apk_signatures,
     )
     data = signed.encode()
     layer = DeveloperLayer(signed, data, _sign(signer, data, certs[0], "developer"), certs)

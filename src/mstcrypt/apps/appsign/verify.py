@@ -28,7 +28,14 @@ from mstcrypt.apps.appsign.format import (
     sm3,
 )
 from mstcrypt.apps.appsign.manifest import Manifest, read_manifest
-from mstcrypt.apps.appsign.package import ApkLayout, content_digest, read_layout, read_pair_value
+from mstcrypt.apps.appsign.package import (
+    APK_SIGNATURE_IDS,
+    ApkLayout,
+    content_digest,
+    pair_digest,
+    read_layout,
+    read_pair_value,
+)
 from mstcrypt.errors import DecodeError, PolicyError, VerificationError
 from mstcrypt.pki import CRL, Certificate, CertificateError, load_certificates, validate_path
 
@@ -66,6 +73,8 @@ class PackageInfo:
     developer: DeveloperLayer | None
     developer_value: bytes | None
     channel: ChannelLayer | None
+    #: (pair ID, SM3 of its value) of the v2/v3/v3.1 pairs, in block order
+    apk_signatures: tuple[tuple[int, bytes], ...]
 
 
 def inspect(path: str | os.PathLike[str]) -> PackageInfo:
@@ -77,6 +86,9 @@ def inspect(path: str | os.PathLike[str]) -> PackageInfo:
         dev_value = read_pair_value(f, dev_pair) if dev_pair else None
         ch_value = read_pair_value(f, ch_pair) if ch_pair else None
         digest = content_digest(f, layout)
+        apk_sigs = tuple(
+            (p.id, pair_digest(f, p)) for p in layout.pairs if p.id in APK_SIGNATURE_IDS
+        )
     return PackageInfo(
         path=os.fspath(path),
         layout=layout,
@@ -85,6 +97,7 @@ def inspect(path: str | os.PathLike[str]) -> PackageInfo:
         developer=DeveloperLayer.decode(dev_value) if dev_value is not None else None,
         developer_value=dev_value,
         channel=ChannelLayer.decode(ch_value) if ch_value is not None else None,
+        apk_signatures=apk_sigs,
     )
 
 
@@ -139,6 +152,12 @@ def check_developer(
             "digest-mismatch",
             "the package content differs from what the developer signed "
             "(an entry, the central directory or the end record was changed)",
+        )
+    if dev.signed.apk_signatures != info.apk_signatures:
+        raise AppVerificationError(
+            "apk-signature-mismatch",
+            "the package's Android signature blocks (v2/v3) differ from those the "
+            "developer signed over (changed, removed or added)",
         )
     m = info.manifest
     if (m.package, m.version_code) != (dev.signed.package, dev.signed.version_code):
