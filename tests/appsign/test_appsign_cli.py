@@ -149,3 +149,93 @@ def test_cli_errors_are_clean(tmp_path):
         f.write('{"action": "forged", "prev": "00"}\n')
     res = _mst(tmp_path, "app", "channel", "log", "--channel-dir", "s", env=env)
     assert res.returncode == 2 and "broken" in res.stderr
+
+
+def test_cli_review_verify_inspect_revoke(tmp_path):
+    build_apk(tmp_path / "unsigned.apk", "cn.gov.mail", 4, payload=5_000)
+    apksign(tmp_path / "unsigned.apk", tmp_path / "app.apk", tmp_path)
+    env = {**_env(), "MSTCRYPT_CHANNEL_PASS": "pw"}
+
+    def ok(*args: str) -> str:
+        res = _mst(tmp_path, *args, env=env)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        return res.stdout
+
+    ok("app", "channel", "init", "--channel-dir", "s", "--name", "gov", "--org", "Gov")
+    ok("sm2", "keygen", "--out", "dev.key", "--pass", "devpw")
+    ok("app", "csr", "--key", "dev.key", "--pass", "devpw", "--cn", "Mail Dev", "--out", "d.csr")
+    serial = json.loads(
+        ok(
+            "app",
+            "channel",
+            "register",
+            "d.csr",
+            "--out",
+            "d.pem",
+            "--channel-dir",
+            "s",
+            "--email",
+            "dev@example.cn",
+        )
+    )["serial"]
+    listing = json.loads(ok("app", "channel", "list", "--channel-dir", "s"))
+    assert listing[serial]["status"] == "active" and listing[serial]["subject"] == "CN=Mail Dev"
+    ok("app", "sign", "--key", "dev.key", "--pass", "devpw", "--cert", "d.pem", "app.apk", "d.apk")
+    assert json.loads(ok("app", "review", "d.apk", "--channel-dir", "s"))["review"] == "passed"
+    ok("app", "countersign", "d.apk", "p.apk", "--channel-dir", "s")
+    info = json.loads(ok("app", "inspect", "p.apk"))
+    assert info["developer"]["digest_matches"] is True
+    assert info["channel"]["name"] == "gov"
+    assert "0x4d534431 " in " ".join(info["signing_block"]["pairs"])
+    fp = ok("app", "fingerprint", "s/signer.pem").strip()
+    assert json.loads((tmp_path / "s" / "policy.json").read_text())["channels"][0][
+        "signer_keys"
+    ] == [fp]
+    verdict = json.loads(
+        ok("app", "verify", "p.apk", "--policy", "s/policy.json", "--crl", "s/crl.pem")
+    )
+    assert verdict["verified"] is True and verdict["version_code"] == 4
+    ok(
+        "app",
+        "install",
+        "p.apk",
+        "--into",
+        "mst",
+        "--policy",
+        "s/policy.json",
+        "--crl",
+        "s/crl.pem",
+    )
+    # the channel revokes the developer; terminals with the new CRL refuse
+    ok("app", "channel", "revoke", serial, "--channel-dir", "s")
+    res = _mst(
+        tmp_path,
+        "app",
+        "verify",
+        "p.apk",
+        "--policy",
+        "s/policy.json",
+        "--crl",
+        "s/crl.pem",
+        env=env,
+    )
+    assert res.returncode == 1 and "revoked" in res.stderr
+    res = _mst(
+        tmp_path,
+        "app",
+        "launch",
+        "cn.gov.mail",
+        "--from",
+        "mst",
+        "--policy",
+        "s/policy.json",
+        "--crl",
+        "s/crl.pem",
+        env=env,
+    )
+    assert res.returncode == 1 and "revoked" in res.stderr
+    crl = json.loads(ok("app", "channel", "crl", "--channel-dir", "s"))
+    assert crl["crl_number"] == 3
+    # no CRL at all: refused (the policy requires revocation checking)
+    res = _mst(tmp_path, "app", "verify", "p.apk", "--policy", "s/policy.json", env=env)
+    assert res.returncode == 1 and "crl_missing" in res.stderr

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes
 
 from mstcrypt.apps.appsign.errors import AppPolicyError, AppVerificationError
 from mstcrypt.apps.appsign.package import CHUNK_SIZE
-from mstcrypt.apps.appsign.verify import Policy, Verdict, inspect, verify_package
+from mstcrypt.apps.appsign.verify import PackageInfo, Policy, Verdict, inspect, verify_package
 from mstcrypt.errors import KeyStoreError
 from mstcrypt.pki import CRL
 
@@ -100,8 +100,8 @@ class InstallAgent:
             h.update(b"|" + crl.encode())
         return h.finalize().hex()
 
-    def _verify(self, path: Path, at: datetime | None) -> Verdict:
-        return verify_package(path, self.policy, crls=self.crls, at=at)
+    def _verify(self, source: Path | PackageInfo, at: datetime | None) -> Verdict:
+        return verify_package(source, self.policy, crls=self.crls, at=at)
 
     # --- operations ----------------------------------------------------------------------
     def install(self, apk: str | os.PathLike[str], *, at: datetime | None = None) -> InstalledApp:
@@ -113,8 +113,7 @@ class InstallAgent:
         try:
             # verify the agent's own copy, so what is checked is what gets installed
             shutil.copyfile(src, tmp)
-            info = inspect(tmp)
-            verdict = self._verify_info(info, at)
+            verdict = self._verify(inspect(tmp), at)
             if not _PACKAGE.match(verdict.package):
                 raise AppPolicyError("package-mismatch", "the package name is not valid")
             doc = self._load()
@@ -139,9 +138,6 @@ class InstallAgent:
         }
         self._save(doc)
         return InstalledApp(verdict.package, verdict.version_code, dest, digest)
-
-    def _verify_info(self, info: Any, at: datetime | None) -> Verdict:
-        return verify_package(info, self.policy, crls=self.crls, at=at)
 
     def launch(self, package: str, *, at: datetime | None = None) -> InstalledApp:
         """The check before ``package`` runs: the installed file is unchanged, and its
