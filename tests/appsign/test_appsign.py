@@ -14,7 +14,13 @@ from appsign_kit import apksign, apksigner_path, apksigner_verify, build_apk, ch
 
 from mstcrypt.apps import appsign
 from mstcrypt.apps.appsign.format import CHANNEL_PAIR_ID, DEVELOPER_PAIR_ID
-from mstcrypt.apps.appsign.package import V2_PAIR_ID, V3_PAIR_ID, read_layout, write_with_pairs
+from mstcrypt.apps.appsign.package import (
+    PADDING_PAIR_ID,
+    V2_PAIR_ID,
+    V3_PAIR_ID,
+    read_layout,
+    write_with_pairs,
+)
 from mstcrypt.errors import DecodeError, PolicyError, VerificationError
 
 needs_apksigner = pytest.mark.skipif(
@@ -388,3 +394,41 @@ def test_android_signature_changed_or_stripped(published, store, tmp_path):
     with pytest.raises(appsign.AppVerificationError) as e:
         appsign.verify_package(stripped, policy(store, tmp_path), crls=[store.crl()])
     assert e.value.code == "apk-signature-mismatch"
+
+
+def test_mutations_never_crash(published, store, tmp_path):
+    """Random byte changes and truncations in the signing block, the central directory
+    and the end record: each is refused with a typed error (or, for bytes nobody covers,
+    such as verity padding, accepted), never an untyped exception."""
+    import random
+
+    from mstcrypt.errors import MstCryptError
+
+    rng = random.Random(1606)
+    data = published.read_bytes()
+    with open(published, "rb") as f:
+        lay = read_layout(f)
+    pol = policy(store, tmp_path)
+    crls = [store.crl()]
+    target = tmp_path / "m.apk"
+    padding = lay.pair(PADDING_PAIR_ID)
+    outcomes: dict[str, int] = {}
+    for i in range(150):
+        buf = bytearray(data)
+        if i % 10 == 9:
+            pos = rng.randrange(lay.block_offset, len(buf))
+            buf = buf[:pos]
+        else:
+            pos = rng.randrange(lay.block_offset, len(buf))
+            buf[pos] ^= 1 << rng.randrange(8)
+        target.write_bytes(bytes(buf))
+        try:
+            appsign.verify_package(target, pol, crls=crls)
+        except MstCryptError as exc:
+            code = getattr(exc, "code", type(exc).__name__)
+            outcomes[code] = outcomes.get(code, 0) + 1
+            continue
+        # accepted: only a bit flipped inside the zero padding, which no signature covers
+        assert i % 10 != 9 and padding.offset <= pos < padding.offset + padding.length, pos
+        outcomes["accepted"] = outcomes.get("accepted", 0) + 1
+    assert len(outcomes) >= 4, outcomes
