@@ -10,6 +10,7 @@ import secrets
 import pytest
 from appsign_kit import apksign, apksigner_path, build_apk
 
+from http_helpers import assert_error, csr_pem, make_kmc, platform
 from mstcrypt.apps import appsign
 from mstcrypt.apps.appsign.service import PlatformChannel
 from mstcrypt.crypto.sm2 import SM2PrivateKey
@@ -18,7 +19,7 @@ from mstcrypt.kmc.db import Database
 from mstcrypt.kmc.models import AuditRecord
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
-from mstcrypt.pki import build_csr, name
+from mstcrypt.pki import Certificate, build_csr, name
 
 pytestmark = pytest.mark.skipif(
     apksigner_path() is None, reason="apksigner not installed (Debian package apksigner)"
@@ -97,3 +98,36 @@ def test_platform_channel(kmc, tmp_path):
     assert "appsign.countersign" in actions and "appsign.developer.register" in actions
     last = details[-1] if isinstance(details[-1], dict) else json.loads(details[-1])
     assert last["result"] == "refused" and last["reason"] == "developer-certificate"
+
+
+def test_http_registration_and_directory(tmp_path):
+    kmc = make_kmc(f"sqlite:///{tmp_path / 'kmc.db'}")
+    gen = platform(kmc, tmp_path / "data")
+    p = next(gen)
+    try:
+        key = SM2PrivateKey.generate()
+        body = {"owner": "notes-ltd", "csr": csr_pem(key, "Example Notes Ltd")}
+        assert p.c.post("/admin/appsign/developers", json=body).status_code == 401
+        r = p.c.post("/admin/appsign/developers", json=body, headers=p.auth())
+        assert r.status_code == 200, r.text
+        cert = Certificate.from_pem(r.json()["certificate"].encode())
+        assert cert.extended_key_usage == ("code_signing",)
+        assert r.json()["key_fingerprint"] == appsign.key_fingerprint(cert)
+        listing = p.c.get("/appsign/developers").json()
+        assert [(d["owner"], d["serial"], d["status"]) for d in listing] == [
+            ("notes-ltd", r.json()["serial"], "active")
+        ]
+        # a request whose self-signature does not verify, and one that is not a CSR
+        forged = csr_pem(key, "Example Notes Ltd").replace("A", "B", 1)
+        r = p.c.post(
+            "/admin/appsign/developers", json={"owner": "x", "csr": forged}, headers=p.auth()
+        )
+        assert 400 <= r.status_code < 500, r.text
+        r = p.c.post(
+            "/admin/appsign/developers", json={"owner": "x", "csr": "junk"}, headers=p.auth()
+        )
+        assert_error(r, 400)
+        assert len(p.c.get("/appsign/developers").json()) == 1
+    finally:
+        gen.close()
+        kmc.db.dispose()

@@ -38,7 +38,11 @@ _OWNER_MAX = 100
 class PlatformChannel:
     """A channel whose CA is the platform's issuing CA."""
 
-    def __init__(self, kmc: Kmc, *, name: str) -> None:
+    def __init__(self, kmc: Kmc, *, name: str | None = None) -> None:
+        """``name`` defaults to the organisation of the platform's issuing CA."""
+        if name is None:
+            org = kmc.chain()[0].subject.native.get("organization_name")
+            name = org if isinstance(org, str) else "platform"
         if not name or len(name) > 64:
             raise PolicyError("channel name: 1 to 64 characters")
         self.kmc = kmc
