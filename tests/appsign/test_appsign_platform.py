@@ -21,7 +21,7 @@ from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import Certificate, build_csr, name
 
-pytestmark = pytest.mark.skipif(
+needs_apksigner = pytest.mark.skipif(
     apksigner_path() is None, reason="apksigner not installed (Debian package apksigner)"
 )
 
@@ -40,6 +40,7 @@ def _csr(cn: str):
     return key, build_csr(name(CN=cn), key.public_key(), key.sign)
 
 
+@needs_apksigner
 def test_platform_channel(kmc, tmp_path):
     channel = PlatformChannel(kmc, name="gov-store")
     dev_key, dev_csr = _csr("Example Notes Ltd")
