@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 from appsign_kit import apksign, apksigner_path, build_apk
 
+from mstcrypt.cli import app
+from mstcrypt.cli._common import run
+
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## App signing (guide 6.2)"
 BIN = Path(sys.executable).parent
@@ -104,80 +107,93 @@ def test_readme_walkthrough(tmp_path):
     )
 
 
-def _mst(tmp_path: Path, *args: str, env=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "mstcrypt"), *args],
-        cwd=tmp_path,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+class InProcess:
+    """``mstcrypt`` in this process (as tests/test_cli.py): same exit codes, no start-up."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], cwd: Path
+    ) -> None:
+        self.mp, self.capfd = monkeypatch, capfd
+        monkeypatch.chdir(cwd)
+        for k in [k for k in os.environ if k.startswith("MSTCRYPT_")]:
+            monkeypatch.delenv(k)
+
+    def __call__(self, *args: str, password: str | None = None) -> subprocess.CompletedProcess[str]:
+        if password is None:
+            self.mp.delenv("MSTCRYPT_CHANNEL_PASS", raising=False)
+        else:
+            self.mp.setenv("MSTCRYPT_CHANNEL_PASS", password)
+        self.mp.setattr(sys, "argv", ["mstcrypt", *args])
+        self.capfd.readouterr()
+        code = run(app)
+        out, err = self.capfd.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
 
 
-def test_cli_errors_are_clean(tmp_path):
+def test_cli_errors_are_clean(tmp_path, monkeypatch, capfd):
+    mst = InProcess(monkeypatch, capfd, tmp_path)
     build_apk(tmp_path / "plain.apk")
-    res = _mst(tmp_path, "app", "inspect", "plain.apk")
-    assert res.returncode == 2 and "apksigner" in res.stderr and "Traceback" not in res.stderr
-    env = {**_env(), "MSTCRYPT_CHANNEL_PASS": "right"}
-    assert (
-        _mst(
-            tmp_path,
-            "app",
-            "channel",
-            "init",
-            "--channel-dir",
-            "s",
-            "--name",
-            "n",
-            "--org",
-            "o",
-            env=env,
-        ).returncode
-        == 0
+    res = mst("app", "inspect", "plain.apk")
+    assert res.returncode == 2 and "apksigner" in res.stderr
+    res = mst(
+        "app",
+        "channel",
+        "init",
+        "--channel-dir",
+        "s",
+        "--name",
+        "n",
+        "--org",
+        "o",
+        password="right",
     )
-    env["MSTCRYPT_CHANNEL_PASS"] = "wrong"
-    res = _mst(tmp_path, "app", "channel", "list", "--channel-dir", "s", env=env)
-    assert res.returncode != 0 and "Traceback" not in res.stderr
-    # the log detects a rewritten record
+    assert res.returncode == 0, res.stderr
+    res = mst("app", "channel", "list", "--channel-dir", "s", password="wrong")
+    assert res.returncode == 2, res.stderr
+    res = mst("app", "channel", "list", "--channel-dir", "nowhere", password="right")
+    assert res.returncode == 2 and "not a channel directory" in res.stderr
+    # the log detects a rewritten record (even the last one), a forged and a removed one
     log = tmp_path / "s" / "reviews.jsonl"
-    log.write_text(log.read_text().replace("channel.init", "channel.lnit"))
-    env["MSTCRYPT_CHANNEL_PASS"] = "right"
-    assert _mst(tmp_path, "app", "channel", "list", "--channel-dir", "s", env=env).returncode == 0
-    with open(log, "a") as f:
-        f.write('{"action": "forged", "prev": "00"}\n')
-    res = _mst(tmp_path, "app", "channel", "log", "--channel-dir", "s", env=env)
-    assert res.returncode == 2 and "broken" in res.stderr
+    good = log.read_bytes()
+    assert mst("app", "channel", "log", "--channel-dir", "s", password="right").returncode == 0
+    log.write_bytes(good.replace(b"channel.init", b"channel.lnit"))
+    res = mst("app", "channel", "log", "--channel-dir", "s", password="right")
+    assert res.returncode == 2 and "signed head" in res.stderr
+    forged = b'{"action": "forged", "prev": "' + b"0" * 64 + b'"}\n'
+    log.write_bytes(good + forged)
+    res = mst("app", "channel", "log", "--channel-dir", "s", password="right")
+    assert res.returncode == 2 and "broken at record 1" in res.stderr
+    log.write_bytes(b"")
+    res = mst("app", "channel", "log", "--channel-dir", "s", password="right")
+    assert res.returncode == 2 and "signed head" in res.stderr
 
 
-def test_cli_review_verify_inspect_revoke(tmp_path):
+def test_cli_review_verify_inspect_revoke(tmp_path, monkeypatch, capfd):
     build_apk(tmp_path / "unsigned.apk", "cn.gov.mail", 4, payload=5_000)
     apksign(tmp_path / "unsigned.apk", tmp_path / "app.apk", tmp_path)
-    env = {**_env(), "MSTCRYPT_CHANNEL_PASS": "pw"}
+    mst = InProcess(monkeypatch, capfd, tmp_path)
 
     def ok(*args: str) -> str:
-        res = _mst(tmp_path, *args, env=env)
+        res = mst(*args, password="pw")
         assert res.returncode == 0, (args, res.stdout, res.stderr)
         return res.stdout
 
     ok("app", "channel", "init", "--channel-dir", "s", "--name", "gov", "--org", "Gov")
     ok("sm2", "keygen", "--out", "dev.key", "--pass", "devpw")
     ok("app", "csr", "--key", "dev.key", "--pass", "devpw", "--cn", "Mail Dev", "--out", "d.csr")
-    serial = json.loads(
-        ok(
-            "app",
-            "channel",
-            "register",
-            "d.csr",
-            "--out",
-            "d.pem",
-            "--channel-dir",
-            "s",
-            "--email",
-            "dev@example.cn",
-        )
-    )["serial"]
+    reg = ok(
+        "app",
+        "channel",
+        "register",
+        "d.csr",
+        "--out",
+        "d.pem",
+        "--channel-dir",
+        "s",
+        "--email",
+        "dev@example.cn",
+    )
+    serial = json.loads(reg)["serial"]
     listing = json.loads(ok("app", "channel", "list", "--channel-dir", "s"))
     assert listing[serial]["status"] == "active" and listing[serial]["subject"] == "CN=Mail Dev"
     ok("app", "sign", "--key", "dev.key", "--pass", "devpw", "--cert", "d.pem", "app.apk", "d.apk")
@@ -188,9 +204,8 @@ def test_cli_review_verify_inspect_revoke(tmp_path):
     assert info["channel"]["name"] == "gov"
     assert "0x4d534431 " in " ".join(info["signing_block"]["pairs"])
     fp = ok("app", "fingerprint", "s/signer.pem").strip()
-    assert json.loads((tmp_path / "s" / "policy.json").read_text())["channels"][0][
-        "signer_keys"
-    ] == [fp]
+    policy = json.loads((tmp_path / "s" / "policy.json").read_text())
+    assert policy["channels"][0]["signer_keys"] == [fp]
     verdict = json.loads(
         ok("app", "verify", "p.apk", "--policy", "s/policy.json", "--crl", "s/crl.pem")
     )
@@ -208,20 +223,9 @@ def test_cli_review_verify_inspect_revoke(tmp_path):
     )
     # the channel revokes the developer; terminals with the new CRL refuse
     ok("app", "channel", "revoke", serial, "--channel-dir", "s")
-    res = _mst(
-        tmp_path,
-        "app",
-        "verify",
-        "p.apk",
-        "--policy",
-        "s/policy.json",
-        "--crl",
-        "s/crl.pem",
-        env=env,
-    )
+    res = mst("app", "verify", "p.apk", "--policy", "s/policy.json", "--crl", "s/crl.pem")
     assert res.returncode == 1 and "revoked" in res.stderr
-    res = _mst(
-        tmp_path,
+    res = mst(
         "app",
         "launch",
         "cn.gov.mail",
@@ -231,11 +235,9 @@ def test_cli_review_verify_inspect_revoke(tmp_path):
         "s/policy.json",
         "--crl",
         "s/crl.pem",
-        env=env,
     )
     assert res.returncode == 1 and "revoked" in res.stderr
-    crl = json.loads(ok("app", "channel", "crl", "--channel-dir", "s"))
-    assert crl["crl_number"] == 3
+    assert json.loads(ok("app", "channel", "crl", "--channel-dir", "s"))["crl_number"] == 3
     # no CRL at all: refused (the policy requires revocation checking)
-    res = _mst(tmp_path, "app", "verify", "p.apk", "--policy", "s/policy.json", env=env)
+    res = mst("app", "verify", "p.apk", "--policy", "s/policy.json")
     assert res.returncode == 1 and "crl_missing" in res.stderr

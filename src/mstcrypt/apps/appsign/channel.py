@@ -17,6 +17,7 @@ Layout::
     DIR/signer.pem, signer.key   the channel's App-signing certificate, encrypted key
     DIR/crl.pem            the newest CRL
     DIR/reviews.jsonl      the hash-chained log
+    DIR/reviews.head       its record count and last record's SM3, signed by the channel CA
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from mstcrypt.apps.appsign.format import ChannelLayer, sm3
 from mstcrypt.apps.appsign.signer import Review, countersign, review
 from mstcrypt.apps.appsign.verify import key_fingerprint
 from mstcrypt.crypto.sm2 import SM2PrivateKey
-from mstcrypt.errors import KeyStoreError, PolicyError
+from mstcrypt.errors import KeyStoreError, PolicyError, VerificationError
 from mstcrypt.formats.keys import dump_private_key, load_private_key
 from mstcrypt.pki import (
     CRL,
@@ -137,14 +138,39 @@ class ChannelStore:
             if lines:
                 prev = sm3(lines[-1]).hex()
         rec = {"at": datetime.now(UTC).isoformat(), "action": action, "prev": prev, **details}
+        line = json.dumps(rec, sort_keys=True).encode()
+        count = self._head()[0] if (self.root / "reviews.head").exists() else 0
         with open(path, "ab") as f:
-            f.write(json.dumps(rec, sort_keys=True).encode() + b"\n")
+            f.write(line + b"\n")
             f.flush()
             os.fsync(f.fileno())
+        self._sign_head(count + 1, sm3(line).hex())
+
+    def _head_message(self, count: int, head: str) -> bytes:
+        return f"mstcrypt-app-channel-log-v1|{self.name}|{count}|{head}".encode()
+
+    def _sign_head(self, count: int, head: str) -> None:
+        """The channel CA signs (count, SM3 of the last record): truncating the log or
+        rewriting its last record is detected too, not only changes with successors."""
+        sig = self.ca.signer(self._head_message(count, head))
+        doc = {"count": count, "head": head, "signature": sig.hex()}
+        _write(self.root / "reviews.head", json.dumps(doc).encode())
+
+    def _head(self) -> tuple[int, str]:
+        try:
+            doc = json.loads((self.root / "reviews.head").read_text(encoding="utf-8"))
+            count, head, sig = int(doc["count"]), str(doc["head"]), bytes.fromhex(doc["signature"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise KeyStoreError("review log head is missing or malformed") from None
+        try:
+            self.ca.certificate.public_key.verify(sig, self._head_message(count, head))
+        except VerificationError:
+            raise KeyStoreError("review log head signature does not verify") from None
+        return count, head
 
     def check_log(self) -> int:
-        """Verify the chain of the log; return the number of records (KeyStoreError when a
-        record was changed, removed or reordered)."""
+        """Verify the chain of the log and its signed head; return the number of records
+        (KeyStoreError when a record was changed, removed, added or reordered)."""
         path = self.root / "reviews.jsonl"
         prev = _GENESIS
         lines = path.read_bytes().splitlines() if path.exists() else []
@@ -156,6 +182,12 @@ class ChannelStore:
             if not isinstance(rec, dict) or rec.get("prev") != prev:
                 raise KeyStoreError(f"review log broken at record {i}")
             prev = sm3(line).hex()
+        count, head = self._head()
+        if (count, head) != (len(lines), prev):
+            raise KeyStoreError(
+                f"review log does not end at its signed head ({len(lines)} records, "
+                f"the head signs {count})"
+            )
         return len(lines)
 
     def log(self) -> list[dict[str, Any]]:
