@@ -432,3 +432,63 @@ def test_mutations_never_crash(published, store, tmp_path):
         assert i % 10 != 9 and padding.offset <= pos < padding.offset + padding.length, pos
         outcomes["accepted"] = outcomes.get("accepted", 0) + 1
     assert len(outcomes) >= 4, outcomes
+
+
+def test_policy_with_two_channels_sharing_a_signer(published, store, other_store, tmp_path):
+    """A policy listing another channel first with the same signing key: the package
+    is accepted under the channel whose CA issued its developer certificate."""
+    (tmp_path / "a.pem").write_bytes(other_store.ca.certificate.pem)
+    (tmp_path / "b.pem").write_bytes(store.ca.certificate.pem)
+    fp = appsign.key_fingerprint(store.signer.cert)
+    pol = appsign.Policy.from_dict(
+        {
+            "channels": [
+                {"name": "first", "ca_file": "a.pem", "signer_keys": [fp]},
+                {"name": "second", "ca_file": "b.pem", "signer_keys": [fp]},
+            ]
+        },
+        base=tmp_path,
+    )
+    assert appsign.verify_package(published, pol, crls=[store.crl()]).channel == "second"
+    only_first = appsign.Policy(pol.channels[:1])
+    with pytest.raises(appsign.AppVerificationError) as e:
+        appsign.verify_package(published, only_first, crls=[store.crl()])
+    assert e.value.code == "developer-certificate"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {},
+        {"channels": []},
+        {"channels": [{"name": "x", "ca_file": "ca.pem"}]},
+        {"channels": [{"name": "x", "ca_file": "missing.pem", "signer_keys": []}]},
+        {"channels": [{"name": "x", "ca_file": "ca.pem", "signer_keys": ["zz"]}]},
+        {"channels": [{"name": "x", "ca_file": "ca.pem", "signer_keys": []}], "extra": 1},
+        {
+            "channels": [{"name": "x", "ca_file": "ca.pem", "signer_keys": []}],
+            "min_versions": {"a.b": -1},
+        },
+        {"channels": [{"name": "x", "ca_file": "ca.pem", "signer_keys": []}], "require_crl": "no"},
+    ],
+)
+def test_bad_policies_refused(doc, store, tmp_path):
+    (tmp_path / "ca.pem").write_bytes(store.ca.certificate.pem)
+    with pytest.raises(PolicyError):
+        appsign.Policy.from_dict(doc, base=tmp_path)
+
+
+def test_agent_state_tampering_is_a_typed_error(published, store, tmp_path):
+    from mstcrypt.errors import KeyStoreError
+
+    agent = appsign.InstallAgent(tmp_path / "mst", policy(store, tmp_path), [store.crl()])
+    agent.install(published)
+    state = tmp_path / "mst" / "state.json"
+    for bad in ("not json", '{"apps": []}', '{"apps": {"cn.example.app": {"version_code": "7"}}}'):
+        state.write_text(bad)
+        with pytest.raises(KeyStoreError):
+            agent.launch("cn.example.app")
+    state.unlink()
+    with pytest.raises(appsign.AppPolicyError) as e:
+        agent.launch("cn.example.app")
+    assert e.value.code == "not-installed"

@@ -81,7 +81,14 @@ class InstallAgent:
             return {"apps": {}}
         except (OSError, ValueError) as exc:
             raise KeyStoreError(f"install agent state is unreadable: {exc}") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("apps"), dict):
+        apps = doc.get("apps") if isinstance(doc, dict) else None
+        if not isinstance(apps, dict) or not all(
+            isinstance(e, dict)
+            and isinstance(e.get("version_code"), int)
+            and isinstance(e.get("file_sm3"), str)
+            and isinstance(e.get("valid_until"), str)
+            for e in apps.values()
+        ):
             raise KeyStoreError("install agent state is malformed")
         return doc
 
@@ -159,7 +166,10 @@ class InstallAgent:
             )
         when = at or datetime.now(UTC)
         key = self._cache_key(digest)
-        until = datetime.fromisoformat(entry["valid_until"])
+        try:
+            until = datetime.fromisoformat(entry["valid_until"])
+        except ValueError:
+            raise KeyStoreError("install agent state is malformed") from None
         if entry.get("cache_key") == key and when < until:
             return InstalledApp(package, int(entry["version_code"]), path, digest, cached=True)
         verdict = self._verify(path, at)

@@ -361,18 +361,28 @@ def verify_package(
             f"the package was published by {ch.signed.channel!r} "
             f"({ch.certificate.subject_str}), which is not a designated channel",
         )
-    channel = designated[0]
-    dev_path = check_developer(
-        info, anchors=[channel.ca], crls=crls, at=when, require_crl=policy.require_crl
-    )
-    try:
-        ch_path = _chain(
-            ch.certificate, ch.certificates[1:], [channel.ca], crls, when, policy.require_crl
-        )
-    except CertificateError as exc:
-        raise AppVerificationError(
-            "channel-signature", f"channel certificate refused ({exc.reason}): {exc}"
-        ) from None
+    # the developer must hold a certificate of the channel that published the package
+    # (several policy entries may share a signing key: the first that validates wins)
+    first: AppVerificationError | None = None
+    for channel in designated:
+        try:
+            dev_path = check_developer(
+                info, anchors=[channel.ca], crls=crls, at=when, require_crl=policy.require_crl
+            )
+            ch_path = _chain(
+                ch.certificate, ch.certificates[1:], [channel.ca], crls, when, policy.require_crl
+            )
+        except AppVerificationError as exc:
+            first = first or exc
+            continue
+        except CertificateError as exc:
+            first = first or AppVerificationError(
+                "channel-signature", f"channel certificate refused ({exc.reason}): {exc}"
+            )
+            continue
+        break
+    else:
+        raise first or AppPolicyError("channel-not-designated", "no designated channel")
     if policy.developers is not None and key_fingerprint(dev.certificate) not in policy.developers:
         raise AppPolicyError(
             "developer-not-allowed",
