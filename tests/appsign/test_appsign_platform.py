@@ -13,6 +13,7 @@ from appsign_kit import apksign, apksigner_path, build_apk
 from http_helpers import assert_error, csr_pem, make_kmc, platform
 from mstcrypt.apps import appsign
 from mstcrypt.apps.appsign.service import PlatformChannel
+from mstcrypt.client import Client, ServiceError
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.db import Database
@@ -129,6 +130,17 @@ def test_http_registration_and_directory(tmp_path):
         )
         assert_error(r, 400)
         assert len(p.c.get("/appsign/developers").json()) == 1
+        # the same through the SDK
+        with Client(
+            "http://testserver", transport=p.c._transport, operator_token=p.ops["alice"]
+        ) as c:
+            cert2 = c.register_app_developer("mail-ltd", csr_pem(SM2PrivateKey.generate(), "Mail"))
+            assert "code_signing" in cert2.extended_key_usage
+            assert {d["owner"] for d in c.app_developers()} == {"notes-ltd", "mail-ltd"}
+        with Client("http://testserver", transport=p.c._transport) as anonymous:
+            with pytest.raises(ServiceError) as e:
+                anonymous.register_app_developer("x", csr_pem(SM2PrivateKey.generate(), "X"))
+            assert e.value.status == 401
     finally:
         gen.close()
         kmc.db.dispose()
