@@ -117,6 +117,9 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/admin/seal/stampings"): frozenset({AUDITOR, ADMIN}),
     # key metadata (public keys and states) for every operator role
     ("GET", "/admin/keys"): frozenset({RA, KRO, AUDITOR, ADMIN}),
+    # app signing: the channel's developer directory; registration officers register
+    ("GET", "/appsign/developers"): PUBLIC,
+    ("POST", "/admin/appsign/developers"): frozenset({RA}),
 }
 
 #: framework routes outside the API (not in the OpenAPI document)

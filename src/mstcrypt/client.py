@@ -633,6 +633,19 @@ class Client:
     def verify_audit(self) -> dict[str, Any]:
         return dict(self._json("GET", "/admin/audit/verify"))
 
+    # -- app signing (guide 6.2) -----------------------------------------------------------
+    def app_developers(self) -> list[dict[str, Any]]:
+        """The app channel's developer directory (public)."""
+        return list(self._json("GET", "/appsign/developers"))
+
+    def register_app_developer(self, owner: str, csr_pem: str) -> Certificate:
+        """Register an app developer from their CSR (registration officer): the
+        code-signing certificate the platform's CA issued."""
+        body = self._json(
+            "POST", "/admin/appsign/developers", json={"owner": owner, "csr": csr_pem}
+        )
+        return Certificate.from_pem(str(body["certificate"]).encode())
+
 
 def _tlcp_transport(
     base_url: str, anchors: Sequence[Certificate], server_name: str | None

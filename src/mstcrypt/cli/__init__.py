@@ -16,6 +16,7 @@ import typer
 
 from mstcrypt.cli import (
     _common,
+    app_cmd,
     demo,
     file_cmd,
     platform,
@@ -60,6 +61,7 @@ app.command("tunnel")(tlcp_cmd.tunnel_command)
 app.add_typer(wapi_cmd.app, name="wapi")
 app.add_typer(voice_cmd.app, name="voice")
 app.add_typer(seal_cmd.app, name="seal")
+app.add_typer(app_cmd.app, name="app")
 
 
 @app.command("version")

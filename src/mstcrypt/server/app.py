@@ -27,7 +27,17 @@ from mstcrypt.errors import MstCryptError
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.server.config import Settings
 from mstcrypt.server.errors import status_of
-from mstcrypt.server.routers import admin, enroll, login, ocsp, public, seal, terminal, voice
+from mstcrypt.server.routers import (
+    admin,
+    appsign,
+    enroll,
+    login,
+    ocsp,
+    public,
+    seal,
+    terminal,
+    voice,
+)
 
 __all__ = ["create_app", "housekeeping_round"]
 
@@ -135,6 +145,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     for router in admin.routers:
         app.include_router(router)
     app.include_router(seal.router)
+    app.include_router(appsign.router)
     return app
 
 
