@@ -30,8 +30,9 @@ in that certificate (chain, CRL) is the caller's job (:mod:`mstcrypt.pki`).
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any as TAny
 
@@ -55,7 +56,7 @@ from asn1crypto.core import (
 from mstcrypt.crypto import sm4
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SM2PublicKey
-from mstcrypt.crypto.sm3 import SM3, sm3
+from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import (
     DecodeError,
     DecryptionError,
@@ -417,7 +418,7 @@ def _outer(der: bytes) -> tuple[str, bytes]:
         raise DecodeError("ContentInfo must be a SEQUENCE")
     if end != len(der):
         raise DecodeError("trailing bytes after ContentInfo")
-    otag, ostart, oend = _header(der, start, "ContentInfo contentType")
+    otag, _, oend = _header(der, start, "ContentInfo contentType")
     if otag != 0x06:
         raise DecodeError("ContentInfo contentType must be an OBJECT IDENTIFIER")
     oid = load_strict(ObjectIdentifier, der[start:oend], "ContentInfo contentType").dotted
@@ -489,7 +490,7 @@ class VerifiedSigner:
     """A signer whose signature verified: its certificate (DER, taken from the
     message; not yet trusted), the signing time it claims, and the form used."""
 
-    certificate_der: bytes
+    certificate_der: bytes = field(repr=False)
     signing_time: datetime | None
     form: SignatureForm
 
@@ -605,8 +606,6 @@ class SignedData:
                 raise VerificationError("signed attributes are only defined for the standard form")
             if s.message_digest is None or len(s.message_digest) != 32:
                 raise VerificationError("messageDigest attribute is missing or not 32 bytes")
-            import hmac
-
             if not hmac.compare_digest(s.message_digest, digest):
                 raise VerificationError("messageDigest does not match the content")
             try:
