@@ -555,6 +555,11 @@ class SignedData:
             if isinstance(sd["certificates"], Void)
             else tuple(bytes(c.dump()) for c in sd["certificates"])
         )
+        refs = [RecipientRef.of(c) for c in certs]
+        if len(set(refs)) != len(refs):
+            raise DecodeError(
+                "SignedData carries two certificates with the same issuer and serial number"
+            )
         if not isinstance(sd["crls"], Void):
             raise UnsupportedError("SignedData crls are not supported; publish CRLs separately")
         if not sd["signer_infos"]:
