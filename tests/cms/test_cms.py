@@ -306,3 +306,70 @@ def test_reprs_hold_no_content() -> None:
     sd = cms.SignedData.from_der(cms.sign(secret, k.alice.cert, k.alice.key))
     for text in (repr(ed), repr(sd), repr(sd.verify()[0])):
         assert "TOP-SECRET" not in text
+
+
+# --- streaming ----------------------------------------------------------------------
+
+
+def _drain(read, size: int = 1000) -> bytes:  # type: ignore[no-untyped-def]
+    out = bytearray()
+    while chunk := read(size):
+        out += chunk
+    return bytes(out)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 70_000])
+def test_streamed_sign_and_envelope_round_trip(size: int) -> None:
+    import io
+
+    k = kit()
+    content = bytes(i % 251 for i in range(size))
+    prefix, suffix = cms.signed_stream_parts(sm3(content), size, k.alice.cert, k.alice.key)
+    signed = prefix + content + suffix
+    # the one-shot parser reads the streamed form
+    assert cms.SignedData.from_der(signed).verify()[0].certificate_der == k.alice.cert.der
+    env = cms.encrypt(signed, [k.bob.cert, k.carol.cert])
+    es = cms.EnvelopeStream(io.BytesIO(env).read)
+    assert set(es.recipient_refs) == {
+        cms.RecipientRef.of(k.bob.cert),
+        cms.RecipientRef.of(k.carol.cert),
+    }
+    s = cms.SignedStream(es.open(k.carol.cert, k.carol.key).read)
+    assert s.content_length == size
+    assert _drain(s.read, 999) == content
+    sd = s.finish()
+    assert sd.verify(content_digest=s.content_digest)[0].certificate_der == k.alice.cert.der
+
+
+def test_stream_refuses_truncation_trailing_bytes_and_tampering() -> None:
+    import io
+
+    k = kit()
+    content = b"streamed content " * 100
+    prefix, suffix = cms.signed_stream_parts(sm3(content), len(content), k.alice.cert, k.alice.key)
+    signed = prefix + content + suffix
+    s = cms.SignedStream(io.BytesIO(signed[:-1]).read)
+    _drain(s.read)
+    with pytest.raises(DecodeError, match="SignedData stream is truncated"):
+        s.finish()
+    s = cms.SignedStream(io.BytesIO(signed + b"\x00").read)
+    _drain(s.read)
+    with pytest.raises(DecodeError, match="trailing bytes after SignedData stream"):
+        s.finish()
+    tampered = signed.replace(b"streamed content", b"streamed CONTENT", 1)
+    s = cms.SignedStream(io.BytesIO(tampered).read)
+    _drain(s.read)
+    with pytest.raises(VerificationError, match="messageDigest does not match"):
+        s.finish().verify(content_digest=s.content_digest)
+    env = cms.encrypt(signed, [k.bob.cert])
+    es = cms.EnvelopeStream(io.BytesIO(env + b"\x00").read)
+    with pytest.raises(DecodeError, match="trailing bytes after EnvelopedData stream"):
+        _drain(es.open(k.bob.cert, k.bob.key).read)
+    with pytest.raises(DecodeError, match="EnvelopedData stream is truncated"):
+        _drain(cms.EnvelopeStream(io.BytesIO(env[:-5]).read).open(k.bob.cert, k.bob.key).read)
+    with pytest.raises(DecryptionError, match="not a recipient"):
+        cms.EnvelopeStream(io.BytesIO(env).read).open(k.carol.cert, k.carol.key)
+    # a detached signature has nothing to stream
+    detached = cms.sign(content, k.alice.cert, k.alice.key, detached=True)
+    with pytest.raises(cms.UnsupportedError, match="detached SignedData has no content"):
+        cms.SignedStream(io.BytesIO(detached).read)

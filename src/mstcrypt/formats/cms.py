@@ -56,7 +56,7 @@ from asn1crypto.core import (
 from mstcrypt.crypto import sm4
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SM2PublicKey
-from mstcrypt.crypto.sm3 import sm3
+from mstcrypt.crypto.sm3 import SM3, sm3
 from mstcrypt.errors import (
     DecodeError,
     DecryptionError,
@@ -72,11 +72,14 @@ from mstcrypt.formats.keys import AlgorithmIdentifier, public_key_from_der
 
 __all__ = [
     "ContentEncryptor",
+    "EnvelopeStream",
     "EnvelopedData",
+    "PlaintextReader",
     "Profile",
     "RecipientRef",
     "SignatureForm",
     "SignedData",
+    "SignedStream",
     "SignerView",
     "VerifiedSigner",
     "decrypt",
@@ -86,6 +89,7 @@ __all__ = [
     "pem",
     "sign",
     "sign_digest",
+    "signed_stream_parts",
     "verify",
 ]
 
@@ -1115,3 +1119,267 @@ def load(data: bytes | str) -> SignedData | EnvelopedData:
     if kind == "signed":
         return SignedData._parse(der, profile, inner)
     return EnvelopedData.from_der(der)
+
+
+# --- streaming (constant memory) ---------------------------------------------------
+
+ReadFn = Callable[[int], bytes]
+"""``read(n)``: up to n bytes (fewer only at the end), b"" at the end."""
+
+MAX_HEADER = 1 << 20  # certificates, recipient infos, signer infos: bounded
+
+
+def signed_stream_parts(
+    content_digest: bytes,
+    content_length: int,
+    signer_cert: TAny,
+    key: TAny,
+    *,
+    profile: Profile | str = Profile.GMT0010,
+    signing_time: datetime | None = None,
+    extra_certs: Sequence[TAny] = (),
+    signer_id: bytes = DEFAULT_ID,
+) -> tuple[bytes, bytes]:
+    """An attached SignedData for a content that is streamed (hashed in a first pass):
+    returns (prefix, suffix) with DER = prefix ‖ content ‖ suffix, the same message
+    :func:`sign` would build (definite lengths throughout)."""
+    if content_length < 0:
+        raise PolicyError("content length must be >= 0")
+    profile = Profile(profile)
+    detached = sign_digest(
+        content_digest,
+        signer_cert,
+        key,
+        profile=profile,
+        signing_time=signing_time,
+        extra_certs=extra_certs,
+        signer_id=signer_id,
+    )
+    sd = SignedDataAsn1.load(_outer(detached)[1])
+    head = dump(sd["version"]) + dump(sd["digest_algorithms"])
+    tail = dump(sd["certificates"]) + dump(sd["signer_infos"])
+    oid = dump(ObjectIdentifier(_TYPES[profile]["data"]))
+    octet_tl = _tl(0x04, content_length)
+    explicit_tl = _tl(0xA0, len(octet_tl) + content_length)
+    ci_len = len(oid) + len(explicit_tl) + len(octet_tl) + content_length
+    ci_head = _tl(0x30, ci_len) + oid + explicit_tl + octet_tl
+    sd_len = len(head) + len(ci_head) + content_length + len(tail)
+    sd_tl = _tl(0x30, sd_len)
+    outer_oid = dump(ObjectIdentifier(_TYPES[profile]["signed"]))
+    outer_explicit = _tl(0xA0, len(sd_tl) + sd_len)
+    outer_tl = _tl(0x30, len(outer_oid) + len(outer_explicit) + len(sd_tl) + sd_len)
+    prefix = outer_tl + outer_oid + outer_explicit + sd_tl + head + ci_head
+    return prefix, tail
+
+
+class _Reader:
+    """Reads DER headers and bounded elements from a stream, counting bytes."""
+
+    def __init__(self, read: ReadFn, what: str) -> None:
+        self._read = read
+        self.what = what
+        self.pos = 0
+
+    def exact(self, n: int) -> bytes:
+        parts = []
+        left = n
+        while left:
+            chunk = self._read(min(left, 1 << 16))
+            if not chunk:
+                raise DecodeError(f"{self.what} is truncated")
+            parts.append(chunk)
+            left -= len(chunk)
+        self.pos += n
+        return b"".join(parts)
+
+    def header(self, name: str) -> tuple[int, int, bytes]:
+        """(tag, length, header bytes) of the next element (DER: definite, minimal)."""
+        first = self.exact(2)
+        tag = first[0]
+        if tag & 0x1F == 0x1F:
+            raise DecodeError(f"{name} uses a multi-byte tag")
+        if first[1] < 0x80:
+            return tag, first[1], first
+        n = first[1] & 0x7F
+        if n == 0:
+            raise DecodeError(f"{name} uses an indefinite length (BER); DER is required")
+        if n > 8:
+            raise DecodeError(f"{name} length is too long")
+        extra = self.exact(n)
+        length = int.from_bytes(extra, "big")
+        if extra[0] == 0 or length < 0x80:
+            raise DecodeError(f"{name} length is not minimally encoded (not DER)")
+        return tag, length, first + extra
+
+    def element(self, name: str, limit: int = MAX_HEADER) -> bytes:
+        """A whole (bounded) element: header and value."""
+        _, length, hdr = self.header(name)
+        if length > limit:
+            raise PolicyError(f"{name} is larger than {limit} bytes")
+        return hdr + self.exact(length)
+
+    def end(self) -> None:
+        if self._read(1):
+            raise DecodeError(f"trailing bytes after {self.what}")
+
+
+def _expect(tag: int, want: int, name: str) -> None:
+    if tag != want:
+        raise DecodeError(f"{name} has tag {tag:#04x}, expected {want:#04x}")
+
+
+def _outer_stream(r: _Reader, kind: str) -> tuple[Profile, int]:
+    tag, total, _ = r.header("ContentInfo")
+    _expect(tag, 0x30, "ContentInfo")
+    start = r.pos
+    oid_der = r.element("ContentInfo contentType", 64)
+    if oid_der[0] != 0x06:
+        raise DecodeError("ContentInfo contentType must be an OBJECT IDENTIFIER")
+    ctype = load_strict(ObjectIdentifier, oid_der, "ContentInfo contentType").dotted
+    if ctype not in _OUTER:
+        raise UnsupportedError(f"ContentInfo content type {ctype} is not supported")
+    profile, got = _OUTER[ctype]
+    if got != kind:
+        raise UnsupportedError(f"ContentInfo is {got}Data; expected {kind}Data")
+    tag, explicit_len, _ = r.header("ContentInfo content")
+    _expect(tag, 0xA0, "ContentInfo content")
+    tag, inner_len, hdr = r.header(f"{kind}Data")
+    _expect(tag, 0x30, f"{kind}Data")
+    if explicit_len != len(hdr) + inner_len or total != r.pos - start + inner_len:
+        raise DecodeError("ContentInfo lengths do not match its content")
+    return profile, inner_len
+
+
+class SignedStream:
+    """Reads an attached SignedData from a stream in constant memory: :meth:`read`
+    returns the content (hashed as it passes), then :meth:`finish` parses the
+    certificates and SignerInfos (strictly, as :meth:`SignedData.from_der`) and returns
+    the SignedData, to be verified with :attr:`content_digest`."""
+
+    def __init__(self, read: ReadFn) -> None:
+        r = self._r = _Reader(read, "SignedData stream")
+        self.profile, sd_len = _outer_stream(r, "signed")
+        sd_start = r.pos
+        version = r.element("SignedData version", 16)
+        dalgs = r.element("SignedData digestAlgorithms", 4096)
+        tag, ci_len, _ = r.header("SignedData contentInfo")
+        _expect(tag, 0x30, "SignedData contentInfo")
+        ci_start = r.pos
+        ci_oid = r.element("SignedData content type", 64)
+        if r.pos - ci_start == ci_len:
+            raise UnsupportedError("a detached SignedData has no content to stream")
+        tag, ex_len, _ = r.header("SignedData content")
+        _expect(tag, 0xA0, "SignedData content")
+        tag, n, oct_hdr = r.header("SignedData content OCTET STRING")
+        if tag != 0x04:
+            raise DecodeError("SignedData content must be a primitive OCTET STRING")
+        if ex_len != len(oct_hdr) + n or ci_len != r.pos - ci_start + n:
+            raise DecodeError("SignedData contentInfo lengths do not match its content")
+        self.content_length = n
+        self._left = n
+        self._hash = SM3()
+        self._head = (version, dalgs, ci_oid)
+        self._sd_end = sd_start + sd_len
+        self.content_digest: bytes | None = None
+
+    def read(self, n: int = 1 << 16) -> bytes:
+        if self._left == 0:
+            return b""
+        data = self._r.exact(min(n, self._left))
+        self._left -= len(data)
+        self._hash.update(data)
+        return data
+
+    def finish(self) -> SignedData:
+        while self._left:
+            self.read()
+        self.content_digest = self._hash.digest()
+        rest_len = self._sd_end - self._r.pos
+        if rest_len < 0 or rest_len > MAX_HEADER:
+            raise DecodeError("SignedData certificates and SignerInfos are too large")
+        rest = self._r.exact(rest_len)
+        self._r.end()
+        version, dalgs, ci_oid = self._head
+        ci = _tl(0x30, len(ci_oid)) + ci_oid
+        body = version + dalgs + ci + rest
+        stub = _tl(0x30, len(body)) + body
+        return SignedData._parse(
+            _outer_der(_TYPES[self.profile]["signed"], stub), self.profile, stub
+        )
+
+
+class EnvelopeStream:
+    """Reads an EnvelopedData from a stream in constant memory: the header (recipients,
+    algorithm, IV) is parsed strictly at once; :meth:`open` returns a reader of the
+    plaintext for one recipient. The stream must end with the ciphertext."""
+
+    def __init__(self, read: ReadFn) -> None:
+        r = self._r = _Reader(read, "EnvelopedData stream")
+        profile, ed_len = _outer_stream(r, "enveloped")
+        ed_start = r.pos
+        parts = [r.element("EnvelopedData version", 16)]
+        nxt = r.element("EnvelopedData recipientInfos")
+        parts.append(nxt)
+        if nxt[0] == 0xA0:  # originatorInfo: refused by the strict parse below
+            parts.append(r.element("EnvelopedData recipientInfos"))
+        tag, eci_len, _ = r.header("EncryptedContentInfo")
+        _expect(tag, 0x30, "EncryptedContentInfo")
+        eci_start = r.pos
+        eci_oid = r.element("EncryptedContentInfo content type", 64)
+        calg = r.element("content encryption algorithm", 256)
+        tag, ct_len, ct_hdr = r.header("encryptedContent")
+        if tag == 0xA0:
+            raise DecodeError("encryptedContent must be primitive (DER)")
+        _expect(tag, 0x80, "encryptedContent")
+        if eci_len != r.pos - eci_start + ct_len or ed_len != r.pos - ed_start + ct_len:
+            raise UnsupportedError(
+                "fields after encryptedContent (sharedInfo, unprotectedAttrs) are not supported"
+            )
+        del ct_hdr
+        if ct_len == 0 or ct_len % 16:
+            raise DecodeError(
+                "EnvelopedData encryptedContent must be a non-empty multiple of 16 bytes"
+            )
+        eci = eci_oid + calg + _tl(0x80, 16) + bytes(16)
+        body = b"".join(parts) + _tl(0x30, len(eci)) + eci
+        stub = _tl(0x30, len(body)) + body
+        self.header = EnvelopedData.from_der(_outer_der(_TYPES[profile]["enveloped"], stub))
+        self.profile = profile
+        self.ciphertext_length = ct_len
+
+    @property
+    def recipient_refs(self) -> tuple[RecipientRef, ...]:
+        return self.header.recipient_refs
+
+    def open(self, recipient_cert: TAny, key: TAny) -> PlaintextReader:
+        cek = self.header.unwrap_key(recipient_cert, key)
+        return PlaintextReader(self._r, self.ciphertext_length, cek, self.header.iv)
+
+
+class PlaintextReader:
+    """``read(n)`` over the decrypted content; the padding is checked at the end (a
+    DecryptionError then) and the stream must end there."""
+
+    def __init__(self, r: _Reader, ct_len: int, cek: bytes, iv: bytes) -> None:
+        self._r = r
+        self._left = ct_len
+        self._dec = sm4.decryptor("cbc", cek, iv)
+        self._buf = bytearray()
+        self._done = False
+
+    def _fill(self, want: int) -> None:
+        while len(self._buf) < want and not self._done:
+            if self._left:
+                chunk = self._r.exact(min(self._left, 1 << 16))
+                self._left -= len(chunk)
+                self._buf += self._dec.update(chunk)
+            else:
+                self._buf += self._dec.finalize()
+                self._r.end()
+                self._done = True
+
+    def read(self, n: int = 1 << 16) -> bytes:
+        self._fill(n)
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
