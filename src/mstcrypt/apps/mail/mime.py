@@ -119,10 +119,36 @@ class Attachment:
 
 def _b64_lines(data: bytes) -> bytes:
     """``data`` (a multiple of 57 bytes, or the last piece) as base64 lines."""
-    out = bytearray()
-    for i in range(0, len(data), LINE):
-        out += base64.b64encode(data[i : i + LINE]) + b"\r\n"
-    return bytes(out)
+    if not data:
+        return b""
+    text = binascii.b2a_base64(data, newline=False)
+    lines = [text[i : i + 76] for i in range(0, len(text), 76)]
+    lines.append(b"")
+    return b"\r\n".join(lines)
+
+
+_WS = b"\r\n \t"
+
+
+class _B64Decoder:
+    """Incremental base64 decoding of text with line breaks (validated)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._carry = b""
+
+    def feed(self, text: bytes) -> bytes:
+        text = self._carry + text.translate(None, _WS)
+        cut = len(text) // 4 * 4
+        self._carry = text[cut:]
+        try:
+            return base64.b64decode(text[:cut], validate=True)
+        except (binascii.Error, ValueError):
+            raise MailFormatError(f"{self.what} is not valid base64") from None
+
+    def close(self) -> None:
+        if self._carry:
+            raise MailFormatError(f"{self.what} ends in the middle of a base64 group")
 
 
 class InnerMessage:
@@ -219,40 +245,23 @@ class Base64Writer:
 
 
 class Base64Reader:
-    """``read(n)`` of the bytes encoded by a base64 body (lines of any length up to
-    MAX_LINE, CRLF or LF); stops at EOF or at a MIME boundary line ``--...``."""
+    """``read(n)`` of the bytes encoded by a base64 body (any line length, CRLF or LF)
+    read from ``src`` to its end, decoded in blocks."""
 
     def __init__(self, src: BinaryIO) -> None:
         self._src = src
-        self._carry = b""
+        self._dec = _B64Decoder("the message body")
         self._buf = bytearray()
         self._eof = False
 
-    def _more(self) -> None:
-        while not self._eof and len(self._buf) < CHUNK:
-            line = self._src.readline(MAX_LINE + 2)
-            if not line:
-                self._eof = True
-                break
-            if len(line) > MAX_LINE and not line.endswith(b"\n"):
-                raise MailFormatError("a base64 line is longer than 8 KiB")
-            text = line.strip()
-            if text.startswith(b"--"):
-                self._eof = True
-                break
-            text = self._carry + text
-            cut = len(text) // 4 * 4
-            self._carry = text[cut:]
-            try:
-                self._buf += base64.b64decode(text[:cut], validate=True)
-            except (binascii.Error, ValueError):
-                raise MailFormatError("the message body is not valid base64") from None
-        if self._eof and self._carry:
-            raise MailFormatError("the base64 body ends in the middle of a group")
-
     def read(self, n: int = CHUNK) -> bytes:
-        if len(self._buf) < n:
-            self._more()
+        while len(self._buf) < n and not self._eof:
+            block = self._src.read(4 * CHUNK)
+            if not block:
+                self._eof = True
+                self._dec.close()
+                break
+            self._buf += self._dec.feed(block)
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
@@ -282,6 +291,30 @@ class _Lines:
                 out = bytes(self._buf)
                 self._buf.clear()
                 return out
+            chunk = self._read(CHUNK)
+            if not chunk:
+                self._eof = True
+            self._buf += chunk
+
+    def body(self, delim: bytes) -> Iterator[bytes]:
+        """The raw bytes up to (not including) the next line that starts with
+        ``delim``, in blocks; that line stays to be read. MailFormatError at the end
+        of the input."""
+        marker = b"\n" + delim
+        while True:
+            if self._buf.startswith(delim):
+                return
+            i = self._buf.find(marker)
+            if i >= 0:
+                yield bytes(self._buf[: i + 1])
+                del self._buf[: i + 1]
+                return
+            keep = len(marker)
+            if len(self._buf) > keep:
+                yield bytes(self._buf[:-keep])
+                del self._buf[:-keep]
+            if self._eof:
+                raise MailFormatError("the MIME message ends before its closing boundary")
             chunk = self._read(CHUNK)
             if not chunk:
                 self._eof = True
@@ -330,36 +363,32 @@ def _decode_part(
     lines: _Lines, boundary: bytes, sink: Sink | None, limit: int | None
 ) -> tuple[int, bytes, bool]:
     """Decode a base64 part body into ``sink`` (or return it when sink is None) up to
-    the next boundary; returns (size, data if no sink, closing boundary seen)."""
-    delim, close = b"--" + boundary, b"--" + boundary + b"--"
-    carry = b""
+    the next boundary line; returns (size, data if no sink, closing boundary seen)."""
+    delim = b"--" + boundary
+    dec = _B64Decoder("a MIME part")
     size = 0
     kept = bytearray()
     while True:
-        line = lines.line()
-        if not line:
-            raise MailFormatError("the MIME message ends before its closing boundary")
-        text = line.rstrip(b"\r\n")
-        if text.startswith(delim):
-            tail = text[len(delim) :]
-            if tail.rstrip(b" \t") in (b"", b"--"):
-                if carry:
-                    raise MailFormatError("a base64 part ends in the middle of a group")
-                return size, bytes(kept), text.rstrip(b" \t") == close
-        text = carry + text.strip()
-        cut = len(text) // 4 * 4
-        carry = text[cut:]
-        try:
-            data = base64.b64decode(text[:cut], validate=True)
-        except (binascii.Error, ValueError):
-            raise MailFormatError("a MIME part is not valid base64") from None
+        for block in lines.body(delim):
+            data = dec.feed(block)
+            size += len(data)
+            if sink is not None:
+                sink.write(data)
+            else:
+                kept += data
+                if limit is not None and len(kept) > limit:
+                    raise MailFormatError("the text part is larger than 16 MiB")
+        line = lines.line().rstrip(b"\r\n").rstrip(b" \t")
+        if line in (delim, delim + b"--"):
+            dec.close()
+            return size, bytes(kept), line == delim + b"--"
+        # a line that only starts like the boundary: it is part of the body
+        data = dec.feed(line)
         size += len(data)
         if sink is not None:
             sink.write(data)
         else:
             kept += data
-            if limit is not None and len(kept) > limit:
-                raise MailFormatError("the text part is larger than 16 MiB")
 
 
 def _filename(part: Any) -> str:
