@@ -19,6 +19,7 @@ from mstcrypt.cli import (
     cms_cmd,
     demo,
     file_cmd,
+    mail_cmd,
     platform,
     selftest,
     sm2_cmd,
@@ -56,6 +57,7 @@ app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
 app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
 app.add_typer(cms_cmd.app, name="cms")
+app.add_typer(mail_cmd.app, name="mail")
 
 
 @app.command("version")
