@@ -15,7 +15,8 @@ README.md's fenced ``sh`` blocks, by section (``BLOCKS``; an unclassified block 
   alice enrolled). Afterwards the artefacts are checked (session token, decrypted file).
 * "Command line", the OpenSSL interoperability block: **run** as written in its own
   bash session (skipped without an OpenSSL 3 ``openssl`` with SM2).
-* "Command line", the syntax summary, and "TLCP and the mobile access gateway":
+* "Command line", the syntax summary, "TLCP and the mobile access gateway" and
+  "Encrypted mail" (its server, SMTP and platform steps run in tests/mail/test_mail_platform.py):
   **checked** — each ``mstcrypt`` line's subcommand path and every option it names are
   looked up in the real CLI (typer/click introspection), and it may not pass more
   positional arguments than the command takes. The TLCP block needs a server
@@ -62,6 +63,7 @@ BLOCKS: dict[str, list[str]] = {
     "TLCP and the mobile access gateway (guide 6.4)": ["check"],
     "File encryption (guide 7.6)": ["session"],
     "Command line": ["check", "run"],
+    "Encrypted mail (guide 7.2)": ["check"],
 }
 
 
