@@ -37,21 +37,32 @@ from mstcrypt.apps.mail.message import (
     trust_validator,
 )
 from mstcrypt.apps.mail.mime import Attachment, InnerMessage
+from mstcrypt.apps.mail.recipients import Directory, platform_validator
+from mstcrypt.apps.mail.server import MailServer
+from mstcrypt.apps.mail.store import LocalStore
+from mstcrypt.apps.mail.transport import list_mailbox, open_mailbox_entry, send_file
 
 __all__ = [
     "SUBJECT_PLACEHOLDER",
     "Attachment",
     "Check",
     "ComposedMail",
+    "Directory",
     "InnerMessage",
+    "LocalStore",
     "MailError",
     "MailFormatError",
     "MailIdentity",
+    "MailServer",
     "MailVerificationError",
     "OpenedMail",
     "RecipientError",
     "certificate_addresses",
     "compose",
+    "list_mailbox",
+    "open_mailbox_entry",
     "open_message",
+    "platform_validator",
+    "send_file",
     "trust_validator",
 ]

@@ -25,7 +25,7 @@ _ADDRESS = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,1
 def mailbox_path(root: Path, address: str) -> Path:
     """The Maildir of ``address`` under ``root`` (the address lower-cased; anything
     that could leave ``root`` refused)."""
-    if not _ADDRESS.match(address) or ".." in address or address.startswith("."):
+    if not _ADDRESS.match(address) or ".." in address or address.startswith(".") or "/" in address:
         raise PolicyError(f"not a deliverable address: {address!r}")
     return root / address.lower()
 
