@@ -73,6 +73,7 @@ def test_several_recipients_and_sender_read_it(tmp_path: Path) -> None:
             "certificate",
             "revocation",
             "sender",
+            "addressed",
         ]
         assert r.headers["Subject"] == f"{MARK_SUBJECT} 季度报告"
         assert r.headers["From"] == k.alice.address
@@ -179,6 +180,7 @@ def test_from_not_matching_signer_is_refused(tmp_path: Path) -> None:
         "certificate": True,
         "revocation": True,
         "sender": False,
+        "addressed": True,
     }
     # non-strict: the report says the same without raising
     r = _open(raw, k.bob, strict=False)
@@ -344,3 +346,22 @@ def test_message_ids_and_dates_are_sane(tmp_path: Path) -> None:
     inner = InnerMessage(sender=k.alice.address, to=[k.bob.address], subject="s", text="t")
     assert re.fullmatch(r"<[0-9a-f]{32}@example\.gov\.cn>", inner.message_id)
     assert inner.date.endswith("GMT")
+
+
+def test_surreptitious_forwarding_is_flagged(tmp_path: Path) -> None:
+    """Carol receives alice's signed message and re-envelopes it, unchanged, for bob:
+    the signature is alice's and valid, but bob is not among the signed To/Cc."""
+    from mstcrypt.formats import cms
+
+    k = mailkit()
+    raw = _compose(tmp_path, k.alice, [k.carol])
+    head, body = raw.split(b"\r\n\r\n", 1)
+    signed = cms.decrypt(base64.b64decode(body), k.carol.identity.encryption_certificate,
+                         k.carol.enc_key)  # fmt: skip
+    again = cms.encrypt(signed, [k.bob.identity.encryption_certificate])
+    forwarded = head + b"\r\n\r\n" + base64.encodebytes(again).replace(b"\n", b"\r\n")
+    with pytest.raises(mail.MailVerificationError, match="addressed check failed") as info:
+        _open(forwarded, k.bob)
+    checks = {c.name: c.ok for c in info.value.report.checks}
+    assert checks == {"envelope": True, "signature": True, "certificate": True,
+                      "revocation": True, "sender": True, "addressed": False}  # fmt: skip

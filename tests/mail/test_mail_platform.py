@@ -132,7 +132,7 @@ def test_send_to_two_terminals_both_read_it(
         code, out, err = cli(monkeypatch, capfd, "mail", "read", mid, "--token", tok, "--pin",
                              PIN, "--server", world.url, "--save-dir", str(save))  # fmt: skip
         assert code == 0, err + out
-        for check in ("envelope", "signature", "certificate", "revocation", "sender"):
+        for check in ("envelope", "signature", "certificate", "revocation", "sender", "addressed"):
             assert f"✓ {check}:" in out
         assert f"Subject: {MARKERS[0].decode()}" in out and MARKERS[1].decode() in out
         assert (save / "report.bin").read_bytes() == att.read_bytes()

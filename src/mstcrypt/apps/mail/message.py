@@ -403,6 +403,7 @@ def open_message(
         if report.signer is not None:
             report.checks.extend(validator(report.signer))
             report.checks.append(_sender_check(report))
+            report.checks.append(_addressed_check(report, identity.address))
         if report.trusted and save_dir is not None:
             report.saved = files.commit()
     except MailFormatError:
@@ -432,3 +433,23 @@ def _sender_check(report: OpenedMail) -> Check:
             "sender", False, f"outer From {outer_from} differs from the signed From {inner_from}"
         )
     return Check("sender", True, f"signer is {inner_from}, the From address")
+
+
+def _addressed_check(report: OpenedMail, me: str) -> Check:
+    """The reader is among the protected To/Cc (or is the sender): a signed message
+    re-enveloped by one of its recipients for someone else (surreptitious forwarding)
+    is flagged."""
+    import email.utils
+
+    me = me.lower()
+    fields = [report.headers.get("To", ""), report.headers.get("Cc", "")]
+    listed = {a.lower() for _, a in email.utils.getaddresses([f for f in fields if f])}
+    if me in listed:
+        return Check("addressed", True, f"{me} is a protected To/Cc recipient")
+    if _address_of(report.headers.get("From")) == me:
+        return Check("addressed", True, f"{me} sent it (sent copy)")
+    return Check(
+        "addressed",
+        False,
+        f"{me} is not among the signed To/Cc: a copy re-encrypted by someone else",
+    )
