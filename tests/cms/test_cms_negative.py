@@ -186,6 +186,7 @@ def ktri(
 def enveloped(
     *,
     version: int = 1,
+    version_der: bytes | None = None,
     originator: bytes = b"",
     recipients: bytes | None = None,
     ctype: str = GM_DATA,
@@ -204,7 +205,7 @@ def enveloped(
     )
     inner = tlv(
         0x30,
-        integer(version),
+        version_der if version_der is not None else integer(version),
         originator,
         recipients if recipients is not None else set_of(ktri()),
         eci,
@@ -715,3 +716,38 @@ def test_decrypting_undecryptable_content_is_typed() -> None:
     der = enveloped(ec=tlv(0x80, b"\x00" * 32))
     with pytest.raises(DecryptionError):
         cms.decrypt(der, k.bob.cert, k.bob.key)
+
+
+def test_recipient_infos_in_any_order() -> None:
+    """GmSSL writes the RecipientInfos in the order given, not sorted as DER requires:
+    that one deviation is read; the same message with a second deviation is not."""
+    k = kit()
+    der = cms.encrypt(parts().content, [k.bob.cert, k.carol.cert])
+    ed = cms.EnvelopedData.from_der(der)
+    infos = [
+        ktri(rid=dump(cms._ias(cms._parse_cert(c))), ek=r.encrypted_key)
+        for c, r in zip(
+            (k.bob.cert, k.carol.cert),
+            sorted(ed.recipients, key=lambda r: r.ref != cms.RecipientRef.of(k.bob.cert)),
+            strict=True,
+        )
+    ]
+    ordered = sorted(infos)
+    unsorted = tlv(0x31, *reversed(ordered))
+    assert unsorted != tlv(0x31, *ordered)
+    base = dict(calg=alg("1.2.156.10197.1.104.2", octets(ed.iv)), ec=tlv(0x80, ed.ciphertext))
+    msg = enveloped(recipients=unsorted, **base)
+    assert cms.decrypt(msg, k.carol.cert, k.carol.key) == parts().content
+    # plus a non-minimal INTEGER version: refused
+    bad = enveloped(recipients=unsorted, version_der=b"\x02\x02\x00\x01", **base)
+    with pytest.raises(DecodeError, match="EnvelopedData is not canonical DER"):
+        cms.load(bad)
+
+
+def test_unsorted_signed_attributes_are_refused() -> None:
+    a = attrs()
+    unsorted = tlv(0xA0, *sorted(a, reverse=True))
+    assert unsorted != tlv(0xA0, *sorted(a))
+    si = signer_info(signed=a).replace(tlv(0xA0, *sorted(a)), unsorted)
+    with pytest.raises(DecodeError, match="SignedData is not canonical DER"):
+        cms.load(signed_data(signer_infos=set_of(si)))

@@ -908,7 +908,7 @@ class EnvelopedData:
         profile, kind, inner = _content_info(der, "envelopedData")
         if kind != "enveloped":
             raise UnsupportedError("ContentInfo is signedData; expected envelopedData")
-        ed = load_strict(EnvelopedDataAsn1, inner, "EnvelopedData")
+        ed = _load_enveloped(inner)
         recipients, iv = _check_enveloped_header(ed, profile)
         eci = ed["encrypted_content_info"]
         if isinstance(eci["encrypted_content"], Void):
@@ -937,6 +937,29 @@ class EnvelopedData:
         """Decrypt for the recipient named by ``recipient_cert`` with ``key``."""
         cek = self.unwrap_key(recipient_cert, key)
         return sm4.cbc_decrypt(cek, self.iv, self.ciphertext)
+
+
+def _load_enveloped(inner: bytes) -> EnvelopedDataAsn1:
+    """Strict DER, except that the RecipientInfos may come in any order: GmSSL writes
+    them in the order given, not sorted as DER's SET OF requires. Nothing else may
+    differ from the canonical encoding."""
+    try:
+        return load_strict(EnvelopedDataAsn1, inner, "EnvelopedData")
+    except DecodeError as exc:
+        if "not canonical" not in str(exc):
+            raise
+    ed = EnvelopedDataAsn1.load(inner, strict=True)
+    try:
+        ed.native  # noqa: B018 (parse every field)
+        canonical = bytes(ed.dump(force=True))
+        ris = EnvelopedDataAsn1.load(inner, strict=True)["recipient_infos"]
+        given = bytes(ris.contents)
+        ordered = b"".join(sorted(bytes(c.dump(force=True)) for c in ris))
+    except Exception:  # asn1crypto's ValueError/TypeError on malformed parts
+        raise DecodeError("malformed EnvelopedData") from None
+    if inner.count(given) != 1 or inner.replace(given, ordered) != canonical:
+        raise DecodeError("EnvelopedData is not canonical DER")
+    return ed
 
 
 def _check_enveloped_header(
