@@ -16,7 +16,8 @@ README.md's fenced ``sh`` blocks, by section (``BLOCKS``; an unclassified block 
   alice enrolled). Afterwards the artefacts are checked (session token, decrypted file).
 * "Command line", the OpenSSL interoperability block: **run** as written in its own
   bash session (skipped without an OpenSSL 3 ``openssl`` with SM2).
-* "Command line", the syntax summary, and "TLCP and the mobile access gateway":
+* "Command line", the syntax summary, "TLCP and the mobile access gateway" and
+  "Encrypted mail" (its server, SMTP and platform steps run in tests/mail/test_mail_platform.py):
   **checked** — each ``mstcrypt`` line's subcommand path and every option it names are
   looked up in the real CLI (typer/click introspection), and it may not pass more
   positional arguments than the command takes. The TLCP block needs a server
@@ -68,6 +69,7 @@ BLOCKS: dict[str, list[str]] = {
     "Electronic seals (guide 7.4)": ["session"],
     # run by tests/appsign/test_appsign_cli.py on an APK it builds and signs with apksigner
     "App signing (guide 6.2)": ["check"],
+    "Encrypted mail (guide 7.2)": ["check"],
 }
 
 

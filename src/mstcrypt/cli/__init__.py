@@ -17,8 +17,10 @@ import typer
 from mstcrypt.cli import (
     _common,
     app_cmd,
+    cms_cmd,
     demo,
     file_cmd,
+    mail_cmd,
     platform,
     seal_cmd,
     selftest,
@@ -62,6 +64,8 @@ app.add_typer(wapi_cmd.app, name="wapi")
 app.add_typer(voice_cmd.app, name="voice")
 app.add_typer(seal_cmd.app, name="seal")
 app.add_typer(app_cmd.app, name="app")
+app.add_typer(cms_cmd.app, name="cms")
+app.add_typer(mail_cmd.app, name="mail")
 
 
 @app.command("version")
