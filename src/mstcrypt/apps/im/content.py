@@ -66,7 +66,7 @@ def _str(d: dict[str, Any], key: str, lo: int, hi: int) -> str:
     v = d[key]
     if not isinstance(v, str) or not lo <= len(v) <= hi:
         raise _bad(f"{key!r} must be a string of {lo}..{hi} characters")
-    if any(ord(c) < 0x20 and c not in "\n\t" or 0x7F <= ord(c) < 0xA0 for c in v):
+    if any((ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in v):
         raise _bad(f"{key!r} contains control characters")
     return v
 
@@ -96,7 +96,9 @@ class Content:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            out[f.name] = v.hex() if isinstance(v, bytes) else list(v) if isinstance(v, tuple) else v
+            out[f.name] = (
+                v.hex() if isinstance(v, bytes) else list(v) if isinstance(v, tuple) else v
+            )
         return out
 
     def __post_init__(self) -> None:

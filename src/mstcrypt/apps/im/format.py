@@ -59,8 +59,9 @@ MAX_BODY = MAX_PAYLOAD + TAG_SIZE
 MAX_SIGNATURE = 72
 MIN_SIGNATURE = 8
 #: the largest envelope a reader accepts (IMS frames are bounded by this too)
-MAX_ENVELOPE = 4 + 4 + 1 + MAX_GROUP + 4 + 1 + MAX_SENDER + 16 + 32 + 16 + 16 + 12 + 32 + 12 + 4
-MAX_ENVELOPE += MAX_BODY + 1 + MAX_SIGNATURE
+_MAX_HEADER = 4 + 4 + MAX_GROUP + 4 + 1 + MAX_SENDER + 16 + 32 + 16 + 8 + 8
+MAX_ENVELOPE = _MAX_HEADER + NONCE_SIZE + KEY_SIZE + TAG_SIZE + NONCE_SIZE + 4 + MAX_BODY + 1
+MAX_ENVELOPE += MAX_SIGNATURE
 
 SIGN_LABEL = b"mstcrypt-im-v1 envelope\x00"
 WRAP_LABEL = b"mstcrypt-im-v1 session key\x00"
@@ -203,9 +204,7 @@ def seal(
     wrap_nonce, body_nonce = random_bytes(NONCE_SIZE), random_bytes(NONCE_SIZE)
     wrapped = sm4.gcm_encrypt(group_key, wrap_nonce, sk, WRAP_LABEL + header)
     body = sm4.gcm_encrypt(sk, body_nonce, payload, BODY_LABEL + header)
-    signed = b"".join(
-        (header, wrap_nonce, wrapped, body_nonce, struct.pack(">I", len(body)), body)
-    )
+    signed = b"".join((header, wrap_nonce, wrapped, body_nonce, struct.pack(">I", len(body)), body))
     sig = sign(SIGN_LABEL + signed)
     if not MIN_SIGNATURE <= len(sig) <= MAX_SIGNATURE:
         raise PolicyError("the signer must return a DER SM2 signature")
