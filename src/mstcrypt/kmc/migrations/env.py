@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+import mstcrypt.apps.im.models
 import mstcrypt.apps.login.models  # noqa: F401 - registers the login tables
-import mstcrypt.apps.im.models  # noqa: F401 - registers the IM tables
 from mstcrypt.kmc.models import Base
 
 connection = context.config.attributes.get("connection")
