@@ -330,7 +330,7 @@ def open_envelope(
 
 
 class SequenceTracker:
-    """The reader's replay and reorder check (§6 step 7), per (sender, device).
+    """The reader's replay and reorder check (§6 step 7), per (sender, device, group).
 
     ``check`` refuses a message id already seen and a sequence number not above the
     last one accepted from that device, and returns how many sequence numbers were
@@ -345,7 +345,7 @@ class SequenceTracker:
 
     @staticmethod
     def _who(env: Envelope) -> str:
-        return f"{env.sender}/{env.device.hex()}"
+        return f"{env.sender}/{env.device.hex()}/{env.group}"
 
     def check(self, env: Envelope) -> int:
         if env.message_id in self._ids:

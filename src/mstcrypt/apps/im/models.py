@@ -33,12 +33,13 @@ class ImMessage(Base):
 
 
 class ImDevice(Base):
-    """A member's device: the last sequence number accepted from it (the server refuses
-    replays too) and when it was last seen."""
+    """A member's device in a group: the last sequence number accepted from it (the
+    server refuses replays too) and when it last sent."""
 
     __tablename__ = "im_devices"
     member: Mapped[str] = mapped_column(String(128), primary_key=True)
     device: Mapped[str] = mapped_column(String(32), primary_key=True)
+    group_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -38,9 +38,10 @@ def upgrade() -> None:
         "im_devices",
         sa.Column("member", sa.String(length=128), nullable=False),
         sa.Column("device", sa.String(length=32), nullable=False),
+        sa.Column("group_id", sa.String(length=64), nullable=False),
         sa.Column("last_seq", sa.BigInteger(), nullable=False),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
-        sa.PrimaryKeyConstraint("member", "device"),
+        sa.PrimaryKeyConstraint("member", "device", "group_id"),
     )
     op.create_table(
         "im_cursors",
