@@ -34,6 +34,7 @@ from mstcrypt import __version__
 from mstcrypt.apps.im.errors import ImError
 from mstcrypt.apps.im.format import MAX_ENVELOPE
 from mstcrypt.apps.im.service import MAX_BLOB, ImsService, Stored, check_device
+from mstcrypt.apps.login.tokens import TokenError
 from mstcrypt.errors import AuthenticationError, MstCryptError, PolicyError
 from mstcrypt.server.errors import status_of
 
@@ -217,6 +218,34 @@ class Hub:
                 del self.conns[conn.member]
 
 
+# -- authentication ------------------------------------------------------------------------
+async def _claims(get_login: Callable[[], Any], authorization: str | None) -> dict[str, Any]:
+    """The claims of a valid §7.3 session token with a platform owner."""
+    if not authorization or not authorization.startswith("Bearer "):
+        raise AuthenticationError("a session token from certificate login is required")
+    token = authorization[7:].strip()
+    try:
+        claims = await asyncio.to_thread(get_login().verify_session, token)
+    except (TokenError, MstCryptError) as exc:
+        raise AuthenticationError(f"session token refused: {exc}") from None
+    if not isinstance(claims.get("owner"), str) or not claims["owner"]:
+        raise AuthenticationError("this session has no platform owner")
+    return dict(claims)
+
+
+async def _caller(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_mst_device: Annotated[str | None, Header()] = None,
+) -> tuple[dict[str, Any], str]:
+    claims = await _claims(request.app.state.ims_login, authorization)
+    return claims, check_device(x_mst_device or "")
+
+
+#: (session claims, device id) of the caller of an /im route
+Caller = Annotated[tuple[dict[str, Any], str], Depends(_caller)]
+
+
 # -- the app -------------------------------------------------------------------------------
 def create_ims_app(
     kmc: Any,
@@ -226,6 +255,7 @@ def create_ims_app(
     login: Any = None,
     queue_size: int = DEFAULT_QUEUE,
     instance: str | None = None,
+    login_server_name: str = "mstcrypt-login",
 ) -> FastAPI:
     """The IMS app over the platform database of ``kmc`` (membership and key versions
     come from the KMC's tables; sessions from the login service on the same database)."""
@@ -241,7 +271,7 @@ def create_ims_app(
 
         def get_login() -> Any:
             if not login_holder:
-                login_holder.append(LoginService(kmc))
+                login_holder.append(LoginService(kmc, server_name=login_server_name))
             return login_holder[0]
     else:
 
@@ -260,6 +290,7 @@ def create_ims_app(
     app = FastAPI(title="mstcrypt IMS", version=__version__, lifespan=lifespan)
     app.state.ims = service
     app.state.hub = hub
+    app.state.ims_login = get_login
 
     @app.exception_handler(MstCryptError)
     async def _typed(_req: Request, exc: MstCryptError) -> JSONResponse:
@@ -268,28 +299,6 @@ def create_ims_app(
             body["code"] = exc.code
         return JSONResponse(body, status_code=status_of(exc))
 
-    async def claims_of(authorization: str | None) -> dict[str, Any]:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise AuthenticationError("a session token from certificate login is required")
-        token = authorization[7:].strip()
-        try:
-            claims = await asyncio.to_thread(get_login().verify_session, token)
-        except MstCryptError as exc:
-            raise AuthenticationError(f"session token refused: {exc}") from None
-        except Exception as exc:  # TokenError and friends
-            raise AuthenticationError(f"session token refused: {exc}") from None
-        if not isinstance(claims.get("owner"), str) or not claims["owner"]:
-            raise AuthenticationError("this session has no platform owner")
-        return dict(claims)
-
-    async def session(
-        authorization: Annotated[str | None, Header()] = None,
-        x_mst_device: Annotated[str | None, Header()] = None,
-    ) -> tuple[dict[str, Any], str]:
-        claims = await claims_of(authorization)
-        return claims, check_device(x_mst_device or "")
-
-    Caller = Annotated[tuple[dict[str, Any], str], Depends(session)]
     router = APIRouter(prefix="/im", tags=["im"])
 
     async def accept_and_publish(claims: dict[str, Any], device: str, raw: bytes) -> Stored:
@@ -403,7 +412,7 @@ def create_ims_app(
     @app.websocket("/im/ws")
     async def ws(websocket: WebSocket) -> None:
         try:
-            claims = await claims_of(websocket.headers.get("authorization"))
+            claims = await _claims(get_login, websocket.headers.get("authorization"))
             device = check_device(websocket.headers.get("x-mst-device") or "")
         except MstCryptError as exc:
             await websocket.close(code=1008, reason=str(exc)[:120])
@@ -550,3 +559,52 @@ def _missed(service: ImsService, conn: Connection) -> tuple[list[Stored], dict[s
                 break
             after = rows[-1].pos
     return out, starts
+
+
+@contextlib.contextmanager
+def running_ims(
+    kmc: Any,
+    *,
+    blob_dir: str | os.PathLike[str],
+    redis_url: str | None = None,
+    port: int | None = None,
+    queue_size: int = DEFAULT_QUEUE,
+    instance: str | None = None,
+) -> Any:
+    """Start an IMS instance in this process (a uvicorn thread) on a loopback port and
+    yield its ``http://`` URL (tests, the demo and the benchmark)."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+    app = create_ims_app(
+        kmc, blob_dir=blob_dir, redis_url=redis_url, queue_size=queue_size, instance=instance
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ws_max_size=MAX_FRAME,
+            ws="websockets-sansio",
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise PolicyError("the IMS did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
