@@ -153,14 +153,16 @@ class Connection:
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(queue_size)
         self.sent: dict[str, int] = {}
         self.resync = asyncio.Event()
-        self.overflow = False
+        self.overflow = asyncio.Event()
 
     def offer(self, frame: dict[str, Any] | None) -> bool:
+        """Queue a frame; a full queue marks the client too slow (it is disconnected and
+        catches up from its acknowledgement when it reconnects)."""
         try:
             self.queue.put_nowait(frame)
             return True
         except asyncio.QueueFull:
-            self.overflow = True
+            self.overflow.set()
             return False
 
 
@@ -421,28 +423,28 @@ def create_ims_app(
         conn = Connection(claims["owner"], device, queue_size)
         hub.add(conn)
         conn.resync.set()  # start with the offline queue
-        writer = asyncio.create_task(_writer(websocket, conn, service))
+        tasks = {
+            asyncio.create_task(
+                _reader(websocket, conn, claims, device, accept_and_publish, service)
+            ),
+            asyncio.create_task(_writer(websocket, conn, service)),
+            asyncio.create_task(conn.overflow.wait()),
+        }
         try:
-            while True:
-                text = await websocket.receive_text()
-                if len(text) > MAX_FRAME:
-                    await websocket.close(code=1009, reason="frame too large")
-                    break
-                reply = await _handle(text, claims, device, accept_and_publish, service)
-                if reply is not None and not conn.offer(reply):
-                    break
-                if conn.overflow:
-                    break
-        except (WebSocketDisconnect, RuntimeError):
-            pass
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             hub.remove(conn)
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await writer
-            if conn.overflow and websocket.client_state == WebSocketState.CONNECTED:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            if conn.overflow.is_set() and websocket.client_state == WebSocketState.CONNECTED:
+                # a client that does not read may never let the close frame out: bounded wait
                 with contextlib.suppress(Exception):
-                    await websocket.close(code=1013, reason="client too slow: reconnect")
+                    await asyncio.wait_for(
+                        websocket.close(code=1013, reason="client too slow: reconnect"), 2.0
+                    )
 
     return app
 
@@ -457,6 +459,27 @@ async def _bounded_body(request: Request, limit: int) -> bytes:
         if len(out) > limit:
             raise PolicyError(f"the body is larger than {limit} bytes")
     return bytes(out)
+
+
+async def _reader(
+    websocket: WebSocket,
+    conn: Connection,
+    claims: dict[str, Any],
+    device: str,
+    accept_and_publish: Callable[..., Any],
+    service: ImsService,
+) -> None:
+    try:
+        while True:
+            text = await websocket.receive_text()
+            if len(text) > MAX_FRAME:
+                await websocket.close(code=1009, reason="frame too large")
+                return
+            reply = await _handle(text, claims, device, accept_and_publish, service)
+            if reply is not None and not conn.offer(reply):
+                return
+    except (WebSocketDisconnect, RuntimeError, KeyError):
+        return
 
 
 async def _handle(

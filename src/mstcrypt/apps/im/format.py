@@ -315,6 +315,13 @@ def open_envelope(
     ``group_key`` the GK of ``env.group`` at ``env.key_version``."""
     env = data if isinstance(data, Envelope) else parse(data)
     verify_envelope(env, sender_public)
+    return decrypt_verified(env, group_key)
+
+
+def decrypt_verified(env: Envelope, group_key: bytes) -> Opened:
+    """§6 steps 5–6 for an envelope whose sender and signature the caller has just
+    checked with :func:`verify_envelope` (the SDK, which checks the key version in
+    between). Anything else should call :func:`open_envelope`."""
     try:
         sk = sm4.gcm_decrypt(group_key, env.wrap_nonce, env.wrapped_key, WRAP_LABEL + env.header)
     except (DecryptionError, MstCryptError):

@@ -39,7 +39,7 @@ from mstcrypt.apps.im.format import (
     Opened,
     SequenceTracker,
     Signer,
-    open_envelope,
+    decrypt_verified,
     parse,
     seal,
     verify_envelope,
@@ -498,7 +498,7 @@ class ImClient:
                 f"a message under version {env.key_version} is refused",
             )
         _v, gk = self.keys.group_key(env.group, env.key_version)
-        msg = open_envelope(env, sender_public=sender_public, group_key=gk)
+        msg = decrypt_verified(env, gk)
         gap = self.tracker.accept(env) if live else 0
         if live and env.key_version > current:
             self.state["current"][env.group] = env.key_version
