@@ -18,6 +18,7 @@ from mstcrypt.cli import (
     _common,
     demo,
     file_cmd,
+    im_cmd,
     platform,
     selftest,
     sm2_cmd,
@@ -54,6 +55,8 @@ app.command("tlcp-server")(tlcp_cmd.tlcp_server_command)
 app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
 app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
+app.add_typer(im_cmd.app, name="im")
+app.add_typer(im_cmd.ims_app, name="ims")
 
 
 @app.command("version")
