@@ -380,7 +380,7 @@ def _demo(data_dir: Path | None) -> None:
         if not ok:
             failed.append(what)
 
-    with running_platform(tmp, settings, tls=False) as url, _redis(tmp) as redis_url:
+    with running_platform(tmp, settings) as url, _redis(tmp) as redis_url:
         kmc = settings.kmc()
         root = kmc.chain()[-1]
         code, _ = kmc.operators.add("officer", ["registration_officer"], actor="console")
@@ -410,7 +410,7 @@ def _demo(data_dir: Path | None) -> None:
             members[name] = (tok, public.login(tok)["session_token"])
         v = officer.create_group("project", ["wang", "li", "zhao"])["version"]
         console.print(
-            f"platform {url}; wang, li and zhao enrolled into soft tokens and logged in; "
+            f"platform {url} (TLCP); wang, li and zhao enrolled into soft tokens and logged in; "
             f"group 'project' created by the KMC at key v{v}"
         )
         blobs = tmp / "im-blobs"
