@@ -93,24 +93,28 @@ def _session(*args: Any) -> Iterator[Any]:
 
 
 def _describe(r: Any) -> str:
+    """One line for a received message; everything from the network is escaped (no
+    console markup from a sender)."""
+    from rich.markup import escape as e
+
     from mstcrypt.apps.im import ImError
     from mstcrypt.apps.im.content import FileRef, Reaction, Reply, Text
 
     if isinstance(r, ImError):
-        return f"[red]refused[/red] ({r.code}): {r}"
+        return f"[red]refused[/red] ({e(r.code)}): {e(str(r))}"
     c, env = r.content, r.message.envelope
-    head = f"#{r.pos} {env.group} <{r.sender}> (v{env.key_version})"
+    head = f"#{r.pos} {e(env.group)} <{e(r.sender)}> (v{env.key_version})"
     if r.gap:
         head += f" [yellow]{r.gap} earlier message(s) of this device missing[/yellow]"
     if isinstance(c, Text):
-        return f"{head} {c.text}"
+        return f"{head} {e(c.text)}"
     if isinstance(c, Reply):
-        return f"{head} ↪{c.ref.hex()[:8]} {c.text}"
+        return f"{head} ↪{c.ref.hex()[:8]} {e(c.text)}"
     if isinstance(c, FileRef):
-        return f"{head} [file] {c.name} ({c.media_type}, {c.size} bytes) {c.caption}"
+        return f"{head} \\[file] {e(c.name)} ({e(c.media_type)}, {c.size} bytes) {e(c.caption)}"
     if isinstance(c, Reaction):
-        return f"{head} {'-' if c.remove else '+'}{c.emoji} on {c.ref.hex()[:8]}"
-    return f"{head} [{c.TYPE.name.lower()}] {c!r}"
+        return f"{head} {'-' if c.remove else '+'}{e(c.emoji)} on {c.ref.hex()[:8]}"
+    return f"{head} \\[{c.TYPE.name.lower()}] {e(repr(c))}"
 
 
 @app.command("send")
