@@ -188,6 +188,7 @@ class Hub:
 
     def on_note(self, note: dict[str, Any]) -> None:
         group, pos, version = note["group"], int(note["pos"]), int(note["version"])
+        prev = int(note.get("prev", -1))
         try:
             members = self.members(group, version)
         except MstCryptError:
@@ -198,7 +199,7 @@ class Hub:
                 last = conn.sent.get(group)
                 if last is not None and pos <= last:
                     continue
-                if last == pos - 1:  # the next one: send as is
+                if last == prev:  # the group's next message for this connection
                     if conn.offer(frame):
                         conn.sent[group] = pos
                 else:  # not caught up yet, or a notification was missed: read the store
@@ -310,6 +311,7 @@ def create_ims_app(
             {
                 "group": stored.group,
                 "pos": stored.pos,
+                "prev": stored.prev,
                 "version": stored.key_version,
                 "envelope": base64.b64encode(stored.envelope).decode(),
                 "from": name,

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from mstcrypt.apps.im.errors import ImKeyVersionError, ImReplayError, ImSenderError
@@ -50,6 +50,8 @@ class Stored:
     key_version: int
     sender: str
     envelope: bytes
+    #: the position of the group's previous message (0: none), for in-order fan-out
+    prev: int = -1
 
     def frame(self) -> dict[str, Any]:
         import base64
@@ -175,7 +177,9 @@ class ImsService:
             with self.db.tx() as s:
                 # the version is re-read inside the write transaction: a membership change
                 # between the check and here is caught
-                g = s.get(Group, env.group)
+                # the group row is locked: stores into one group are serialised, so
+                # ``prev`` is exact (fan-out delivers in order without reading back)
+                g = s.get(Group, env.group, with_for_update=True)
                 if g is None or g.current_version != version:
                     raise ImKeyVersionError("rekey", f"group {env.group!r} was rekeyed: seal again")
                 if s.get(GroupMember, (env.group, member)) is None:
@@ -199,6 +203,9 @@ class ImsService:
                     )
                 else:
                     dev.last_seq, dev.last_seen = env.seq, now
+                prev = s.scalar(
+                    select(func.max(ImMessage.pos)).where(ImMessage.group_id == env.group)
+                )
                 row = ImMessage(
                     group_id=env.group,
                     message_id=env.message_id,
@@ -216,7 +223,7 @@ class ImsService:
                 pos = row.pos
         except IntegrityError:
             raise ImReplayError("replayed", "this message id was already received") from None
-        return Stored(pos, env.group, env.key_version, member, env.raw)
+        return Stored(pos, env.group, env.key_version, member, env.raw, prev or 0)
 
     def history(self, member: str, group: str, *, after: int = 0, limit: int = 100) -> list[Stored]:
         """Stored envelopes of ``group`` after position ``after`` (at most ``limit``),
