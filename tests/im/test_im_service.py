@@ -356,3 +356,39 @@ def test_key_cache_sealed_to_the_token(w: World, tmp_path: Path) -> None:
     with pytest.raises(KeyStoreError):
         SealedStore(tmp_path / "keys", w.members["bob"].identity).load()
     assert "team" not in repr(ring2) and gk.hex() not in repr(ring2)
+
+
+def test_rejoining_member_gets_only_keys_from_the_new_joining(w: World) -> None:
+    """KMC rules the terminal relies on: a member who leaves and comes back gets no key
+    of the time between (nor of the earlier membership); the KMC serves the session's
+    owner only."""
+    with w.admin() as a:
+        a.create_group("rejoin", ["alice", "bob", "carol"])
+    alice, bob = w.im("alice", w.ims), w.im("bob", w.ims)  # type: ignore[attr-defined]
+    alice.send_text("rejoin", "v1 message")
+    assert bob.keys.group_key("rejoin")[0] == 1
+    with w.admin() as a:
+        assert a.change_group("rejoin", remove=["bob"])["version"] == 2
+    alice.send_text("rejoin", "while bob was away")
+    with w.admin() as a:
+        assert a.change_group("rejoin", add=["bob"])["version"] == 3
+    alice.send_text("rejoin", "bob is back")
+    # a fresh device of bob's (no cached keys): v3 only
+    bob2 = w.im("bob", w.ims, state=False)  # type: ignore[attr-defined]
+    for v in (1, 2):
+        with pytest.raises(ImKeyVersionError):
+            bob2.keys.group_key("rejoin", v)
+    assert bob2.keys.group_key("rejoin")[0] == 3
+    assert texts(bob2.history("rejoin")) == ["bob is back"]
+    # the group key route answers for the token's owner only: bob's session, alice's name
+    # is not a parameter anywhere — the answer is bob's, wrapped under bob's KDK
+    with w.client() as c:
+        d = c.group_key(w.members["bob"].session, "rejoin")
+        assert d["member"] == "bob"
+        from mstcrypt.client import ServiceError
+
+        with pytest.raises(ServiceError) as e:
+            c.group_key("MST1.forged.token", "rejoin")
+        assert e.value.status == 401
+    for cl in (alice, bob, bob2):
+        cl.close()
