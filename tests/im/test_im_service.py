@@ -309,7 +309,7 @@ def test_reader_refuses_what_a_malicious_server_delivers(w: World) -> None:
         bob.open(forged, 4)
     assert ex.value.code == "wrong-sender-key"
     # a stale key version after the reader learned a newer one
-    bob.state["current"]["team"] = v + 1
+    bob.state["seen"]["team"] = v + 1
     stale = seal(
         Text("old key"),
         group="team",

@@ -21,6 +21,8 @@ import contextlib
 import json
 import logging
 import os
+import queue
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -171,6 +173,7 @@ class Hub:
         self.service, self.fanout, self.queue_size = service, fanout, queue_size
         self.conns: dict[str, set[Connection]] = {}
         self._members: dict[str, tuple[int, frozenset[str]]] = {}
+        self._pending: set[asyncio.Task[None]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         fanout.on_message = self._note_threadsafe
         fanout.on_resync = self.resync_all
@@ -178,21 +181,34 @@ class Hub:
     def _note_threadsafe(self, note: dict[str, Any]) -> None:
         self.on_note(note)
 
-    def members(self, group: str, version: int) -> frozenset[str]:
-        cached = self._members.get(group)
-        if cached is None or cached[0] != version:
-            current, members = self.service.group_state(group)
-            cached = (current, frozenset(members))
-            self._members[group] = cached
-        return cached[1]
-
     def on_note(self, note: dict[str, Any]) -> None:
-        group, pos, version = note["group"], int(note["pos"]), int(note["version"])
-        prev = int(note.get("prev", -1))
+        """A stored message was announced: deliver it to the local connections of the
+        group's members at its key version (membership is read from the database, off
+        the event loop, when the version is new to this instance)."""
+        cached = self._members.get(note["group"])
+        if cached is not None and cached[0] == int(note["version"]):
+            self._deliver(note, cached[1])
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh_then_deliver(note))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _refresh_then_deliver(self, note: dict[str, Any]) -> None:
         try:
-            members = self.members(group, version)
+            current, members = await asyncio.to_thread(self.service.group_state, note["group"])
         except MstCryptError:
             return
+        cached = self._members.get(note["group"])
+        if cached is None or cached[0] <= current:
+            self._members[note["group"]] = (current, frozenset(members))
+        if current == int(note["version"]):
+            self._deliver(note, frozenset(members))
+        else:  # the group changed again since: its members read from the store
+            self.resync_all()
+
+    def _deliver(self, note: dict[str, Any], members: frozenset[str]) -> None:
+        group, pos = note["group"], int(note["pos"])
+        prev = int(note.get("prev", -1))
         frame = {"op": "msg", "group": group, "pos": pos, "envelope": note["envelope"]}
         for member in members:
             for conn in self.conns.get(member, ()):
@@ -219,6 +235,70 @@ class Hub:
             conns.discard(conn)
             if not conns:
                 del self.conns[conn.member]
+
+
+# -- group commit --------------------------------------------------------------------------
+class Committer:
+    """One writer thread that stores envelopes in batches (one transaction, so one
+    durable commit, for everything that arrived while the previous batch was written):
+    with SQLite's synchronous commits this is what lets hundreds of senders through."""
+
+    def __init__(self, service: ImsService, max_batch: int = 256) -> None:
+        self.service, self.max_batch = service, max_batch
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def submit(self, env: Any, member: str, device: str) -> Stored:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ims-commit", daemon=True)
+                self._thread.start()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Stored] = loop.create_future()
+        self._q.put((env, member, device, loop, fut))
+        return await fut
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join(10)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._q.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            try:
+                results: list[Any] = self.service.store_batch(
+                    [(e, m, d) for e, m, d, _, _ in batch]
+                )
+            except Exception as exc:  # the database failed: every waiting sender hears it
+                log.error("storing a batch failed: %s", type(exc).__name__)
+                err = exc if isinstance(exc, MstCryptError) else PolicyError("storage failed")
+                results = [err] * len(batch)
+            for (_e, _m, _d, loop, fut), r in zip(batch, results, strict=True):
+                loop.call_soon_threadsafe(_settle, fut, r)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any) -> None:
+    if fut.done():
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 # -- authentication ------------------------------------------------------------------------
@@ -265,6 +345,7 @@ def create_ims_app(
     service = ImsService(kmc, blob_dir)
     fanout: Fanout = RedisFanout(redis_url) if redis_url else LocalFanout()
     hub = Hub(service, fanout, queue_size)
+    committer = Committer(service)
     name = instance or uuid.uuid4().hex[:8]
 
     if login is None:
@@ -289,6 +370,7 @@ def create_ims_app(
             yield
         finally:
             await fanout.stop()
+            await asyncio.to_thread(committer.stop)
 
     app = FastAPI(title="mstcrypt IMS", version=__version__, lifespan=lifespan)
     app.state.ims = service
@@ -306,7 +388,8 @@ def create_ims_app(
 
     async def accept_and_publish(claims: dict[str, Any], device: str, raw: bytes) -> Stored:
         signer = await asyncio.to_thread(service.signing_key, str(claims.get("serial")))
-        stored = await asyncio.to_thread(service.accept, claims["owner"], device, raw, signer)
+        env = await asyncio.to_thread(service.check, claims["owner"], device, raw, signer)
+        stored = await committer.submit(env, claims["owner"], device)
         await fanout.publish(
             {
                 "group": stored.group,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,11 +24,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from mstcrypt.apps.im.errors import ImKeyVersionError, ImReplayError, ImSenderError
+from mstcrypt.apps.im.errors import ImError, ImKeyVersionError, ImReplayError, ImSenderError
 from mstcrypt.apps.im.format import Envelope, parse, verify_envelope
 from mstcrypt.apps.im.models import ImBlob, ImCursor, ImDevice, ImMessage
 from mstcrypt.crypto.sm2 import SM2PublicKey
-from mstcrypt.errors import AccessDeniedError, PolicyError
+from mstcrypt.errors import AccessDeniedError, MstCryptError, PolicyError
 from mstcrypt.kmc.context import NotFoundError
 from mstcrypt.kmc.models import Group, GroupMember, IssuedCertificate
 from mstcrypt.pki import Certificate
@@ -145,11 +145,12 @@ class ImsService:
         return key
 
     # -- messages --------------------------------------------------------------------
-    def accept(
+    def check(
         self, member: str, device: str, raw: bytes, signer: SM2PublicKey | None = None
-    ) -> Stored:
-        """Check and store one envelope from ``member``'s ``device``; returns it with its
-        position. ``signer`` is the session certificate's key (verified when given)."""
+    ) -> Envelope:
+        """Everything about one envelope from ``member``'s ``device`` that needs no write:
+        structure, session owner and device, the session certificate's signature (when
+        ``signer`` is given), membership and the current key version."""
         env = parse(raw)
         check_device(device)
         if env.sender != member:
@@ -169,43 +170,85 @@ class ImsService:
                 f"group {env.group!r} is at key version {version}, not {env.key_version}: "
                 "fetch the current group key and seal again",
             )
-        return self._store(env, member, device, version)
+        return env
 
-    def _store(self, env: Envelope, member: str, device: str, version: int) -> Stored:
+    def accept(
+        self, member: str, device: str, raw: bytes, signer: SM2PublicKey | None = None
+    ) -> Stored:
+        """:meth:`check`, then store the envelope; returns it with its position."""
+        env = self.check(member, device, raw, signer)
+        result = self.store_batch([(env, member, device)])[0]
+        if isinstance(result, Stored):
+            return result
+        raise result
+
+    def store_batch(
+        self, items: Sequence[tuple[Envelope, str, str]]
+    ) -> list[Stored | MstCryptError]:
+        """Store checked envelopes (``(env, member, device)``) in one transaction — a
+        group commit: one durable write for many messages. Each item gets its
+        :class:`Stored` or the error that refused it (a key version changed meanwhile, no
+        longer a member, a sequence not above the device's, a message id seen before);
+        a refused item does not affect the others."""
         now = self.clock()
         try:
             with self.db.tx() as s:
-                # the version is re-read inside the write transaction: a membership change
-                # between the check and here is caught
-                # the group row is locked: stores into one group are serialised, so
-                # ``prev`` is exact (fan-out delivers in order without reading back)
-                g = s.get(Group, env.group, with_for_update=True)
-                if g is None or g.current_version != version:
+                return self._store_all(s, items, now)
+        except IntegrityError:
+            if len(items) == 1:
+                return [ImReplayError("replayed", "this message id was already received")]
+            # a duplicate raced in from another instance: store one by one
+            return [self.store_batch([it])[0] for it in items]
+
+    def _store_all(
+        self, s: Any, items: Sequence[tuple[Envelope, str, str]], now: datetime
+    ) -> list[Stored | MstCryptError]:
+        groups: dict[str, tuple[Group | None, int]] = {}
+        devices: dict[tuple[str, str, str], ImDevice | None] = {}
+        ids: set[bytes] = set()
+        out: list[Stored | MstCryptError] = []
+        for env, member, device in items:
+            try:
+                if env.group not in groups:
+                    # the group row is locked: stores into one group are serialised, so
+                    # ``prev`` is exact (fan-out delivers in order without reading back)
+                    g = s.get(Group, env.group, with_for_update=True)
+                    last = s.scalar(
+                        select(func.max(ImMessage.pos)).where(ImMessage.group_id == env.group)
+                    )
+                    groups[env.group] = (g, last or 0)
+                g, prev = groups[env.group]
+                # re-read inside the write transaction: a change since check() is caught
+                if g is None or g.current_version != env.key_version:
                     raise ImKeyVersionError("rekey", f"group {env.group!r} was rekeyed: seal again")
                 if s.get(GroupMember, (env.group, member)) is None:
                     raise NotFoundError(f"{member!r} is not a member of a group {env.group!r}")
-                dev = s.get(ImDevice, (member, device, env.group))
-                last = dev.last_seq if dev else 0
-                if env.seq <= last:
+                key = (member, device, env.group)
+                if key not in devices:
+                    devices[key] = s.get(ImDevice, key)
+                dev = devices[key]
+                last_seq = dev.last_seq if dev else 0
+                if env.seq <= last_seq:
                     raise ImReplayError(
                         "out-of-order",
-                        f"sequence {env.seq} is not above {last} for this device and group",
+                        f"sequence {env.seq} is not above {last_seq} for this device and group",
                     )
+                if env.message_id in ids or s.scalar(
+                    select(ImMessage.pos).where(ImMessage.message_id == env.message_id)
+                ):
+                    raise ImReplayError("replayed", "this message id was already received")
                 if dev is None:
-                    s.add(
-                        ImDevice(
-                            member=member,
-                            device=device,
-                            group_id=env.group,
-                            last_seq=env.seq,
-                            last_seen=now,
-                        )
+                    dev = ImDevice(
+                        member=member,
+                        device=device,
+                        group_id=env.group,
+                        last_seq=env.seq,
+                        last_seen=now,
                     )
+                    s.add(dev)
+                    devices[key] = dev
                 else:
                     dev.last_seq, dev.last_seen = env.seq, now
-                prev = s.scalar(
-                    select(func.max(ImMessage.pos)).where(ImMessage.group_id == env.group)
-                )
                 row = ImMessage(
                     group_id=env.group,
                     message_id=env.message_id,
@@ -220,10 +263,12 @@ class ImsService:
                 )
                 s.add(row)
                 s.flush()
-                pos = row.pos
-        except IntegrityError:
-            raise ImReplayError("replayed", "this message id was already received") from None
-        return Stored(pos, env.group, env.key_version, member, env.raw, prev or 0)
+                ids.add(env.message_id)
+                groups[env.group] = (g, row.pos)
+                out.append(Stored(row.pos, env.group, env.key_version, member, env.raw, prev))
+            except (ImError, NotFoundError) as exc:
+                out.append(exc)
+        return out
 
     def history(self, member: str, group: str, *, after: int = 0, limit: int = 100) -> list[Stored]:
         """Stored envelopes of ``group`` after position ``after`` (at most ``limit``),

@@ -305,7 +305,7 @@ class ImClient:
         self.state: dict[str, Any] = self.store.load() if self.store else {}
         if "device" not in self.state:
             self.state["device"] = random_bytes(16).hex()
-        for k in ("seq", "current", "tracker", "messages", "acked"):
+        for k in ("seq", "current", "seen", "tracker", "messages"):
             self.state.setdefault(k, {})
         self.device = bytes.fromhex(self.state["device"])
         self.keys = Keyring(identity, platform, session_token, self.state.setdefault("keys", {}))
@@ -490,18 +490,21 @@ class ImClient:
         env = parse(raw)
         sender_public = self._sender_key(env)
         verify_envelope(env, sender_public)
-        current = self.state["current"].get(env.group, 0)
-        if live and env.key_version < current:
+        # the highest version received so far in the server's order of this group: the
+        # server stores only current-version messages, so an older one after a newer one
+        # is an injection under a key a removed member still holds
+        seen = self.state["seen"].get(env.group, 0)
+        if live and env.key_version < seen:
             raise ImKeyVersionError(
                 "stale-key-version",
-                f"group {env.group!r} is at key version {current}; "
+                f"group {env.group!r} is at key version {seen}; "
                 f"a message under version {env.key_version} is refused",
             )
         _v, gk = self.keys.group_key(env.group, env.key_version)
         msg = decrypt_verified(env, gk)
         gap = self.tracker.accept(env) if live else 0
-        if live and env.key_version > current:
-            self.state["current"][env.group] = env.key_version
+        if live and env.key_version > seen:
+            self.state["seen"][env.group] = env.key_version
         c = msg.content
         if isinstance(c, Edit | Delete):
             author = self._author(env.group, c.ref)
