@@ -136,3 +136,29 @@ def test_blob_bookkeeping(ims: tuple[ImsService, dict[str, Any]], tmp_path: Path
         svc.blob_open("carol", blob)  # not a member of the blob's group
     with pytest.raises(PolicyError):
         svc.blob_begin("alice", "g", "../../etc/passwd", 0)
+
+
+def test_group_commit_refuses_items_not_the_batch(ims: tuple[ImsService, dict[str, Any]]) -> None:
+    """One transaction for many envelopes: a duplicate id, a replayed sequence or a stale
+    version inside the batch is refused on its own; the rest is stored in order."""
+    from mstcrypt.apps.im import parse
+    from mstcrypt.apps.im.service import Stored
+
+    svc, keys = ims
+    a1 = parse(env(keys, "alice", 1))
+    a2 = parse(env(keys, "alice", 2))
+    b1 = parse(env(keys, "bob", 1))
+    stale = parse(env(keys, "bob", 2, version=7))
+    out = svc.store_batch(
+        [
+            (a1, "alice", DEV),
+            (a1, "alice", DEV),
+            (b1, "bob", DEV),
+            (stale, "bob", DEV),
+            (a2, "alice", DEV),
+        ]
+    )
+    assert isinstance(out[0], Stored) and isinstance(out[2], Stored) and isinstance(out[4], Stored)
+    assert isinstance(out[1], ImReplayError) and isinstance(out[3], ImKeyVersionError)
+    assert (out[0].prev, out[2].prev, out[4].prev) == (0, out[0].pos, out[2].pos)  # type: ignore[union-attr]
+    assert [s.pos for s in svc.history("bob", "g")] == [out[0].pos, out[2].pos, out[4].pos]  # type: ignore[union-attr]
