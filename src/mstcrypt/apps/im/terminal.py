@@ -56,7 +56,6 @@ from mstcrypt.errors import (
 )
 
 __all__ = [
-    "IMS_ERROR_TYPES",
     "Identity",
     "ImClient",
     "ImsError",
@@ -88,9 +87,6 @@ class ImsError(ImError):
     def __init__(self, status: int, error: str, code: str, detail: str) -> None:
         super().__init__(code or error, f"IMS {status} {error}: {detail}")
         self.status, self.error = status, error
-
-
-IMS_ERROR_TYPES = ("ImKeyVersionError", "ImReplayError", "ImSenderError", "NotFoundError")
 
 
 # -- the terminal's identity --------------------------------------------------------------
