@@ -96,14 +96,17 @@ class ImsService:
             return g.current_version, {m.member: m.joined_version for m in rows}
 
     def _membership(self, group: str, member: str) -> tuple[int, int]:
-        try:
-            version, members = self.group_state(group)
-        except NotFoundError:
-            members, version = {}, 0
-        if member not in members:
+        """(current key version, the member's joining version): one indexed read."""
+        with self.db.read() as s:
+            row = s.execute(
+                select(Group.current_version, GroupMember.joined_version)
+                .join(GroupMember, GroupMember.group_id == Group.id)
+                .where(Group.id == group, GroupMember.member == member)
+            ).first()
+        if row is None:
             # one answer for "no such group" and "not a member", as the KMC
             raise NotFoundError(f"{member!r} is not a member of a group {group!r}")
-        return version, members[member]
+        return int(row[0]), int(row[1])
 
     def groups_of(self, member: str, device: str | None = None) -> list[dict[str, Any]]:
         with self.db.read() as s:
