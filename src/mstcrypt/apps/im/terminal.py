@@ -31,6 +31,7 @@ from mstcrypt.apps.im.errors import (
     ImDecryptError,
     ImError,
     ImKeyVersionError,
+    ImReplayError,
     ImSenderError,
 )
 from mstcrypt.apps.im.format import (
@@ -570,19 +571,26 @@ class ImClient:
         out: list[Received | ImError] = []
         last: dict[str, int] = {}
         for f in frames:
-            out.append(self._open_frame(f))
+            item = self._open_frame(f)
+            if item is not None:
+                out.append(item)
             last[f["group"]] = max(last.get(f["group"], 0), int(f["pos"]))
         for group, pos in last.items():
             self.ack(group, pos)
         self.save()
         return out
 
-    def _open_frame(self, f: dict[str, Any]) -> Received | ImError:
+    def _open_frame(self, f: dict[str, Any]) -> Received | ImError | None:
+        """A delivered frame opened, or the error that refused it; ``None`` for a message
+        this device already accepted (delivered again because its acknowledgement had
+        not reached the server: at-least-once delivery, shown once)."""
         try:
             raw = base64.b64decode(f["envelope"])
             if len(raw) > MAX_ENVELOPE:
                 raise PolicyError("oversized envelope")
             return self.open(raw, int(f["pos"]))
+        except ImReplayError as exc:
+            return None if exc.code == "replayed" else exc
         except ImError as exc:
             return exc
 
@@ -613,11 +621,19 @@ class ImClient:
                     if frame.get("op") != "msg":
                         continue
                     item = self._open_frame(frame)
-                    got.append(item)
-                    if on_message:
-                        on_message(item)
+                    if item is not None:
+                        got.append(item)
+                        if on_message:
+                            on_message(item)
                     ws.send(json.dumps({"op": "ack", "group": frame["group"], "pos": frame["pos"]}))
-            except ConnectionClosed:
+                # the server handles a connection's frames in order: its pong means every
+                # acknowledgement above is stored
+                ws.send(json.dumps({"op": "ping", "ref": "bye"}))
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    if json.loads(ws.recv(timeout=5)).get("op") == "pong":
+                        break
+            except (ConnectionClosed, TimeoutError):
                 pass
         self.save()
         return got
