@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+import mstcrypt.apps.im.models  # registers the IM tables (the noqa below covers both)
 import mstcrypt.apps.login.models  # noqa: F401 - login tables share the metadata
 from mstcrypt.apps.seal import models as _seal_models  # noqa: F401 - seal tables too
 from mstcrypt.kmc.db import Database, migrate

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -540,6 +541,39 @@ class Client:
             )
         )
 
+    # -- terminal: KDK and group keys (guide 7.5, Annex D) -------------------------------
+    def kdk(self, session_token: str) -> dict[str, Any]:
+        """The session owner's current KDK, SM2-encrypted to their encryption key."""
+        return dict(self._json("GET", "/kmc/kdk", headers=_bearer(session_token)))
+
+    def group_key(
+        self, session_token: str, group: str, version: int | None = None
+    ) -> dict[str, Any]:
+        """A group key version (default: the current one) wrapped under the session
+        owner's KDK; only a current member since that version gets it."""
+        params = {} if version is None else {"version": version}
+        return dict(
+            self._json(
+                "GET",
+                f"/kmc/groups/{quote(group, safe='')}/key",
+                params=params,
+                headers=_bearer(session_token),
+            )
+        )
+
+    def signing_certificate(
+        self, owner: str, key_id: bytes, *, anchors: Sequence[Certificate] | None = None
+    ) -> Certificate:
+        """The owner's signing certificate whose key has SM3(04‖x‖y) = ``key_id``,
+        validated for digital signature (how a reader finds a message sender's key:
+        by the name the message claims, never from the message)."""
+        from mstcrypt.crypto.sm3 import sm3
+
+        for cert in self.find_certificates(owner=owner):
+            if "digital_signature" in cert.key_usage and sm3(cert.public_key.to_bytes()) == key_id:
+                return self.validate(cert, anchors=anchors, key_usage={"digital_signature"})
+        raise VerificationError(f"{owner!r} has no signing certificate for this key")
+
     # -- operator API ----------------------------------------------------------------------
     def create_enrollment_code(
         self,
@@ -568,6 +602,19 @@ class Client:
                 },
             )
         )
+
+    def create_group(self, group: str, members: Sequence[str]) -> dict[str, Any]:
+        """A messaging group (registration officer): its first group key version."""
+        return dict(
+            self._json("POST", "/admin/groups", json={"id": group, "members": list(members)})
+        )
+
+    def change_group(
+        self, group: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """Add or remove members (registration officer): the group key rotates."""
+        body = {"add": list(add), "remove": list(remove)}
+        return dict(self._json("POST", f"/admin/groups/{quote(group, safe='')}/members", json=body))
 
     def revoke_certificate(self, serial: str, reason: str = "unspecified") -> None:
         self._json("POST", f"/admin/certificates/{serial}/revoke", json={"reason": reason})
@@ -645,6 +692,10 @@ class Client:
             "POST", "/admin/appsign/developers", json={"owner": owner, "csr": csr_pem}
         )
         return Certificate.from_pem(str(body["certificate"]).encode())
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def _tlcp_transport(

@@ -20,6 +20,7 @@ from mstcrypt.cli import (
     cms_cmd,
     demo,
     file_cmd,
+    im_cmd,
     mail_cmd,
     platform,
     seal_cmd,
@@ -66,6 +67,8 @@ app.add_typer(seal_cmd.app, name="seal")
 app.add_typer(app_cmd.app, name="app")
 app.add_typer(cms_cmd.app, name="cms")
 app.add_typer(mail_cmd.app, name="mail")
+app.add_typer(im_cmd.app, name="im")
+app.add_typer(im_cmd.ims_app, name="ims")
 
 
 @app.command("version")
