@@ -1,7 +1,7 @@
 """instant messaging: stored envelopes, devices, per-device cursors, blobs
 
 Revision ID: 0005_im
-Revises: 0004_crl
+Revises: 0005_seal
 Create Date: 2026-11-30 08:00:00
 """
 
