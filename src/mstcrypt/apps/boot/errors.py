@@ -64,9 +64,7 @@ class HashTreeError(BootVerificationError):
     ``level`` is the tree level that failed (-1 for the data block), ``block`` the
     data block that was being read."""
 
-    def __init__(
-        self, message: str, *, level: int, block: int, stage: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, level: int, block: int, stage: str | None = None) -> None:
         super().__init__("hashtree", message, stage=stage)
         self.level = level
         self.block = block

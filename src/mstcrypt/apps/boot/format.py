@@ -51,7 +51,9 @@ def _fail(msg: str) -> BootFormatError:
 def check_name(name: str | bytes, what: str) -> str:
     raw = name.encode("ascii", "replace") if isinstance(name, str) else name
     if not _NAME.fullmatch(raw):
-        raise _fail(f"{what} must be 1-32 characters of [a-z0-9._-] starting with a letter or digit")
+        raise _fail(
+            f"{what} must be 1-32 characters of [a-z0-9._-] starting with a letter or digit"
+        )
     return raw.decode("ascii")
 
 
@@ -131,9 +133,13 @@ class HashDescriptor:
         return cls(name, len(image), salt, sm3(_check_salt(salt) + image))
 
     def body(self) -> bytes:
-        return _name(self.name) + struct.pack(">Q", self.image_size) + bytes(
-            [len(_check_salt(self.salt))]
-        ) + self.salt + self.digest
+        return (
+            _name(self.name)
+            + struct.pack(">Q", self.image_size)
+            + bytes([len(_check_salt(self.salt))])
+            + self.salt
+            + self.digest
+        )
 
     @classmethod
     def parse(cls, r: _Reader) -> HashDescriptor:
@@ -181,7 +187,9 @@ class HashTreeDescriptor:
         if not MIN_BLOCK_LOG2 <= log2 <= MAX_BLOCK_LOG2:
             raise _fail(f"{r.what}: block size must be 2^{MIN_BLOCK_LOG2}..2^{MAX_BLOCK_LOG2}")
         if not 0 < size <= MAX_TREE_IMAGE or size % (1 << log2):
-            raise _fail(f"{r.what}: image size must be a positive multiple of the block size, at most 2^48")
+            raise _fail(
+                f"{r.what}: image size must be a positive multiple of the block size, at most 2^48"
+            )
         salt = r.salt()
         tree_size = r.u64("tree size")
         if tree_size != tree_layout(size, 1 << log2).tree_size:
@@ -201,7 +209,11 @@ class ChainDescriptor:
     def body(self) -> bytes:
         if not 0 <= self.rollback_location < ROLLBACK_SLOTS:
             raise _fail(f"rollback location must be 0..{ROLLBACK_SLOTS - 1}")
-        return _name(self.name) + struct.pack(">H", self.rollback_location) + self.public_key.to_bytes()
+        return (
+            _name(self.name)
+            + struct.pack(">H", self.rollback_location)
+            + self.public_key.to_bytes()
+        )
 
     @classmethod
     def parse(cls, r: _Reader) -> ChainDescriptor:

@@ -104,7 +104,6 @@ def build(
     if image_size is None:
         image_size = file_size(image) - image.tell()
     layout = tree_layout(image_size, block_size)
-    per = block_size // DIGEST
     base = SM3(salt)
     nlev = len(layout.level_blocks)
     pending = [bytearray() for _ in range(nlev)]
@@ -138,7 +137,7 @@ def build(
     chunk = max(block_size, (_READ_CHUNK // block_size) * block_size)
     while remaining:
         data = image.read(min(chunk, remaining))
-        if not data or len(data) % block_size and len(data) < min(chunk, remaining):
+        if not data or (len(data) % block_size and len(data) < min(chunk, remaining)):
             raise BootVerificationError("image-size", "image shorter than its declared size")
         mv = memoryview(data)
         for off in range(0, len(data), block_size):
@@ -231,9 +230,7 @@ class HashTree:
         bs = self.layout.block_size
         data = _pread(self._image, i * bs, bs)
         if len(data) != bs or not hmac.compare_digest(self._hash(data), expected):
-            raise HashTreeError(
-                f"data block {i} does not match the hash tree", level=-1, block=i
-            )
+            raise HashTreeError(f"data block {i} does not match the hash tree", level=-1, block=i)
         return data
 
     def read(self, offset: int, length: int) -> bytes:
@@ -259,7 +256,9 @@ class HashTree:
             return
         top = _pread(self._tree, lay.level_offsets[nlev - 1], bs)
         if len(top) != bs or not hmac.compare_digest(self._hash(top), self.descriptor.root):
-            raise HashTreeError(f"top hash block (level {nlev - 1}) does not verify", level=nlev - 1, block=0)
+            raise HashTreeError(
+                f"top hash block (level {nlev - 1}) does not verify", level=nlev - 1, block=0
+            )
         # each level (and finally the data) against the level above, both read in order
         for level in range(nlev - 1, -1, -1):
             child_count = lay.level_blocks[level - 1] if level > 0 else lay.data_blocks

@@ -1,8 +1,8 @@
 """Measured boot (``docs/trusted-boot.md`` §6): a PCR-like SM3 register and its event log.
 
-    log = EventLog()
-    log.extend("bootloader", "manifest", manifest.digest)
-    log.pcr == replay(log.events)
+log = EventLog()
+log.extend("bootloader", "manifest", manifest.digest)
+log.pcr == replay(log.events)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from mstcrypt.apps.boot.format import check_name
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import DecodeError
 
-__all__ = ["Event", "EventLog", "extend", "replay", "PCR_RESET", "MAX_EVENTS"]
+__all__ = ["MAX_EVENTS", "PCR_RESET", "Event", "EventLog", "extend", "replay"]
 
 PCR_RESET = bytes(32)
 MAX_EVENTS = 64

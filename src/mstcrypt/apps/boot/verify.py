@@ -76,7 +76,9 @@ class DeviceState:
             obj = json.loads(text)
             return cls(bytes.fromhex(obj["rom_key_hash"]), list(obj["rollback"]))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            raise DecodeError("device state must be JSON {rom_key_hash: hex, rollback: [32 ints]}") from None
+            raise DecodeError(
+                "device state must be JSON {rom_key_hash: hex, rollback: [32 ints]}"
+            ) from None
 
 
 @dataclass
@@ -136,7 +138,9 @@ def _check_hash(d: HashDescriptor, f: BinaryIO) -> None:
         h.update(chunk)
         left -= len(chunk)
     if not hmac.compare_digest(h.digest(), d.digest):
-        raise BootVerificationError("image-digest", f"image {d.name!r} does not match its SM3 digest")
+        raise BootVerificationError(
+            "image-digest", f"image {d.name!r} does not match its SM3 digest"
+        )
 
 
 def verify_chain(
@@ -168,7 +172,9 @@ def verify_chain(
             # 2. key: fused hash for the first stage, the parent's chain descriptor after
             if expected_key is None:
                 if not hmac.compare_digest(sm3(m.signer_key.to_bytes()), state.rom_key_hash):
-                    raise BootVerificationError("untrusted-key", "manifest key is not the fused ROM key")
+                    raise BootVerificationError(
+                        "untrusted-key", "manifest key is not the fused ROM key"
+                    )
             elif m.signer_key != expected_key:
                 raise BootVerificationError(
                     "untrusted-key", "manifest key is not the key named by the previous stage"
@@ -177,17 +183,22 @@ def verify_chain(
             try:
                 m.signer_key.verify(m.signature, m.tbs)
             except MstCryptError:
-                raise BootVerificationError("bad-signature", "manifest signature does not verify") from None
+                raise BootVerificationError(
+                    "bad-signature", "manifest signature does not verify"
+                ) from None
             # 4. identity within the chain
             if m.stage != stage:
                 raise BootVerificationError("stage-mismatch", f"manifest is for stage {m.stage!r}")
             if expected_slot is not None and m.rollback_location != expected_slot:
                 raise BootVerificationError(
-                    "stage-mismatch", "rollback location differs from the previous stage's chain descriptor"
+                    "stage-mismatch",
+                    "rollback location differs from the previous stage's chain descriptor",
                 )
             for d in m.images:
                 if d.name in seen_images:
-                    raise BootFormatError("duplicate-image", f"image {d.name!r} already used by an earlier stage")
+                    raise BootFormatError(
+                        "duplicate-image", f"image {d.name!r} already used by an earlier stage"
+                    )
                 seen_images.add(d.name)
             # 5. rollback
             slot = m.rollback_location
@@ -197,7 +208,8 @@ def verify_chain(
             if m.rollback_index < state.rollback[slot]:
                 raise RollbackError(
                     "rollback",
-                    f"rollback index {m.rollback_index} is below the stored {state.rollback[slot]} (slot {slot})",
+                    f"rollback index {m.rollback_index} is below the stored "
+                    f"{state.rollback[slot]} (slot {slot})",
                 )
             result.rollback[slot] = max(result.rollback[slot], m.rollback_index)
             # 6. images
@@ -211,7 +223,9 @@ def verify_chain(
                     assert isinstance(d, HashTreeDescriptor)
                     tref = trees.get(d.name)
                     if tref is None:
-                        raise BootFormatError("missing-image", f"hash tree of {d.name!r} not supplied")
+                        raise BootFormatError(
+                            "missing-image", f"hash tree of {d.name!r} not supplied"
+                        )
                     tree = HashTree(d, _open(ref, opened), _open(tref, opened))
                     if full_hashtree:
                         tree.verify_all()
@@ -227,7 +241,11 @@ def verify_chain(
                 raise BootFormatError("chain-cycle", f"chain returns to stage {chain.name!r}")
             if len(result.manifests) >= MAX_CHAIN:
                 raise BootFormatError("chain-too-deep", f"chain longer than {MAX_CHAIN} stages")
-            expected_key, expected_slot, stage = chain.public_key, chain.rollback_location, chain.name
+            expected_key, expected_slot, stage = (
+                chain.public_key,
+                chain.rollback_location,
+                chain.name,
+            )
     except BootError as exc:
         result.close()
         if exc.stage is None:
