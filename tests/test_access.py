@@ -91,6 +91,12 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/admin/audit/verify"): frozenset({AUDITOR, ADMIN}),
     # key metadata (public keys and states) for every operator role
     ("GET", "/admin/keys"): frozenset({RA, KRO, AUDITOR, ADMIN}),
+    # trusted boot: a terminal attests its own boot; golden values, models, verdicts
+    ("POST", "/boot/challenge"): SESSION,
+    ("POST", "/boot/attest"): SESSION,
+    ("POST", "/admin/boot/golden"): frozenset({ADMIN}),
+    ("POST", "/admin/boot/devices"): frozenset({RA}),
+    ("GET", "/admin/boot/attestations"): frozenset({AUDITOR, ADMIN}),
 }
 
 #: framework routes outside the API (not in the OpenAPI document)
