@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-import mstcrypt.apps.boot.models  # noqa: F401 - registers the boot attestation tables
+import mstcrypt.apps.boot.models  # registers the boot attestation tables
 import mstcrypt.apps.login.models  # noqa: F401 - registers the login tables
 from mstcrypt.kmc.models import Base
 
