@@ -171,3 +171,68 @@ def test_cli_errors(
     code, out, _ = cli(monkeypatch, capfd, "boot", "hashtree", "build", "--image", str(img),
                        "--tree", str(tmp_path / "t"), "--salt", "00ff")  # fmt: skip
     assert code == 0 and "root:" in out
+
+
+def test_cli_attest_against_platform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """verify --log-out on the device, then boot attest with its soft token: trusted
+    while the boot matches the golden values, flagged (exit 1) once the kernel changed."""
+    from bootkit import make_chain
+
+    from mstcrypt.apps import boot
+    from mstcrypt.cli.platform import running_platform
+    from mstcrypt.client import Client
+    from mstcrypt.pki import Certificate
+    from mstcrypt.server.config import Settings
+
+    data = tmp_path / "data"
+    settings = Settings.from_env(data, static_operators=True)
+    monkeypatch.setenv("MSTCRYPT_PIN", "123456")
+    (tmp_path / "chain").mkdir()
+    ch = make_chain(tmp_path / "chain")
+    with running_platform(data, settings) as url:
+        kmc = settings.kmc()
+        op = kmc.operators.add_static("op", ["registration_officer", "administrator"])
+        root = tmp_path / "root.pem"
+        root.write_bytes(kmc.chain()[-1].pem)
+        kmc.db.dispose()
+        anchors = [Certificate.from_pem(root.read_bytes())]
+        with Client(url, anchors=anchors, operator_token=op) as admin:
+            code = admin.create_enrollment_code("dave", {"CN": "dave"})["code"]
+            with ch.verify() as r:
+                for e in r.log.events:
+                    admin.boot_add_golden("phone-x1", e.stage, e.digest)
+            admin.boot_set_device_model("dave", "phone-x1")
+        tok = str(tmp_path / "dave.tok")
+        for args in (
+            ("token", "init", "--token", tok, "--admin-code", "admin-code-1",
+             "--iterations", "100000", "--anchor", str(root)),
+            ("enroll", "--server", url, "--code", code, "--token", tok),
+        ):  # fmt: skip
+            code_, _, err = cli(monkeypatch, capfd, *args)
+            assert code_ == 0, err
+
+        def device_boot() -> Path:
+            log = tmp_path / "events.json"
+            with ch.verify() as r:
+                log.write_text(r.log.to_json())
+            return log
+
+        attest = ("boot", "attest", "--server", url, "--token", tok)
+        code_, out, err = cli(monkeypatch, capfd, *attest, "--log", str(device_boot()))
+        assert code_ == 0 and "verdict: trusted" in out, err
+        m = boot.Manifest.parse(ch.manifests["kernel"])
+        ch.images["initrd"].write_bytes(b"an initrd with a backdoor")
+        descs = [
+            boot.HashDescriptor.of("initrd", b"an initrd with a backdoor")
+            if getattr(d, "name", "") == "initrd"
+            else d
+            for d in m.descriptors
+        ]
+        ch.resign("kernel", descriptors=descs)
+        code_, out, err = cli(monkeypatch, capfd, *attest, "--log", str(device_boot()))
+        assert code_ == 1 and "verdict: modified" in out and "kernel booted unapproved" in out
+        with Client(url, anchors=anchors, operator_token=op) as admin:
+            verdicts = sorted(a["status"] for a in admin.boot_attestations("dave"))
+            assert verdicts == ["modified", "trusted"]

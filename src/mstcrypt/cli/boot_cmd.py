@@ -199,6 +199,9 @@ def verify(
     commit: Annotated[
         bool, typer.Option("--commit", help="Store the new rollback indexes on success.")
     ] = False,
+    log_out: Annotated[
+        str | None, typer.Option("--log-out", help="Write the measurement event log (JSON).")
+    ] = None,
 ) -> None:
     """Verify the boot chain exactly as the device does; stop at the first failure."""
     st = boot.DeviceState.from_json(read_input(state))
@@ -221,6 +224,8 @@ def verify(
                     f"{m.stage}: OK (rollback {m.rollback_index} in slot {m.rollback_location})"
                 )
             console.print(f"PCR: {result.log.pcr.hex()}")
+            if log_out:
+                _atomic_write(log_out, result.log.to_json().encode())
             if commit:
                 st.commit(result)
                 _atomic_write(state, st.to_json().encode())
@@ -286,3 +291,40 @@ def hashtree_verify(
         except boot.HashTreeError as exc:
             err_console.print(f"[red]hash tree:[/red] {escape(exc.reason)}")
             raise typer.Exit(EXIT_INVALID) from None
+
+
+@app.command("attest")
+def attest(
+    server: Annotated[
+        str, typer.Option("--server", envvar="MSTCRYPT_SERVER", help="Platform URL.")
+    ],
+    token: Annotated[str, typer.Option("--token", help="Soft token file.")],
+    log: Annotated[str, typer.Option("--log", help="Event log from 'boot verify --log-out'.")],
+    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
+    container: Annotated[str, typer.Option("--container")] = "main",
+    server_name: Annotated[str, typer.Option("--server-name")] = "mstcrypt-login",
+    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+) -> None:
+    """Log in with the token, quote the measured boot to the platform, print its verdict;
+    exit 1 unless the platform judged the boot trusted."""
+    from mstcrypt.cli.platform import _anchors
+    from mstcrypt.client import Client, ServiceError
+    from mstcrypt.module import SoftToken
+
+    events = boot.EventLog.from_json(read_input(log)).events
+    tok = SoftToken.open(token)
+    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    with Client(server, anchors=_anchors(ca_file, tok)) as c:
+        session = c.login(tok, container=container, server_name=server_name)["session_token"]
+        try:
+            verdict = c.boot_attest(session, tok, events, container=container)
+        except ServiceError as exc:
+            if exc.status != 403:
+                raise
+            err_console.print(f"[red]quote rejected:[/red] {escape(exc.detail)}")
+            raise typer.Exit(EXIT_INVALID) from None
+    console.print(f"verdict: {verdict['status']} (model {verdict['model']})")
+    for reason in verdict["reasons"]:
+        console.print(f"  - {escape(reason)}")
+    if verdict["status"] != "trusted":
+        raise typer.Exit(EXIT_INVALID)
