@@ -62,6 +62,7 @@ BLOCKS: dict[str, list[str]] = {
     "TLCP and the mobile access gateway (guide 6.4)": ["check"],
     "File encryption (guide 7.6)": ["session"],
     "Command line": ["check", "run"],
+    "Trusted boot (guide 6.1)": ["check"],  # run by tests/boot/test_boot_readme.py
 }
 
 
