@@ -68,7 +68,7 @@ def test_tampered_system_block_caught_when_read(chain: Chain) -> None:
         assert tree.read_block(199) and tree.read_block(201)
         with pytest.raises(boot.HashTreeError) as ei:
             tree.read_block(200)
-        assert (ei.value.level, ei.value.block) == (-1, 200)
+        assert (ei.value.level, ei.value.block, ei.value.stage) == (-1, 200, "system")
         with pytest.raises(boot.HashTreeError):
             tree.read(200 * 4096 - 10, 20)
     e = fails(chain, "system", "hashtree", full_hashtree=True)

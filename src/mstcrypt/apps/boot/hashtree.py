@@ -163,12 +163,14 @@ class HashTree:
         tree: BinaryIO,
         *,
         cache: int = 64,
+        stage: str | None = None,
     ) -> None:
         from mstcrypt.apps.boot.format import HashTreeDescriptor
 
         if not isinstance(descriptor, HashTreeDescriptor):
             raise PolicyError("HashTree needs a HashTreeDescriptor")
         self.descriptor = descriptor
+        self.stage = stage  # named in the errors of lazy reads
         self.layout = tree_layout(descriptor.image_size, descriptor.block_size)
         self._image, self._tree = image, tree
         self._base = SM3(descriptor.salt)
@@ -210,6 +212,7 @@ class HashTree:
                 f"(reading data block {data_block})",
                 level=level,
                 block=data_block,
+                stage=self.stage,
             )
         self._cache[key] = blk
         if len(self._cache) > self._cache_max:
@@ -230,7 +233,9 @@ class HashTree:
         bs = self.layout.block_size
         data = _pread(self._image, i * bs, bs)
         if len(data) != bs or not hmac.compare_digest(self._hash(data), expected):
-            raise HashTreeError(f"data block {i} does not match the hash tree", level=-1, block=i)
+            raise HashTreeError(
+                f"data block {i} does not match the hash tree", level=-1, block=i, stage=self.stage
+            )
         return data
 
     def read(self, offset: int, length: int) -> bytes:
@@ -257,7 +262,10 @@ class HashTree:
         top = _pread(self._tree, lay.level_offsets[nlev - 1], bs)
         if len(top) != bs or not hmac.compare_digest(self._hash(top), self.descriptor.root):
             raise HashTreeError(
-                f"top hash block (level {nlev - 1}) does not verify", level=nlev - 1, block=0
+                f"top hash block (level {nlev - 1}) does not verify",
+                level=nlev - 1,
+                block=0,
+                stage=self.stage,
             )
         # each level (and finally the data) against the level above, both read in order
         for level in range(nlev - 1, -1, -1):
@@ -270,7 +278,9 @@ class HashTree:
                 n = min(chunk, child_count - start)
                 data = _pread(src, src_off + start * bs, n * bs)
                 if len(data) != n * bs:
-                    raise HashTreeError("truncated read", level=level - 1, block=start)
+                    raise HashTreeError(
+                        "truncated read", level=level - 1, block=start, stage=self.stage
+                    )
                 mv = memoryview(data)
                 for k in range(n):
                     j = start + k
@@ -282,10 +292,14 @@ class HashTree:
                     ):
                         if level == 0:
                             raise HashTreeError(
-                                f"data block {j} does not match the hash tree", level=-1, block=j
+                                f"data block {j} does not match the hash tree",
+                                level=-1,
+                                block=j,
+                                stage=self.stage,
                             )
                         raise HashTreeError(
                             f"hash block {j} of level {level - 1} does not verify",
                             level=level - 1,
                             block=j << (lay.per_block_bits * level),
+                            stage=self.stage,
                         )

@@ -226,7 +226,7 @@ def verify_chain(
                         raise BootFormatError(
                             "missing-image", f"hash tree of {d.name!r} not supplied"
                         )
-                    tree = HashTree(d, _open(ref, opened), _open(tref, opened))
+                    tree = HashTree(d, _open(ref, opened), _open(tref, opened), stage=m.stage)
                     if full_hashtree:
                         tree.verify_all()
                     result.trees[d.name] = tree
