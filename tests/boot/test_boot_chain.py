@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,33 @@ def test_eventlog_json_round_trip(chain: Chain) -> None:
     with chain.verify() as r:
         log = boot.EventLog.from_json(r.log.to_json())
     assert log.events == r.log.events and log.pcr == r.log.pcr
+
+
+def test_manifest_and_quote_signatures_verify_with_openssl(
+    chain: Chain, tmp_path: Path, openssl: Callable[..., bytes]
+) -> None:
+    """The manifests are standard SM2 signatures (default ID) over tbs, and a hash
+    descriptor without salt is the plain SM3 of the image: OpenSSL agrees."""
+    from mstcrypt.apps.boot.attest import Quote
+    from mstcrypt.formats.keys import dump_public_key
+
+    for stage, key in (("bootloader", chain.rom), ("kernel", chain.kernel_key)):
+        m = boot.Manifest.parse(chain.manifests[stage])
+        (tmp_path / "tbs").write_bytes(m.tbs)
+        (tmp_path / "sig").write_bytes(m.signature)
+        (tmp_path / "pub.pem").write_bytes(dump_public_key(key.public_key()))
+        out = openssl("pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "pub.pem"),
+                      "-rawin", "-digest", "sm3", "-pkeyopt", "distid:1234567812345678",
+                      "-in", str(tmp_path / "tbs"), "-sigfile", str(tmp_path / "sig"))  # fmt: skip
+        assert b"Signature Verified Successfully" in out
+    vmlinuz = boot.Manifest.parse(chain.manifests["kernel"]).images[0]
+    assert isinstance(vmlinuz, boot.HashDescriptor) and vmlinuz.salt == b""
+    dgst = openssl("dgst", "-sm3", "-r", str(chain.images["vmlinuz"])).split()[0].decode()
+    assert dgst == vmlinuz.digest.hex()
+    q = Quote.create(os.urandom(32), os.urandom(32), "0a", sign=chain.next_key.sign)
+    (tmp_path / "tbs").write_bytes(q.tbs)
+    (tmp_path / "sig").write_bytes(q.signature)
+    (tmp_path / "pub.pem").write_bytes(dump_public_key(chain.next_key.public_key()))
+    openssl("pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "pub.pem"), "-rawin",
+            "-digest", "sm3", "-pkeyopt", "distid:1234567812345678", "-in", str(tmp_path / "tbs"),
+            "-sigfile", str(tmp_path / "sig"))  # fmt: skip
