@@ -200,10 +200,25 @@ def test_cli_attest_against_platform(
         anchors = [Certificate.from_pem(root.read_bytes())]
         with Client(url, anchors=anchors, operator_token=op) as admin:
             code = admin.create_enrollment_code("dave", {"CN": "dave"})["code"]
-            with ch.verify() as r:
-                for e in r.log.events:
-                    admin.boot_add_golden("phone-x1", e.stage, e.digest)
-            admin.boot_set_device_model("dave", "phone-x1")
+        # the operators' commands: approve the vendor's manifests, say dave's model
+        sess = tmp_path / "op.session"
+        sess.write_text(op)
+        opargs = ("--server", url, "--session", str(sess), "--ca-file", str(root))
+        for stage in ("bootloader", "kernel", "system"):
+            (tmp_path / f"{stage}.mf").write_bytes(ch.manifests[stage])
+        mfs = [
+            a
+            for s in ("bootloader", "kernel", "system")
+            for a in ("--manifest", f"{tmp_path}/{s}.mf")
+        ]
+        code_, out, err = cli(
+            monkeypatch, capfd, "boot", "golden", *opargs, "--model", "phone-x1", *mfs
+        )
+        assert code_ == 0 and out.count("approved") == 3, err
+        code_, _, err = cli(
+            monkeypatch, capfd, "boot", "device", *opargs, "--owner", "dave", "--model", "phone-x1"
+        )
+        assert code_ == 0, err
         tok = str(tmp_path / "dave.tok")
         for args in (
             ("token", "init", "--token", tok, "--admin-code", "admin-code-1",
@@ -236,3 +251,5 @@ def test_cli_attest_against_platform(
         with Client(url, anchors=anchors, operator_token=op) as admin:
             verdicts = sorted(a["status"] for a in admin.boot_attestations("dave"))
             assert verdicts == ["modified", "trusted"]
+        code_, out, err = cli(monkeypatch, capfd, "boot", "verdicts", *opargs, "--owner", "dave")
+        assert code_ == 0 and "modified" in out and "trusted" in out, err

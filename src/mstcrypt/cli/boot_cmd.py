@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -27,6 +27,9 @@ from mstcrypt.formats.keys import (
     load_private_key,
     load_public_key,
 )
+
+if TYPE_CHECKING:
+    from mstcrypt.client import Client
 
 app = typer.Typer(
     help="Trusted boot: signed stage manifests, hash trees, chain verification.",
@@ -180,7 +183,7 @@ def inspect(
     for k, v in info.items():
         if k not in ("stage", "descriptors"):
             console.print(f"  {k}: {v}")
-    for d in info["descriptors"]:  # type: ignore[attr-defined]
+    for d in info["descriptors"]:
         console.print("  - " + ", ".join(f"{k}={v}" for k, v in d.items()))
 
 
@@ -328,3 +331,69 @@ def attest(
         console.print(f"  - {escape(reason)}")
     if verdict["status"] != "trusted":
         raise typer.Exit(EXIT_INVALID)
+
+
+ServerOpt = Annotated[str, typer.Option("--server", envvar="MSTCRYPT_SERVER", help="Platform URL.")]
+SessionOpt = Annotated[
+    str, typer.Option("--session", help="File holding the operator's session token.")
+]
+CaOpt = Annotated[
+    str, typer.Option("--ca-file", help="Root CA (PEM) the platform's certificate must chain to.")
+]
+
+
+def _operator_client(server: str, session: str, ca_file: str) -> Client:
+    from mstcrypt.cli.platform import _anchors
+    from mstcrypt.client import Client
+
+    try:
+        bearer = Path(session).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        fail(f"cannot read {session}: {exc.strerror}")
+    return Client(server, anchors=_anchors(ca_file, None), operator_token=bearer)
+
+
+@app.command("golden")
+def golden(
+    server: ServerOpt,
+    session: SessionOpt,
+    ca_file: CaOpt,
+    model: Annotated[str, typer.Option("--model", help="Device model.")],
+    manifest: Annotated[list[str], typer.Option("--manifest", help="An approved manifest.")],
+) -> None:
+    """Approve stage manifests as golden values of a device model (administrator)."""
+    parsed = [boot.Manifest.parse(read_input(p)) for p in manifest]
+    with _operator_client(server, session, ca_file) as c:
+        for m in parsed:
+            c.boot_add_golden(model, m.stage, m.digest)
+            console.print(f"{model}: {m.stage} {m.digest.hex()} approved")
+
+
+@app.command("device")
+def device(
+    server: ServerOpt,
+    session: SessionOpt,
+    ca_file: CaOpt,
+    owner: Annotated[str, typer.Option("--owner", help="Terminal owner.")],
+    model: Annotated[str, typer.Option("--model", help="Its device model.")],
+) -> None:
+    """Record a terminal's device model (registration officer)."""
+    with _operator_client(server, session, ca_file) as c:
+        c.boot_set_device_model(owner, model)
+    console.print(f"{owner}: model {model}")
+
+
+@app.command("verdicts")
+def verdicts(
+    server: ServerOpt,
+    session: SessionOpt,
+    ca_file: CaOpt,
+    owner: Annotated[str | None, typer.Option("--owner", help="Only this owner.")] = None,
+) -> None:
+    """Recent attestation verdicts (auditor, administrator)."""
+    with _operator_client(server, session, ca_file) as c:
+        rows = c.boot_attestations(owner)
+    for r in rows:
+        console.print(f"{r['at']} {r['owner']} {r['model'] or '-'} {r['status']}")
+        for reason in r["reasons"]:
+            console.print(f"    {escape(reason)}")
