@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from bootkit import BLOCKS, Chain, make_chain
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from mstcrypt.apps import boot
 from mstcrypt.apps.boot.format import MAGIC
@@ -379,3 +381,32 @@ def test_signer_key_off_curve(chain: Chain) -> None:
 def test_hostile_device_state(text: bytes) -> None:
     with pytest.raises(DecodeError):
         boot.DeviceState.from_json(text)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_mutated_manifests_only_raise_boot_errors(chain: Chain, data: st.DataObject) -> None:
+    """Random splices, deletions and insertions: parse either succeeds (then only the
+    signature can fail) or raises BootFormatError; nothing else escapes."""
+    original = chain.manifests[data.draw(st.sampled_from(["bootloader", "kernel", "system"]))]
+    raw = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(raw)))
+        op = data.draw(st.sampled_from(["insert", "delete", "replace"]))
+        chunk = data.draw(st.binary(min_size=1, max_size=8))
+        if op == "insert":
+            raw[pos:pos] = chunk
+        elif op == "delete":
+            del raw[pos : pos + len(chunk)]
+        else:
+            raw[pos : pos + len(chunk)] = chunk
+    assume(bytes(raw) != original)
+    try:
+        m = boot.Manifest.parse(bytes(raw))
+    except boot.BootFormatError as exc:
+        assert exc.code == "malformed-manifest"
+        return
+    with pytest.raises(VerificationError):
+        m.signer_key.verify(m.signature, m.tbs)  # any change the parser accepts breaks it
