@@ -197,3 +197,18 @@ def test_manifest_and_quote_signatures_verify_with_openssl(
     openssl("pkeyutl", "-verify", "-pubin", "-inkey", str(tmp_path / "pub.pem"), "-rawin",
             "-digest", "sm3", "-pkeyopt", "distid:1234567812345678", "-in", str(tmp_path / "tbs"),
             "-sigfile", str(tmp_path / "sig"))  # fmt: skip
+
+
+def test_hashtree_build_from_short_reads_and_short_image() -> None:
+    class Trickle(io.BytesIO):
+        def read(self, n: int | None = -1) -> bytes:
+            return super().read(min(n if n and n > 0 else 1 << 30, 1000))
+
+    data = os.urandom(4096 * 5)
+    a, b = io.BytesIO(), io.BytesIO()
+    ref = boot.build(io.BytesIO(data), a, block_size=4096)
+    assert boot.build(Trickle(data), b, block_size=4096, image_size=len(data)).root == ref.root
+    assert a.getvalue() == b.getvalue()
+    with pytest.raises(boot.BootVerificationError) as ei:
+        boot.build(io.BytesIO(data[:-1]), io.BytesIO(), block_size=4096, image_size=len(data))
+    assert ei.value.code == "image-size"

@@ -91,6 +91,17 @@ def _pread(f: BinaryIO, offset: int, n: int) -> bytes:
     return out if out is not None else b""
 
 
+def _read_full(f: BinaryIO, n: int) -> bytes:
+    """Up to ``n`` bytes, fewer only at end of file (pipes may return short reads)."""
+    out = f.read(n) or b""
+    while len(out) < n:
+        more = f.read(n - len(out))
+        if not more:
+            break
+        out += more
+    return out
+
+
 def build(
     image: BinaryIO,
     tree_out: BinaryIO,
@@ -136,8 +147,8 @@ def build(
     remaining = image_size
     chunk = max(block_size, (_READ_CHUNK // block_size) * block_size)
     while remaining:
-        data = image.read(min(chunk, remaining))
-        if not data or (len(data) % block_size and len(data) < min(chunk, remaining)):
+        data = _read_full(image, min(chunk, remaining))
+        if len(data) != min(chunk, remaining):
             raise BootVerificationError("image-size", "image shorter than its declared size")
         mv = memoryview(data)
         for off in range(0, len(data), block_size):
@@ -147,7 +158,6 @@ def build(
         remaining -= len(data)
     for level in range(nlev):
         flush(level)
-    assert written == list(layout.level_blocks)
     tree_out.flush()
     return TreeInfo(root, layout, salt)
 
