@@ -151,6 +151,9 @@ def test_platform_attestation(plat: Platform, tmp_path: Path) -> None:
             headers=p.auth(),
         )
         assert r.status_code == 200, r.text
+    from mstcrypt.apps.boot.service import AttestationService
+
+    assert AttestationService(p.kmc.ctx).golden(MODEL) == {e.stage: {e.digest} for e in good.events}
     for owner in ("alice", "bob"):
         r = p.c.post("/admin/boot/devices", json={"owner": owner, "model": MODEL}, headers=p.auth())
         assert r.status_code == 200, r.text

@@ -17,7 +17,7 @@ from mstcrypt.apps import boot
 from mstcrypt.apps.boot.hashtree import tree_layout
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import sm3
-from mstcrypt.errors import VerificationError
+from mstcrypt.errors import DecodeError, VerificationError
 
 
 def naive_tree(data: bytes, bs: int, salt: bytes) -> tuple[bytes, bytes]:
@@ -212,3 +212,23 @@ def test_hashtree_build_from_short_reads_and_short_image() -> None:
     with pytest.raises(boot.BootVerificationError) as ei:
         boot.build(io.BytesIO(data[:-1]), io.BytesIO(), block_size=4096, image_size=len(data))
     assert ei.value.code == "image-size"
+
+
+def test_pcr_extend_and_replay() -> None:
+    d1, d2 = os.urandom(32), os.urandom(32)
+    assert boot.extend(bytes(32), d1) == sm3(bytes(32) + d1)
+    events = [boot.Event("a", "manifest", d1), boot.Event("b", "manifest", d2)]
+    assert boot.replay(events) == sm3(sm3(bytes(32) + d1) + d2)
+    assert boot.replay(events[::-1]) != boot.replay(events)  # order matters
+    with pytest.raises(DecodeError):
+        boot.extend(bytes(32), d1[:31])
+    for bad in (
+        "{",
+        "[{}]",
+        '[{"stage": "a", "kind": "other", "digest": "00"}]',
+        '[{"stage": "A B", "kind": "manifest", "digest": "' + "00" * 32 + '"}]',
+        '[{"stage": "a", "kind": "manifest", "digest": "zz"}]',
+        "[" + ",".join(["1"] * 65) + "]",
+    ):
+        with pytest.raises(DecodeError):
+            boot.EventLog.from_json(bad)
