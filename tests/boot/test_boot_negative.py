@@ -410,3 +410,25 @@ def test_mutated_manifests_only_raise_boot_errors(chain: Chain, data: st.DataObj
         return
     with pytest.raises(VerificationError):
         m.signer_key.verify(m.signature, m.tbs)  # any change the parser accepts breaks it
+
+
+def test_rotated_kernel_key_old_chain_refused(chain: Chain) -> None:
+    """docs §9: a compromised kernel key is retired by a newer bootloader manifest naming
+    the new key; after commit, the old bootloader (naming the old key) is a rollback."""
+    old_manifests = dict(chain.manifests)
+    with chain.verify() as r:
+        chain.state.commit(r)
+    new_key = SM2PrivateKey.generate()
+    m = boot.Manifest.parse(chain.manifests["bootloader"])
+    descs = [
+        boot.ChainDescriptor("kernel", 1, new_key.public_key())
+        if isinstance(d, boot.ChainDescriptor)
+        else d
+        for d in m.descriptors
+    ]
+    chain.resign("bootloader", descriptors=descs, rollback_index=2)
+    chain.resign("kernel", key=new_key)
+    with chain.verify() as r:
+        chain.state.commit(r)
+    chain.manifests = old_manifests  # the attacker holds the old kernel key
+    fails(chain, "bootloader", "rollback")
