@@ -168,6 +168,14 @@ def test_cli_errors(
     assert code == 2 and "provisioned once" in err
     img = tmp_path / "img"
     img.write_bytes(os.urandom(3 * 4096))
+    # a corrupt manifest named by stage: the chain stops there as malformed
+    code, _, err = cli(monkeypatch, capfd, "boot", "verify", "--state", str(st),
+                       "--manifest", f"bootloader={bad}")  # fmt: skip
+    assert code == 1 and "bootloader" in err and "[malformed-manifest]" in err
+    code, _, err = cli(
+        monkeypatch, capfd, "boot", "verify", "--state", str(st), "--manifest", str(bad)
+    )
+    assert code == 1 and "note:" in err and "[missing-manifest]" in err
     code, out, _ = cli(monkeypatch, capfd, "boot", "hashtree", "build", "--image", str(img),
                        "--tree", str(tmp_path / "t"), "--salt", "00ff")  # fmt: skip
     assert code == 0 and "root:" in out

@@ -190,7 +190,10 @@ def inspect(
 @app.command("verify")
 def verify(
     state: Annotated[str, typer.Option("--state", help="Device-state file (from provision).")],
-    manifest: Annotated[list[str], typer.Option("--manifest", help="A stage manifest (repeat).")],
+    manifest: Annotated[
+        list[str],
+        typer.Option("--manifest", help="[STAGE=]PATH of a stage manifest (repeat)."),
+    ],
     image: Annotated[
         list[str] | None, typer.Option("--image", help="NAME=PATH of a stage image (repeat).")
     ] = None,
@@ -209,13 +212,18 @@ def verify(
     """Verify the boot chain exactly as the device does; stop at the first failure."""
     st = boot.DeviceState.from_json(read_input(state))
     manifests: dict[str, bytes] = {}
-    for path in manifest:
+    for spec in manifest:
+        stage, sep, path = spec.partition("=")
+        if not sep:  # PATH alone: the stage is the one the manifest names
+            stage, path = "", spec
         raw = read_input(path)
-        try:
-            manifests[boot.Manifest.parse(raw).stage] = raw
-        except boot.BootError as exc:  # attributed when the chain reaches it
-            manifests.setdefault(Path(path).stem, raw)
-            err_console.print(f"note: {path}: {exc.reason}")
+        if not stage:
+            try:
+                stage = boot.Manifest.parse(raw).stage
+            except boot.BootError as exc:  # unknown stage: say so, the chain decides
+                err_console.print(f"note: {path}: {exc.reason} (use --manifest STAGE={path})")
+                continue
+        manifests[stage] = raw
     images = dict(_pair(s, "--image") for s in image or [])
     trees = dict(_pair(s, "--tree") for s in tree or [])
     try:
