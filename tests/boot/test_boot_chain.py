@@ -11,13 +11,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from bootkit import BLOCKS, Chain
+from bootkit import BLOCKS, Chain, make_chain
 
 from mstcrypt.apps import boot
 from mstcrypt.apps.boot.hashtree import tree_layout
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import DecodeError, VerificationError
+
+
+@pytest.fixture(name="chain")
+def _chain(tmp_path: Path) -> Chain:
+    return make_chain(tmp_path)
 
 
 def naive_tree(data: bytes, bs: int, salt: bytes) -> tuple[bytes, bytes]:

@@ -17,6 +17,11 @@ from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.errors import DecodeError, PolicyError, VerificationError
 
 
+@pytest.fixture(name="chain")
+def _chain(tmp_path: Path) -> Chain:
+    return make_chain(tmp_path)
+
+
 def fails(chain: Chain, stage: str, code: str, **kw: object) -> boot.BootError:
     before = list(chain.state.rollback)
     with pytest.raises(boot.BootError) as ei:
