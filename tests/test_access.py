@@ -120,6 +120,12 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     # app signing: the channel's developer directory; registration officers register
     ("GET", "/appsign/developers"): PUBLIC,
     ("POST", "/admin/appsign/developers"): frozenset({RA}),
+    # trusted boot: a terminal attests its own boot; golden values, models, verdicts
+    ("POST", "/boot/challenge"): SESSION,
+    ("POST", "/boot/attest"): SESSION,
+    ("POST", "/admin/boot/golden"): frozenset({ADMIN}),
+    ("POST", "/admin/boot/devices"): frozenset({RA}),
+    ("GET", "/admin/boot/attestations"): frozenset({AUDITOR, ADMIN}),
 }
 
 #: framework routes outside the API (not in the OpenAPI document)

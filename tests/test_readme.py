@@ -70,6 +70,7 @@ BLOCKS: dict[str, list[str]] = {
     # run by tests/appsign/test_appsign_cli.py on an APK it builds and signs with apksigner
     "App signing (guide 6.2)": ["check"],
     "Encrypted mail (guide 7.2)": ["check"],
+    "Trusted boot (guide 6.1)": ["check"],  # run by tests/boot/test_boot_readme.py
 }
 
 

@@ -574,6 +574,31 @@ class Client:
                 return self.validate(cert, anchors=anchors, key_usage={"digital_signature"})
         raise VerificationError(f"{owner!r} has no signing certificate for this key")
 
+    def boot_attest(
+        self,
+        session_token: str,
+        token: Any,
+        events: Sequence[Any],
+        *,
+        container: str = "main",
+    ) -> dict[str, Any]:
+        """Remote attestation of a measured boot (docs/trusted-boot.md §7): a nonce for
+        this session, a quote of the PCR the event log replays to, signed by the token's
+        signing key (the session's certificate), and the platform's verdict."""
+        from mstcrypt.apps.boot.attest import Quote
+        from mstcrypt.apps.boot.measure import replay
+
+        auth = {"Authorization": f"Bearer {session_token}"}
+        serial = str(self._json("GET", "/login/session", headers=auth)["serial"])
+        nonce = bytes.fromhex(self._json("POST", "/boot/challenge", headers=auth)["nonce"])
+        h = token.key(container, KeyUsage.SIGN)
+        quote = Quote.create(nonce, replay(list(events)), serial, sign=lambda t: token.sign(h, t))
+        body = {
+            "quote": base64.b64encode(quote.raw).decode(),
+            "events": [e.to_json() for e in events],
+        }
+        return dict(self._json("POST", "/boot/attest", json=body, headers=auth))
+
     # -- operator API ----------------------------------------------------------------------
     def create_enrollment_code(
         self,
@@ -615,6 +640,23 @@ class Client:
         """Add or remove members (registration officer): the group key rotates."""
         body = {"add": list(add), "remove": list(remove)}
         return dict(self._json("POST", f"/admin/groups/{quote(group, safe='')}/members", json=body))
+
+    def boot_add_golden(self, model: str, stage: str, digest: bytes) -> None:
+        """Approve a stage manifest's SM3 for a device model (administrator)."""
+        self._json(
+            "POST",
+            "/admin/boot/golden",
+            json={"model": model, "stage": stage, "digest": digest.hex()},
+        )
+
+    def boot_set_device_model(self, owner: str, model: str) -> None:
+        """Record which device model ``owner``'s terminal is (registration officer)."""
+        self._json("POST", "/admin/boot/devices", json={"owner": owner, "model": model})
+
+    def boot_attestations(self, owner: str | None = None) -> list[dict[str, Any]]:
+        """Recent attestation verdicts (auditor, administrator)."""
+        params = {"owner": owner} if owner else None
+        return list(self._json("GET", "/admin/boot/attestations", params=params)["attestations"])
 
     def revoke_certificate(self, serial: str, reason: str = "unspecified") -> None:
         self._json("POST", f"/admin/certificates/{serial}/revoke", json={"reason": reason})

@@ -17,6 +17,7 @@ import typer
 from mstcrypt.cli import (
     _common,
     app_cmd,
+    boot_cmd,
     cms_cmd,
     demo,
     file_cmd,
@@ -69,6 +70,7 @@ app.add_typer(cms_cmd.app, name="cms")
 app.add_typer(mail_cmd.app, name="mail")
 app.add_typer(im_cmd.app, name="im")
 app.add_typer(im_cmd.ims_app, name="ims")
+app.add_typer(boot_cmd.app, name="boot")
 
 
 @app.command("version")

@@ -38,6 +38,7 @@ from mstcrypt.server.routers import (
     terminal,
     voice,
 )
+from mstcrypt.server.routers import boot as boot_routes
 
 __all__ = ["create_app", "housekeeping_round"]
 
@@ -146,6 +147,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(seal.router)
     app.include_router(appsign.router)
+    app.include_router(boot_routes.router)
     return app
 
 

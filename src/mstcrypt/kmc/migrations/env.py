@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
-import mstcrypt.apps.im.models  # registers the IM tables (the noqa below covers both)
+import mstcrypt.apps.boot.models
+import mstcrypt.apps.im.models  # registers the IM tables
 import mstcrypt.apps.login.models  # noqa: F401 - registers the login tables
 from mstcrypt.kmc.models import Base
 
