@@ -540,6 +540,15 @@ class Client:
             )
         )
 
+    def console_code(self, session_token: str) -> dict[str, Any]:
+        """A one-time code that opens the web console for the operator whose §7.3 session
+        token this is (``POST /console/code``): ``{"code", "expires", "login_path"}``."""
+        return dict(
+            self._json(
+                "POST", "/console/code", headers={"Authorization": f"Bearer {session_token}"}
+            )
+        )
+
     # -- operator API ----------------------------------------------------------------------
     def create_enrollment_code(
         self,

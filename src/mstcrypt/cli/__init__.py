@@ -16,6 +16,7 @@ import typer
 
 from mstcrypt.cli import (
     _common,
+    console_cmd,
     demo,
     file_cmd,
     platform,
@@ -54,6 +55,7 @@ app.command("tlcp-server")(tlcp_cmd.tlcp_server_command)
 app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
 app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
+app.add_typer(console_cmd.app, name="console")
 
 
 @app.command("version")

@@ -27,7 +27,7 @@ from mstcrypt.errors import MstCryptError
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.server.config import Settings
 from mstcrypt.server.errors import status_of
-from mstcrypt.server.routers import admin, enroll, login, ocsp, public, terminal
+from mstcrypt.server.routers import admin, console, enroll, login, ocsp, public, terminal
 
 __all__ = ["create_app", "housekeeping_round"]
 
@@ -133,6 +133,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     app.include_router(terminal.router)
     for router in admin.routers:
         app.include_router(router)
+    app.include_router(console.router)
     return app
 
 

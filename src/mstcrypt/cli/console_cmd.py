@@ -1,0 +1,77 @@
+"""``mstcrypt console open``: log in with the operator's soft token (§7.3) and open the
+web console in a browser with a one-time console code (docs/console.md)."""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Annotated
+
+import typer
+
+from mstcrypt.cli._common import console, err_console, fail
+
+app = typer.Typer(help="The operations console (web).", no_args_is_help=True)
+
+
+@app.command("open")
+def open_command(
+    server: Annotated[str, typer.Option("--server", help="Platform URL.")],
+    token: Annotated[str, typer.Option("--token", help="The operator's soft token file.")],
+    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
+    container: Annotated[str, typer.Option("--container")] = "main",
+    server_name: Annotated[
+        str,
+        typer.Option(
+            "--server-name", help="Expected login server name (bound into the signatures)."
+        ),
+    ] = "mstcrypt-login",
+    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+    browser: Annotated[
+        bool,
+        typer.Option(
+            "--browser/--no-browser",
+            help="Open the console in the default browser (--no-browser: print the URL).",
+        ),
+    ] = True,
+    console_url: Annotated[
+        str | None,
+        typer.Option(
+            "--console-url",
+            help="Where the browser reaches the platform when that is not --server (e.g. the "
+            "HTTPS reverse proxy in front of a TLCP or plain-HTTP platform).",
+        ),
+    ] = None,
+) -> None:
+    """Log in with the certificate in the operator's soft token (PIN + signing key), get a
+    one-time console code (valid one minute) and open the console with it. The code
+    travels in the URL fragment, which the browser never sends to a server; the page
+    exchanges it once for an HttpOnly session cookie."""
+    import webbrowser
+
+    from mstcrypt.cli.platform import _anchors
+    from mstcrypt.client import Client
+    from mstcrypt.module import SoftToken
+
+    base = (console_url or server).rstrip("/")
+    if console_url is None and server.startswith("https://"):
+        fail(
+            "the platform at --server speaks TLCP, which browsers do not: give --console-url, "
+            "the address of the HTTPS reverse proxy in front of it (docs/console.md)"
+        )
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
+        fail("--server / --console-url must be http:// or https:// URLs")
+    tok = SoftToken.open(token)
+    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    anchors = _anchors(ca_file, tok)
+    with Client(server, anchors=anchors) as c:
+        session = c.login(tok, container=container, server_name=server_name)["session_token"]
+        try:
+            r = c.console_code(session)
+        finally:
+            c.logout(session)  # the API session is not needed any more
+    url = f"{base}{r['login_path']}#code={urllib.parse.quote(r['code'], safe='')}"
+    err_console.print(f"console code for operator {r['operator']} (valid for one minute, once)")
+    if browser and webbrowser.open(url):
+        console.print(f"opened the console at {base}{r['login_path']}")
+        return
+    typer.echo(url)
