@@ -348,7 +348,7 @@ def test_roles_as_in_the_api(p: Platform) -> None:
 def test_recovery_is_approved_by_a_second_officer(p: Platform) -> None:
     first = p.cert_operator("ops-kro1", [KRO])
     second = p.cert_operator("ops-kro2", [KRO])
-    owner = p.terminal("bob")
+    p.terminal("bob")
     key_id = p.kmc.keys("bob")[0]["id"]
     recipient = SM2PrivateKey.generate().public_key().to_bytes().hex()
     r = p.c.post(
