@@ -33,6 +33,13 @@ def open_command(
             help="Open the console in the default browser (--no-browser: print the URL).",
         ),
     ] = True,
+    local_port: Annotated[
+        int,
+        typer.Option(
+            "--local-port",
+            help="Loopback port for the console when the platform speaks TLCP (0: any free).",
+        ),
+    ] = 0,
     console_url: Annotated[
         str | None,
         typer.Option(
@@ -45,7 +52,9 @@ def open_command(
     """Log in with the certificate in the operator's soft token (PIN + signing key), get a
     one-time console code (valid one minute) and open the console with it. The code
     travels in the URL fragment, which the browser never sends to a server; the page
-    exchanges it once for an HttpOnly session cookie."""
+    exchanges it once for an HttpOnly session cookie. A platform on https:// speaks TLCP,
+    which browsers do not: the console is then served on a loopback port and forwarded
+    over TLCP until Ctrl-C (or give --console-url, an HTTPS reverse proxy)."""
     import webbrowser
 
     from mstcrypt.cli.platform import _anchors
@@ -53,13 +62,11 @@ def open_command(
     from mstcrypt.module import SoftToken
 
     base = (console_url or server).rstrip("/")
-    if console_url is None and server.startswith("https://"):
-        fail(
-            "the platform at --server speaks TLCP, which browsers do not: give --console-url, "
-            "the address of the HTTPS reverse proxy in front of it (docs/console.md)"
-        )
     if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
         fail("--server / --console-url must be http:// or https:// URLs")
+    # an https:// platform speaks TLCP, which browsers do not: serve the console to the
+    # local browser on a loopback port, forwarded over TLCP (unless --console-url)
+    tunnel = console_url is None and server.startswith("https://")
     tok = SoftToken.open(token)
     tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
     anchors = _anchors(ca_file, tok)
@@ -69,9 +76,25 @@ def open_command(
             r = c.console_code(session)
         finally:
             c.logout(session)  # the API session is not needed any more
+    proxy = None
+    if tunnel:
+        import httpx
+
+        from mstcrypt.apps.console.localproxy import LocalConsoleProxy
+        from mstcrypt.client import _tlcp_transport
+
+        http = httpx.Client(transport=_tlcp_transport(server, anchors, None), timeout=30.0)
+        proxy = LocalConsoleProxy(server, http, port=local_port).start()
+        base = proxy.url
     url = f"{base}{r['login_path']}#code={urllib.parse.quote(r['code'], safe='')}"
     err_console.print(f"console code for operator {r['operator']} (valid for one minute, once)")
     if browser and webbrowser.open(url):
         console.print(f"opened the console at {base}{r['login_path']}")
-        return
-    typer.echo(url)
+    else:
+        typer.echo(url)
+    if proxy is not None:
+        err_console.print(
+            f"serving the console on {proxy.url} over TLCP to {server}; Ctrl-C to stop"
+        )
+        proxy.wait()
+        proxy.stop()

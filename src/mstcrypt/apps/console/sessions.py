@@ -259,9 +259,7 @@ class ConsoleAuth:
             )
         return ConsoleSession(claims, operator, renewed)
 
-    def _operator(
-        self, claims: Mapping[str, Any], *, ended_check: bool = True
-    ) -> OperatorIdentity:
+    def _operator(self, claims: Mapping[str, Any], *, ended_check: bool = True) -> OperatorIdentity:
         """Not logged out, certificate active (one indexed read), then the operator bound
         to that certificate and active."""
         serial, jti = claims.get("serial"), claims.get("jti")
