@@ -100,6 +100,8 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     # the web console: its assets and login page, the code exchange (the code in the
     # form is the credential), the CLI's code request, and the pages (cookie session)
     ("GET", "/console/static/{name}"): PUBLIC,
+    # Prometheus metrics: counts only (a token only when MSTCRYPT_METRICS_TOKEN is set)
+    ("GET", "/metrics"): PUBLIC,
     ("GET", "/console/login"): PUBLIC,
     ("POST", "/console/login"): CODE,
     ("POST", "/console/code"): CONSOLE_CODE,

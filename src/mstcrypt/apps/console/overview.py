@@ -34,8 +34,7 @@ __all__ = ["ALARM_ACTIONS", "AuditFilter", "Overview"]
 ALARM_ACTIONS = (
     "login.failure",
     "login.lockout",
-    "enroll.failure",
-    "certificate.revoke",
+    "cert.revoke",
     "key.destroy",
     "recovery.release",
 )

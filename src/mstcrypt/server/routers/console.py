@@ -48,6 +48,7 @@ from mstcrypt.kmc.operators import (
 from mstcrypt.pki import Profile
 from mstcrypt.server.deps import Bearer, KmcDep, SettingsDep, Source
 from mstcrypt.server.errors import status_of
+from mstcrypt.server.routers import metrics
 
 __all__ = ["COOKIE", "CSP", "PRE_COOKIE", "router"]
 
@@ -546,3 +547,4 @@ def operators(request: Request, s: Console, kmc: KmcDep) -> Response:
 router = APIRouter()
 router.include_router(api)
 router.include_router(pages)
+router.include_router(metrics.router)  # GET /metrics (Prometheus)
