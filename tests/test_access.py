@@ -122,6 +122,7 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/console/audit/verify"): CONSOLE,
     ("GET", "/console/audit/export"): CONSOLE,
     ("GET", "/console/operators"): CONSOLE,
+    ("GET", "/console/compliance"): CONSOLE,
 }
 
 #: framework routes outside the API (not in the OpenAPI document)

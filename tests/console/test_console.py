@@ -14,9 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+from console_helpers import browser, code_for, csrf_of, log_in
 from sqlalchemy import func, select
 
-from http_helpers import Platform, Terminal, bearer, make_kmc, platform
+from http_helpers import Platform, bearer, make_kmc, platform
 from mstcrypt.apps.login import tokens
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.kmc.models import AuditRecord, EnrollmentCode
@@ -25,7 +26,6 @@ from mstcrypt.server.routers.console import COOKIE, CSP, PRE_COOKIE
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
 
 RA, KRO, AUD, ADMIN = "registration_officer", "key_recovery_officer", "auditor", "administrator"
 
@@ -39,35 +39,6 @@ def p(database_url: str, tmp_path: Path) -> Iterator[Platform]:
     finally:
         gen.close()
         kmc.db.dispose()
-
-
-def browser(p: Platform) -> TestClient:
-    """A cookie-keeping client on https:// (the session cookie is Secure)."""
-    return TestClient(p.c.app, base_url="https://testserver", follow_redirects=False)
-
-
-def code_for(p: Platform, op: Terminal) -> str:
-    r = p.c.post("/console/code", headers=op.headers)
-    assert r.status_code == 200, r.text
-    return str(r.json()["code"])
-
-
-def log_in(p: Platform, op: Terminal, b: TestClient | None = None) -> TestClient:
-    b = b or browser(p)
-    page = b.get("/console/login")
-    assert page.status_code == 200
-    pre = b.cookies.get(PRE_COOKIE)
-    r = b.post("/console/login", data={"code": code_for(p, op), "pre": pre})
-    assert r.status_code == 303 and r.headers["location"] == "/console", r.text
-    return b
-
-
-def csrf_of(b: TestClient, path: str = "/console") -> str:
-    r = b.get(path)
-    assert r.status_code == 200, r.text
-    m = re.search(r'name="csrf" value="([^"]+)"', r.text)
-    assert m
-    return m.group(1)
 
 
 def audit_rows(kmc: Kmc, action: str) -> list[AuditRecord]:

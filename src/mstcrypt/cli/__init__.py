@@ -56,6 +56,7 @@ app.command("tlcp-client")(tlcp_cmd.tlcp_client_command)
 app.command("gateway")(tlcp_cmd.gateway_command)
 app.command("tunnel")(tlcp_cmd.tunnel_command)
 app.add_typer(console_cmd.app, name="console")
+app.add_typer(console_cmd.report_app, name="report")
 
 
 @app.command("version")

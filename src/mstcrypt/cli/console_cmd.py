@@ -98,3 +98,56 @@ def open_command(
         )
         proxy.wait()
         proxy.stop()
+
+
+report_app = typer.Typer(help="Reports for assessors.", no_args_is_help=True)
+
+
+@report_app.command("compliance")
+def report_compliance(
+    out: Annotated[
+        str, typer.Option("--out", help="report.html, or report.pdf (printed by Chromium).")
+    ],
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--data-dir",
+            envvar="MSTCRYPT_DATA_DIR",
+            help="The platform's data directory (default ./mstcrypt-data).",
+        ),
+    ] = None,
+    not_applicable: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--not-applicable",
+            help="A guide section out of this unit's scope, e.g. 6.3 (repeatable).",
+        ),
+    ] = None,
+    chromium: Annotated[
+        str, typer.Option("--chromium", help="Chromium for PDF output.")
+    ] = "chromium",
+) -> None:
+    """The cryptographic-compliance report: every clause of the guide's Annexes A and B
+    (GB/T 22239-2019, GM/T 0054-2018) with the evidence this deployment gives and a
+    verdict. Reads the platform's store (and verifies the whole audit chain)."""
+    from pathlib import Path
+
+    from mstcrypt.apps.console.compliance import collect, render_html, write_pdf
+    from mstcrypt.cli.platform import _kmc
+
+    if not out.endswith((".html", ".htm", ".pdf")):
+        fail("--out must end in .html or .pdf")
+    kmc, _settings = _kmc(Path(data_dir) if data_dir else None)
+    if not kmc.is_initialised():
+        fail("the CA is not initialised in this data directory")
+    report = collect(kmc, not_applicable=not_applicable or ())
+    html = render_html(report)
+    if out.endswith(".pdf"):
+        write_pdf(html, out, chromium=chromium)
+    else:
+        Path(out).write_text(html, encoding="utf-8")
+    s = report.summary()
+    console.print(
+        f"{out}: {len(report.rows)} clauses — {s['met']} met, {s['partly']} partly, "
+        f"{s['not met']} not met, {s['not applicable']} not applicable"
+    )

@@ -243,6 +243,7 @@ def _nav(s: ConsoleSession | None) -> list[tuple[str, str]]:
         items.append(("/console/recovery", "Recovery"))
     if roles.intersection((AUDITOR, ADMINISTRATOR)):
         items.append(("/console/audit", "Audit log"))
+        items.append(("/console/compliance", "Compliance"))
     items.append(("/console/operators", "Operators"))
     return items
 
@@ -537,6 +538,18 @@ def _csv(rows: Iterable[dict[str, Any]]) -> str:
         # a cell starting with =, +, - or @ would be a formula in a spreadsheet
         w.writerow(["'" + c if isinstance(c, str) and c[:1] in "=+-@" else c for c in cells])
     return buf.getvalue()
+
+
+@pages.get("/compliance", response_class=HTMLResponse)
+def compliance(request: Request, s: Console, kmc: KmcDep, settings: SettingsDep) -> Response:
+    """The compliance report of Annexes A and B (the audit chain verified from its newest
+    signed checkpoint, bounded; the CLI report verifies it whole)."""
+    from mstcrypt.apps.console.compliance import charts, collect
+    from mstcrypt.apps.console.compliance_map import SECTIONS
+
+    _role(s, AUDITOR, ADMINISTRATOR)
+    report = collect(kmc, audit_limit=settings.audit_verify_limit)
+    return _render(request, "compliance.html", r=report, sections=SECTIONS, charts=charts(report))
 
 
 @pages.get("/operators", response_class=HTMLResponse)
