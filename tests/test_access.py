@@ -75,6 +75,7 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/kmc/groups/{group}/key"): SESSION,
     # registration officers
     ("POST", "/admin/enrollment-codes"): frozenset({RA}),
+    ("POST", "/admin/enrollment-codes/{code_id}/expire"): frozenset({RA}),
     ("POST", "/admin/certificates/{serial}/revoke"): frozenset({RA}),
     ("POST", "/admin/keys"): frozenset({RA}),
     ("POST", "/admin/keys/rotate"): frozenset({RA}),
@@ -247,6 +248,7 @@ def _request(
         "request_b64": "MAA=",
         "request_id": "no-such-request",
         "name": "console.css",
+        "code_id": "no-such-code",
     }
     url = path.format(**values)
     params = {"owner": t.owner} if path in ("/admin/keys", "/directory/certificates") else None

@@ -578,6 +578,10 @@ class Client:
             )
         )
 
+    def expire_enrollment_code(self, enrollment_id: str) -> None:
+        """End an unused terminal enrollment code now (registration officer)."""
+        self._json("POST", f"/admin/enrollment-codes/{enrollment_id}/expire")
+
     def revoke_certificate(self, serial: str, reason: str = "unspecified") -> None:
         self._json("POST", f"/admin/certificates/{serial}/revoke", json={"reason": reason})
 

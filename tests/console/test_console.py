@@ -17,7 +17,7 @@ import pytest
 from console_helpers import browser, code_for, csrf_of, log_in
 from sqlalchemy import func, select
 
-from http_helpers import Platform, bearer, make_kmc, platform
+from http_helpers import Platform, bearer, csr_pem, make_kmc, platform
 from mstcrypt.apps.login import tokens
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.kmc.models import AuditRecord, EnrollmentCode
@@ -82,10 +82,24 @@ def test_login_issue_code_enroll_revoke(p: Platform) -> None:
     assert created and created[-1].actor == "ops-ra"  # the API's audit, the operator as actor
     assert code not in str([a.details for a in created])
 
+    assert re.search(r'id="issued-qr"[^>]*><svg', r.text) and "<path" in r.text  # QR code
+    # a second code, expired from the list before use
+    r = b.post("/console/codes", data={"csrf": csrf, "owner": "wang", "ttl": "3600"})
+    wang = re.search(r'id="issued-code">([^<]+)<', r.text).group(1)  # type: ignore[union-attr]
+    page = b.get("/console/codes").text
+    code_id = re.search(r'action="/console/codes/([0-9a-f]+)/expire"[^>]*for wang', page)
+    assert code_id, page
+    r = b.post(f"/console/codes/{code_id.group(1)}/expire", data={"csrf": csrf})
+    assert r.status_code == 200 and 'id="expired"' in r.text
+    key = SM2PrivateKey.generate()
+    refused = p.c.post("/enroll", json={"code": wang, "csr": csr_pem(key, "wang")})
+    assert refused.status_code == 403 and "expired" in refused.text
+    assert audit_rows(p.kmc, "enroll.code_expire")[-1].actor == "ops-ra"
+    r = b.post(f"/console/codes/{code_id.group(1)}/expire", data={"csrf": csrf})
+    assert r.status_code == 409  # once
+
     # the terminal enrolls with it (as from the CLI), and the console sees it
     key = SM2PrivateKey.generate()
-    from http_helpers import csr_pem
-
     enrolled = p.c.post("/enroll", json={"code": code, "csr": csr_pem(key, "zhang")})
     assert enrolled.status_code == 200, enrolled.text
     listing = b.get("/console/certificates", params={"q": "zhang"})

@@ -384,7 +384,12 @@ def revoke(request: Request, serial: str, s: Checked, f: Form, kmc: KmcDep) -> R
 def codes(request: Request, s: Console, kmc: KmcDep) -> Response:
     _role(s, REGISTRATION_OFFICER)
     return _render(
-        request, "codes.html", rows=Overview(kmc).open_codes(), profiles=_PROFILES, issued=None
+        request,
+        "codes.html",
+        rows=Overview(kmc).open_codes(),
+        profiles=_PROFILES,
+        issued=None,
+        expired=None,
     )
 
 
@@ -414,9 +419,46 @@ def issue_code(request: Request, s: Checked, f: Form, kmc: KmcDep) -> Response:
         actor=s.operator.name,
         dns_names=dns,
     )
-    issued = {"code": code, "owner": owner, "expires_at": expires, "profile": profile.value}
+    issued = {
+        "code": code,
+        "owner": owner,
+        "expires_at": expires,
+        "profile": profile.value,
+        "qr": _qr(code),
+    }
     return _render(
-        request, "codes.html", rows=Overview(kmc).open_codes(), profiles=_PROFILES, issued=issued
+        request,
+        "codes.html",
+        rows=Overview(kmc).open_codes(),
+        profiles=_PROFILES,
+        issued=issued,
+        expired=None,
+    )
+
+
+def _qr(code: str) -> Any:
+    """The code as a QR code (inline SVG: paths and attributes, no script or style), for
+    a terminal's camera."""
+    import segno
+    from markupsafe import Markup
+
+    svg = segno.make(code, error="m").svg_inline(scale=5, dark="#000", light="#fff", title="")
+    return Markup(svg)  # noqa: S704 - segno's own SVG of our code alphabet
+
+
+@pages.post("/codes/{code_id}/expire", response_class=HTMLResponse)
+def expire_code(request: Request, code_id: str, s: Checked, kmc: KmcDep) -> Response:
+    """End an unused enrollment code now (the API's ``POST
+    /admin/enrollment-codes/{id}/expire``)."""
+    _role(s, REGISTRATION_OFFICER)
+    kmc.enrollment.expire_code(code_id, actor=s.operator.name)
+    return _render(
+        request,
+        "codes.html",
+        rows=Overview(kmc).open_codes(),
+        profiles=_PROFILES,
+        issued=None,
+        expired=code_id,
     )
 
 
