@@ -386,3 +386,22 @@ def test_no_secret_or_internal_in_pages(p: Platform) -> None:
         assert cookie not in r.text
         assert "Traceback" not in r.text and ".py" not in r.text
     assert pages[-1].status_code == 404
+
+
+def test_expire_code_over_the_api(p: Platform) -> None:
+    from mstcrypt.client import Client, ServiceError
+
+    code = p.code("li")
+    with p.kmc.db.tx() as s:
+        row = s.scalars(select(EnrollmentCode).where(EnrollmentCode.owner == "li")).one()
+        code_id = row.id
+    with Client("http://testserver", transport=p.c._transport, operator_token=p.ops["alice"]) as c:
+        c.expire_enrollment_code(code_id)
+        with pytest.raises(ServiceError) as e:
+            c.expire_enrollment_code(code_id)
+        assert e.value.status == 409
+        with pytest.raises(ServiceError) as e:
+            c.expire_enrollment_code("no-such-code")
+        assert e.value.status == 404
+    r = p.c.post("/enroll", json={"code": code, "csr": csr_pem(SM2PrivateKey.generate(), "li")})
+    assert r.status_code == 403 and "expired" in r.text
