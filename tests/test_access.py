@@ -124,6 +124,10 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/console/audit/export"): CONSOLE,
     ("GET", "/console/operators"): CONSOLE,
     ("GET", "/console/compliance"): CONSOLE,
+    ("GET", "/console/groups"): CONSOLE,
+    ("POST", "/console/groups"): CONSOLE,
+    ("GET", "/console/groups/{group}"): CONSOLE,
+    ("POST", "/console/groups/{group}/members"): CONSOLE,
 }
 
 #: framework routes outside the API (not in the OpenAPI document)

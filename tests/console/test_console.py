@@ -405,3 +405,26 @@ def test_expire_code_over_the_api(p: Platform) -> None:
         assert e.value.status == 404
     r = p.c.post("/enroll", json={"code": code, "csr": csr_pem(SM2PrivateKey.generate(), "li")})
     assert r.status_code == 403 and "expired" in r.text
+
+
+def test_groups(p: Platform) -> None:
+    for who in ("alice", "bob", "carol"):
+        p.terminal(who)
+    b = log_in(p, p.cert_operator("ops-ra", [RA]))
+    csrf = csrf_of(b, "/console/groups")
+    r = b.post("/console/groups", data={"csrf": csrf, "id": "team", "members": "alice,\nbob"})
+    assert r.status_code == 200 and 'id="group-done"' in r.text, r.text
+    assert p.kmc.group_members("team") == ["alice", "bob"]
+    r = b.post(
+        "/console/groups/team/members", data={"csrf": csrf, "add": "carol", "remove": "alice"}
+    )
+    assert r.status_code == 200 and "group key version 2" in r.text
+    assert p.kmc.group_members("team") == ["bob", "carol"]
+    assert audit_rows(p.kmc, "group.change")[-1].actor == "ops-ra"
+    listing = b.get("/console/groups")
+    assert "/console/groups/team" in listing.text
+    r = b.post("/console/groups/team/members", data={"csrf": csrf, "add": "nobody"})
+    assert r.status_code in (404, 409) and p.kmc.group_members("team") == ["bob", "carol"]
+    aud = log_in(p, p.cert_operator("ops-aud", [AUD]))
+    r = aud.post("/console/groups/team/members", data={"csrf": csrf_of(aud), "add": "alice"})
+    assert r.status_code == 403

@@ -22,6 +22,8 @@ from mstcrypt.kmc.models import (
     AuditRecord,
     EncryptionKey,
     EnrollmentCode,
+    Group,
+    GroupMember,
     IssuedCertificate,
     Operator,
     RecoveryRequest,
@@ -264,6 +266,39 @@ class Overview:
     # -- keys, operators, groups -----------------------------------------------------------
     def keys(self, owner: str) -> list[dict[str, Any]]:
         return self.kmc.keys(owner) if owner else []
+
+    def groups(self, limit: int = 200) -> list[dict[str, Any]]:
+        """IM groups: id, key version, member count (newest first)."""
+        with self.kmc.ctx.read() as s:
+            counts = dict(
+                s.execute(
+                    select(GroupMember.group_id, func.count()).group_by(GroupMember.group_id)
+                ).all()
+            )
+            return [
+                {
+                    "id": g.id,
+                    "version": g.current_version,
+                    "members": counts.get(g.id, 0),
+                    "created_at": aware(g.created_at),
+                }
+                for g in s.scalars(select(Group).order_by(Group.created_at.desc()).limit(limit))
+            ]
+
+    def group(self, group_id: str) -> dict[str, Any] | None:
+        with self.kmc.ctx.read() as s:
+            g = s.get(Group, group_id)
+            if g is None:
+                return None
+            members = [
+                {"member": m.member, "joined_version": m.joined_version}
+                for m in s.scalars(
+                    select(GroupMember)
+                    .where(GroupMember.group_id == group_id)
+                    .order_by(GroupMember.member)
+                )
+            ]
+            return {"id": g.id, "version": g.current_version, "members": members}
 
     def operators(self) -> list[dict[str, Any]]:
         return self.kmc.operators.list()

@@ -239,6 +239,7 @@ def _nav(s: ConsoleSession | None) -> list[tuple[str, str]]:
     if REGISTRATION_OFFICER in roles:
         items.append(("/console/codes", "Enrollment codes"))
     items.append(("/console/keys", "Keys"))
+    items.append(("/console/groups", "Groups"))
     if KEY_RECOVERY_OFFICER in roles:
         items.append(("/console/recovery", "Recovery"))
     if roles.intersection((AUDITOR, ADMINISTRATOR)):
@@ -493,6 +494,49 @@ def destroy_key(request: Request, key_id: str, s: Checked, f: Form, kmc: KmcDep)
     _confirm_key(s, key_id, f)
     kmc.destroy_key(key_id, actor=s.operator.name)
     return _key_done(request, f, kmc, f"destroyed {key_id}")
+
+
+@pages.get("/groups", response_class=HTMLResponse)
+def groups(request: Request, s: Console, kmc: KmcDep) -> Response:
+    return _render(request, "groups.html", rows=Overview(kmc).groups(), done=None)
+
+
+def _members(value: str) -> list[str]:
+    return [m for m in (x.strip() for x in value.replace("\n", ",").split(",")) if m][:1000]
+
+
+@pages.post("/groups", response_class=HTMLResponse)
+def create_group(request: Request, s: Checked, f: Form, kmc: KmcDep) -> Response:
+    """Create an IM group (registration officer; the API's ``POST /admin/groups``)."""
+    _role(s, REGISTRATION_OFFICER)
+    group_id = _limit(f.get("id", ""), 64)
+    kmc.create_group(group_id, _members(f.get("members", "")), actor=s.operator.name)
+    return _render(request, "group.html", g=Overview(kmc).group(group_id), done="created")
+
+
+@pages.get("/groups/{group}", response_class=HTMLResponse)
+def group(request: Request, group: str, s: Console, kmc: KmcDep) -> Response:
+    from mstcrypt.kmc.context import NotFoundError
+
+    g = Overview(kmc).group(_limit(group, 64))
+    if g is None:
+        raise NotFoundError(f"no group {group[:64]!r}")
+    return _render(request, "group.html", g=g, done=None)
+
+
+@pages.post("/groups/{group}/members", response_class=HTMLResponse)
+def change_group(request: Request, group: str, s: Checked, f: Form, kmc: KmcDep) -> Response:
+    """Add or remove members; the group key rotates (the API's ``POST
+    /admin/groups/{group}/members``)."""
+    _role(s, REGISTRATION_OFFICER)
+    version = kmc.change_group(
+        group,
+        add=_members(f.get("add", "")),
+        remove=_members(f.get("remove", "")),
+        actor=s.operator.name,
+    )
+    g = Overview(kmc).group(group)
+    return _render(request, "group.html", g=g, done=f"group key version {version}")
 
 
 @pages.get("/recovery", response_class=HTMLResponse)
