@@ -113,6 +113,7 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/console/certificates/{serial}/revoke"): CONSOLE,
     ("GET", "/console/codes"): CONSOLE,
     ("POST", "/console/codes"): CONSOLE,
+    ("POST", "/console/codes/{code_id}/expire"): CONSOLE,
     ("GET", "/console/keys"): CONSOLE,
     ("POST", "/console/keys/{key_id}/archive"): CONSOLE,
     ("POST", "/console/keys/{key_id}/destroy"): CONSOLE,
