@@ -118,6 +118,7 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/console/keys/{key_id}/archive"): CONSOLE,
     ("POST", "/console/keys/{key_id}/destroy"): CONSOLE,
     ("GET", "/console/recovery"): CONSOLE,
+    ("POST", "/console/recovery"): CONSOLE,
     ("GET", "/console/recovery/{request_id}"): CONSOLE,
     ("POST", "/console/recovery/{request_id}/approve"): CONSOLE,
     ("GET", "/console/audit"): CONSOLE,

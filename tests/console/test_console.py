@@ -336,14 +336,19 @@ def test_recovery_is_approved_by_a_second_officer(p: Platform) -> None:
     p.terminal("bob")
     key_id = p.kmc.keys("bob")[0]["id"]
     recipient = SM2PrivateKey.generate().public_key().to_bytes().hex()
-    r = p.c.post(
-        "/admin/recovery",
-        json={"key_id": key_id, "recipient_public_key": recipient, "reason": "lost phone"},
-        headers=first.headers,
+    b1 = log_in(p, first)
+    bad = b1.post(
+        "/console/recovery",
+        data={"csrf": csrf_of(b1), "key_id": key_id, "recipient": "zz", "reason": "lost"},
+    )
+    assert bad.status_code == 400
+    r = b1.post(
+        "/console/recovery",
+        data={"csrf": csrf_of(b1), "key_id": key_id, "recipient": recipient, "reason": "lost"},
     )
     assert r.status_code == 200, r.text
-    rid = r.json()["request_id"]
-    b1 = log_in(p, first)
+    rid = re.search(r"<h1>Recovery request ([0-9a-f]+)</h1>", r.text).group(1)  # type: ignore[union-attr]
+    assert p.kmc.recovery_result(rid)["requested_by"] == "ops-kro1"
     page = b1.get(f"/console/recovery/{rid}")
     assert 'id="approve"' not in page.text  # the requester cannot approve
     csrf = csrf_of(b1)

@@ -545,6 +545,26 @@ def recoveries(request: Request, s: Console, kmc: KmcDep) -> Response:
     return _render(request, "recoveries.html", rows=Overview(kmc).recoveries())
 
 
+@pages.post("/recovery", response_class=HTMLResponse)
+def request_recovery(request: Request, s: Checked, f: Form, kmc: KmcDep) -> Response:
+    """A recovery request (the API's ``POST /admin/recovery``): the escrowed key will be
+    enveloped to the recipient's public key once a second officer approves."""
+    from mstcrypt.crypto.sm2 import SM2PublicKey
+
+    _role(s, KEY_RECOVERY_OFFICER)
+    try:
+        recipient = SM2PublicKey.from_bytes(bytes.fromhex(f.get("recipient", "").strip()))
+    except ValueError:
+        raise DecodeError("the recipient public key must be hex (04 || x || y)") from None
+    reason = f.get("reason", "").strip()
+    if not 3 <= len(reason) <= 500:
+        raise PolicyError("give the reason (3 to 500 characters)")
+    rid = kmc.request_recovery(
+        _limit(f.get("key_id", ""), 64), recipient, reason=reason, actor=s.operator.name
+    )
+    return _render(request, "recovery.html", r=Overview(kmc).recovery(rid), done=False)
+
+
 @pages.get("/recovery/{request_id}", response_class=HTMLResponse)
 def recovery(request: Request, request_id: str, s: Console, kmc: KmcDep) -> Response:
     _role(s, KEY_RECOVERY_OFFICER)
