@@ -433,3 +433,24 @@ def test_groups(p: Platform) -> None:
     aud = log_in(p, p.cert_operator("ops-aud", [AUD]))
     r = aud.post("/console/groups/team/members", data={"csrf": csrf_of(aud), "add": "alice"})
     assert r.status_code == 403
+
+
+def test_dashboard_counts_expiring_certificates(p: Platform) -> None:
+    from datetime import timedelta
+
+    from mstcrypt.apps.console.overview import PAGE, Overview
+
+    p.terminal("alice")
+    now = p.kmc.clock()
+    with p.kmc.db.tx() as s:  # every terminal certificate expires within the horizon
+        from mstcrypt.kmc.models import IssuedCertificate
+
+        rows = list(s.scalars(select(IssuedCertificate).where(IssuedCertificate.owner == "alice")))
+        for i, row in enumerate(rows):
+            row.not_after = now + timedelta(days=3 + 10 * i)
+    d = Overview(p.kmc).dashboard()
+    assert d["expiring_total"] >= 2 and len(d["expiring"]) <= PAGE
+    assert sum(w["count"] for w in d["expiry_chart"]) == d["expiring_total"]
+    assert d["expiry_chart"][0]["count"] >= 1
+    b = log_in(p, p.cert_operator("ops-ra", [RA]))
+    assert f"within 30 days: {d['expiring_total']}" in b.get("/console").text

@@ -118,6 +118,15 @@ class Overview:
                     .limit(PAGE)
                 )
             ]
+            # the chart counts every one (up to 100,000); the list shows the first PAGE
+            expiry_dates = [
+                aware(d)
+                for d in s.scalars(
+                    select(ic.not_after)
+                    .where(ic.status == "active", ic.not_after <= horizon, ic.usage != "ca")
+                    .limit(100_000)
+                )
+            ]
             head = s.get(AuditHead, 1)
             last_cp = s.scalars(
                 select(AuditCheckpoint).order_by(AuditCheckpoint.seq.desc()).limit(1)
@@ -162,7 +171,8 @@ class Overview:
             "open_codes": open_codes or 0,
             "operators": operators or 0,
             "expiring": expiring,
-            "expiry_chart": _weeks(expiring, now, horizon_days),
+            "expiring_total": len(expiry_dates),
+            "expiry_chart": _weeks(expiry_dates, now, horizon_days),
             "crls": crls,
             "audit": {
                 "head_seq": head.seq if head else 0,
@@ -350,12 +360,12 @@ def _public_recovery(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _weeks(expiring: list[dict[str, Any]], now: datetime, days: int) -> list[dict[str, Any]]:
+def _weeks(dates: list[datetime], now: datetime, days: int) -> list[dict[str, Any]]:
     """Certificates expiring per week of the horizon (the dashboard's timeline bars)."""
     weeks = max(1, (days + 6) // 7)
     counts = [0] * weeks
-    for c in expiring:
-        counts[min(weeks - 1, max(0, (c["not_after"] - now).days // 7))] += 1
+    for d in dates:
+        counts[min(weeks - 1, max(0, (d - now).days // 7))] += 1
     top = max(counts) or 1
     return [
         {
