@@ -172,25 +172,14 @@ def test_cli_html(tmp_path: Path) -> None:
     )
     assert p.returncode == 0, p.stderr
     assert "41 clauses" in p.stdout and out.read_text().count("data-clause=") == 41
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mstcrypt",
-            "report",
-            "compliance",
-            "--data-dir",
-            str(data),
-            "--out",
-            str(tmp_path / "r.txt"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
+    from typer.testing import CliRunner
+
+    from mstcrypt.cli import app
+
+    r = CliRunner().invoke(
+        app, ["report", "compliance", "--data-dir", str(data), "--out", str(tmp_path / "r.txt")]
     )
-    assert p.returncode == 2 and ".html or .pdf" in p.stderr
+    assert r.exit_code == 2 and ".html or .pdf" in r.output
 
 
 @pytest.fixture

@@ -65,6 +65,7 @@ def test_metrics_follow_the_platform(p: Platform) -> None:
         assert secretish not in text
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_metrics_token(p: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MSTCRYPT_METRICS_TOKEN", "scrape-secret-1")
     assert p.c.get("/metrics").status_code == 401
