@@ -20,7 +20,9 @@ code is shown once, in the answer to the form that created it.
 from __future__ import annotations
 
 import csv
+import hmac
 import io
+import secrets
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,7 +38,14 @@ from fastapi.routing import APIRoute
 from mstcrypt.apps.console.errors import ConsoleLoginRequired, CsrfError
 from mstcrypt.apps.console.overview import AuditFilter, Overview
 from mstcrypt.apps.console.sessions import ConsoleAuth, ConsoleSession
-from mstcrypt.errors import AccessDeniedError, DecodeError, MstCryptError, PolicyError
+from mstcrypt.errors import (
+    AccessDeniedError,
+    AuthenticationError,
+    DecodeError,
+    MstCryptError,
+    PolicyError,
+    VerificationError,
+)
 from mstcrypt.kmc.ca import REVOCATION_REASONS
 from mstcrypt.kmc.operators import (
     ADMINISTRATOR,
@@ -285,8 +294,6 @@ def login_page(request: Request) -> Response:
     browser, so another site cannot log the browser into a session of its choosing."""
     pre = request.cookies.get(PRE_COOKIE)
     if not pre or len(pre) != 32 or not pre.isalnum():
-        import secrets
-
         pre = secrets.token_hex(16)
     response = _render(request, "login.html", pre=pre)
     _set(response, PRE_COOKIE, pre, max_age=600)
@@ -296,8 +303,6 @@ def login_page(request: Request) -> Response:
 @pages.post("/login", response_class=HTMLResponse)
 def login(request: Request, f: Form, auth: AuthDep, source: Source) -> Response:
     """Exchange a console code (once) for a new console session."""
-    import hmac
-
     _same_origin(request)
     pre = request.cookies.get(PRE_COOKIE, "")
     given = f.get("pre", "")
@@ -320,8 +325,6 @@ def console_code(
 ) -> dict[str, Any]:
     """A one-time console code for the operator whose §7.3 session token this is
     (certificate login only; static credentials are refused)."""
-    from mstcrypt.errors import AuthenticationError, VerificationError
-
     if not token.startswith("MST1."):
         raise AuthenticationError("the console needs a certificate login (§7.3 session token)")
     try:
