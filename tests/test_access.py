@@ -9,7 +9,12 @@ Audiences:
 * ``CODE``    — the one-time enrollment code in the body is the credential;
 * ``LOGIN``   — the signed §7.3 response in the body is the credential;
 * ``SESSION`` — a §7.3 session token of a terminal (or of an operator as a user);
-* a set of roles — an operator holding one of them (:mod:`mstcrypt.kmc.operators`).
+* a set of roles — an operator holding one of them (:mod:`mstcrypt.kmc.operators`);
+* ``CONSOLE_CODE`` — an operator's §7.3 session token, certificate login only (the
+  web console's one-time code);
+* ``CONSOLE`` — the web console's session cookie: no bearer credential of any kind
+  reaches these pages (a page sends the browser to the login; a form is refused).
+  Their roles are tested in ``tests/console/``.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from mstcrypt.kmc.operators import REGISTRATION_OFFICER as RA
 from mstcrypt.kmc.service import Kmc
 
 PUBLIC, CODE, LOGIN, SESSION = "PUBLIC", "CODE", "LOGIN", "SESSION"
+CONSOLE, CONSOLE_CODE = "CONSOLE", "CONSOLE_CODE"
 KRO, ADMIN = KEY_RECOVERY_OFFICER, ADMINISTRATOR
 
 ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
@@ -88,6 +94,7 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/seal/seals/{es_id}"): SESSION,
     # registration officers
     ("POST", "/admin/enrollment-codes"): frozenset({RA}),
+    ("POST", "/admin/enrollment-codes/{code_id}/expire"): frozenset({RA}),
     ("POST", "/admin/certificates/{serial}/revoke"): frozenset({RA}),
     ("POST", "/admin/keys"): frozenset({RA}),
     ("POST", "/admin/keys/rotate"): frozenset({RA}),
@@ -126,6 +133,38 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/admin/boot/golden"): frozenset({ADMIN}),
     ("POST", "/admin/boot/devices"): frozenset({RA}),
     ("GET", "/admin/boot/attestations"): frozenset({AUDITOR, ADMIN}),
+    # the web console: its assets and login page, the code exchange (the code in the
+    # form is the credential), the CLI's code request, and the pages (cookie session)
+    ("GET", "/console/static/{name}"): PUBLIC,
+    # Prometheus metrics: counts only (a token only when MSTCRYPT_METRICS_TOKEN is set)
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/console/login"): PUBLIC,
+    ("POST", "/console/login"): CODE,
+    ("POST", "/console/code"): CONSOLE_CODE,
+    ("POST", "/console/logout"): CONSOLE,
+    ("GET", "/console"): CONSOLE,
+    ("GET", "/console/certificates"): CONSOLE,
+    ("GET", "/console/certificates/{serial}"): CONSOLE,
+    ("POST", "/console/certificates/{serial}/revoke"): CONSOLE,
+    ("GET", "/console/codes"): CONSOLE,
+    ("POST", "/console/codes"): CONSOLE,
+    ("POST", "/console/codes/{code_id}/expire"): CONSOLE,
+    ("GET", "/console/keys"): CONSOLE,
+    ("POST", "/console/keys/{key_id}/archive"): CONSOLE,
+    ("POST", "/console/keys/{key_id}/destroy"): CONSOLE,
+    ("GET", "/console/recovery"): CONSOLE,
+    ("POST", "/console/recovery"): CONSOLE,
+    ("GET", "/console/recovery/{request_id}"): CONSOLE,
+    ("POST", "/console/recovery/{request_id}/approve"): CONSOLE,
+    ("GET", "/console/audit"): CONSOLE,
+    ("GET", "/console/audit/verify"): CONSOLE,
+    ("GET", "/console/audit/export"): CONSOLE,
+    ("GET", "/console/operators"): CONSOLE,
+    ("GET", "/console/compliance"): CONSOLE,
+    ("GET", "/console/groups"): CONSOLE,
+    ("POST", "/console/groups"): CONSOLE,
+    ("GET", "/console/groups/{group}"): CONSOLE,
+    ("POST", "/console/groups/{group}/members"): CONSOLE,
 }
 
 #: framework routes outside the API (not in the OpenAPI document)
@@ -251,11 +290,26 @@ def _request(
         "request_id": "no-such-request",
         "call_id": "no-such-call",
         "es_id": "no-such-seal",
+        "name": "console.css",
+        "code_id": "no-such-code",
     }
     url = path.format(**values)
     params = {"owner": t.owner} if path in ("/admin/keys", "/directory/certificates") else None
+    if method == "POST" and ACCESS[(method, path)] == CONSOLE:
+        # a well-formed console form (with a CSRF field), so that only the missing
+        # console session can refuse it
+        return p.c.request(
+            method,
+            url,
+            headers=caller.headers,
+            params=params,
+            data={"csrf": "x" * 43, "reason": "unspecified", "confirm": "x"},
+            follow_redirects=False,
+        )
     body = {} if method == "POST" else None
-    return p.c.request(method, url, headers=caller.headers, params=params, json=body)
+    return p.c.request(
+        method, url, headers=caller.headers, params=params, json=body, follow_redirects=False
+    )
 
 
 def _allowed(route: tuple[str, str], audience: str | frozenset[str], caller: Caller) -> bool:
@@ -263,6 +317,10 @@ def _allowed(route: tuple[str, str], audience: str | frozenset[str], caller: Cal
         if route == ("POST", "/login/logout") and caller.kind == "foreign":
             return True
         return caller.kind in ("terminal", "certificate")
+    if audience == CONSOLE_CODE:
+        return caller.kind == "certificate"
+    if audience == CONSOLE:
+        return False
     assert isinstance(audience, frozenset)
     return caller.kind in ("static", "certificate") and bool(caller.roles & audience)
 
@@ -290,13 +348,22 @@ def test_every_route_with_every_caller(database_url: str, tmp_path: Path) -> Non
                 where = (method, path, caller.name, r.status_code, r.text[:200])
                 row[caller.name] = r.status_code
                 assert r.status_code < 500, where
+                if audience == CONSOLE:
+                    # no bearer credential opens the console: every caller, whatever its
+                    # token, is sent to the login page (a well-formed form included)
+                    assert r.status_code == 303, where
+                    assert r.headers["location"] == "/console/login", where
+                    continue
                 if audience in (PUBLIC, CODE, LOGIN):
                     # headers change nothing; the credential, if any, is in the body
                     assert r.status_code not in (401, 403), where
                     assert r.status_code == row["anonymous"], where
                 elif _allowed((method, path), audience, caller):
                     assert r.status_code not in (401, 403), where
-                elif caller.kind in ("none", "foreign", "terminal") or audience == SESSION:
+                elif caller.kind in ("none", "foreign", "terminal") or audience in (
+                    SESSION,
+                    CONSOLE_CODE,
+                ):
                     assert r.status_code == 401, where
                     body = assert_error(r, 401)
                     assert body["error"] in ("AuthenticationError", "TokenError"), where

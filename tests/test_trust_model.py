@@ -67,7 +67,9 @@ def admin_routes() -> list[tuple[str, str]]:
 
 
 def call(p: Platform, method: str, path: str, headers: dict[str, str]) -> httpx.Response:
-    url = path.format(serial="1", owner="x", group="g", key_id="k", request_id="r", es_id="e")
+    url = path.format(
+        serial="1", owner="x", group="g", key_id="k", request_id="r", es_id="e", code_id="c"
+    )
     params = {"owner": "x"} if path == "/admin/keys" and method == "GET" else None
     return p.c.request(
         method, url, headers=headers, params=params, json={} if method == "POST" else None

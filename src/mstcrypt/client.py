@@ -599,6 +599,15 @@ class Client:
         }
         return dict(self._json("POST", "/boot/attest", json=body, headers=auth))
 
+    def console_code(self, session_token: str) -> dict[str, Any]:
+        """A one-time code that opens the web console for the operator whose §7.3 session
+        token this is (``POST /console/code``): ``{"code", "expires", "login_path"}``."""
+        return dict(
+            self._json(
+                "POST", "/console/code", headers={"Authorization": f"Bearer {session_token}"}
+            )
+        )
+
     # -- operator API ----------------------------------------------------------------------
     def create_enrollment_code(
         self,
@@ -657,6 +666,10 @@ class Client:
         """Recent attestation verdicts (auditor, administrator)."""
         params = {"owner": owner} if owner else None
         return list(self._json("GET", "/admin/boot/attestations", params=params)["attestations"])
+
+    def expire_enrollment_code(self, enrollment_id: str) -> None:
+        """End an unused terminal enrollment code now (registration officer)."""
+        self._json("POST", f"/admin/enrollment-codes/{enrollment_id}/expire")
 
     def revoke_certificate(self, serial: str, reason: str = "unspecified") -> None:
         self._json("POST", f"/admin/certificates/{serial}/revoke", json={"reason": reason})

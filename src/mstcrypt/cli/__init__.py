@@ -19,6 +19,7 @@ from mstcrypt.cli import (
     app_cmd,
     boot_cmd,
     cms_cmd,
+    console_cmd,
     demo,
     file_cmd,
     im_cmd,
@@ -71,6 +72,8 @@ app.add_typer(mail_cmd.app, name="mail")
 app.add_typer(im_cmd.app, name="im")
 app.add_typer(im_cmd.ims_app, name="ims")
 app.add_typer(boot_cmd.app, name="boot")
+app.add_typer(console_cmd.app, name="console")
+app.add_typer(console_cmd.report_app, name="report")
 
 
 @app.command("version")

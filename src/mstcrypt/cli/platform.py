@@ -429,6 +429,9 @@ def serve_command(
         kmc.check_keystore()
     except KeyStoreError as exc:
         fail(str(exc))
+    from mstcrypt.server.logjson import configure_logging
+
+    log_options = configure_logging()  # MSTCRYPT_LOG_FORMAT=json: structured logs
     app = create_app(settings, kmc)
     if tls == "none":
         import uvicorn
@@ -439,7 +442,9 @@ def serve_command(
                 "codes and session tokens would cross the network in clear"
             )
         # X-Forwarded-For is interpreted by the app against MSTCRYPT_TRUSTED_PROXIES only
-        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+        uvicorn.run(
+            app, host=host, port=port, log_level="warning", proxy_headers=False, **log_options
+        )
         return
     from mstcrypt.apps.tlcp_gateway.asgi import run_asgi_tlcp
     from mstcrypt.server.tlcp import platform_credentials
@@ -455,7 +460,7 @@ def serve_command(
         host=host,
         port=port,
         server_credentials=creds,
-        uvicorn_options={"log_level": "warning"},
+        uvicorn_options={"log_level": "warning", **log_options},
     )
 
 

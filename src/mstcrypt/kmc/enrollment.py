@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mstcrypt.crypto.sm3 import sm3
 from mstcrypt.errors import AccessDeniedError, PolicyError, VerificationError
-from mstcrypt.kmc.context import KmcContext, aware, new_id
+from mstcrypt.kmc.context import KmcContext, NotFoundError, aware, new_id
 from mstcrypt.kmc.models import EncryptionKey, EnrollmentCode, Operator
 from mstcrypt.pki import AltNames, Certificate, CertificationRequest, Profile, name, spec
 from mstcrypt.pki.hostname import dns_name, ip_address
@@ -247,6 +247,21 @@ class EnrollmentService:
                 **({"names": alt_names} if alt_names else {}),
             )
         return code, expires
+
+    def expire_code(self, code_id: str, *, actor: str) -> None:
+        """End an unused terminal enrollment code now (a code handed to the wrong person,
+        a device that will not come). Operator codes are the administrator's, at the
+        console. The code's hash stays; it is refused as expired."""
+        with self.ctx.unit(actor) as u:
+            row = u.s.get(EnrollmentCode, code_id, with_for_update={"key_share": True})
+            if row is None or row.purpose != "terminal":
+                raise NotFoundError(f"no terminal enrollment code {code_id[:40]}")
+            if row.used_at is not None:
+                raise PolicyError("this enrollment code was already used")
+            if aware(row.expires_at) < u.now:
+                raise PolicyError("this enrollment code has already expired")
+            row.expires_at = u.now - timedelta(seconds=1)
+            u.audit("enroll.code_expire", f"owner:{row.owner}", enrollment_id=row.id)
 
     def enroll(self, code: str, csr_der: bytes, *, source: str = "-") -> Enrollment:
         """Consume a code and enroll (see the module docstring). Concurrent enrollments

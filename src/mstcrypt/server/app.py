@@ -30,6 +30,7 @@ from mstcrypt.server.errors import status_of
 from mstcrypt.server.routers import (
     admin,
     appsign,
+    console,
     enroll,
     login,
     ocsp,
@@ -148,6 +149,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     app.include_router(seal.router)
     app.include_router(appsign.router)
     app.include_router(boot_routes.router)
+    app.include_router(console.router)
     return app
 
 

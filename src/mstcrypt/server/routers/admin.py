@@ -98,6 +98,14 @@ def new_code(body: CodeRequest, who: Registration, kmc: KmcDep) -> dict[str, Any
     }
 
 
+@ra_router.post("/enrollment-codes/{code_id}/expire")
+def expire_code(code_id: str, who: Registration, kmc: KmcDep) -> dict[str, str]:
+    """End an unused terminal enrollment code now (its id: ``enrollment_id`` in the audit
+    record of its creation, or the console's list of open codes)."""
+    kmc.enrollment.expire_code(code_id, actor=who.name)
+    return {"enrollment_id": code_id, "status": "expired"}
+
+
 @ra_router.post("/certificates/{serial}/revoke")
 def revoke_certificate(
     serial: str, body: RevokeRequest, who: Registration, kmc: KmcDep

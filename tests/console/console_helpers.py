@@ -1,0 +1,43 @@
+"""Helpers of the console tests: a cookie-keeping https:// client and the login through a
+console code."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+from http_helpers import Platform, Terminal
+from mstcrypt.server.routers.console import PRE_COOKIE
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+def browser(p: Platform) -> TestClient:
+    """A cookie-keeping client on https:// (the session cookie is Secure)."""
+    return TestClient(p.c.app, base_url="https://testserver", follow_redirects=False)
+
+
+def code_for(p: Platform, op: Terminal) -> str:
+    r = p.c.post("/console/code", headers=op.headers)
+    assert r.status_code == 200, r.text
+    return str(r.json()["code"])
+
+
+def log_in(p: Platform, op: Terminal, b: TestClient | None = None) -> TestClient:
+    b = b or browser(p)
+    page = b.get("/console/login")
+    assert page.status_code == 200
+    pre = b.cookies.get(PRE_COOKIE)
+    r = b.post("/console/login", data={"code": code_for(p, op), "pre": pre})
+    assert r.status_code == 303 and r.headers["location"] == "/console", r.text
+    return b
+
+
+def csrf_of(b: TestClient, path: str = "/console") -> str:
+    r = b.get(path)
+    assert r.status_code == 200, r.text
+    m = re.search(r'name="csrf" value="([^"]+)"', r.text)
+    assert m
+    return m.group(1)
