@@ -210,6 +210,26 @@ def fail(what: str) -> BackendError:
     return BackendError(f"libcrypto: {what} failed" + (f" ({reason})" if reason else ""))
 
 
+def pkey_fromdata(key_type: bytes, params: Any, *, keypair: bool) -> Any:
+    """An EVP_PKEY of ``key_type`` (b"SM2", b"EC") from an OSSL_PARAM array, which is
+    freed here; the private key is included when ``keypair``."""
+    L = lib()
+    try:
+        ctx = L.EVP_PKEY_CTX_new_from_name(ffi.NULL, key_type, ffi.NULL)
+        if ctx == ffi.NULL:
+            raise fail(f"EVP_PKEY_CTX_new_from_name({key_type.decode()})")
+        ctx = ffi.gc(ctx, L.EVP_PKEY_CTX_free)
+        if L.EVP_PKEY_fromdata_init(ctx) != 1:
+            raise fail("EVP_PKEY_fromdata_init")
+        out = ffi.new("EVP_PKEY **")
+        selection = EVP_PKEY_KEYPAIR if keypair else EVP_PKEY_PUBLIC_KEY
+        if L.EVP_PKEY_fromdata(ctx, out, selection, params) != 1:
+            raise fail("EVP_PKEY_fromdata")
+        return ffi.gc(out[0], L.EVP_PKEY_free)
+    finally:
+        L.OSSL_PARAM_free(params)
+
+
 def bn_from_int(value: int) -> Any:
     """A new BIGNUM (garbage collected with BN_clear_free) holding a non-negative int."""
     L = lib()

@@ -200,20 +200,7 @@ def _pkey_from_params(priv: int | None, pub: bytes) -> Any:
             raise _lc.fail("OSSL_PARAM_BLD_to_param")
     finally:
         L.OSSL_PARAM_BLD_free(bld)
-    try:
-        ctx = L.EVP_PKEY_CTX_new_from_name(ffi.NULL, b"SM2", ffi.NULL)
-        if ctx == ffi.NULL:
-            raise _lc.fail("EVP_PKEY_CTX_new_from_name(SM2)")
-        ctx = ffi.gc(ctx, L.EVP_PKEY_CTX_free)
-        if L.EVP_PKEY_fromdata_init(ctx) != 1:
-            raise _lc.fail("EVP_PKEY_fromdata_init")
-        out = ffi.new("EVP_PKEY **")
-        selection = _lc.EVP_PKEY_KEYPAIR if priv is not None else _lc.EVP_PKEY_PUBLIC_KEY
-        if L.EVP_PKEY_fromdata(ctx, out, selection, params) != 1:
-            raise _lc.fail("EVP_PKEY_fromdata")
-        return ffi.gc(out[0], L.EVP_PKEY_free)
-    finally:
-        L.OSSL_PARAM_free(params)
+    return _lc.pkey_fromdata(b"SM2", params, keypair=priv is not None)
 
 
 # --- keys ---------------------------------------------------------------------------

@@ -129,20 +129,7 @@ def _evp_key(pub: bytes, priv: int | None) -> Any:
             raise _lc.fail("OSSL_PARAM_BLD_to_param")
     finally:
         L.OSSL_PARAM_BLD_free(bld)
-    try:
-        ctx = L.EVP_PKEY_CTX_new_from_name(ffi.NULL, b"EC", ffi.NULL)
-        if ctx == ffi.NULL:
-            raise _lc.fail("EVP_PKEY_CTX_new_from_name(EC)")
-        ctx = ffi.gc(ctx, L.EVP_PKEY_CTX_free)
-        if L.EVP_PKEY_fromdata_init(ctx) != 1:
-            raise _lc.fail("EVP_PKEY_fromdata_init")
-        out = ffi.new("EVP_PKEY **")
-        selection = _lc.EVP_PKEY_KEYPAIR if priv is not None else _lc.EVP_PKEY_PUBLIC_KEY
-        if L.EVP_PKEY_fromdata(ctx, out, selection, params) != 1:
-            raise _lc.fail("EVP_PKEY_fromdata")
-        return ffi.gc(out[0], L.EVP_PKEY_free)
-    finally:
-        L.OSSL_PARAM_free(params)
+    return _lc.pkey_fromdata(b"EC", params, keypair=priv is not None)
 
 
 def _pkey_ctx(pkey: Any) -> Any:
