@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -261,9 +262,10 @@ def test_issue_command_and_standard_configs(
     from mstcrypt.formats._der import pem_decode
 
     sta_der = pem_decode((tmp_path / "sta.pem").read_bytes(), ("CERTIFICATE",))[1]
-    assert server.validator(sta_der, env.AT) is VerifyResult.VALID
+    now = datetime.now(UTC)  # `wapi issue` made it just now, valid from now
+    assert server.validator(sta_der, now) is VerifyResult.VALID
     (tmp_path / "revoked.txt").write_text(f"# comment\n{serial}\n")
-    assert server.validator(sta_der, env.AT) is VerifyResult.REVOKED
+    assert server.validator(sta_der, now) is VerifyResult.REVOKED
     sta = cf.load(
         _cfg(
             tmp_path,

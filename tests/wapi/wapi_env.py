@@ -25,10 +25,15 @@ class SmPlatform:
     revoked: list[RevokedEntry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        # every validity window is anchored at AT (the instant the tests validate at,
+        # fixed when this module is imported), not at the time a test happens to build
+        # its platform: in a long run that may be many minutes after AT
         self.ca = Issuer.self_signed(
             name(C="CN", O="Example Org", CN="Example Root CA"),
             self.root_key.public_key(),
             lambda tbs: self.root_key.sign(tbs),
+            not_before=AT - timedelta(days=1),
+            not_after=AT + timedelta(days=3650),
         )
         self.asu = self.issue("ASU", Profile.WLAN_ASU_SIGN)
         self.ap = self.issue("AP-1", Profile.WLAN_AP_SIGN)
@@ -40,6 +45,8 @@ class SmPlatform:
             subject=name(C="CN", O="Example Org", CN=cn),
             public_key=key.public_key(),
             profile=profile,
+            not_before=AT - timedelta(days=1),
+            not_after=AT + timedelta(days=365),
         )
         return Credential(cert.der, SoftSigner(key))
 
@@ -48,7 +55,9 @@ class SmPlatform:
         self.revoked.append(RevokedEntry(serial, AT - timedelta(minutes=1)))
 
     def crl(self) -> CRL:
-        return self.ca.crl(number=len(self.revoked) + 1, entries=self.revoked)
+        return self.ca.crl(
+            number=len(self.revoked) + 1, entries=self.revoked, this_update=AT - timedelta(hours=1)
+        )
 
     def validator(self) -> PlatformValidator:
         return PlatformValidator([self.ca.certificate], lambda: [self.crl()])
