@@ -55,6 +55,12 @@ def test_metrics_follow_the_platform(p: Platform) -> None:
     assert sum(failures.values()) == 1, failures
     assert after[("mstcrypt_certificates", (("status", "revoked"),))] >= 1
     assert after[("mstcrypt_audit_head_seq", ())] == after[("mstcrypt_audit_scanned_seq", ())]
+    # audit appends in this process: a histogram that counted the records just written
+    appended = after[("mstcrypt_audit_append_seconds_count", ())]
+    assert appended - before[("mstcrypt_audit_append_seconds_count", ())] >= 5
+    assert after[("mstcrypt_audit_append_seconds_bucket", (("le", "+Inf"),))] == appended
+    assert after[("mstcrypt_audit_append_seconds_sum", ())] > 0
+    assert after[("mstcrypt_audit_append_seconds_bucket", (("le", "2.5"),))] <= appended
     # incremental: a scrape with nothing new changes no counter
     again = scrape(p)
     assert again[("mstcrypt_enrollments_total", ())] == 2

@@ -17,11 +17,17 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from mstcrypt.errors import MstCryptError
+from mstcrypt.kmc.audit import APPEND_TIMINGS
 from mstcrypt.kmc.context import aware
 from mstcrypt.kmc.models import (
     AuditCheckpoint,
@@ -101,6 +107,16 @@ class PlatformCollector(Collector):
             "mstcrypt_revocations", "Certificate revocations", actions.get("cert.revoke", 0)
         )
         yield _gauge("mstcrypt_audit_scanned_seq", "Newest audit record counted", seq)
+        bounds, cumulative, count, total = APPEND_TIMINGS.snapshot()
+        yield HistogramMetricFamily(
+            "mstcrypt_audit_append_seconds",
+            "Audit record appends in this process, head-row lock wait included",
+            buckets=[
+                *((f"{b:g}", n) for b, n in zip(bounds, cumulative, strict=True)),
+                ("+Inf", count),
+            ],
+            sum_value=total,
+        )
         yield from self._gauges()
         yield _gauge(
             "mstcrypt_metrics_scrape_seconds",
