@@ -5,7 +5,8 @@ working fails this test (finding 12 of issue 9).
 README.md's fenced ``sh`` blocks, by section (``BLOCKS``; an unclassified block fails
 :func:`test_every_readme_block_is_classified`):
 
-* "Running the platform", "File encryption" then "Electronic seals": **run** as
+* "Running the platform", "File encryption", "Electronic seals" then "Trusted boot"
+  (both its blocks; the second attests to the running platform): **run** as
   written, top to bottom, in
   one bash session (``set -euo pipefail``) in a temporary directory, with the venv's
   ``mstcrypt`` first on PATH and no ``MSTCRYPT_*`` variable inherited. A line ending in
@@ -70,7 +71,8 @@ BLOCKS: dict[str, list[str]] = {
     # run by tests/appsign/test_appsign_cli.py on an APK it builds and signs with apksigner
     "App signing (guide 6.2)": ["check"],
     "Encrypted mail (guide 7.2)": ["check"],
-    "Trusted boot (guide 6.1)": ["check"],  # run by tests/boot/test_boot_readme.py
+    # the first also runs alone in tests/boot/test_boot_readme.py
+    "Trusted boot (guide 6.1)": ["session", "session"],
 }
 
 
@@ -351,13 +353,15 @@ def test_docs_commands_exist(doc: Path) -> None:
 
 
 def test_readme_platform_walkthrough_runs_as_written(tmp_path: Path) -> None:
-    """ "Running the platform", "File encryption" and "Electronic seals", in one bash
-    session."""
+    """ "Running the platform", "File encryption", "Electronic seals" and "Trusted
+    boot", in one bash session."""
     blocks = blocks_of("session")
     assert [b.section for b in blocks] == [
         "Running the platform",
         "File encryption (guide 7.6)",
         "Electronic seals (guide 7.4)",
+        "Trusted boot (guide 6.1)",
+        "Trusted boot (guide 6.1)",
     ]
     if port_busy(PORT):
         pytest.skip(f"port {PORT}, which the README's commands use, is busy on this machine")
@@ -373,6 +377,10 @@ def test_readme_platform_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert "tampered.pdf: NOT VALID" in out
     assert (tmp_path / "stamped.png").stat().st_size > 1000
     assert (tmp_path / "tampered.pdf").read_bytes() != stamped
+    # trusted boot: the chain, a block and a rollback refused, then attestation
+    assert "block 200 refused" in out and "rollback refused" in out
+    assert "verdict: trusted" in out and "verdict: modified" in out
+    assert "kernel booted unapproved" in out
     assert not port_busy(PORT), "the README's server was not stopped"
 
 
