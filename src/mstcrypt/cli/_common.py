@@ -54,6 +54,16 @@ def write_secret(path: str, data: bytes) -> None:
         fail(f"cannot write {path}: {exc.strerror}")
 
 
+def open_token(path: str, pin: str | None) -> Any:
+    """Open the soft token at ``path`` and log in with ``pin``, prompting for it (hidden)
+    when not given."""
+    from mstcrypt.module import SoftToken
+
+    tok = SoftToken.open(path)
+    tok.login(pin if pin is not None else str(typer.prompt("PIN", hide_input=True)))
+    return tok
+
+
 def hex_arg(value: str | None, what: str, size: int | None = None) -> bytes | None:
     if value is None:
         return None

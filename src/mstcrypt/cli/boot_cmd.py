@@ -17,7 +17,15 @@ import typer
 from rich.markup import escape
 
 from mstcrypt.apps import boot
-from mstcrypt.cli._common import EXIT_INVALID, console, err_console, fail, read_input, write_secret
+from mstcrypt.cli._common import (
+    EXIT_INVALID,
+    console,
+    err_console,
+    fail,
+    open_token,
+    read_input,
+    write_secret,
+)
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import SM3, sm3
@@ -320,11 +328,9 @@ def attest(
     exit 1 unless the platform judged the boot trusted."""
     from mstcrypt.cli.platform import _anchors
     from mstcrypt.client import Client, ServiceError
-    from mstcrypt.module import SoftToken
 
     events = boot.EventLog.from_json(read_input(log)).events
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    tok = open_token(token, pin)
     with Client(server, anchors=_anchors(ca_file, tok)) as c:
         session = c.login(tok, container=container, server_name=server_name)["session_token"]
         try:

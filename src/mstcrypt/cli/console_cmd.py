@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mstcrypt.cli._common import console, err_console, fail
+from mstcrypt.cli._common import console, err_console, fail, open_token
 
 app = typer.Typer(help="The operations console (web).", no_args_is_help=True)
 
@@ -59,7 +59,6 @@ def open_command(
 
     from mstcrypt.cli.platform import _anchors
     from mstcrypt.client import Client
-    from mstcrypt.module import SoftToken
 
     base = (console_url or server).rstrip("/")
     if urllib.parse.urlsplit(base).scheme not in ("http", "https"):
@@ -67,8 +66,7 @@ def open_command(
     # an https:// platform speaks TLCP, which browsers do not: serve the console to the
     # local browser on a loopback port, forwarded over TLCP (unless --console-url)
     tunnel = console_url is None and server.startswith("https://")
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    tok = open_token(token, pin)
     anchors = _anchors(ca_file, tok)
     with Client(server, anchors=anchors) as c:
         session = c.login(tok, container=container, server_name=server_name)["session_token"]

@@ -34,7 +34,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mstcrypt.apps import files
-from mstcrypt.cli._common import EXIT_USAGE, console, err_console
+from mstcrypt.cli._common import EXIT_USAGE, console, err_console, open_token
 from mstcrypt.cli._common import fail as _fail
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import MstCryptError
@@ -179,8 +179,7 @@ def _recipients(
 
 
 def _token(path: str, pin: str | None, container: str | None) -> tuple[SoftToken, Any]:
-    tok = SoftToken.open(path)
-    tok.login(pin if pin is not None else str(typer.prompt("PIN", hide_input=True)))
+    tok = open_token(path, pin)
     handle = tok.key(container, KeyUsage.ENCRYPT) if container is not None else None
     return tok, handle
 

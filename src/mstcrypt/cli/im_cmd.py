@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mstcrypt.cli._common import fail
+from mstcrypt.cli._common import fail, open_token
 from mstcrypt.cli.platform import DataDir, _anchors, _kmc, console
 
 app = typer.Typer(
@@ -54,11 +54,10 @@ class _Session:
     ) -> None:
         from mstcrypt.apps.im.terminal import Identity, ImClient
         from mstcrypt.client import Client
-        from mstcrypt.module import KeyUsage, SoftToken
+        from mstcrypt.module import KeyUsage
         from mstcrypt.pki import Certificate
 
-        tok = SoftToken.open(token)
-        tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+        tok = open_token(token, pin)
         self.platform = Client(server, anchors=_anchors(ca_file, tok))
         session = self.platform.login(tok)["session_token"]
         cert = Certificate.from_der(tok.get_certificate("main", KeyUsage.SIGN) or b"")

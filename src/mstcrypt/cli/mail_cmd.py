@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mstcrypt.cli._common import EXIT_INVALID, console, err_console, fail, read_input
+from mstcrypt.cli._common import EXIT_INVALID, console, err_console, fail, open_token, read_input
 
 app = typer.Typer(help="Signed and encrypted mail (S/MIME on GM/T 0010, SM2/SM3/SM4).",
                   no_args_is_help=True)  # fmt: skip
@@ -41,10 +41,8 @@ MaildirOpt = Annotated[str, typer.Option("--maildir", help="Maildir root of the 
 
 def _identity(token: str, pin: str | None, container: str) -> tuple[Any, Any]:
     from mstcrypt.apps.mail import MailIdentity
-    from mstcrypt.module import SoftToken
 
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else str(typer.prompt("PIN", hide_input=True)))
+    tok = open_token(token, pin)
     return tok, MailIdentity.from_token(tok, container)
 
 

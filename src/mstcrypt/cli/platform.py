@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mstcrypt.cli._common import console, err_console, fail, write_output
+from mstcrypt.cli._common import console, err_console, fail, open_token, write_output
 
 ca_app = typer.Typer(help="Certificate authority administration.", no_args_is_help=True)
 operator_app = typer.Typer(help="Operator credentials for the admin API.", no_args_is_help=True)
@@ -521,10 +521,8 @@ def enroll_command(
     """Enroll this terminal's (or gateway's) soft token: dual certificates and the
     escrowed key."""
     from mstcrypt.client import Client
-    from mstcrypt.module import SoftToken
 
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    tok = open_token(token, pin)
     anchors = _anchors(ca_file, tok)
     with Client(server, anchors=anchors) as c:
         r = c.enroll(code, tok, container=container, replace=replace, subject_alt_names=san or ())
@@ -596,14 +594,12 @@ def enroll_code_command(
     Prints the code; a gateway or server code names the DNS names and IP addresses its
     certificates will carry (subjectAltName)."""
     from mstcrypt.client import Client
-    from mstcrypt.module import SoftToken
 
     if ca_file is None and token is None:
         fail("give the root CA with --ca-file, or a --token with the root preset")
     tok = None
     if ca_file is None and token is not None:
-        tok = SoftToken.open(token)
-        tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+        tok = open_token(token, pin)
     anchors = _anchors(ca_file, tok)
     try:
         bearer = Path(session).read_text(encoding="utf-8").strip()
@@ -655,10 +651,8 @@ def login_command(
     authentication as in T/ZSA 37-2020 §7.3. Prints the session token."""
     from mstcrypt.cli._common import write_secret
     from mstcrypt.client import Client
-    from mstcrypt.module import SoftToken
 
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    tok = open_token(token, pin)
     anchors = _anchors(ca_file, tok)
     with Client(server, anchors=anchors) as c:
         r = c.login(tok, container=container, server_name=server_name, password=password)

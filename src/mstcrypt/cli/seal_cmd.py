@@ -18,6 +18,7 @@ from mstcrypt.cli._common import (
     console,
     err_console,
     fail,
+    open_token,
     read_input,
     write_output,
 )
@@ -66,10 +67,8 @@ def _client(server: str, ca_file: str | None, token: Any = None) -> Any:
 
 def _terminal(server: str, token: str, pin: str | None, session: str, ca_file: str | None):
     from mstcrypt.apps.seal.terminal import SealTerminal
-    from mstcrypt.module import SoftToken
 
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    tok = open_token(token, pin)
     client = _client(server, ca_file, tok)
     return client, SealTerminal(client._http, _session(session), tok)
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mstcrypt.cli._common import EXIT_INVALID, err_console, fail, read_input
+from mstcrypt.cli._common import EXIT_INVALID, err_console, fail, open_token, read_input
 from mstcrypt.errors import MstCryptError
 from mstcrypt.protocols.tlcp import (
     CipherSuite,
@@ -381,7 +381,6 @@ def tunnel_command(
     re-read keeps the previous CRLs (their nextUpdate still bounds them)."""
     from mstcrypt.apps.tlcp_gateway.config import parse_address
     from mstcrypt.apps.tlcp_gateway.trust import TrustMaterial, call_source, file_trust_source
-    from mstcrypt.module import SoftToken
 
     profile = _profile(compat)
     gw_host, gw_port = parse_address(gateway)
@@ -398,8 +397,7 @@ def tunnel_command(
             "--crl-url URL for each CA of the gateway's chain (or --no-crl-check)"
         )
     source = file_trust_source([cacert], (), crl_files, urls)
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else str(typer.prompt("PIN", hide_input=True)))
+    tok = open_token(token, pin)
     creds = Credentials.from_module(tok, container)
     suites = _suites(cipher_suite)
     state: dict[str, Any] = {"forms": {}}

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from mstcrypt.cli import platform
-from mstcrypt.cli._common import console, fail
+from mstcrypt.cli._common import console, fail, open_token
 
 app = typer.Typer(help="Encrypted voice calls: call server, call, answer, test relay.",
                   no_args_is_help=True)  # fmt: skip
@@ -46,11 +46,10 @@ def _phone(server: str, token: str, pin: str | None, container: str, ca_file: st
     from mstcrypt.apps.voice.phone import Phone
     from mstcrypt.apps.voice.signalling import SignallingClient
     from mstcrypt.client import Client
-    from mstcrypt.module import KeyUsage, SoftToken
+    from mstcrypt.module import KeyUsage
     from mstcrypt.pki import Certificate
 
-    tok = SoftToken.open(token)
-    tok.login(pin if pin is not None else typer.prompt("PIN", hide_input=True))
+    tok = open_token(token, pin)
     anchors = platform._anchors(ca_file, tok)
     with Client(server, anchors=anchors) as c:
         session = c.login(tok, container=container)
