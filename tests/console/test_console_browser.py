@@ -18,7 +18,6 @@ import http.server
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.kmc.models import EnrollmentCode
 from mstcrypt.module import SoftToken
 from mstcrypt.server.routers.console import COOKIE
+from platform_helpers import free_port
 
 CHROMIUM = os.environ.get("MSTCRYPT_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -112,12 +112,6 @@ def _cookie(value: str) -> dict[str, Any]:
         "httpOnly": True,
         "sameSite": "Strict",
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_console_in_chromium(chromium: Any, tmp_path: Path) -> None:
@@ -255,7 +249,7 @@ def test_console_in_chromium(chromium: Any, tmp_path: Path) -> None:
                 return len(list(s.query(EnrollmentCode).filter_by(owner="evil")))
 
         _Evil.target = url
-        evil_port = _free_port()
+        evil_port = free_port()
         evil = http.server.HTTPServer(("127.0.0.1", evil_port), _Evil)
         threading.Thread(target=evil.serve_forever, daemon=True).start()
         try:

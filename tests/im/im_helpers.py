@@ -21,7 +21,7 @@ from mstcrypt.cli.platform import running_platform
 from mstcrypt.client import Client
 from mstcrypt.module import SoftToken
 from mstcrypt.server.config import Settings
-from platform_helpers import add_operators
+from platform_helpers import add_operators, free_port
 
 PIN, ADMIN_CODE = "246810", "admin-unlock-code"
 
@@ -113,12 +113,6 @@ def world(tmp: Path, database_url: str | None = None) -> Iterator[World]:
         finally:
             kmc.db.dispose()
         yield World(url, settings, ops, root, tmp)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Redis:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 
 from mstcrypt.errors import MstCryptError
+from mstcrypt.formats._der import pem_encode
 from mstcrypt.kmc.context import aware
 from mstcrypt.kmc.models import (
     AuditCheckpoint,
@@ -215,7 +216,7 @@ class Overview:
             out["key_id"] = row.key_id
             out["revoked_at"] = aware(row.revoked_at) if row.revoked_at else None
             out["revocation_reason"] = row.revocation_reason
-            out["pem"] = _pem(row.der)
+            out["pem"] = pem_encode(row.der, "CERTIFICATE").decode()
             out["others"] = (
                 [
                     _cert(r)
@@ -342,14 +343,6 @@ def _cert(r: IssuedCertificate) -> dict[str, Any]:
         "not_after": aware(r.not_after),
         "issued_at": aware(r.issued_at),
     }
-
-
-def _pem(der: bytes) -> str:
-    import base64
-    import textwrap
-
-    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode(), 64))
-    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
 
 
 def _public_recovery(d: dict[str, Any]) -> dict[str, Any]:
