@@ -101,11 +101,12 @@ def test_measure_report_rows_sizes_and_references(fake_openssl: Path) -> None:
     report = perf.measure_report(0.01, sizes=(16, 1024))
     rows = {(r.name, r.size): r for r in report.rows}
     assert [n for n, s in rows if s is None] == [
-        "SM2 sign", "SM2 verify", "SM2 encrypt (32 B)", "SM2 decrypt (32 B)",
+        "SM2 sign", "SM2 verify", "SM2 verify (key's first use)", "SM2 encrypt (32 B)",
+        "SM2 decrypt (32 B)",
     ]  # fmt: skip
     for name in ("SM3", "SM4-CBC", "SM4-CTR", "SM4-GCM", "ZUC-128 EEA3", "ZUC-128 EIA3"):
         assert (name, 16) in rows and (name, 1024) in rows
-    assert len(rows) == 4 + 6 * 2
+    assert len(rows) == 5 + 6 * 2
     # references from the (fake) openssl, ratios = ours / reference
     sign = rows[("SM2 sign", None)]
     assert sign.reference == pytest.approx(2670.270270)
@@ -199,7 +200,7 @@ def test_speed_command_table_and_json(
     assert "] openssl speed -evp sm4-ctr" in out
     data = json.loads(out_json.read_text())
     assert data["zuc_backend"] == zuc.backend_info()
-    assert len(data["rows"]) == 4 + 3 * 4  # SM2; CTR, GCM, EEA3 and EIA3 at three sizes
+    assert len(data["rows"]) == 5 + 3 * 4  # SM2; CTR, GCM, EEA3 and EIA3 at three sizes
     ctr = [r for r in data["rows"] if r["name"] == "SM4-CTR"]
     assert [r["size"] for r in ctr] == [16, 64, 16384]
     assert all(r["reference"] == pytest.approx(100.0) for r in ctr)

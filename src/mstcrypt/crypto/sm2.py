@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
-from mstcrypt.crypto import _der
+from mstcrypt.crypto import _der, _fixedbase
 from mstcrypt.crypto import _libcrypto as _lc
 from mstcrypt.crypto.curve import CURVE_Z_PARAMS, SIZE, N, P
 from mstcrypt.crypto.hazmat.ec import Point, mul_base
@@ -309,6 +309,14 @@ class SM2PublicKey:
             der = _b(signature, "signature")
             if len(der) > MAX_SIG_DER:
                 raise SignatureFormatError(f"DER SM2Signature longer than {MAX_SIG_DER} bytes")
+        if _fixedbase.enabled():
+            rs = _fixedbase.parse_der_signature(der)
+            if rs is None:  # the strict decoder gives the reason (or the values)
+                raw = signature_to_raw(der)
+                rs = int.from_bytes(raw[:SIZE], "big"), int.from_bytes(raw[SIZE:], "big")
+            if not _fixedbase.verify(self._raw, rs[0], rs[1], digest):
+                raise VerificationError("SM2 signature does not verify")
+            return
         if self._verify is None:
             self._verify = _CtxPool(self._evp(), _lc.lib().EVP_PKEY_verify_init)
         pool = self._verify
