@@ -58,6 +58,10 @@ class ContentType(enum.IntEnum):
     LOCATION = 9
 
 
+#: C0 controls other than tab and newline, DEL and the C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _bad(msg: str) -> ImContentError:
     return ImContentError("bad-content", msg)
 
@@ -66,7 +70,7 @@ def _str(d: dict[str, Any], key: str, lo: int, hi: int) -> str:
     v = d[key]
     if not isinstance(v, str) or not lo <= len(v) <= hi:
         raise _bad(f"{key!r} must be a string of {lo}..{hi} characters")
-    if any((ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) < 0xA0 for c in v):
+    if _CONTROL.search(v):
         raise _bad(f"{key!r} contains control characters")
     return v
 
