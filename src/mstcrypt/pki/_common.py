@@ -107,6 +107,26 @@ def sign(tbs_der: bytes, signer: Signer, issuer_public_key: SM2PublicKey, what: 
     return sig
 
 
+def _der_header(tag: int, n: int) -> bytes:
+    if n < 0x80:
+        return bytes((tag, n))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(body))) + body
+
+
+#: DER of AlgorithmIdentifier { sm2-with-SM3 } without parameters (GM/T 0015).
+SM2_WITH_SM3_DER = bytes.fromhex("300a06082a811ccf55018375")
+
+
+def signed_der(tbs_der: bytes, signature: bytes) -> bytes:
+    """SEQUENCE { tbs, AlgorithmIdentifier sm2-with-SM3, BIT STRING signature }: the
+    outer structure of a certificate, CRL or OCSP BasicResponse-like signed object,
+    assembled from already-DER parts (the caller parses the result strictly)."""
+    bits = _der_header(0x03, len(signature) + 1) + b"\x00" + signature
+    body = tbs_der + SM2_WITH_SM3_DER + bits
+    return _der_header(0x30, len(body)) + body
+
+
 # --- times ---------------------------------------------------------------------------------
 
 

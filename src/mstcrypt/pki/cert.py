@@ -38,7 +38,7 @@ from asn1crypto import core, x509
 
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import DecodeError, PolicyError, VerificationError
-from mstcrypt.formats._der import dump, load_strict, pem_decode, pem_encode
+from mstcrypt.formats._der import load_strict, pem_decode, pem_encode
 from mstcrypt.formats.keys import SubjectPublicKeyInfo, public_key_to_der
 from mstcrypt.pki import _common as c
 from mstcrypt.pki.errors import CertificateError
@@ -633,16 +633,11 @@ def build_certificate(
             "extensions": exts,
         }
     )
-    tbs_der = dump(tbs)
+    # freshly built values encode once (no forced re-encoding); the strict parse of the
+    # finished certificate below is what guarantees canonical DER
+    tbs_der = bytes(tbs.dump())
     sig = c.sign(tbs_der, signer, issuer_public_key, "certificate")
-    cert = c.X509Certificate(
-        {
-            "tbs_certificate": c.TbsCertificate.load(tbs_der),
-            "signature_algorithm": c.sm2_with_sm3(),
-            "signature_value": sig,
-        }
-    )
     try:
-        return Certificate.from_der(dump(cert))
+        return Certificate.from_der(c.signed_der(tbs_der, sig))
     except DecodeError as exc:  # e.g. an extra extension that is not canonical DER
         raise PolicyError(f"the certificate built is not valid: {exc}") from None
