@@ -294,6 +294,13 @@ def serve_command(
         str | None, typer.Option("--blob-dir", help="Encrypted blobs (shared by all instances).")
     ] = None,
     queue_size: Annotated[int, typer.Option("--queue-size", help="Frames per connection.")] = 256,
+    presence_ttl: Annotated[
+        float,
+        typer.Option(
+            "--presence-ttl",
+            help="Seconds after which a crashed instance's devices count as offline (Redis).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run an IMS instance on the platform's database (plain HTTP and WebSocket: put the
     TLCP gateway or a TLS proxy in front; see docs/im.md)."""
@@ -311,6 +318,7 @@ def serve_command(
         redis_url=redis_url,
         queue_size=queue_size,
         login_server_name=settings.login_server_name,
+        presence_ttl=presence_ttl,
     )
     console.print(
         f"IMS on http://{host}:{port} (fan-out: {'redis' if redis_url else 'this process'}; "

@@ -508,6 +508,11 @@ class ImClient:
             out.append({k: v for k, v in m.items() if k != "payload"} | {"content": payload})
         return out
 
+    def presence(self, group: str) -> list[dict[str, Any]]:
+        """The members of ``group`` with ``online`` and their connected ``devices``
+        (across IMS instances when they share Redis)."""
+        return list(self._call("GET", f"/im/groups/{group}/presence")["members"])
+
     def ack(self, group: str, pos: int) -> int:
         r = self._call("POST", "/im/ack", json={"group": group, "pos": pos})
         return int(r["acked"])
@@ -568,10 +573,18 @@ class ImClient:
         until: Callable[[list[Received | ImError]], bool] | None = None,
         timeout: float = 30.0,
         on_message: Callable[[Received | ImError], None] | None = None,
+        on_frame: Callable[[dict[str, Any]], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+        outbox: Any = None,
     ) -> list[Received | ImError]:
         """Connect the WebSocket, receive (the offline queue first, then live messages),
         open each, acknowledge, until ``until(received)`` is true or ``timeout`` seconds
-        pass without a frame."""
+        pass without a frame (or ``stop()`` is true). Other server frames (``presence``,
+        ``error``) go to ``on_frame``. ``outbox`` (a :class:`queue.Queue` of callables)
+        lets another thread run work on this thread between frames (an interactive
+        chat sends from the thread that owns the client)."""
+        import queue as _queue
+
         from websockets.exceptions import ConnectionClosed
         from websockets.sync.client import connect
 
@@ -580,13 +593,27 @@ class ImClient:
         got: list[Received | ImError] = []
         with connect(url, additional_headers=headers, max_size=2 * MAX_ENVELOPE) as ws:
             try:
-                while not (until and until(got)):
+                idle = 0.0
+                step = timeout if outbox is None and stop is None else min(timeout, 0.1)
+                while not (until and until(got)) and not (stop and stop()):
+                    while outbox is not None:
+                        try:
+                            job = outbox.get_nowait()
+                        except _queue.Empty:
+                            break
+                        job()
                     try:
-                        text = ws.recv(timeout=timeout)
+                        text = ws.recv(timeout=step)
                     except TimeoutError:
-                        break
+                        idle += step
+                        if idle >= timeout:
+                            break
+                        continue
+                    idle = 0.0
                     frame = json.loads(text)
                     if frame.get("op") != "msg":
+                        if on_frame is not None:
+                            on_frame(frame)
                         continue
                     item = self._open_frame(frame)
                     if item is not None:
