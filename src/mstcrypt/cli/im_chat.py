@@ -51,8 +51,19 @@ def run_chat(im: ImClient, group: str | None, *, prompt_input: Any = None) -> No
         return fut.result()
 
     ctrl = ChatController(im, emit, run=run)
+    ready = threading.Event()
+    failure: list[BaseException] = []
 
     def work() -> None:
+        # the scrollback first, then what the WebSocket brings (so nothing shows twice)
+        try:
+            emit("mstcrypt im chat: /help lists the commands, /quit leaves")
+            ctrl.start(group)
+        except BaseException as exc:  # re-raised on the prompt thread
+            failure.append(exc)
+            return
+        finally:
+            ready.set()
         delay = 0.5
         while not stop.is_set():
             started = time.monotonic()
@@ -86,8 +97,9 @@ def run_chat(im: ImClient, group: str | None, *, prompt_input: Any = None) -> No
     session: PromptSession[str] = PromptSession(input=prompt_input)
     try:
         with patch_stdout():
-            emit("mstcrypt im chat: /help lists the commands, /quit leaves")
-            ctrl.start(group)
+            ready.wait()
+            if failure:
+                raise failure[0]
             while True:
                 try:
                     line = session.prompt(f"{ctrl.group or '-'}> ")

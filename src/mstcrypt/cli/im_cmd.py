@@ -158,7 +158,8 @@ def send_command(
             pos = im.send(group, Reply(bytes.fromhex(reply_to), text or ""))
         else:
             pos = im.send(group, Text(text or ""))
-        console.print(f"sent to {group} at position {pos}")
+        mid = im.local_messages(group)[-1]["id"]
+        console.print(f"sent to {group} at position {pos} (id {mid[:8]})")
 
 
 def _send_content(
