@@ -159,7 +159,9 @@ def test_presence_across_instances_and_crash(w: World, tmp_path: Path) -> None:
         proc.wait(10)
         took = wait_for(lambda: "bob" not in online(carol), TTL * 3, "bob offline after the TTL")
         wait_for(lambda: la.saw("bob", False), TTL * 2, "alice told bob is offline")
-        assert took <= TTL * 3
+        # the set's TTL from the last heartbeat, plus one heartbeat of A, plus polling
+        print(f"bob offline {took:.2f} s after the crash (TTL {TTL} s)")
+        assert took <= TTL * 4 / 3 + 1.0
         assert set(online(carol)) == {"alice"}
     finally:
         if proc.poll() is None:

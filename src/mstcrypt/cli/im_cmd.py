@@ -69,6 +69,17 @@ class _Session:
             session_token=session,
             state_path=state or f"{token}.im",
         )
+        tail = self.im.store.tail if self.im.store is not None else "new"
+        if tail in ("torn", "unclosed"):
+            why = (
+                "a partial last record was dropped"
+                if tail == "torn"
+                else "a crash, or records cut off its end"
+            )
+            console.print(
+                "[yellow]note: the local IM store was not closed cleanly last time "
+                f"({why})[/yellow]"
+            )
 
     def close(self) -> None:
         self.im.close()
