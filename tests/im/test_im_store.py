@@ -138,6 +138,12 @@ def test_concurrent_writers_take_turns(tmp_path: Path, me: Identity) -> None:
     a.save(sa)
     final = SealedStore(p, me).load()
     assert final == {"x": 1, "y": 2, "z": 3, "w": 4}
+    # the other writer died in the middle of an append: the partial record is dropped
+    with p.open("ab") as f:
+        f.write(b"QUJDREVG")
+    sb["u"] = 6
+    b.save(sb)
+    assert SealedStore(p, me).load() == {"x": 1, "y": 2, "z": 3, "w": 4, "u": 6}
     a.compact(sa)  # b's next append follows the compaction
     sb["v"] = 5
     b.save(sb)

@@ -385,8 +385,10 @@ class SealedStore:
         with self.path.open("rb") as f:
             header = f.readline()
             if header != self._header:
-                self._replay(self.path.read_bytes())
-                self._end = size
+                _state, end, tail = self._replay(self.path.read_bytes())
+                if tail == "torn":  # we hold the lock: its writer died mid-append
+                    os.truncate(self.path, end)
+                self._end = end
                 return
             if size == self._end:
                 return
@@ -395,8 +397,10 @@ class SealedStore:
         pos = 0
         while pos < len(rest):
             nl = rest.find(b"\n", pos)
-            if nl < 0:
-                raise KeyStoreError("the local IM store has a partial record in the middle")
+            if nl < 0:  # we hold the lock: another writer died mid-append
+                os.truncate(self.path, self._end + pos)
+                size = self._end + pos
+                break
             line = rest[pos : nl + 1]
             self._open_record(line, self._index, self._chain)
             self._chain = sm3(self._chain + line)
