@@ -298,7 +298,9 @@ def test_chat_over_a_pseudo_terminal(w: World, tmp_path: Path) -> None:
         # a live message arrives while the prompt waits for input
         time.sleep(0.5)
         bob.send_text("pair", "hi alice, live")
-        _read_until(master, buf, r"<bob> hi alice, live")
+        text = _read_until(master, buf, r"<bob> hi alice, live")
+        # her own message came back over the WebSocket too: shown (and stored) once
+        assert text.count("<alice> hello from the terminal") == 1, text
         os.write(master, b"/members\r")
         _read_until(master, buf, r"alice: online \(1 device\)")
         os.write(master, b"/quit\r")

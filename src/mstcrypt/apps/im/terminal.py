@@ -367,7 +367,10 @@ class ImClient:
                     continue
                 raise
             self.state["seq"][group] = seq
-            self._remember(parse(raw), int(r["pos"]), content)
+            env = parse(raw)
+            # the server delivers it back to this device too: shown and stored once
+            self.tracker.accept(env)
+            self._remember(env, int(r["pos"]), content)
             self.save()
             return int(r["pos"])
         raise ImKeyVersionError(
