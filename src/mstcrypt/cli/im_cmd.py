@@ -22,7 +22,7 @@ from mstcrypt.cli._common import fail, open_token
 from mstcrypt.cli.platform import DataDir, _anchors, _kmc, console
 
 app = typer.Typer(
-    help="Secure instant messaging (guide 7.5, Annex D): send, listen, history, groups.",
+    help="Secure instant messaging (guide 7.5, Annex D): chat, send, listen, history, groups.",
     no_args_is_help=True,
 )
 ims_app = typer.Typer(help="The IMS server (guide 7.5).", no_args_is_help=True)
@@ -69,6 +69,17 @@ class _Session:
             session_token=session,
             state_path=state or f"{token}.im",
         )
+        tail = self.im.store.tail if self.im.store is not None else "new"
+        if tail in ("torn", "unclosed"):
+            why = (
+                "a partial last record was dropped"
+                if tail == "torn"
+                else "a crash, or records cut off its end"
+            )
+            console.print(
+                "[yellow]note: the local IM store was not closed cleanly last time "
+                f"({why})[/yellow]"
+            )
 
     def close(self) -> None:
         self.im.close()
@@ -101,8 +112,13 @@ def _describe(r: Any) -> str:
 
     if isinstance(r, ImError):
         return f"[red]refused[/red] ({e(r.code)}): {e(str(r))}"
+    from mstcrypt.apps.im.content import Delete, Edit, Location, Poll, Vote
+
     c, env = r.content, r.message.envelope
-    head = f"#{r.pos} {e(env.group)} <{e(r.sender)}> (v{env.key_version})"
+    head = (
+        f"#{r.pos} {e(env.group)} \\[{env.message_id.hex()[:8]}] <{e(r.sender)}> "
+        f"(v{env.key_version})"
+    )
     if r.gap:
         head += f" [yellow]{r.gap} earlier message(s) of this device missing[/yellow]"
     if isinstance(c, Text):
@@ -113,6 +129,17 @@ def _describe(r: Any) -> str:
         return f"{head} \\[file] {e(c.name)} ({e(c.media_type)}, {c.size} bytes) {e(c.caption)}"
     if isinstance(c, Reaction):
         return f"{head} {'-' if c.remove else '+'}{e(c.emoji)} on {c.ref.hex()[:8]}"
+    if isinstance(c, Edit):
+        return f"{head} \\[edit of {c.ref.hex()[:8]}] {e(c.text)}"
+    if isinstance(c, Delete):
+        return f"{head} \\[deleted {c.ref.hex()[:8]}]"
+    if isinstance(c, Poll):
+        opts = "  ".join(f"{i}) {e(o)}" for i, o in enumerate(c.options))
+        return f"{head} \\[poll] {e(c.question)}  {opts}"
+    if isinstance(c, Vote):
+        return f"{head} \\[vote {c.choice} on {c.ref.hex()[:8]}]"
+    if isinstance(c, Location):
+        return f"{head} \\[location] {c.lat:.6f}, {c.lon:.6f} {e(c.label)}".rstrip()
     return f"{head} \\[{c.TYPE.name.lower()}] {e(repr(c))}"
 
 
@@ -142,7 +169,225 @@ def send_command(
             pos = im.send(group, Reply(bytes.fromhex(reply_to), text or ""))
         else:
             pos = im.send(group, Text(text or ""))
-        console.print(f"sent to {group} at position {pos}")
+        mid = im.local_messages(group)[-1]["id"]
+        console.print(f"sent to {group} at position {pos} (id {mid[:8]})")
+
+
+def _send_content(
+    group: str, make: Any, server: str, ims: str, token: str, pin: Any, ca_file: Any, state: Any
+) -> None:
+    """Open the session, build the content with ``make(im)`` (which may resolve message
+    ids), send it and print where it went."""
+    from mstcrypt.apps.im.chat import UsageError
+
+    if not (server and ims and token):
+        fail("give --server, --ims and --token")
+    with _session(server, ims, token, pin, ca_file, state) as im:
+        try:
+            content = make(im)
+        except UsageError as exc:
+            fail(str(exc))
+        pos = im.send(group, content)
+        mid = im.local_messages(group)[-1]["id"]
+        console.print(f"sent to {group} at position {pos} (id {mid[:8]})")
+
+
+MsgId = Annotated[
+    str, typer.Argument(help="Message id: 32 hex digits, or a unique prefix (see history).")
+]
+
+
+@app.command("react")
+def react_command(
+    group: Annotated[str, typer.Argument(help="Group id.")],
+    message: MsgId,
+    emoji: Annotated[str, typer.Argument(help="The reaction (1..16 characters).")],
+    remove: Annotated[bool, typer.Option("--remove", help="Take the reaction back.")] = False,
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """React to a message (signed event)."""
+    from mstcrypt.apps.im.chat import resolve_ref
+    from mstcrypt.apps.im.content import Reaction
+
+    _send_content(
+        group,
+        lambda im: Reaction(resolve_ref(im, group, message), emoji, remove=remove),
+        server,
+        ims,
+        token,
+        pin,
+        ca_file,
+        state,
+    )
+
+
+@app.command("edit")
+def edit_command(
+    group: Annotated[str, typer.Argument(help="Group id.")],
+    message: MsgId,
+    text: Annotated[str, typer.Argument(help="The new text.")],
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """Replace the text of one of your messages (readers refuse edits by others)."""
+    from mstcrypt.apps.im.chat import resolve_ref
+    from mstcrypt.apps.im.content import Edit
+
+    _send_content(
+        group,
+        lambda im: Edit(resolve_ref(im, group, message), text),
+        server,
+        ims,
+        token,
+        pin,
+        ca_file,
+        state,
+    )
+
+
+@app.command("delete")
+def delete_command(
+    group: Annotated[str, typer.Argument(help="Group id.")],
+    message: MsgId,
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """Withdraw one of your messages (readers refuse deletions by others)."""
+    from mstcrypt.apps.im.chat import resolve_ref
+    from mstcrypt.apps.im.content import Delete
+
+    _send_content(
+        group,
+        lambda im: Delete(resolve_ref(im, group, message)),
+        server,
+        ims,
+        token,
+        pin,
+        ca_file,
+        state,
+    )
+
+
+@app.command("poll")
+def poll_command(
+    group: Annotated[str, typer.Argument(help="Group id.")],
+    question: Annotated[str, typer.Argument(help="The question.")],
+    options: Annotated[list[str], typer.Argument(help="2..16 distinct options.")],
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """Start a poll; members answer with `mstcrypt im vote`."""
+    from mstcrypt.apps.im.content import Poll
+
+    _send_content(
+        group, lambda _im: Poll(question, tuple(options)), server, ims, token, pin, ca_file, state
+    )
+
+
+@app.command("vote")
+def vote_command(
+    group: Annotated[str, typer.Argument(help="Group id.")],
+    poll: MsgId,
+    choice: Annotated[int, typer.Argument(help="Option number (from 0, as history shows).")],
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """Vote for an option of a poll."""
+    from mstcrypt.apps.im.chat import resolve_ref
+    from mstcrypt.apps.im.content import Vote
+
+    _send_content(
+        group,
+        lambda im: Vote(resolve_ref(im, group, poll), choice),
+        server,
+        ims,
+        token,
+        pin,
+        ca_file,
+        state,
+    )
+
+
+@app.command("location")
+def location_command(
+    group: Annotated[str, typer.Argument(help="Group id.")],
+    lat: Annotated[float, typer.Argument(help="Latitude, decimal degrees (-90..90).")],
+    lon: Annotated[float, typer.Argument(help="Longitude, decimal degrees (-180..180).")],
+    label: Annotated[str, typer.Option("--label", help="A place name.")] = "",
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """Share a location."""
+    from mstcrypt.apps.im.content import Location
+
+    _send_content(
+        group, lambda _im: Location(lat, lon, label), server, ims, token, pin, ca_file, state
+    )
+
+
+@app.command("chat")
+def chat_command(
+    group: Annotated[
+        str | None, typer.Option("--group", help="Open this group (default: choose).")
+    ] = None,
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """Interactive chat: scrollback, live messages while you type, files, replies, edits,
+    reactions, polls, locations, members online (/help inside)."""
+    from mstcrypt.cli.im_chat import run_chat
+
+    if not (server and ims and token):
+        fail("give --server, --ims and --token")
+    with _session(server, ims, token, pin, ca_file, state) as im:
+        run_chat(im, group)
+
+
+@app.command("prune")
+def prune_command(
+    server: ServerOpt = "",
+    ims: ImsOpt = "",
+    token: TokenOpt = "",
+    pin: PinOpt = None,
+    ca_file: CaOpt = None,
+    state: StateOpt = None,
+) -> None:
+    """Compact the sealed local store and forget group key versions that no retained
+    message needs."""
+    if not (server and ims and token):
+        fail("give --server, --ims and --token")
+    with _session(server, ims, token, pin, ca_file, state) as im:
+        n = im.prune_keys()
+        console.print(f"store compacted; {n} group key version(s) pruned")
 
 
 @app.command("listen")
@@ -294,6 +539,13 @@ def serve_command(
         str | None, typer.Option("--blob-dir", help="Encrypted blobs (shared by all instances).")
     ] = None,
     queue_size: Annotated[int, typer.Option("--queue-size", help="Frames per connection.")] = 256,
+    presence_ttl: Annotated[
+        float,
+        typer.Option(
+            "--presence-ttl",
+            help="Seconds after which a crashed instance's devices count as offline (Redis).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run an IMS instance on the platform's database (plain HTTP and WebSocket: put the
     TLCP gateway or a TLS proxy in front; see docs/im.md)."""
@@ -311,6 +563,7 @@ def serve_command(
         redis_url=redis_url,
         queue_size=queue_size,
         login_server_name=settings.login_server_name,
+        presence_ttl=presence_ttl,
     )
     console.print(
         f"IMS on http://{host}:{port} (fan-out: {'redis' if redis_url else 'this process'}; "

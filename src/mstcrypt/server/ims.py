@@ -38,7 +38,9 @@ from mstcrypt.apps.im.format import MAX_ENVELOPE
 from mstcrypt.apps.im.service import MAX_BLOB, ImsService, Stored, check_device
 from mstcrypt.apps.login.tokens import TokenError
 from mstcrypt.errors import AuthenticationError, MstCryptError, PolicyError
+from mstcrypt.kmc.context import NotFoundError
 from mstcrypt.server.errors import status_of
+from mstcrypt.server.ims_presence import LocalPresence, Presence, RedisPresence
 
 __all__ = ["DEFAULT_QUEUE", "MAX_FRAME", "Fanout", "LocalFanout", "RedisFanout", "create_ims_app"]
 
@@ -339,6 +341,7 @@ def create_ims_app(
     queue_size: int = DEFAULT_QUEUE,
     instance: str | None = None,
     login_server_name: str = "mstcrypt-login",
+    presence_ttl: float = 30.0,
 ) -> FastAPI:
     """The IMS app over the platform database of ``kmc`` (membership and key versions
     come from the KMC's tables; sessions from the login service on the same database)."""
@@ -347,6 +350,26 @@ def create_ims_app(
     hub = Hub(service, fanout, queue_size)
     committer = Committer(service)
     name = instance or uuid.uuid4().hex[:8]
+    presence: Presence = (
+        RedisPresence(redis_url, name, presence_ttl) if redis_url else LocalPresence()
+    )
+
+    async def presence_changed(member: str, device: str, online: bool) -> None:
+        """A ``presence`` frame to the connected members of every group of ``member``."""
+        groups = await asyncio.to_thread(service.groups_of, member)
+        for g in groups:
+            frame = {
+                "op": "presence",
+                "group": g["group"],
+                "member": member,
+                "device": device,
+                "online": online,
+            }
+            for m in g["members"]:
+                for conn in list(hub.conns.get(m, ())):
+                    conn.offer(frame)
+
+    presence.on_change = presence_changed
 
     if login is None:
         from mstcrypt.apps.login.service import LoginService
@@ -366,15 +389,18 @@ def create_ims_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         hub.loop = asyncio.get_running_loop()
         await fanout.start()
+        await presence.start()
         try:
             yield
         finally:
+            await presence.stop()
             await fanout.stop()
             await asyncio.to_thread(committer.stop)
 
     app = FastAPI(title="mstcrypt IMS", version=__version__, lifespan=lifespan)
     app.state.ims = service
     app.state.hub = hub
+    app.state.presence = presence
     app.state.ims_login = get_login
 
     @app.exception_handler(MstCryptError)
@@ -423,6 +449,20 @@ def create_ims_app(
             service.history, who[0]["owner"], group, after=after, limit=limit
         )
         return [r.frame() for r in rows]
+
+    @router.get("/groups/{group}/presence")
+    async def group_presence(group: str, who: Caller) -> dict[str, Any]:
+        """Which members of ``group`` are online, per device (members only)."""
+        _current, members = await asyncio.to_thread(service.group_state, group)
+        if who[0]["owner"] not in members:  # one answer for "no group" and "not a member"
+            raise NotFoundError(f"{who[0]['owner']!r} is not a member of a group {group!r}")
+        online = await presence.online(sorted(members))
+        return {
+            "group": group,
+            "members": [
+                {"member": m, "online": bool(ds), "devices": ds} for m, ds in online.items()
+            ],
+        }
 
     @router.get("/queue")
     async def queue(
@@ -508,6 +548,7 @@ def create_ims_app(
         conn = Connection(claims["owner"], device, queue_size)
         hub.add(conn)
         conn.resync.set()  # start with the offline queue
+        await presence.connected(conn.member, conn.device)
         tasks = {
             asyncio.create_task(
                 _reader(websocket, conn, claims, device, accept_and_publish, service)
@@ -519,6 +560,8 @@ def create_ims_app(
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             hub.remove(conn)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(presence.disconnected(conn.member, conn.device), 5.0)
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -678,6 +721,7 @@ def running_ims(
     port: int | None = None,
     queue_size: int = DEFAULT_QUEUE,
     instance: str | None = None,
+    presence_ttl: float = 30.0,
 ) -> Any:
     """Start an IMS instance in this process (a uvicorn thread) on a loopback port and
     yield its ``http://`` URL (tests, the demo and the benchmark)."""
@@ -692,7 +736,12 @@ def running_ims(
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
     app = create_ims_app(
-        kmc, blob_dir=blob_dir, redis_url=redis_url, queue_size=queue_size, instance=instance
+        kmc,
+        blob_dir=blob_dir,
+        redis_url=redis_url,
+        queue_size=queue_size,
+        instance=instance,
+        presence_ttl=presence_ttl,
     )
     server = uvicorn.Server(
         uvicorn.Config(

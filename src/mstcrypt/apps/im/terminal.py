@@ -1,9 +1,10 @@
 """The terminal side of secure messaging: the SDK a messaging app embeds.
 
-* :class:`SealedStore` — the terminal's local state (group keys, sequence numbers,
-  received messages) as one file encrypted with SM4-GCM under a random store key that
-  is SM2-encrypted to the token's *encryption* key: without the token's PIN (which
-  opens d_M, MK hierarchy) the file reveals nothing (a stolen phone).
+* :class:`SealedStore` (:mod:`mstcrypt.apps.im.store`) — the terminal's local state
+  (group keys, sequence numbers, received messages) as an append-only log of SM4-GCM
+  records under a random store key that is SM2-encrypted to the token's *encryption*
+  key: without the token's PIN (which opens d_M, MK hierarchy) the file reveals nothing
+  (a stolen phone).
 * :class:`Keyring` — the member's KDK and group keys per version, fetched from the KMC
   with the session token (the KMC serves only the session's owner), unwrapped, checked
   against what was asked, and cached in the sealed store.
@@ -45,12 +46,12 @@ from mstcrypt.apps.im.format import (
     seal,
     verify_envelope,
 )
+from mstcrypt.apps.im.store import MAX_STORED_MESSAGES, SealedStore
 from mstcrypt.crypto import sm4
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import (
     DecryptionError,
-    KeyStoreError,
     MstCryptError,
     PolicyError,
     VerificationError,
@@ -65,9 +66,6 @@ __all__ = [
     "Received",
     "SealedStore",
 ]
-
-STORE_LABEL = b"mstcrypt-im-v1 local store\x00"
-MAX_STORED_MESSAGES = 2000
 
 
 class PlatformKeys(Protocol):
@@ -114,66 +112,6 @@ class Identity:
             lambda c: token.decrypt(eh, c),
             eh.public_key,
         )
-
-
-# -- the sealed local store ----------------------------------------------------------------
-class SealedStore:
-    """A JSON object kept encrypted at ``path`` (see module docstring)."""
-
-    def __init__(self, path: str | os.PathLike[str], identity: Identity) -> None:
-        self.path = Path(path)
-        self._identity = identity
-        self._key: bytes | None = None
-        self._wrapped: bytes | None = None
-
-    def __repr__(self) -> str:
-        return f"SealedStore({str(self.path)!r})"
-
-    def _aad(self) -> bytes:
-        return STORE_LABEL + self._identity.member.encode()
-
-    def load(self) -> dict[str, Any]:
-        if not self.path.exists():
-            self._key = random_bytes(16)
-            self._wrapped = self._identity.enc_public.encrypt(self._key)
-            return {}
-        try:
-            outer = json.loads(self.path.read_text())
-            self._wrapped = base64.b64decode(outer["key"])
-            nonce, ct = bytes.fromhex(outer["nonce"]), base64.b64decode(outer["data"])
-        except (ValueError, KeyError, TypeError):
-            raise KeyStoreError("the local IM store is damaged") from None
-        try:
-            self._key = self._identity.decrypt(self._wrapped)
-            data = sm4.gcm_decrypt(self._key, nonce, ct, self._aad())
-        except (DecryptionError, MstCryptError):
-            raise KeyStoreError(
-                "the local IM store does not open with this token (another user's, or altered)"
-            ) from None
-        return dict(json.loads(data))
-
-    def save(self, state: dict[str, Any]) -> None:
-        if self._key is None or self._wrapped is None:
-            self.load()
-        assert self._key is not None and self._wrapped is not None
-        nonce = random_bytes(12)
-        ct = sm4.gcm_encrypt(
-            self._key, nonce, json.dumps(state, separators=(",", ":")).encode(), self._aad()
-        )
-        outer = {
-            "format": "mstcrypt-im-store-1",
-            "key": base64.b64encode(self._wrapped).decode(),
-            "nonce": nonce.hex(),
-            "data": base64.b64encode(ct).decode(),
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(outer))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
 
 
 # -- keys ----------------------------------------------------------------------------------
@@ -320,7 +258,9 @@ class ImClient:
         return f"ImClient({self.identity.member!r}, device={self.device.hex()[:8]}…)"
 
     def close(self) -> None:
-        self.save()
+        self.state["tracker"] = self.tracker.state()
+        if self.store is not None:
+            self.store.close(self.state)
         self.http.close()
 
     def __enter__(self) -> ImClient:
@@ -333,6 +273,33 @@ class ImClient:
         self.state["tracker"] = self.tracker.state()
         if self.store is not None:
             self.store.save(self.state)
+
+    def prune_keys(self) -> int:
+        """Forget cached group key versions that no retained message needs: per group,
+        every version below both the oldest version of a stored message and the current
+        one (the KMC can still release versions from the member's joining on, if ever
+        needed again). The store is compacted so the pruned keys leave the file too.
+        Returns how many versions were dropped."""
+        gk: dict[str, str] = self.keys.state["gk"]
+        keep_from: dict[str, int] = {}
+        for name in {k.rsplit("|", 1)[0] for k in gk}:
+            versions = [int(m["v"]) for m in self.state["messages"].get(name, ()) if "v" in m]
+            if any("v" not in m for m in self.state["messages"].get(name, ())):
+                continue  # messages stored before versions were recorded: keep everything
+            floor = max(self.state["current"].get(name, 0), self.state["seen"].get(name, 0))
+            keep_from[name] = min([floor, *versions])
+        dropped = [
+            k
+            for k in gk
+            if k.rsplit("|", 1)[0] in keep_from
+            and int(k.rsplit("|", 1)[1]) < keep_from[k.rsplit("|", 1)[0]]
+        ]
+        for k in dropped:
+            del gk[k]
+        self.state["tracker"] = self.tracker.state()
+        if self.store is not None:
+            self.store.compact(self.state)
+        return len(dropped)
 
     # -- HTTP ----------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kw: Any) -> Any:
@@ -400,7 +367,10 @@ class ImClient:
                     continue
                 raise
             self.state["seq"][group] = seq
-            self._remember(parse(raw), int(r["pos"]), content)
+            env = parse(raw)
+            # the server delivers it back to this device too: shown and stored once
+            self.tracker.accept(env)
+            self._remember(env, int(r["pos"]), content)
             self.save()
             return int(r["pos"])
         raise ImKeyVersionError(
@@ -527,6 +497,7 @@ class ImClient:
             "sender": env.sender,
             "type": content.TYPE.name.lower(),
             "at": env.timestamp_ms,
+            "v": env.key_version,
         }
         item["payload"] = base64.b64encode(json.dumps(content._payload()).encode()).decode()
         msgs.append(item)
@@ -539,6 +510,11 @@ class ImClient:
             payload = json.loads(base64.b64decode(m["payload"]))
             out.append({k: v for k, v in m.items() if k != "payload"} | {"content": payload})
         return out
+
+    def presence(self, group: str) -> list[dict[str, Any]]:
+        """The members of ``group`` with ``online`` and their connected ``devices``
+        (across IMS instances when they share Redis)."""
+        return list(self._call("GET", f"/im/groups/{group}/presence")["members"])
 
     def ack(self, group: str, pos: int) -> int:
         r = self._call("POST", "/im/ack", json={"group": group, "pos": pos})
@@ -600,10 +576,18 @@ class ImClient:
         until: Callable[[list[Received | ImError]], bool] | None = None,
         timeout: float = 30.0,
         on_message: Callable[[Received | ImError], None] | None = None,
+        on_frame: Callable[[dict[str, Any]], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+        outbox: Any = None,
     ) -> list[Received | ImError]:
         """Connect the WebSocket, receive (the offline queue first, then live messages),
         open each, acknowledge, until ``until(received)`` is true or ``timeout`` seconds
-        pass without a frame."""
+        pass without a frame (or ``stop()`` is true). Other server frames (``presence``,
+        ``error``) go to ``on_frame``. ``outbox`` (a :class:`queue.Queue` of callables)
+        lets another thread run work on this thread between frames (an interactive
+        chat sends from the thread that owns the client)."""
+        import queue as _queue
+
         from websockets.exceptions import ConnectionClosed
         from websockets.sync.client import connect
 
@@ -612,13 +596,27 @@ class ImClient:
         got: list[Received | ImError] = []
         with connect(url, additional_headers=headers, max_size=2 * MAX_ENVELOPE) as ws:
             try:
-                while not (until and until(got)):
+                idle = 0.0
+                step = timeout if outbox is None and stop is None else min(timeout, 0.1)
+                while not (until and until(got)) and not (stop and stop()):
+                    while outbox is not None:
+                        try:
+                            job = outbox.get_nowait()
+                        except _queue.Empty:
+                            break
+                        job()
                     try:
-                        text = ws.recv(timeout=timeout)
+                        text = ws.recv(timeout=step)
                     except TimeoutError:
-                        break
+                        idle += step
+                        if idle >= timeout:
+                            break
+                        continue
+                    idle = 0.0
                     frame = json.loads(text)
                     if frame.get("op") != "msg":
+                        if on_frame is not None:
+                            on_frame(frame)
                         continue
                     item = self._open_frame(frame)
                     if item is not None:
