@@ -90,6 +90,34 @@ def test_accept_order_history_queue(ims: tuple[ImsService, dict[str, Any]]) -> N
         svc.pending("bob", "not-a-device")
 
 
+def test_stores_and_acks_commit_together(ims: tuple[ImsService, dict[str, Any]]) -> None:
+    """The IMS writer's batch: envelopes and acknowledgements in one transaction, each
+    item with its own result; a refused acknowledgement (not a member, a bad device or
+    position) does not affect the others, and positions never move backwards within a
+    batch either."""
+    svc, keys = ims
+    a = svc.accept("alice", DEV, env(keys, "alice", 1))
+    e2 = svc.check("alice", DEV, env(keys, "alice", 2))
+    stored, acked = svc.commit_batch(
+        [(e2, "alice", DEV)],
+        [
+            ("bob", DEV, "g", a.pos),
+            ("carol", DEV, "g", a.pos),  # not a member
+            ("bob", "not-a-device", "g", a.pos),
+            ("bob", DEV, "g", -1),
+            ("bob", DEV, "g", 0),  # behind what this batch already acknowledged
+            ("bob", DEV, "nope", 1),
+        ],
+    )
+    assert not isinstance(stored[0], Exception) and stored[0].prev == a.pos
+    assert acked[0] == a.pos and acked[4] == a.pos
+    assert isinstance(acked[1], NotFoundError) and isinstance(acked[5], NotFoundError)
+    assert isinstance(acked[2], PolicyError) and isinstance(acked[3], PolicyError)
+    assert [s.pos for s in svc.pending("bob", DEV)] == [stored[0].pos]
+    with pytest.raises(NotFoundError):
+        svc.ack("carol", DEV, "g", 1)
+
+
 def test_concurrent_senders_keep_group_order(ims: tuple[ImsService, dict[str, Any]]) -> None:
     """Stores into one group are serialised: every message's ``prev`` is exactly the
     group's previous position, whatever the interleaving."""

@@ -24,9 +24,9 @@ import os
 import queue
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -241,9 +241,10 @@ class Hub:
 
 # -- group commit --------------------------------------------------------------------------
 class Committer:
-    """One writer thread that stores envelopes in batches (one transaction, so one
-    durable commit, for everything that arrived while the previous batch was written):
-    with SQLite's synchronous commits this is what lets hundreds of senders through."""
+    """One writer thread that stores envelopes and acknowledgements in batches (one
+    transaction, so one durable commit, for everything that arrived while the previous
+    batch was written): with SQLite's synchronous commits this is what lets hundreds of
+    senders through, and no request thread ever waits for the write lock."""
 
     def __init__(self, service: ImsService, max_batch: int = 256) -> None:
         self.service, self.max_batch = service, max_batch
@@ -251,15 +252,23 @@ class Committer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def submit(self, env: Any, member: str, device: str) -> Stored:
+    async def _submit(self, item: tuple[Any, ...]) -> Any:
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ims-commit", daemon=True)
                 self._thread.start()
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Stored] = loop.create_future()
-        self._q.put((env, member, device, loop, fut))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._q.put((*item, loop, fut))
         return await fut
+
+    async def submit(self, env: Any, member: str, device: str) -> Stored:
+        """Store one checked envelope; returns it with its position."""
+        return cast(Stored, await self._submit(("store", (env, member, device))))
+
+    async def ack(self, member: str, device: str, group: str, pos: int) -> int:
+        """Acknowledge ``group`` up to ``pos`` for the device; the acknowledged position."""
+        return cast(int, await self._submit(("ack", (member, device, group, pos))))
 
     def stop(self) -> None:
         if self._thread is not None:
@@ -282,15 +291,18 @@ class Committer:
                     self._q.put(None)  # stop after this batch
                     break
                 batch.append(item)
+            stores = [b for b in batch if b[0] == "store"]
+            acks = [b for b in batch if b[0] == "ack"]
             try:
-                results: list[Any] = self.service.store_batch(
-                    [(e, m, d) for e, m, d, _, _ in batch]
+                stored, acked = self.service.commit_batch(
+                    [b[1] for b in stores], [b[1] for b in acks]
                 )
-            except Exception as exc:  # the database failed: every waiting sender hears it
+                results: list[Any] = [*stored, *acked]
+            except Exception as exc:  # the database failed: every waiting caller hears it
                 log.error("storing a batch failed: %s", type(exc).__name__)
                 err = exc if isinstance(exc, MstCryptError) else PolicyError("storage failed")
                 results = [err] * len(batch)
-            for (_e, _m, _d, loop, fut), r in zip(batch, results, strict=True):
+            for (_kind, _args, loop, fut), r in zip([*stores, *acks], results, strict=True):
                 loop.call_soon_threadsafe(_settle, fut, r)
 
 
@@ -476,7 +488,7 @@ def create_ims_app(
         group, pos = body.get("group"), body.get("pos")
         if not isinstance(group, str) or type(pos) is not int:
             raise PolicyError("ack takes {'group': str, 'pos': int}")
-        acked = await asyncio.to_thread(service.ack, who[0]["owner"], who[1], group, pos)
+        acked = await committer.ack(who[0]["owner"], who[1], group, pos)
         return {"group": group, "acked": acked}
 
     @router.put("/blobs/{blob_id}")
@@ -551,7 +563,7 @@ def create_ims_app(
         await presence.connected(conn.member, conn.device)
         tasks = {
             asyncio.create_task(
-                _reader(websocket, conn, claims, device, accept_and_publish, service)
+                _reader(websocket, conn, claims, device, accept_and_publish, committer.ack)
             ),
             asyncio.create_task(_writer(websocket, conn, service)),
             asyncio.create_task(conn.overflow.wait()),
@@ -595,7 +607,7 @@ async def _reader(
     claims: dict[str, Any],
     device: str,
     accept_and_publish: Callable[..., Any],
-    service: ImsService,
+    ack: Callable[[str, str, str, int], Awaitable[int]],
 ) -> None:
     try:
         while True:
@@ -603,7 +615,7 @@ async def _reader(
             if len(text) > MAX_FRAME:
                 await websocket.close(code=1009, reason="frame too large")
                 return
-            reply = await _handle(text, claims, device, accept_and_publish, service)
+            reply = await _handle(text, claims, device, accept_and_publish, ack)
             if reply is not None and not conn.offer(reply):
                 return
     except (WebSocketDisconnect, RuntimeError, KeyError):
@@ -615,7 +627,7 @@ async def _handle(
     claims: dict[str, Any],
     device: str,
     accept_and_publish: Callable[..., Any],
-    service: ImsService,
+    ack: Callable[[str, str, str, int], Awaitable[int]],
 ) -> dict[str, Any] | None:
     """One client frame: ``send`` (an envelope), ``ack`` or ``ping``; errors are answered
     as frames, the connection stays up."""
@@ -641,7 +653,7 @@ async def _handle(
             group, pos = frame.get("group"), frame.get("pos")
             if not isinstance(group, str) or type(pos) is not int:
                 raise PolicyError("ack takes a group and a pos")
-            acked = await asyncio.to_thread(service.ack, claims["owner"], device, group, pos)
+            acked = await ack(claims["owner"], device, group, pos)
             return None if ref is None else {"op": "acked", "ref": ref, "acked": acked}
         if op == "ping":
             return {"op": "pong", "ref": ref}

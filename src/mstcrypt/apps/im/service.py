@@ -307,17 +307,56 @@ class ImsService:
     def ack(self, member: str, device: str, group: str, pos: int) -> int:
         """Acknowledge everything of ``group`` up to ``pos`` for this device; positions
         never move backwards. Returns the acknowledged position."""
-        check_device(device)
-        self._membership(group, member)
-        if not isinstance(pos, int) or pos < 0:
-            raise PolicyError("pos is a non-negative integer")
+        result = self.ack_batch([(member, device, group, pos)])[0]
+        if isinstance(result, MstCryptError):
+            raise result
+        return result
+
+    def ack_batch(self, items: Sequence[tuple[str, str, str, int]]) -> list[int | MstCryptError]:
+        """Acknowledgements ``(member, device, group, pos)`` in one transaction; each item
+        gets its acknowledged position or the error that refused it."""
         with self.db.tx() as s:
-            cur = s.get(ImCursor, (member, device, group))
-            if cur is None:
-                s.add(ImCursor(member=member, device=device, group_id=group, acked=pos))
-                return pos
-            cur.acked = max(cur.acked, pos)
-            return cur.acked
+            return self._ack_all(s, items)
+
+    def commit_batch(
+        self,
+        stores: Sequence[tuple[Envelope, str, str]],
+        acks: Sequence[tuple[str, str, str, int]],
+    ) -> tuple[list[Stored | MstCryptError], list[int | MstCryptError]]:
+        """:meth:`store_batch` and :meth:`ack_batch` in one transaction (one durable
+        commit for everything a busy server has to write at a time)."""
+        now = self.clock()
+        try:
+            with self.db.tx() as s:
+                acked = self._ack_all(s, acks)
+                return self._store_all(s, stores, now), acked
+        except IntegrityError:  # a duplicate message raced in: see store_batch
+            return self.store_batch(stores), self.ack_batch(acks)
+
+    @staticmethod
+    def _ack_all(s: Any, items: Sequence[tuple[str, str, str, int]]) -> list[int | MstCryptError]:
+        out: list[int | MstCryptError] = []
+        cursors: dict[tuple[str, str, str], ImCursor] = {}
+        for member, device, group, pos in items:
+            try:
+                check_device(device)
+                if type(pos) is not int or pos < 0:
+                    raise PolicyError("pos is a non-negative integer")
+                if s.get(GroupMember, (group, member)) is None:
+                    # one answer for "no such group" and "not a member", as the KMC
+                    raise NotFoundError(f"{member!r} is not a member of a group {group!r}")
+                key = (member, device, group)
+                cur = cursors.get(key) or s.get(ImCursor, key)
+                if cur is None:
+                    cur = ImCursor(member=member, device=device, group_id=group, acked=pos)
+                    s.add(cur)
+                else:
+                    cur.acked = max(cur.acked, pos)
+                cursors[key] = cur
+                out.append(cur.acked)
+            except MstCryptError as exc:
+                out.append(exc)
+        return out
 
     # -- blobs -----------------------------------------------------------------------
     def _blob_path(self, blob_id: str, *, part: bool) -> Path:
