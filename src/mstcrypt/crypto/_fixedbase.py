@@ -24,6 +24,7 @@ libcrypto's own SM2 verification).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -142,10 +143,14 @@ def _setup() -> dict[str, Any] | None:
 
 def _table_for(raw: bytes) -> Any:
     """The key's table if it has one; builds it on the key's BUILD_AT-th use."""
+    t = _tables.get(raw)  # the common case takes no lock (each dict step is atomic)
+    if t is not None:
+        with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
+            _tables.move_to_end(raw)
+        return t
     with _lock:
         t = _tables.get(raw)
         if t is not None:
-            _tables.move_to_end(raw)
             return t
         n = _seen.get(raw, 0) + 1
         if n < BUILD_AT or not _building:
@@ -195,6 +200,26 @@ def parse_der_signature(der: bytes) -> tuple[int, int] | None:
     return out[0], out[1]
 
 
+def _scratch(st: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+    """This thread's reusable BIGNUMs s, t, points r1, r2 and output buffer (points of
+    one curve object serve every curve object here: same field, same method)."""
+    sc = getattr(_local, "scratch", None)
+    if sc is None:
+        L, ffi = _lc.lib(), _lc.ffi
+        g = st["g"]
+        sc = (
+            _lc.bn_from_int(1),
+            _lc.bn_from_int(1),
+            ffi.gc(L.EC_POINT_new(g), L.EC_POINT_free),
+            ffi.gc(L.EC_POINT_new(g), L.EC_POINT_free),
+            ffi.new("unsigned char[65]"),
+        )
+        if ffi.NULL in (sc[2], sc[3]):
+            raise _lc.fail("EC_POINT_new")
+        _local.scratch = sc
+    return sc
+
+
 def verify(public_raw: bytes, r: int, s: int, e: bytes) -> bool:
     """GB/T 32918.2 §7.1 B5–B7 for a key 04‖x‖y on the curve, r, s in [1, n-1] and the
     32-byte digest e. True when the signature verifies."""
@@ -204,42 +229,39 @@ def verify(public_raw: bytes, r: int, s: int, e: bytes) -> bool:
     t = (r + s) % N
     if t == 0:
         return False
-    L, ffi = _lc.lib(), _lc.ffi
+    L = _lc.lib()
     ctx = _ctx()
-    bn = _lc.bn_from_int
-    s_bn, t_bn = bn(s), bn(t)
+    s_bn, t_bn, r1, r2, buf = _scratch(st)
+    if L.BN_bin2bn(s.to_bytes(SIZE, "big"), SIZE, s_bn) == _lc.ffi.NULL:
+        raise _lc.fail("BN_bin2bn")
+    if L.BN_bin2bn(t.to_bytes(SIZE, "big"), SIZE, t_bn) == _lc.ffi.NULL:
+        raise _lc.fail("BN_bin2bn")
     entry = _table_for(public_raw)
     g = st["g"]
-    r1 = ffi.gc(L.EC_POINT_new(g), L.EC_POINT_free)
     if entry is None:
         # s·G from the G table, t·P by windowed NAF
-        p_pt = ffi.gc(L.EC_POINT_new(g), L.EC_POINT_free)
-        if L.EC_POINT_oct2point(g, p_pt, public_raw, len(public_raw), ctx) != 1:
+        if L.EC_POINT_oct2point(g, r2, public_raw, len(public_raw), ctx) != 1:
             _lc.drain_errors()
             return False
-        if L.EC_POINT_mul(g, r1, s_bn, p_pt, t_bn, ctx) != 1:
+        if L.EC_POINT_mul(g, r1, s_bn, r2, t_bn, ctx) != 1:
             raise _lc.fail("EC_POINT_mul")
         result, group = r1, g
-        kind = "generator_only"
+        _stats["generator_only"] += 1  # diagnostics: no lock (a rare lost count is fine)
     else:
         group, gpt = entry
         # s·G and t·P, each from its table (the zero-scalar term only selects the
         # table-driven method; it adds nothing), then added
         if L.EC_POINT_mul(g, r1, s_bn, st["g_point"], st["zero"], ctx) != 1:
             raise _lc.fail("EC_POINT_mul")
-        r2 = ffi.gc(L.EC_POINT_new(group), L.EC_POINT_free)
         if L.EC_POINT_mul(group, r2, t_bn, gpt, st["zero"], ctx) != 1:
             raise _lc.fail("EC_POINT_mul")
         if L.EC_POINT_add(group, r2, r2, r1, ctx) != 1:
             raise _lc.fail("EC_POINT_add")
         result = r2
-        kind = "table"
+        _stats["table"] += 1
     if L.EC_POINT_is_at_infinity(group, result) == 1:
         return False
-    buf = ffi.new("unsigned char[65]")
     if L.EC_POINT_point2oct(group, result, 4, buf, 65, ctx) != 65:  # uncompressed
         raise _lc.fail("EC_POINT_point2oct")
-    x1 = int.from_bytes(ffi.buffer(buf, 65)[1:33], "big")
-    with _lock:
-        _stats[kind] += 1
+    x1 = int.from_bytes(_lc.ffi.buffer(buf, 33)[1:], "big")
     return (int.from_bytes(e, "big") + x1) % N == r
