@@ -70,6 +70,7 @@ class Unit:
         self.actor = actor
         self.now = ctx.clock()
         self.audited = 0
+        self._records: list[tuple[str, str, str, dict[str, Any]]] = []
         self._after: list[Callable[[], None]] = []
 
     def lock(self, name: str) -> None:
@@ -89,12 +90,21 @@ class Unit:
         return row
 
     def audit(self, action: str, target: str, *, actor: str | None = None, **details: Any) -> None:
-        """Append the audit record of this change (the one writer besides the login
-        hot path, which shares :func:`mstcrypt.kmc.audit.append`)."""
-        audit.append(
-            self.s, actor=actor or self.actor, action=action, target=target, details=details
-        )
+        """Record the audit record of this change. Its details are checked now; the
+        records of a unit are appended to the chain in order at its end, inside its
+        transaction (the one writer besides the login hot path, which shares
+        :func:`mstcrypt.kmc.audit.append`): the chain head, which every audited change
+        serialises on, is locked only for those last statements and the commit, not
+        while the unit does its work (a group rekey, say)."""
+        details = dict(details)
+        audit.check_details(details)
+        self._records.append((actor or self.actor, action, target, details))
         self.audited += 1
+
+    def _append_records(self) -> None:
+        for actor, action, target, details in self._records:
+            audit.append(self.s, actor=actor, action=action, target=target, details=details)
+        self._records.clear()
 
     def after_commit(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` once the transaction has committed (e.g. WAL truncation)."""
@@ -129,6 +139,7 @@ class KmcContext:
             yield u
             if audited and not u.audited:
                 raise PolicyError("internal: a KMC change must write its audit record")
+            u._append_records()
         for fn in u._after:
             fn()
 
