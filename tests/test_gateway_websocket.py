@@ -416,6 +416,31 @@ def test_terminal_close_closes_the_upstream(pki, gw_id, device) -> None:
     run(main())
 
 
+def test_terminal_half_close_lets_the_upstream_finish(pki, gw_id, device, caplog) -> None:
+    """A terminal that ends its side with a bare TCP half-close (no close_notify) still
+    receives what the upstream sends until the upstream closes: the half-close is
+    passed on (write_eof), not turned into a full close."""
+    caplog.set_level(logging.INFO, logger="mstcrypt.gateway.access")
+
+    async def main() -> None:
+        up = Upstream()
+        gw = await gateway(pki, gw_id, await up.start())
+        r, w = await connect(pki, device, gw)
+        w.write(upgrade_request("/echo"))
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"last words")
+        await w.drain()
+        w.transport.write_eof()  # TCP FIN without close_notify
+        assert await asyncio.wait_for(r.readexactly(10), 5) == b"last words"
+        await wait_for(lambda: gw.active == 0)  # ended by the upstream's close
+        await gw.close()
+        up.close()
+
+    run(main())
+    line = next(r.getMessage() for r in caplog.records if "upgrade=websocket" in r.getMessage())
+    assert "closed_by=terminal" in line and "result=ok" in line
+
+
 def test_idle_websocket_is_closed(pki, gw_id, device, caplog) -> None:
     caplog.set_level(logging.INFO, logger="mstcrypt.gateway.access")
 
@@ -487,3 +512,46 @@ def test_websocket_route_configuration() -> None:
         GatewayConfig.from_dict(
             {"listeners": [{"port": 0, "routes": {"a": {"upstream": "h:1", "websocket": "yes"}}}]}
         )
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_asgi_app_websocket_over_tlcp(pki, gw_id, allowed: bool) -> None:
+    """An ASGI application served over TLCP (``ASGITLCPServer(websocket=True)``, the
+    server terminating TLCP itself) is reachable by TLCPWebSocket; without the switch
+    its WebSocket route is not."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+
+    from mstcrypt.apps.tlcp_gateway import ASGITLCPServer
+    from mstcrypt.protocols.tlcp.websocket import TLCPWebSocket, WebSocketHandshakeError
+
+    async def echo(ws: Any) -> None:
+        await ws.accept()
+        who = ws.headers.get(SUBJECT_HEADER.lower(), "-")
+        while True:
+            msg = await ws.receive_text()
+            await ws.send_text(f"{who}|{msg}")
+
+    app = Starlette(routes=[WebSocketRoute("/echo", echo)])
+
+    def client(port: int) -> str:
+        ctx = TLCPContext(trust_anchors=[pki.root])
+        with TLCPWebSocket.connect(
+            f"wss://{WS}:{port}/echo", ctx, address=("127.0.0.1", port)
+        ) as ws:
+            ws.send("hello")
+            return str(ws.recv(timeout=10))
+
+    async def main() -> None:
+        server = ASGITLCPServer(
+            app, port=0, server_credentials=gw_id.credentials(), websocket=allowed
+        )
+        async with server:
+            port = server.addresses[0][1]
+            if allowed:
+                assert await asyncio.to_thread(client, port) == "-|hello"
+            else:
+                with pytest.raises(WebSocketHandshakeError):
+                    await asyncio.to_thread(client, port)
+
+    run(main())

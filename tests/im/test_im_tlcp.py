@@ -10,13 +10,14 @@ import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from im_helpers import World, _Keys, world
+from im_helpers import PIN, World, _Keys, world
 
 from mstcrypt.apps.im import ImError, Text
 from mstcrypt.apps.im.terminal import ImClient
@@ -299,3 +300,33 @@ def test_record_parser_rejects_plaintext() -> None:
     """The record parser used above rejects a plaintext stream (so the check can fail)."""
     with pytest.raises(AssertionError):
         records(b"GET /im/ws HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def test_cli_send_and_listen_through_the_gateway(
+    w: World, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """``mstcrypt im send`` / ``im listen`` with ``--ims https://…``: the terminal's
+    token certificate authenticates it to the gateway, the WebSocket runs over TLCP."""
+    from mstcrypt.cli import _common
+    from mstcrypt.cli import app as cli_app
+
+    (w.tmp / "root.pem").write_bytes(w.root.pem)
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["mstcrypt", *args])
+        monkeypatch.setenv("COLUMNS", "200")
+        code = _common.run(cli_app)
+        out, err = capfd.readouterr()
+        return code, out + err
+
+    def term(name: str) -> list[str]:
+        return [
+            *("--server", w.url, "--ims", w.gw_url),  # type: ignore[attr-defined]
+            *("--token", str(w.tmp / f"{name}.tok"), "--pin", PIN),
+            *("--ca-file", str(w.tmp / "root.pem")),
+        ]
+
+    code, out = run("im", "send", "team", "via the gateway", *term("alice"))
+    assert code == 0 and "sent to team at position" in out, out
+    code, out = run("im", "listen", "--count", "3", "--timeout", "10", *term("bob"))
+    assert code == 0 and "via the gateway" in out, out

@@ -6,7 +6,11 @@ Each listener requires a client certificate issued under the configured trust an
 when no SNI is sent; an unknown name is refused with unrecognized_name), and either
 forwards bytes unchanged in both directions (``tcp``) or acts as an HTTP/1.1 reverse proxy
 that adds ``X-MST-Client-Subject`` and ``X-MST-Client-Serial`` to every request after
-removing any such header sent by the terminal (``http``).
+removing any such header sent by the terminal (``http``). An ``http`` route with
+``websocket = true`` also relays a WebSocket opening handshake sent as a connection's
+first request: after the upstream's 101 the connection is a byte pipe both ways, with
+back-pressure (each write drained before the next read), half-close passed on and the
+idle timeout kept (see :meth:`Gateway._websocket`).
 
 The gateway keeps no state another instance needs (no session cache: every connection
 is a full handshake, so revocation applies to every connection). One access log line per
