@@ -71,6 +71,8 @@ class Upstream:
         self.flood = flood
         self.sent = 0
         self.eof = asyncio.Event()
+        self.pong = b""
+        self.close_reply = 0
         self.server: asyncio.Server | None = None
 
     async def start(self) -> str:
@@ -88,6 +90,26 @@ class Upstream:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: %s\r\nConnection: Upgrade\r\n"
             b"Sec-WebSocket-Accept: %s\r\n\r\n" % (upgrade, accept)
         )
+
+    async def frames(
+        self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """101, then raw server frames: a ping, a text message in two fragments, a
+        binary message; check the client's pong (masked), then close."""
+        writer.write(self.switching(key))
+        writer.write(b"\x89\x02p1" + b"\x01\x03hel" + b"\x80\x02lo" + b"\x82\x03\x00\x01\x02")
+        await writer.drain()
+        head = await reader.readexactly(2)
+        assert head == b"\x8a\x82", head  # FIN pong, masked, 2 bytes
+        mask = await reader.readexactly(4)
+        body = bytes(b ^ mask[i % 4] for i, b in enumerate(await reader.readexactly(2)))
+        self.pong = body
+        writer.write(b"\x88\x02\x03\xe8")  # close 1000
+        await writer.drain()
+        reply = await reader.readexactly(2)
+        self.close_reply = reply[0]
+        await reader.readexactly(reply[1] & 0x7F)
+        await asyncio.sleep(0)  # the client waits for the end of stream
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -138,6 +160,9 @@ class Upstream:
                 while await reader.read(65536):
                     pass
                 self.eof.set()
+                return
+            if path == "/frames":
+                await self.frames(key, reader, writer)
                 return
             if path == "/bad101":
                 writer.write(self.switching(key, b"h2c"))
@@ -553,5 +578,37 @@ def test_asgi_app_websocket_over_tlcp(pki, gw_id, allowed: bool) -> None:
             else:
                 with pytest.raises(WebSocketHandshakeError):
                     await asyncio.to_thread(client, port)
+
+    run(main())
+
+
+def test_tlcp_websocket_client_frames(pki, gw_id, device) -> None:
+    """TLCPWebSocket through the gateway: answers a ping with a masked pong, joins a
+    fragmented text message, returns a binary one, completes the closing handshake."""
+    from websockets.exceptions import ConnectionClosedOK
+
+    from mstcrypt.protocols.tlcp.websocket import TLCPWebSocket
+
+    def client(port: int) -> list[Any]:
+        ctx = TLCPContext(credentials=device.credentials(), trust_anchors=[pki.root])
+        ws = TLCPWebSocket.connect(
+            f"wss://{WS}:{port}/frames", ctx, address=("127.0.0.1", port), max_size=1 << 16
+        )
+        got: list[Any] = [ws.recv(timeout=10), ws.recv(timeout=10)]
+        with pytest.raises(ConnectionClosedOK):
+            ws.recv(timeout=10)
+        ws.close()
+        return got
+
+    async def main() -> None:
+        up = Upstream()
+        gw = await gateway(pki, gw_id, await up.start())
+        port = gw.addresses[0][1]
+        got = await asyncio.to_thread(client, port)
+        assert got == ["hello", b"\x00\x01\x02"]
+        assert up.pong == b"p1" and up.close_reply == 0x88
+        await wait_for(lambda: gw.active == 0)
+        await gw.close()
+        up.close()
 
     run(main())

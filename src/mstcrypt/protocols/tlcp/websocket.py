@@ -63,6 +63,9 @@ class TLCPWebSocket:
     ``send`` raise websockets' :class:`~websockets.exceptions.ConnectionClosed` (as the
     websockets clients do)."""
 
+    #: seconds a send may block on a peer that does not read (then the connection fails)
+    write_timeout: float = 30.0
+
     def __init__(self, tls: TLCPSocket, protocol: Any) -> None:
         self.tls = tls
         self.protocol = protocol
@@ -165,6 +168,7 @@ class TLCPWebSocket:
         return self.tls.conn.peer_certificates
 
     def _flush(self) -> None:
+        self.tls.sock.settimeout(self.write_timeout)
         for chunk in self.protocol.data_to_send():
             if chunk:
                 self.tls.sendall(chunk)
