@@ -354,7 +354,9 @@ def test_refused_upgrade_is_relayed_as_a_response(pki, gw_id, device, path: str)
     run(main())
 
 
-def test_upstream_switching_to_another_protocol_is_a_502(pki, gw_id, device) -> None:
+def test_upstream_switching_to_another_protocol_is_a_502(pki, gw_id, device, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="mstcrypt.gateway.access")
+
     async def main() -> None:
         up = Upstream()
         gw = await gateway(pki, gw_id, await up.start())
@@ -362,10 +364,13 @@ def test_upstream_switching_to_another_protocol_is_a_502(pki, gw_id, device) -> 
         w.write(upgrade_request("/bad101"))
         got = await asyncio.wait_for(r.read(-1), 10)
         assert got.startswith(b"HTTP/1.1 502 Bad Gateway\r\n")
+        assert b"h2c" not in got
         await gw.close()
         up.close()
 
     run(main())
+    line = next(r.getMessage() for r in caplog.records if "upgrade=websocket" in r.getMessage())
+    assert "result=bad_gateway:upstream_switched_to_another_protocol" in line
 
 
 def test_slow_reader_keeps_gateway_buffers_bounded(pki, gw_id, device) -> None:

@@ -526,13 +526,15 @@ class Gateway:
                 if n is not None:
                     n -= len(data)
 
+        malformed = HTTPRequestError("upstream chunked body malformed", 502)
+
         async def line() -> bytes:
             try:
                 out = await self._read_idle(rec, lambda: up_r.readuntil(b"\r\n"))
             except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-                raise HTTPRequestError("upstream chunked body malformed", 502) from None
+                raise malformed from None
             if len(out) > MAX_CHUNK_LINE:
-                raise HTTPRequestError("upstream chunked body malformed", 502)
+                raise malformed
             rec.bytes_out += len(out)
             writer.write(out)
             return out
@@ -540,7 +542,13 @@ class Gateway:
         if resp.bodyless:
             return
         if resp.chunked:
-            while (size := parse_chunk_size(await line())) > 0:
+            while True:
+                try:
+                    size = parse_chunk_size(await line())
+                except HTTPRequestError as exc:
+                    raise malformed from exc
+                if size == 0:
+                    break
                 await copy(size + 2)
             fields = 0
             while await line() != b"\r\n":
@@ -699,7 +707,8 @@ def _result(exc: BaseException) -> str:
     if isinstance(exc, _Idle):
         return "idle_timeout"
     if isinstance(exc, HTTPRequestError):
-        return f"bad_request:{str(exc).replace(' ', '_')}"
+        kind = "bad_gateway" if exc.status == 502 else "bad_request"
+        return f"{kind}:{str(exc).replace(' ', '_')}"
     if isinstance(exc, TLCPError):
         return f"tlcp_error:{exc.alert.name.lower()}"
     return f"error:{type(exc).__name__}"
