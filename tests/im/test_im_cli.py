@@ -195,3 +195,4 @@ def test_im_demo(tmp_path: Path) -> None:
     assert "FAILED" not in out and "IM demo complete" in out
     assert out.count(" ok ") >= 8
     assert "the KMC refuses zhao the new group key" in out
+    assert "WebSocket run over TLCP" in out and "on https://localhost:" in out

@@ -58,16 +58,23 @@ class _Session:
         from mstcrypt.pki import Certificate
 
         tok = open_token(token, pin)
-        self.platform = Client(server, anchors=_anchors(ca_file, tok))
+        anchors = _anchors(ca_file, tok)
+        self.platform = Client(server, anchors=anchors)
         session = self.platform.login(tok)["session_token"]
         cert = Certificate.from_der(tok.get_certificate("main", KeyUsage.SIGN) or b"")
         member = self.platform.session(session).get("owner") or cert.subject_str
+        tlcp: dict[str, Any] = {}
+        if ims.startswith("https://"):  # through the TLCP gateway: HTTP and WebSocket
+            from mstcrypt.protocols.tlcp import Credentials
+
+            tlcp = {"anchors": anchors, "client_credentials": Credentials.from_module(tok, "main")}
         self.im = ImClient(
             ims,
             identity=Identity.from_token(tok, str(member)),
             platform=self.platform,
             session_token=session,
             state_path=state or f"{token}.im",
+            **tlcp,
         )
         tail = self.im.store.tail if self.im.store is not None else "new"
         if tail in ("torn", "unclosed"):
@@ -623,6 +630,7 @@ def _demo(data_dir: Path | None) -> None:
     from mstcrypt.cli.platform import running_platform
     from mstcrypt.client import Client
     from mstcrypt.module import SoftToken
+    from mstcrypt.protocols.tlcp import Credentials
     from mstcrypt.server.config import Settings
     from mstcrypt.server.ims import running_ims
 
@@ -673,6 +681,7 @@ def _demo(data_dir: Path | None) -> None:
         with (
             running_ims(kmc, blob_dir=blobs, redis_url=redis_url, instance="ims-1") as ims1,
             running_ims(kmc, blob_dir=blobs, redis_url=redis_url, instance="ims-2") as ims2,
+            _gateways(kmc, [ims1, ims2]) as gateways,
         ):
             how = f"over Redis {redis_url}" if redis_url else "in-process (no redis-server)"
             console.print(f"IMS instances {ims1} and {ims2}, fan-out {how}")
@@ -684,7 +693,12 @@ def _demo(data_dir: Path | None) -> None:
                     if time.monotonic() > deadline:
                         fail("the IMS instances did not reach Redis")
                     time.sleep(0.05)
-            where = {"wang": ims1, "li": ims2, "zhao": ims2}
+            gw1, gw2 = gateways
+            console.print(
+                f"TLCP gateway {gw1} → {ims1} and {gw2} → {ims2}: the terminals' HTTP and "
+                "WebSocket run over TLCP with their token certificates"
+            )
+            where = {"wang": gw1, "li": gw2, "zhao": gw2}
             clients = {
                 n: ImClient(
                     where[n],
@@ -692,6 +706,8 @@ def _demo(data_dir: Path | None) -> None:
                     platform=public,
                     session_token=session,
                     state_path=tmp / f"{n}.im",
+                    anchors=[root],
+                    client_credentials=Credentials.from_module(tok, "main"),
                 )
                 for n, (tok, session) in members.items()
             }
@@ -730,7 +746,7 @@ def _demo(data_dir: Path | None) -> None:
                 ]
                 check(
                     texts == ["会议改到三点 / meeting moved to 3pm"],
-                    f"{n} on {where[n]} got wang's text from {ims1}",
+                    f"{n} on {where[n]} got wang's text from {gw1}",
                 )
                 ok = False
                 if files:
@@ -769,6 +785,45 @@ def _demo(data_dir: Path | None) -> None:
     if failed:
         fail(f"{len(failed)} step(s) failed", code=1)
     console.print("[bold green]IM demo complete[/bold green]")
+
+
+@contextlib.contextmanager
+def _gateways(kmc: Any, upstreams: list[str]) -> Iterator[list[str]]:
+    """A TLCP gateway with one listener per IMS URL (route ``localhost``, WebSocket
+    allowed), the platform's TLCP identity as its certificate, the KMC's CA and CRLs as
+    trust, on its own event loop in a thread; yields the listeners' ``https://`` URLs."""
+    import asyncio
+    import threading
+
+    from mstcrypt.apps.tlcp_gateway import (
+        Gateway,
+        GatewayConfig,
+        ListenerConfig,
+        Route,
+        kmc_trust_source,
+    )
+    from mstcrypt.server.tlcp import platform_credentials
+
+    listeners = [
+        ListenerConfig(port=0, routes={"localhost": Route(u.split("://", 1)[1], "http", True)})
+        for u in upstreams
+    ]
+    gw = Gateway(
+        GatewayConfig(listeners=listeners),
+        credentials=platform_credentials(kmc, ["127.0.0.1", "localhost"]),
+        trust_source=kmc_trust_source(kmc),
+    )
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(gw.start(), loop).result(30)
+        yield [f"https://localhost:{port}" for _, port in gw.addresses]
+    finally:
+        asyncio.run_coroutine_threadsafe(gw.close(grace=2), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def _bytes(data: bytes) -> Any:

@@ -19,7 +19,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -220,7 +220,16 @@ class Received:
 
 
 class ImClient:
-    """One member's device on one IMS server."""
+    """One member's device on one IMS server.
+
+    ``ims_url`` ``http://…``: plain HTTP and WebSocket (a loopback IMS, or a TLS proxy
+    elsewhere). ``https://…``: HTTP and the WebSocket both run over TLCP (normally to the
+    mobile access gateway, on a route with ``websocket = true``): the server's
+    certificates must chain to ``anchors`` (the root CA preset in the token) and its
+    signing certificate match ``server_name`` (default: the URL's host), as for the
+    platform client; ``client_credentials`` (for example
+    ``Credentials.from_module(token, "main")``) are presented when the gateway asks for
+    a client certificate. ``tlcp_context`` replaces those three with a ready context."""
 
     def __init__(
         self,
@@ -232,9 +241,22 @@ class ImClient:
         state_path: str | os.PathLike[str] | None = None,
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
+        anchors: Sequence[Any] = (),
+        server_name: str | None = None,
+        client_credentials: Any = None,
+        tlcp_context: Any = None,
     ) -> None:
         self.identity, self.platform = identity, platform
         self.ims_url = ims_url.rstrip("/")
+        self.server_name = server_name
+        self.tlcp_context = _tlcp_context(self.ims_url, anchors, client_credentials, tlcp_context)
+        if transport is None and self.tlcp_context is not None:
+            from mstcrypt.protocols.tlcp.http_client import tlcp_transport
+
+            transport = tlcp_transport(
+                context=self.tlcp_context,
+                server_name=server_name or httpx.URL(self.ims_url).host,
+            )
         self.clock = clock
         self.store = SealedStore(state_path, identity) if state_path is not None else None
         self.state: dict[str, Any] = self.store.load() if self.store else {}
@@ -589,12 +611,10 @@ class ImClient:
         import queue as _queue
 
         from websockets.exceptions import ConnectionClosed
-        from websockets.sync.client import connect
 
-        url = "ws" + self.ims_url[4:] + "/im/ws"
         headers = {"Authorization": f"Bearer {self._token}", "X-MST-Device": self.device.hex()}
         got: list[Received | ImError] = []
-        with connect(url, additional_headers=headers, max_size=2 * MAX_ENVELOPE) as ws:
+        with self._websocket(headers) as ws:
             try:
                 idle = 0.0
                 step = timeout if outbox is None and stop is None else min(timeout, 0.1)
@@ -635,3 +655,41 @@ class ImClient:
                 pass
         self.save()
         return got
+
+    def _websocket(self, headers: dict[str, str]) -> Any:
+        """The WebSocket to ``/im/ws``: over TLCP for an ``https://`` IMS URL, plain
+        otherwise."""
+        if self.tlcp_context is not None:
+            from mstcrypt.protocols.tlcp.websocket import TLCPWebSocket
+
+            return TLCPWebSocket.connect(
+                self.ims_url + "/im/ws",
+                self.tlcp_context,
+                server_name=self.server_name,
+                additional_headers=headers,
+                max_size=2 * MAX_ENVELOPE,
+            )
+        from websockets.sync.client import connect
+
+        url = "ws" + self.ims_url[4:] + "/im/ws"
+        return connect(url, additional_headers=headers, max_size=2 * MAX_ENVELOPE)
+
+
+def _tlcp_context(url: str, anchors: Sequence[Any], credentials: Any, context: Any) -> Any:
+    """The TLCP client context for an ``https://`` IMS URL (None for ``http://``)."""
+    if not url.startswith("https://"):
+        if context is not None or anchors or credentials is not None:
+            raise PolicyError("TLCP settings need an https:// IMS URL")
+        return None
+    if context is not None:
+        if anchors or credentials is not None:
+            raise PolicyError("give either tlcp_context or anchors/client_credentials")
+        return context
+    if not anchors:
+        raise PolicyError(
+            "an https:// IMS URL needs the root CA to authenticate the server: preset it "
+            "in the token (`mstcrypt token init --anchor root.pem`) or pass anchors"
+        )
+    from mstcrypt.protocols.tlcp import TLCPContext
+
+    return TLCPContext(credentials=credentials, trust_anchors=list(anchors))

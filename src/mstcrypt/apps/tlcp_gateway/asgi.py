@@ -63,7 +63,9 @@ class ASGITLCPServer:
     ``refresh_interval`` seconds), or the static ``trust_anchors`` / ``intermediates`` /
     ``crls``; ``require_crl`` (default true) refuses a certificate whose issuer has no
     CRL. ``uvicorn_options`` go to :class:`uvicorn.Config` (``log_level``,
-    ``access_log``, ``timeout_keep_alive``, ``limit_concurrency``…).
+    ``access_log``, ``timeout_keep_alive``, ``limit_concurrency``…). ``websocket``
+    (default false) lets the application's WebSocket routes be reached over TLCP (the
+    gateway's ``websocket = true`` route setting).
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class ASGITLCPServer:
         shutdown_grace: float = 10.0,
         max_header_bytes: int = 65536,
         uvicorn_options: dict[str, Any] | None = None,
+        websocket: bool = False,
     ) -> None:
         if not isinstance(server_credentials, Credentials):
             raise PolicyError("server_credentials must be Credentials")
@@ -105,7 +108,7 @@ class ASGITLCPServer:
         self._listener = ListenerConfig(
             port=port,
             host=host,
-            default=Route("unix:/placeholder", "http"),
+            default=Route("unix:/placeholder", "http", websocket),
             match_any_name=True,
             client_auth=client_auth,
             cipher_suites=tuple(cipher_suites) if cipher_suites else None,
@@ -160,7 +163,9 @@ class ASGITLCPServer:
                 raise PolicyError("the ASGI application failed to start (lifespan)") from None
             self._uvicorn = server
             self._main_loop = asyncio.create_task(server.main_loop())
-            listener = dataclasses.replace(self._listener, default=Route(f"unix:{path}", "http"))
+            assert self._listener.default is not None
+            route = dataclasses.replace(self._listener.default, upstream=f"unix:{path}")
+            listener = dataclasses.replace(self._listener, default=route)
             gw_config = GatewayConfig(listeners=[listener], **self._gw_settings)
             self.gateway = Gateway(
                 gw_config,

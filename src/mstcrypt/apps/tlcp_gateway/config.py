@@ -32,6 +32,11 @@ Example (TOML; relative paths are relative to the configuration file)::
     [listeners.routes]
     "echo.internal" = "127.0.0.1:7000"
     "web.internal" = { upstream = "127.0.0.1:8080", mode = "http" }
+    "ims.internal" = { upstream = "127.0.0.1:8700", mode = "http", websocket = true }
+
+``websocket = true`` (``http`` routes only; default false) lets a WebSocket opening
+handshake through: the upgrade request is forwarded with the identity headers and,
+once the upstream answers 101, bytes are relayed both ways (see :mod:`.gateway`).
 """
 
 from __future__ import annotations
@@ -79,10 +84,13 @@ def parse_address(value: str) -> tuple[str, int]:
 class Route:
     """Where a connection goes: ``upstream`` ``host:port`` or ``unix:/absolute/path`` (a
     Unix socket); ``mode`` ``tcp`` (bytes forwarded unchanged) or ``http`` (HTTP/1.1
-    reverse proxy adding identity headers)."""
+    reverse proxy adding identity headers). ``websocket`` (``http`` only, default false):
+    relay WebSocket upgrades (RFC 6455) on this route; other upgrades are always
+    stripped."""
 
     upstream: str
     mode: str = "tcp"
+    websocket: bool = False
 
     def __post_init__(self) -> None:
         if self.unix_path is not None:
@@ -92,6 +100,10 @@ class Route:
             parse_address(self.upstream)
         if self.mode not in MODES:
             raise PolicyError(f"route mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if not isinstance(self.websocket, bool):
+            raise PolicyError("route websocket must be true or false")
+        if self.websocket and self.mode != "http":
+            raise PolicyError('websocket = true needs mode = "http" on the route')
 
     @property
     def unix_path(self) -> str | None:
@@ -111,8 +123,12 @@ class Route:
         if isinstance(value, str):
             return cls(value, mode)
         if isinstance(value, Mapping):
-            _only(value, {"upstream", "mode"}, "route")
-            return cls(str(value.get("upstream", "")), str(value.get("mode", mode)))
+            _only(value, {"upstream", "mode", "websocket"}, "route")
+            return cls(
+                str(value.get("upstream", "")),
+                str(value.get("mode", mode)),
+                _bool(value.get("websocket", False), "route websocket"),
+            )
         raise PolicyError(f"route {value!r} must be host:port or a table")
 
 

@@ -6,7 +6,11 @@ Each listener requires a client certificate issued under the configured trust an
 when no SNI is sent; an unknown name is refused with unrecognized_name), and either
 forwards bytes unchanged in both directions (``tcp``) or acts as an HTTP/1.1 reverse proxy
 that adds ``X-MST-Client-Subject`` and ``X-MST-Client-Serial`` to every request after
-removing any such header sent by the terminal (``http``).
+removing any such header sent by the terminal (``http``). An ``http`` route with
+``websocket = true`` also relays a WebSocket opening handshake sent as a connection's
+first request: after the upstream's 101 the connection is a byte pipe both ways, with
+back-pressure (each write drained before the next read), half-close passed on and the
+idle timeout kept (see :meth:`Gateway._websocket`).
 
 The gateway keeps no state another instance needs (no session cache: every connection
 is a full handshake, so revocation applies to every connection). One access log line per
@@ -31,9 +35,12 @@ from mstcrypt.apps.tlcp_gateway.http import (
     MAX_CHUNK_LINE,
     MAX_FIELDS,
     HTTPRequestError,
+    RequestHead,
+    ResponseHead,
     check_trailer_line,
     parse_chunk_size,
     parse_request_head,
+    parse_response_head,
 )
 from mstcrypt.apps.tlcp_gateway.trust import (
     TrustMaterial,
@@ -60,6 +67,9 @@ access_log = logging.getLogger("mstcrypt.gateway.access")
 SUBJECT_HEADER = "X-MST-Client-Subject"
 SERIAL_HEADER = "X-MST-Client-Serial"
 CHUNK = 65536
+#: After the terminal ends its side of a WebSocket relay, how long the upstream may go
+#: on sending (at most ``idle_timeout``).
+HALF_CLOSE_LINGER = 30.0
 
 
 class _Idle(Exception):
@@ -89,6 +99,17 @@ class _Conn:
         self.bytes_in = 0  # terminal -> upstream
         self.bytes_out = 0  # upstream -> terminal
         self.last = time.monotonic()
+        #: the stream buffers of this connection, for :meth:`Gateway.buffered_bytes`
+        self.streams: list[Any] = []
+
+    def buffered(self) -> int:
+        total = 0
+        for s in self.streams:
+            if isinstance(s, asyncio.StreamWriter):
+                total += s.transport.get_write_buffer_size()
+            elif isinstance(s, asyncio.StreamReader):
+                total += len(getattr(s, "_buffer", b""))  # no public size on StreamReader
+        return total
 
     def line(self) -> str:
         f = dict(self.fields)
@@ -154,6 +175,7 @@ class Gateway:
         self._closed = False
         self.active = 0
         self.refresh_count = 0
+        self._records: set[_Conn] = set()
 
     # --- trust ------------------------------------------------------------------------
     def _context(self, listener: ListenerConfig, trust: TrustMaterial | None) -> TLCPContext:
@@ -232,6 +254,12 @@ class Gateway:
         for _, s in self._servers:
             s.close()
 
+    def buffered_bytes(self) -> int:
+        """Bytes held in the gateway's stream buffers right now, over all connections
+        (TCP write buffers to terminals and upstreams, and read buffers): the figure
+        back-pressure keeps bounded whatever the peers do."""
+        return sum(rec.buffered() for rec in list(self._records))
+
     @property
     def connections(self) -> int:
         """Connections being handled (handshaking or relaying)."""
@@ -281,6 +309,8 @@ class Gateway:
             access_log.info(rec.line())
             return
         self.active += 1
+        self._records.add(rec)
+        rec.streams += [raw_r, raw_w]
         writer: aio.TLCPStreamWriter | None = None
         up_w: asyncio.StreamWriter | None = None
         try:
@@ -318,6 +348,7 @@ class Gateway:
             except (OSError, TimeoutError) as exc:
                 rec.fields["result"] = f"upstream_failed:{type(exc).__name__}"
                 return
+            rec.streams += [up_r, up_w]
             peername = raw_w.get_extra_info("peername")
             peer_host = peername[0] if isinstance(peername, tuple) else None
             added = _added_headers(subject, serial, peer_host)
@@ -330,6 +361,7 @@ class Gateway:
             log.debug("connection error", exc_info=True)
         finally:
             self.active -= 1
+            self._records.discard(rec)
             if up_w is not None:
                 up_w.close()
             if writer is not None:
@@ -348,22 +380,31 @@ class Gateway:
         up_w: asyncio.StreamWriter,
         added: list[tuple[bytes, bytes]],
     ) -> None:
+        # The upstream's bytes are piped to the terminal once the first request has gone
+        # (at once in tcp mode); a WebSocket handshake reads the answer itself instead.
+        go = asyncio.Event()
+
         async def downstream() -> None:
+            await go.wait()
             await self._pipe(rec, up_r.read, writer, "out")
 
         down = asyncio.create_task(downstream())
 
         async def upstream() -> None:
             if route.mode != "http":
+                go.set()
                 await self._pipe(rec, reader.read, up_w, "in")
                 return
             try:
-                last = await self._http_requests(rec, reader, up_w, added)
+                last = await self._http_requests(
+                    rec, reader, writer, up_r, up_w, added, route.websocket, go
+                )
             except HTTPRequestError as exc:
                 down.cancel()
-                self._http_error(writer, exc.status)
+                if "status" not in rec.fields:  # no response head relayed yet
+                    self._http_error(writer, exc.status)
                 raise
-            if last:  # Connection: close: let the response through, then end
+            if last and go.is_set():  # Connection: close: let the response through, then end
                 await down
 
         tasks = [asyncio.create_task(upstream()), down]
@@ -374,17 +415,149 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             exc = None if first.cancelled() else first.exception()
-            if isinstance(exc, _Idle):
-                rec.fields["result"] = "idle_timeout"
-            elif isinstance(exc, HTTPRequestError):
-                rec.fields["result"] = f"bad_request:{str(exc).replace(' ', '_')}"
-            elif isinstance(exc, TLCPError):
-                rec.fields["result"] = f"tlcp_error:{exc.alert.name.lower()}"
-            elif exc is not None:
-                rec.fields["result"] = f"error:{type(exc).__name__}"
+            if exc is not None:
+                rec.fields["result"] = _result(exc)
         finally:
             for t in tasks:
                 t.cancel()
+
+    # --- WebSocket (RFC 6455) through an http route -----------------------------------
+    async def _websocket(
+        self,
+        rec: _Conn,
+        req: RequestHead,
+        reader: aio.TLCPStreamReader,
+        writer: aio.TLCPStreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+        added: list[tuple[bytes, bytes]],
+    ) -> None:
+        """Forward a WebSocket opening handshake (with the gateway's identity headers),
+        read the upstream's answer, relay it; after a 101 relay bytes both ways until
+        either side closes. Any other answer is relayed as is and ends the connection."""
+        rec.fields["upgrade"] = "websocket"
+        up_w.write(req.encode(added, websocket=True))
+        await up_w.drain()
+        try:
+            head = await self._read_idle(rec, lambda: up_r.readuntil(b"\r\n\r\n"))
+        except asyncio.IncompleteReadError:
+            raise HTTPRequestError("upstream closed before answering", 502) from None
+        except asyncio.LimitOverrunError:
+            raise HTTPRequestError("upstream response head too large", 502) from None
+        resp = parse_response_head(head)
+        if resp.status == 101 and not resp.websocket:
+            raise HTTPRequestError("upstream switched to another protocol", 502)
+        rec.fields["status"] = resp.status
+        rec.bytes_out += len(head)
+        writer.write(head)
+        await writer.drain()
+        if resp.status != 101:
+            rec.fields["upgrade"] = "refused"
+            await self._copy_response_body(rec, resp, up_r, writer)
+            return
+        await self._tunnel(rec, reader, writer, up_r, up_w)
+
+    async def _tunnel(
+        self,
+        rec: _Conn,
+        reader: aio.TLCPStreamReader,
+        writer: aio.TLCPStreamWriter,
+        up_r: asyncio.StreamReader,
+        up_w: asyncio.StreamWriter,
+    ) -> None:
+        """Bytes both ways after a 101, each direction waiting for the other end to take
+        what it was given (``drain``): a slow reader stops the gateway reading from the
+        writer, so buffers stay bounded. The terminal's end of stream is passed on as a
+        TCP half-close upstream, and upstream data still flows to it until the upstream
+        closes (only after a bare TCP end: after close_notify nothing more can be sent
+        to the terminal), for at most ``HALF_CLOSE_LINGER`` seconds; the upstream's end
+        of stream becomes close_notify to the terminal, which ends the connection."""
+        conn = writer.get_extra_info("tlcp_connection")
+
+        async def inbound() -> None:
+            await self._pipe(rec, reader.read, up_w, "in")
+            if up_w.can_write_eof():
+                with contextlib.suppress(OSError, RuntimeError):
+                    up_w.write_eof()
+
+        t_in = asyncio.create_task(inbound())
+        t_out = asyncio.create_task(self._pipe(rec, up_r.read, writer, "out"))
+        try:
+            done, _ = await asyncio.wait({t_in, t_out}, return_when=asyncio.FIRST_COMPLETED)
+            if t_out in done or t_in.exception() is not None or conn.closed:
+                rec.fields["closed_by"] = "upstream" if t_out in done else "terminal"
+                for t in done:
+                    if t.exception() is not None:
+                        raise t.exception()  # type: ignore[misc]
+                return
+            rec.fields["closed_by"] = "terminal"
+            try:
+                async with asyncio.timeout(min(HALF_CLOSE_LINGER, self.config.idle_timeout)):
+                    await t_out
+            except TimeoutError:
+                rec.fields["result"] = "half_close_timeout"
+        finally:
+            for t in (t_in, t_out):
+                t.cancel()
+            await asyncio.gather(t_in, t_out, return_exceptions=True)
+
+    async def _copy_response_body(
+        self,
+        rec: _Conn,
+        resp: ResponseHead,
+        up_r: asyncio.StreamReader,
+        writer: aio.TLCPStreamWriter,
+    ) -> None:
+        """The body of a refused upgrade, as framed by the upstream (then the connection
+        ends)."""
+
+        async def copy(n: int | None) -> None:
+            while n is None or n > 0:
+                want = CHUNK if n is None else min(n, CHUNK)
+                data = await self._read_idle(rec, lambda want=want: up_r.read(want))
+                if not data:
+                    if n is None:
+                        return
+                    raise HTTPRequestError("upstream response truncated", 502)
+                rec.last = time.monotonic()
+                rec.bytes_out += len(data)
+                writer.write(data)
+                await writer.drain()
+                if n is not None:
+                    n -= len(data)
+
+        malformed = HTTPRequestError("upstream chunked body malformed", 502)
+
+        async def line() -> bytes:
+            try:
+                out = await self._read_idle(rec, lambda: up_r.readuntil(b"\r\n"))
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+                raise malformed from None
+            if len(out) > MAX_CHUNK_LINE:
+                raise malformed
+            rec.bytes_out += len(out)
+            writer.write(out)
+            return out
+
+        if resp.bodyless:
+            return
+        if resp.chunked:
+            while True:
+                try:
+                    size = parse_chunk_size(await line())
+                except HTTPRequestError as exc:
+                    raise malformed from exc
+                if size == 0:
+                    break
+                await copy(size + 2)
+            fields = 0
+            while await line() != b"\r\n":
+                fields += 1
+                if fields > MAX_FIELDS:
+                    raise HTTPRequestError("upstream trailers too large", 502)
+            await writer.drain()
+            return
+        await copy(resp.content_length)
 
     async def _read_idle(self, rec: _Conn, read: Callable[[], Awaitable[bytes]]) -> bytes:
         idle = self.config.idle_timeout
@@ -416,13 +589,24 @@ class Gateway:
         self,
         rec: _Conn,
         reader: aio.TLCPStreamReader,
+        writer: aio.TLCPStreamWriter,
+        up_r: asyncio.StreamReader,
         up_w: asyncio.StreamWriter,
         added: list[tuple[bytes, bytes]],
+        websocket: bool,
+        go: asyncio.Event,
     ) -> bool:
         """Forward requests one by one, each re-framed (see :mod:`.http`) with the
         gateway's identity and forwarding headers ``added``. True when the last one asked
-        to close the connection, False at the end of the terminal's stream."""
+        to close the connection, False at the end of the terminal's stream.
+
+        With ``websocket`` (the route allows it), a WebSocket opening handshake sent as
+        the connection's first request is relayed (:meth:`_websocket`) and the connection
+        then belongs to it; later on a connection, as everywhere else, the ``Upgrade`` is
+        dropped and the request forwarded as a plain one. ``go`` is set before the first
+        request goes upstream (the responses are then piped to the terminal)."""
         limit = self.config.max_header_bytes
+        first = True
         while True:
             try:
                 head = await self._read_idle(rec, lambda: reader.readuntil(b"\r\n\r\n"))
@@ -437,6 +621,11 @@ class Gateway:
             rec.last = time.monotonic()
             req = parse_request_head(head)
             rec.bytes_in += len(head)
+            if first and websocket and req.websocket:
+                await self._websocket(rec, req, reader, writer, up_r, up_w, added)
+                return True
+            first = False
+            go.set()
             up_w.write(req.encode(added))
             if req.chunked:
                 await self._copy_chunked(rec, reader, up_w)
@@ -502,12 +691,27 @@ class Gateway:
 
     @staticmethod
     def _http_error(writer: aio.TLCPStreamWriter, status: int) -> None:
-        reason = {400: "Bad Request", 431: "Request Header Fields Too Large"}.get(status, "Error")
+        reason = {
+            400: "Bad Request",
+            431: "Request Header Fields Too Large",
+            502: "Bad Gateway",
+        }.get(status, "Error")
         with contextlib.suppress(Exception):
             writer.write(
                 f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
                 "Content-Length: 0\r\n\r\n".encode()
             )
+
+
+def _result(exc: BaseException) -> str:
+    if isinstance(exc, _Idle):
+        return "idle_timeout"
+    if isinstance(exc, HTTPRequestError):
+        kind = "bad_gateway" if exc.status == 502 else "bad_request"
+        return f"{kind}:{str(exc).replace(' ', '_')}"
+    if isinstance(exc, TLCPError):
+        return f"tlcp_error:{exc.alert.name.lower()}"
+    return f"error:{type(exc).__name__}"
 
 
 async def _open_upstream(route: Route) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -14,8 +14,11 @@ smuggling) nor let a terminal forge what the gateway asserts:
   ``X-Forwarded-*``, ``X-Real-IP``) is removed under any spelling (case, ``_`` for
   ``-``); the gateway adds its own;
 - hop-by-hop headers (``Connection`` and the names it lists, ``Keep-Alive``, ``TE``,
-  ``Trailer``, ``Upgrade``, ``Proxy-*``) are not forwarded: no protocol switch (h2c,
-  WebSocket) happens behind the gateway;
+  ``Trailer``, ``Upgrade``, ``Proxy-*``) are not forwarded. The one protocol switch the
+  gateway relays is a WebSocket opening handshake (RFC 6455 §4.1) on a route that allows
+  it: :attr:`RequestHead.websocket` tells the caller, which then forwards the request
+  with exactly ``Upgrade: websocket`` and ``Connection: Upgrade`` (see
+  :meth:`RequestHead.encode`); every other upgrade (h2c, TLS…) is dropped;
 - the body framing is re-emitted: ``Content-Length: n`` as given, or chunks as
   ``%X CRLF data CRLF`` with chunk extensions dropped, and no trailers (a request's
   trailers are read, checked and dropped). Chunk-size lines are 1 to 16 hex digits,
@@ -36,10 +39,12 @@ __all__ = [
     "MAX_FIELDS",
     "HTTPRequestError",
     "RequestHead",
+    "ResponseHead",
     "check_trailer_line",
     "normalise_name",
     "parse_chunk_size",
     "parse_request_head",
+    "parse_response_head",
 ]
 
 #: Headers whose normalised name starts with this are the gateway's to set.
@@ -116,12 +121,35 @@ class RequestHead:
     content_length: int | None = None
     chunked: bool = False
     close: bool = False
+    #: the protocols of the ``Upgrade`` header (lower case), when ``Connection`` lists
+    #: ``upgrade``; empty otherwise
+    upgrade: tuple[bytes, ...] = ()
 
-    def encode(self, added: list[tuple[bytes, bytes]]) -> bytes:
+    @property
+    def websocket(self) -> bool:
+        """True for a WebSocket opening handshake (RFC 6455 §4.1): ``GET`` in HTTP/1.1,
+        ``Upgrade: websocket`` alone, ``Connection`` listing ``upgrade`` (not ``close``),
+        no body."""
+        return (
+            self.method == b"GET"
+            and self.version == b"HTTP/1.1"
+            and self.upgrade == (b"websocket",)
+            and not self.close
+            and not self.chunked
+            and not self.content_length
+        )
+
+    def encode(self, added: list[tuple[bytes, bytes]], *, websocket: bool = False) -> bytes:
         """The head to send upstream: the kept fields, then ``added`` (the gateway's
-        identity and forwarding headers), then the re-emitted framing."""
+        identity and forwarding headers), then the re-emitted framing. ``websocket``
+        (only for a :attr:`websocket` request on a route that allows it) adds
+        ``Upgrade: websocket`` and ``Connection: Upgrade``."""
         out = [b"%s %s %s\r\n" % (self.method, self.target, self.version)]
         out += [b"%s: %s\r\n" % (n, v) for n, v in (*self.fields, *added)]
+        if websocket:
+            if not self.websocket:
+                raise HTTPRequestError("not a WebSocket opening handshake")
+            out.append(b"Upgrade: websocket\r\nConnection: Upgrade\r\n")
         if self.chunked:
             out.append(b"Transfer-Encoding: chunked\r\n")
         elif self.content_length is not None:
@@ -158,6 +186,12 @@ def _tokens(value: bytes) -> list[bytes]:
     return out
 
 
+def _protocols(value: bytes) -> list[bytes]:
+    """The protocol names of an ``Upgrade`` value (``name[/version]``, lower case); a
+    malformed item is kept as is so that it never reads as ``websocket``."""
+    return [item.strip(b" \t").lower() for item in value.split(b",") if item.strip(b" \t")]
+
+
 def parse_request_head(head: bytes) -> RequestHead:
     """Parse a request head (ending with CRLF CRLF) strictly; raise HTTPRequestError for
     anything that could be read another way by the upstream server."""
@@ -176,6 +210,7 @@ def parse_request_head(head: bytes) -> RequestHead:
         raise HTTPRequestError("too many header fields", 431)
     req = RequestHead(method, target, version)
     connection: list[bytes] = []
+    upgrade: list[bytes] = []
     hosts = 0
     raw: list[tuple[bytes, bytes, bytes]] = []
     for line in lines[1:]:
@@ -195,6 +230,8 @@ def parse_request_head(head: bytes) -> RequestHead:
             req.chunked = True
         elif lname == b"connection":
             connection += _tokens(value)
+        elif lname == b"upgrade":
+            upgrade += _protocols(value)
         else:
             if lname == b"host":
                 hosts += 1
@@ -211,6 +248,8 @@ def parse_request_head(head: bytes) -> RequestHead:
     req.close = b"close" in connection or (
         version == b"HTTP/1.0" and b"keep-alive" not in connection
     )
+    if b"upgrade" in connection:
+        req.upgrade = tuple(upgrade)
     drop = _HOP_BY_HOP | {normalise_name(n) for n in listed}
     req.fields = [(n, v) for n, v, norm in raw if norm not in drop]
     return req
@@ -232,3 +271,64 @@ def check_trailer_line(line: bytes) -> None:
     if not line.endswith(b"\r\n"):
         raise HTTPRequestError("trailer line without CRLF")
     _split_field(line[:-2])
+
+
+@dataclass
+class ResponseHead:
+    """What the gateway needs of an upstream's answer to a WebSocket opening handshake:
+    the status and how the body is framed (for a non-101 answer, relayed as is)."""
+
+    status: int
+    content_length: int | None = None
+    chunked: bool = False
+    #: for a 101: ``Upgrade: websocket`` and ``Connection`` listing ``upgrade``
+    websocket: bool = False
+
+    @property
+    def bodyless(self) -> bool:
+        return 100 <= self.status < 200 or self.status in (204, 304)
+
+
+def parse_response_head(head: bytes) -> ResponseHead:
+    """Parse an upstream response head (ending with CRLF CRLF) strictly; raise
+    HTTPRequestError (status 502) for anything malformed or framed two ways."""
+
+    def bad(why: str) -> HTTPRequestError:
+        return HTTPRequestError(f"upstream response: {why}", 502)
+
+    if not head.endswith(b"\r\n\r\n"):
+        raise bad("head does not end with CRLF CRLF")
+    lines = head[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    code = rest[:3]
+    if version != b"HTTP/1.1" or len(code) != 3 or not code.isdigit() or rest[3:4] not in b" ":
+        raise bad("bad status line")
+    if len(lines) - 1 > MAX_FIELDS:
+        raise bad("too many header fields")
+    resp = ResponseHead(int(code))
+    upgrade: list[bytes] = []
+    connection: list[bytes] = []
+    try:
+        for line in lines[1:]:
+            name, value = _split_field(line)
+            lname = name.lower()
+            if lname == b"content-length":
+                if resp.content_length is not None or not _DIGITS.match(value):
+                    raise bad("bad or repeated Content-Length")
+                resp.content_length = int(value)
+            elif lname == b"transfer-encoding":
+                if resp.chunked or value.lower() != b"chunked":
+                    raise bad("Transfer-Encoding other than one 'chunked'")
+                resp.chunked = True
+            elif lname == b"upgrade":
+                upgrade += _protocols(value)
+            elif lname == b"connection":
+                connection += _tokens(value)
+    except HTTPRequestError as exc:
+        if exc.status == 502:
+            raise
+        raise bad(str(exc)) from None
+    if resp.chunked and resp.content_length is not None:
+        raise bad("both Content-Length and Transfer-Encoding")
+    resp.websocket = upgrade == [b"websocket"] and b"upgrade" in connection
+    return resp
