@@ -330,3 +330,40 @@ def test_cli_send_and_listen_through_the_gateway(
     assert code == 0 and "sent to team at position" in out, out
     code, out = run("im", "listen", "--count", "3", "--timeout", "10", *term("bob"))
     assert code == 0 and "via the gateway" in out, out
+
+
+def test_chat_over_tlcp(w: World) -> None:
+    """The interactive chat's controller on a terminal whose IMS URL is the gateway's:
+    what alice types reaches bob, and bob's reply arrives live on alice's WebSocket
+    through TLCP and is rendered in her chat."""
+    from mstcrypt.apps.im.chat import ChatController
+
+    alice = tlcp_im(w, "alice", w.gw_url)  # type: ignore[attr-defined]
+    bob = tlcp_im(w, "bob", w.gw_url)  # type: ignore[attr-defined]
+    out: list[str] = []
+    ctrl = ChatController(alice, out.append)
+    try:
+        assert ctrl.start("team")
+        assert ctrl.handle("hello through the gateway")
+        assert any(line.endswith("<alice> hello through the gateway") for line in out), out
+        got = bob.listen(until=lambda g: "hello through the gateway" in texts(g), timeout=20)
+        assert "hello through the gateway" in texts(got)
+
+        done = threading.Event()
+
+        def reply() -> None:
+            time.sleep(0.5)
+            bob.send_text("team", "reply over tlcp")
+            done.set()
+
+        threading.Thread(target=reply, daemon=True).start()
+        alice.listen(
+            until=lambda g: "reply over tlcp" in texts(g),
+            timeout=20,
+            on_message=ctrl.incoming,
+        )
+        assert done.is_set()
+        assert any(line.endswith("<bob> reply over tlcp") for line in out), out
+    finally:
+        alice.close()
+        bob.close()
