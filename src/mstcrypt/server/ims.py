@@ -683,7 +683,12 @@ async def _writer(websocket: WebSocket, conn: Connection, service: ImsService) -
             continue
         get = asyncio.ensure_future(conn.queue.get())
         wait = asyncio.ensure_future(conn.resync.wait())
-        done, _ = await asyncio.wait({get, wait}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({get, wait}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the connection ends: leave no waiter behind
+            get.cancel()
+            wait.cancel()
+            raise
         if get in done:
             wait.cancel()
             frame = get.result()
