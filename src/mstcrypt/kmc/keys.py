@@ -257,6 +257,10 @@ class KeyService:
         certificate (None: none), and the profile and subject of the new encryption
         certificate (given, else those of the current one)."""
         with self.ctx.db.read() as s:
+            if s.get(Operator, owner) is not None:
+                raise PolicyError(
+                    f"{owner!r} is an operator: operator keys are not rotated through the API"
+                )
             signs = list(
                 s.scalars(
                     select(IssuedCertificate).where(
