@@ -146,7 +146,7 @@ def test_session_settings_from_env_and_serve(
     assert Settings.from_env(tmp_path).console_policy() == ConsolePolicy(30, 120, 3600)
     for bad, error in (("30", ConsolePolicyError), ("abc", PolicyError), ("1e3", PolicyError)):
         monkeypatch.setenv("MSTCRYPT_CONSOLE_IDLE", bad)
-        with pytest.raises(error, match="idle|MSTCRYPT_CONSOLE_IDLE"):
+        with pytest.raises(error, match=r"idle|MSTCRYPT_CONSOLE_IDLE"):
             Settings.from_env(tmp_path)
     monkeypatch.setenv("MSTCRYPT_CONSOLE_IDLE", "120")
     from mstcrypt.cli import app
