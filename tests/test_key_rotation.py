@@ -55,9 +55,9 @@ class Plat:
     def admin(self) -> Client:
         return Client(self.url, anchors=[self.root], operator_token=self.ops["alice"])
 
-    def terminal(self, owner: str) -> tuple[SoftToken, Path, str]:
+    def terminal(self, owner: str, file: str = "") -> tuple[SoftToken, Path, str]:
         """An enrolled soft token (root preset), logged in: (token, its file, session)."""
-        path = self.tmp / f"{owner}.tok"
+        path = self.tmp / f"{file or owner}.tok"
         tok = SoftToken.init(path, PIN, ADMIN_CODE, iterations=100_000, anchors=[self.root.der])
         with self.admin() as a:
             code = a.create_enrollment_code(owner, {**SUBJECT, "CN": owner})["code"]
@@ -346,6 +346,20 @@ def test_revoked_or_destroyed_key_is_not_delivered(plat: Plat) -> None:
             assert d is not None and d.envelope is None and d.collected_at is None
         a.key_operation(key_id, "destroy")
     assert plat.kmc.pending_keys("alice") == []
+
+
+@SQLITE_ONLY
+def test_a_reenrolled_terminal_is_not_offered_envelopes_to_its_old_key(plat: Plat) -> None:
+    plat.terminal("alice")
+    with plat.admin() as a:
+        a.rotate_key("alice")
+    assert len(plat.kmc.pending_keys("alice")) == 1
+    tok, path, session = plat.terminal("alice", "alice-new-phone")  # supersedes the old pair
+    with Client(plat.url, anchors=[plat.root]) as c:
+        assert c.pending_keys(session) == []
+        before = path.read_bytes()
+        assert c.collect_keys(session, tok) == []
+        assert path.read_bytes() == before
 
 
 def test_explicit_terminal_key_still_returns_the_envelope(plat: Plat) -> None:

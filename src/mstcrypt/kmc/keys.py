@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import aliased
 
 from mstcrypt.crypto.sm2 import SM2PublicKey
 from mstcrypt.errors import PolicyError
@@ -403,18 +404,24 @@ class KeyService:
     def pending(self, owner: str) -> list[dict[str, Any]]:
         """``owner``'s rotated keys not collected yet, oldest version first: key id,
         version, the SM2EnvelopedKey (DER) and the encryption certificate (DER). A key
-        revoked or destroyed meanwhile is not offered (its envelope was dropped)."""
+        revoked or destroyed meanwhile is not offered (its envelope was dropped), nor one
+        sealed to a signing certificate that is no longer active."""
         with self.ctx.read() as s:
+            recipient = aliased(IssuedCertificate)
             rows = s.execute(
                 select(KeyDelivery, EncryptionKey.version, IssuedCertificate.der)
                 .join(EncryptionKey, EncryptionKey.id == KeyDelivery.key_id)
                 .join(IssuedCertificate, IssuedCertificate.serial == KeyDelivery.cert_serial)
+                .join(recipient, recipient.serial == KeyDelivery.recipient_serial)
                 .where(
                     KeyDelivery.owner == owner,
                     EncryptionKey.owner == owner,
                     KeyDelivery.collected_at.is_(None),
                     KeyDelivery.envelope.is_not(None),
                     EncryptionKey.state.in_(("active", "decrypt_only")),
+                    # sealed to a signing key the terminal still holds under an active
+                    # certificate (a re-enrolled terminal cannot open the older ones)
+                    recipient.status == "active",
                 )
                 .order_by(EncryptionKey.version)
             ).all()
