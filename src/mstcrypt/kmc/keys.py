@@ -10,7 +10,11 @@ State machine (:data:`~mstcrypt.kmc.context.KEY_TRANSITIONS`; anything else is r
                            revoked --destroy--> destroyed
 
 Key material is generated in the SS-CC and leaves it only as an SM2EnvelopedKey to a
-terminal key. Operators' own keys are never generated, distributed or rotated through
+terminal key. A rotation started where the terminal is not (the console) seals the new
+key to the owner's active signing certificate and keeps it as a pending delivery
+(:class:`~mstcrypt.kmc.models.KeyDelivery`), which the terminal lists and acknowledges
+with its own session (:meth:`KeyService.pending`, :meth:`KeyService.collect`).
+Operators' own keys are never generated, distributed or rotated through
 here (their credentials are the administrator's business at the console).
 """
 
