@@ -73,6 +73,8 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("POST", "/login/logout"): SESSION,
     ("GET", "/kmc/kdk"): SESSION,
     ("GET", "/kmc/groups/{group}/key"): SESSION,
+    ("GET", "/kmc/keys/pending"): SESSION,
+    ("POST", "/kmc/keys/{key_id}/collected"): SESSION,
     # voice call signalling (apps.voice): a terminal's session
     ("POST", "/voice/register"): SESSION,
     ("POST", "/voice/unregister"): SESSION,
@@ -152,6 +154,7 @@ ACCESS: dict[tuple[str, str], str | frozenset[str]] = {
     ("GET", "/console/keys"): CONSOLE,
     ("POST", "/console/keys/{key_id}/archive"): CONSOLE,
     ("POST", "/console/keys/{key_id}/destroy"): CONSOLE,
+    ("POST", "/console/keys/{key_id}/rotate"): CONSOLE,
     ("GET", "/console/recovery"): CONSOLE,
     ("POST", "/console/recovery"): CONSOLE,
     ("GET", "/console/recovery/{request_id}"): CONSOLE,

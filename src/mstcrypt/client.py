@@ -38,7 +38,7 @@ from urllib.parse import quote
 
 import httpx
 
-from mstcrypt.errors import MstCryptError, PolicyError, VerificationError
+from mstcrypt.errors import DecodeError, MstCryptError, PolicyError, VerificationError
 from mstcrypt.module import KeyUsage, SoftToken
 from mstcrypt.pki import CRL, Certificate, CertificateError, build_csr, name, validate_path
 from mstcrypt.pki.hostname import canonical_names
@@ -53,7 +53,7 @@ from mstcrypt.pki.ocsp import (
 )
 from mstcrypt.pki.profiles import POLICY_KMC_ESCROW
 
-__all__ = ["Client", "EnrollResult", "ServiceError"]
+__all__ = ["Client", "CollectedKey", "EnrollResult", "ServiceError"]
 
 
 class ServiceError(MstCryptError):
@@ -73,6 +73,20 @@ class EnrollResult:
     encryption_certificate: Certificate
     chain: list[Certificate]
     key_id: str
+
+
+@dataclass
+class CollectedKey:
+    """One rotated encryption key :meth:`Client.collect_keys` picked up: installed in
+    ``container`` (``installed`` false: the token already held it, only acknowledged);
+    the key it replaced went to ``previous_container`` (decrypt-only; None: none)."""
+
+    key_id: str
+    version: int
+    container: str
+    certificate: Certificate
+    previous_container: str | None
+    installed: bool
 
 
 @dataclass
@@ -493,6 +507,76 @@ class Client:
             raise
         return EnrollResult(body["owner"], container, sign_cert, enc_cert, chain, body["key_id"])
 
+    def pending_keys(self, session_token: str) -> list[dict[str, Any]]:
+        """The session owner's rotated encryption keys waiting for pickup (not yet
+        validated: :meth:`collect_keys` validates and installs them)."""
+        body = self._json("GET", "/kmc/keys/pending", headers=_bearer(session_token))
+        return list(body["keys"])
+
+    def collect_keys(
+        self,
+        session_token: str,
+        token: SoftToken,
+        *,
+        container: str = "main",
+        anchor: Certificate | None = None,
+    ) -> list[CollectedKey]:
+        """Pick up the encryption keys an operator rotated for this terminal, oldest
+        version first. Each new encryption certificate is validated to the anchor
+        (``anchor``, else the client's, else the token's preset root — never the root the
+        server sends) with the CRLs, for key encipherment; the key is unwrapped with the
+        container's signing key and installed with
+        :meth:`~mstcrypt.module.base.CryptoModule.install_rotated_key` (the previous key
+        moves to a decrypt-only container ``<container>.enc-<serial>``); then the
+        delivery is acknowledged. A key the token already holds (an earlier run stopped
+        before its acknowledgement) is only acknowledged. Nothing pending: ``[]``."""
+        anchors = self._anchors(token, anchor)
+        pending = self.pending_keys(session_token)
+        if not pending:
+            return []
+        sign_der = token.get_certificate(container, KeyUsage.SIGN)
+        if sign_der is None:
+            raise MstCryptError(f"container {container!r} has no signing certificate")
+        intermediates, crls = self._server_chain()
+        done: list[CollectedKey] = []
+        for item in sorted(pending, key=lambda k: int(k["version"])):
+            key_id = str(item["key_id"])
+            cert = Certificate.from_pem(str(item["encryption_certificate"]).encode())
+            validate_path(
+                cert,
+                anchors=anchors,
+                intermediates=intermediates,
+                crls=crls,
+                at=datetime.now(UTC),
+                key_usage={"key_encipherment"},
+            )
+            installed, previous = False, None
+            current_der = token.get_certificate(container, KeyUsage.ENCRYPT)
+            try:
+                current_key = token.key(container, KeyUsage.ENCRYPT).public_key
+            except MstCryptError:
+                current_key = None
+            if current_key != cert.public_key:
+                previous = _previous_container(container, current_der, current_key)
+                token.install_rotated_key(
+                    container,
+                    _b64(item["enveloped_key"]),
+                    cert.der,
+                    keep_previous_as=previous,
+                )
+                installed = True
+                if current_key is None:
+                    previous = None
+            self._json(
+                "POST",
+                f"/kmc/keys/{quote(key_id, safe='')}/collected",
+                headers=_bearer(session_token),
+            )
+            done.append(
+                CollectedKey(key_id, int(item["version"]), container, cert, previous, installed)
+            )
+        return done
+
     def login(
         self,
         token: SoftToken,
@@ -677,6 +761,24 @@ class Client:
     def keys(self, owner: str) -> list[dict[str, Any]]:
         return list(self._json("GET", "/admin/keys", params={"owner": owner}))
 
+    def rotate_key(
+        self,
+        owner: str,
+        *,
+        subject: dict[str, str] | None = None,
+        terminal_public_key: bytes | None = None,
+    ) -> dict[str, Any]:
+        """Rotate ``owner``'s encryption key (registration officer). Without
+        ``terminal_public_key`` the new key waits for the terminal to collect it
+        (:meth:`collect_keys`) and the subject defaults to the current certificate's;
+        with it, the answer carries the envelope (``enveloped_key``)."""
+        body: dict[str, Any] = {"owner": owner}
+        if subject is not None:
+            body["subject"] = subject
+        if terminal_public_key is not None:
+            body["terminal_public_key"] = terminal_public_key.hex()
+        return dict(self._json("POST", "/admin/keys/rotate", json=body))
+
     def key_operation(self, key_id: str, op: str, reason: str | None = None) -> None:
         """``archive`` / ``destroy`` (administrator) or ``revoke`` (registration officer)."""
         if op not in ("archive", "revoke", "destroy"):
@@ -747,6 +849,28 @@ class Client:
             "POST", "/admin/appsign/developers", json={"owner": owner, "csr": csr_pem}
         )
         return Certificate.from_pem(str(body["certificate"]).encode())
+
+
+def _previous_container(container: str, cert_der: bytes | None, key: Any) -> str:
+    """Where a replaced encryption key goes: ``<container>.enc-<serial of its
+    certificate>`` (or of its key's SM3 when it has none), at most 64 characters."""
+    from mstcrypt.crypto.sm3 import sm3
+
+    tag = (
+        f"{Certificate.from_der(cert_der).serial:x}"
+        if cert_der is not None
+        else sm3(key.to_bytes()).hex()[:24]
+        if key is not None
+        else "none"
+    )
+    return f"{container[: 63 - 5 - min(len(tag), 40)]}.enc-{tag[:40]}"
+
+
+def _b64(value: object) -> bytes:
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except ValueError:
+        raise DecodeError("the enveloped key is not base64") from None
 
 
 def _bearer(token: str) -> dict[str, str]:

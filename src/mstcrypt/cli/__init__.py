@@ -23,6 +23,7 @@ from mstcrypt.cli import (
     demo,
     file_cmd,
     im_cmd,
+    keys_cmd,
     mail_cmd,
     platform,
     seal_cmd,
@@ -74,6 +75,7 @@ app.add_typer(im_cmd.ims_app, name="ims")
 app.add_typer(boot_cmd.app, name="boot")
 app.add_typer(console_cmd.app, name="console")
 app.add_typer(console_cmd.report_app, name="report")
+app.add_typer(keys_cmd.app, name="keys")
 
 
 @app.command("version")

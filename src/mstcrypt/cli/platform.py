@@ -413,14 +413,49 @@ def serve_command(
             "(repeatable; default: MSTCRYPT_PUBLIC_URL's host and --host).",
         ),
     ] = None,
+    console_code_ttl: Annotated[
+        int | None,
+        typer.Option(
+            "--console-code-ttl",
+            help="Seconds a console code waits for its exchange (10-300; default "
+            "MSTCRYPT_CONSOLE_CODE_TTL or 60).",
+        ),
+    ] = None,
+    console_idle: Annotated[
+        int | None,
+        typer.Option(
+            "--console-idle",
+            help="Seconds a console session lives without a request (60-28800; default "
+            "MSTCRYPT_CONSOLE_IDLE or 900).",
+        ),
+    ] = None,
+    console_max_age: Annotated[
+        int | None,
+        typer.Option(
+            "--console-max-age",
+            help="Seconds after the login when a console session ends (idle-86400; "
+            "default MSTCRYPT_CONSOLE_MAX_AGE or 28800).",
+        ),
+    ] = None,
 ) -> None:
     """Run the platform (CA, CRL, directory, enrollment, KMC, admin) over TLCP."""
-    from mstcrypt.errors import KeyStoreError
+    from mstcrypt.errors import KeyStoreError, PolicyError
     from mstcrypt.server.app import create_app
 
     if tls not in ("tlcp", "none"):
         fail("--tls is tlcp or none")
-    kmc, settings = _kmc(data_dir)
+    try:
+        kmc, settings = _kmc(data_dir)
+        for field_name, value in (
+            ("console_code_ttl", console_code_ttl),
+            ("console_idle", console_idle),
+            ("console_max_age", console_max_age),
+        ):
+            if value is not None:
+                setattr(settings, field_name, value)
+        settings.console_policy()
+    except PolicyError as exc:
+        fail(str(exc))
     if init:
         kmc.ensure_initialised(actor="serve")
     if not kmc.is_initialised():

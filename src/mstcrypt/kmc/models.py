@@ -302,3 +302,23 @@ class OcspResponseRecord(Base):
     this_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     next_update: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     refresh_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class KeyDelivery(Base):
+    """A rotated encryption key waiting for its terminal (:meth:`KeyService.rotate`
+    without a terminal key): the SM2EnvelopedKey to the public key of the owner's active
+    signing certificate, written in the rotation's transaction. The terminal fetches it
+    with its session and acknowledges it; the acknowledgement drops the envelope (the
+    row stays, as the record of the pickup)."""
+
+    __tablename__ = "key_deliveries"
+    key_id: Mapped[str] = mapped_column(ForeignKey("enc_keys.id"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    #: the encryption certificate of the delivered key (hex serial)
+    cert_serial: Mapped[str] = mapped_column(String(40))
+    #: the signing certificate whose public key the envelope is sealed to (hex serial)
+    recipient_serial: Mapped[str] = mapped_column(String(40))
+    #: the envelope (None once collected, or once the key was revoked or destroyed)
+    envelope: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    collected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

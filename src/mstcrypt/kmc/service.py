@@ -273,15 +273,24 @@ class Kmc:
     def rotate_key(
         self,
         owner: str,
-        terminal_public_key: SM2PublicKey,
+        terminal_public_key: SM2PublicKey | None = None,
         *,
-        subject: dict[str, str],
-        profile: Profile = Profile.DEVICE_ENC,
+        subject: dict[str, Any] | None = None,
+        profile: Profile | None = None,
         actor: str,
     ) -> tuple[str, bytes, Certificate]:
+        """Rotate ``owner``'s encryption key; without ``terminal_public_key`` the new key
+        waits, enveloped to the terminal's signing key, for the terminal to collect it
+        (:meth:`pending_keys`, :meth:`collect_key`)."""
         return self.lifecycle.rotate(
             owner, terminal_public_key, subject=subject, profile=profile, actor=actor
         )
+
+    def pending_keys(self, owner: str) -> list[dict[str, Any]]:
+        return self.lifecycle.pending(owner)
+
+    def collect_key(self, owner: str, key_id: str, *, actor: str) -> int:
+        return self.lifecycle.collect(owner, key_id, actor=actor)
 
     def archive_key(self, key_id: str, *, actor: str) -> None:
         self.lifecycle.archive(key_id, actor=actor)

@@ -31,7 +31,7 @@ from mstcrypt.crypto import sm4
 from mstcrypt.crypto.random import random_bytes
 from mstcrypt.crypto.sm2 import DEFAULT_ID, SignatureEncoding, SM2PrivateKey, SM2PublicKey
 from mstcrypt.crypto.sm2_kex import KeyExchangeInitiator, KeyExchangeResponder, Role
-from mstcrypt.errors import KeyStoreError, MstCryptError, PolicyError
+from mstcrypt.errors import KeyStoreError, MstCryptError, PolicyError, VerificationError
 from mstcrypt.formats.envelope import EnvelopedKey
 
 __all__ = [
@@ -410,6 +410,67 @@ class CryptoModule(ABC):
             c.meta[usage] = KeyProvenance(KeyOrigin.KMC, usage is KeyUsage.ENCRYPT)
             c.certs.pop(usage, None)
         return self.key(container, usage)
+
+    def install_rotated_key(
+        self,
+        container: str,
+        enveloped_der: bytes,
+        cert_der: bytes,
+        *,
+        keep_previous_as: str,
+    ) -> KeyHandle:
+        """Install an encryption key the KMC rotated for this terminal, atomically: unwrap
+        the SM2EnvelopedKey with the container's signing key (as at enrollment), check
+        that the certificate ``cert_der`` is for the unwrapped key, move the previous
+        encryption key with its certificate and provenance into a new container
+        ``keep_previous_as`` (decrypt-only: it holds no signing key, so files encrypted to
+        the old key keep opening), and install the new key and certificate. One persisted
+        change: any failure leaves the module (and its file) as it was.
+
+        The caller validates the certificate's path to its trust anchors first
+        (:meth:`mstcrypt.client.Client.collect_keys`); this checks the key binding."""
+        from asn1crypto import x509 as asn1_x509
+
+        from mstcrypt.formats._der import load_strict
+        from mstcrypt.formats.keys import public_key_from_der
+
+        self._require_open()
+        if not isinstance(keep_previous_as, str) or not _NAME.fullmatch(keep_previous_as):
+            raise PolicyError("container name: 1-64 characters of A-Z a-z 0-9 . _ @ -")
+        if keep_previous_as == container:
+            raise PolicyError("the previous key goes to another container than the new one")
+        if not isinstance(cert_der, bytes | bytearray) or not cert_der:
+            raise PolicyError("certificate must be non-empty DER bytes")
+        cert = load_strict(asn1_x509.Certificate, bytes(cert_der), "certificate")
+        cert_key = public_key_from_der(cert["tbs_certificate"]["subject_public_key_info"].dump())
+        env = EnvelopedKey.from_der(enveloped_der)
+        self._require_may_add_keys()
+        with self._transaction():
+            c = self._get(container)
+            if keep_previous_as in self._containers:
+                raise PolicyError(f"container {keep_previous_as!r} already exists")
+            unwrapper = c.keys.get(KeyUsage.SIGN)
+            if unwrapper is None:
+                raise KeyStoreError(
+                    f"container {container!r} has no sign key to unwrap the enveloped key"
+                )
+            new = env.open(unwrapper)
+            if new.public_key() != cert_key:
+                raise VerificationError("the certificate is not for the delivered key")
+            old = c.keys.get(KeyUsage.ENCRYPT)
+            if old is not None and old.public_key() == cert_key:
+                raise PolicyError(f"container {container!r} already holds this key")
+            if old is not None:
+                kept = _Container(keys={KeyUsage.ENCRYPT: old})
+                if KeyUsage.ENCRYPT in c.certs:
+                    kept.certs[KeyUsage.ENCRYPT] = c.certs[KeyUsage.ENCRYPT]
+                if KeyUsage.ENCRYPT in c.meta:
+                    kept.meta[KeyUsage.ENCRYPT] = c.meta[KeyUsage.ENCRYPT]
+                self._containers[keep_previous_as] = kept
+            c.keys[KeyUsage.ENCRYPT] = new
+            c.meta[KeyUsage.ENCRYPT] = KeyProvenance(KeyOrigin.KMC, True)
+            c.certs[KeyUsage.ENCRYPT] = bytes(cert_der)
+        return self.key(container, KeyUsage.ENCRYPT)
 
     def import_key_pair(
         self,

@@ -33,6 +33,11 @@
   (and all younger than this, default 0), ``MSTCRYPT_CRL_DELTA`` (``1``: publish
   delta CRLs), ``MSTCRYPT_CRL_DELTA_REBASE`` (s before the deltas move to a newer base,
   default 86400), ``MSTCRYPT_CRL_LEASE_SECONDS`` (publisher lease, default 30).
+* Console sessions (:class:`mstcrypt.apps.console.sessions.ConsolePolicy`):
+  ``MSTCRYPT_CONSOLE_CODE_TTL`` (s a console code may wait, 10-300, default 60),
+  ``MSTCRYPT_CONSOLE_IDLE`` (idle expiry, 60-28800, default 900),
+  ``MSTCRYPT_CONSOLE_MAX_AGE`` (s after the login, idle-86400, default 28800); a value
+  out of bounds is refused when the settings are read.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from mstcrypt.errors import PolicyError
 from mstcrypt.kmc.db import Database
 
 if TYPE_CHECKING:
+    from mstcrypt.apps.console.sessions import ConsolePolicy
     from mstcrypt.kmc.publisher import CrlPolicy
     from mstcrypt.kmc.service import Kmc
     from mstcrypt.module.sscc import ServerKeyStore
@@ -63,6 +69,16 @@ def _proxies(value: str) -> list[str]:
         except ValueError:
             raise PolicyError(f"MSTCRYPT_TRUSTED_PROXIES: {item!r} is not an address") from None
     return out
+
+
+def _seconds(env: os._Environ[str], key: str, default: int) -> int:
+    raw = env.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise PolicyError(f"{key}: {raw!r} is not a whole number of seconds") from None
 
 
 def _number(env: os._Environ[str], key: str, default: float) -> float:
@@ -109,8 +125,16 @@ class Settings:
     crl_delta: bool = True
     crl_delta_rebase: float = 86400.0
     crl_lease_seconds: float = 30.0
+    #: console sessions (see the module documentation): code lifetime, idle expiry,
+    #: maximum age, in seconds
+    console_code_ttl: int = 60
+    console_idle: int = 900
+    console_max_age: int = 8 * 3600
     #: a key store to use instead of the one configured in the environment (tests)
     keystore_override: ServerKeyStore | None = None
+
+    def __post_init__(self) -> None:
+        self.console_policy()  # refuse bad console session settings at once
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None, **overrides: object) -> Settings:
@@ -142,11 +166,25 @@ class Settings:
             crl_delta=env.get("MSTCRYPT_CRL_DELTA", "1") != "0",
             crl_delta_rebase=_number(env, "MSTCRYPT_CRL_DELTA_REBASE", 86400.0),
             crl_lease_seconds=_number(env, "MSTCRYPT_CRL_LEASE_SECONDS", 30.0),
+            console_code_ttl=_seconds(env, "MSTCRYPT_CONSOLE_CODE_TTL", 60),
+            console_idle=_seconds(env, "MSTCRYPT_CONSOLE_IDLE", 900),
+            console_max_age=_seconds(env, "MSTCRYPT_CONSOLE_MAX_AGE", 8 * 3600),
         )
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
+        s.console_policy()  # refuse bad console session settings now
         return s
+
+    def console_policy(self) -> ConsolePolicy:
+        """The console session policy; :class:`ConsolePolicyError` when out of bounds."""
+        from mstcrypt.apps.console.sessions import ConsolePolicy
+
+        return ConsolePolicy(
+            code_ttl=self.console_code_ttl,
+            idle=self.console_idle,
+            max_age=self.console_max_age,
+        )
 
     def ocsp_responder_url(self) -> str | None:
         """The OCSP URL for certificates: MSTCRYPT_OCSP_URL, else the public URL's /ocsp."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from mstcrypt.pki import Profile
 
@@ -52,8 +52,26 @@ class DistributeRequest(BaseModel):
     subject: dict[str, str]
 
 
-class RotateRequest(DistributeRequest):
+class RotateRequest(BaseModel):
+    """With ``terminal_public_key`` (and then ``subject``): the envelope comes back to
+    the caller. Without it: the new key waits, enveloped to the owner's active signing
+    certificate, for the terminal to collect (``GET /kmc/keys/pending``); the subject
+    defaults to the current encryption certificate's."""
+
     owner: str = Field(min_length=1, max_length=128)
+    terminal_public_key: str | None = Field(
+        default=None,
+        min_length=130,
+        max_length=130,
+        description="hex 04‖x‖y of the terminal signing key (omit: deliver to the terminal)",
+    )
+    subject: dict[str, str] | None = None
+
+    @model_validator(mode="after")
+    def _subject_with_key(self) -> RotateRequest:
+        if self.terminal_public_key is not None and self.subject is None:
+            raise ValueError("a rotation to a given terminal key needs the subject")
+        return self
 
 
 class RecoveryCreate(BaseModel):

@@ -3,9 +3,9 @@ so the API and the console map them to the same HTTP statuses)."""
 
 from __future__ import annotations
 
-from mstcrypt.errors import AccessDeniedError, AuthenticationError
+from mstcrypt.errors import AccessDeniedError, AuthenticationError, PolicyError
 
-__all__ = ["ConsoleAuthError", "ConsoleLoginRequired", "CsrfError"]
+__all__ = ["ConsoleAuthError", "ConsoleLoginRequired", "ConsolePolicyError", "CsrfError"]
 
 
 class ConsoleAuthError(AuthenticationError):
@@ -21,3 +21,8 @@ class ConsoleLoginRequired(ConsoleAuthError):
 class CsrfError(AccessDeniedError):
     """A state-changing console request without this session's CSRF token, or from
     another site (Origin / Sec-Fetch-Site)."""
+
+
+class ConsolePolicyError(PolicyError):
+    """A console session setting out of its bounds (code lifetime, idle expiry, maximum
+    age: :class:`~mstcrypt.apps.console.sessions.ConsolePolicy`)."""

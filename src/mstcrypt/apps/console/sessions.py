@@ -40,7 +40,12 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from mstcrypt.apps.console.errors import ConsoleAuthError, ConsoleLoginRequired, CsrfError
+from mstcrypt.apps.console.errors import (
+    ConsoleAuthError,
+    ConsoleLoginRequired,
+    ConsolePolicyError,
+    CsrfError,
+)
 from mstcrypt.apps.login import tokens
 from mstcrypt.apps.login.fastpath import read_row
 from mstcrypt.apps.login.models import RevokedSession
@@ -65,15 +70,43 @@ SESSION_AUDIENCE = "mstcrypt-console"
 _ISSUER = "mstcrypt-console"
 
 
+#: bounds of the session settings, in seconds (inclusive)
+CODE_TTL_BOUNDS = (10, 300)
+IDLE_BOUNDS = (60, 8 * 3600)
+MAX_AGE_MAX = 24 * 3600
+
+
 @dataclass(frozen=True)
 class ConsolePolicy:
-    """``code_ttl``: seconds a console code may wait for its exchange; ``idle``: seconds
-    a session lives without a request; ``max_age``: seconds after the login when a
-    session ends however busy."""
+    """``code_ttl``: seconds a console code may wait for its exchange (10-300);
+    ``idle``: seconds a session lives without a request (60 s - 8 h); ``max_age``:
+    seconds after the login when a session ends however busy (at least ``idle``, at
+    most 24 h). Out of bounds: :class:`ConsolePolicyError`. Configured with
+    ``MSTCRYPT_CONSOLE_CODE_TTL`` / ``_IDLE`` / ``_MAX_AGE`` or ``mstcrypt serve
+    --console-*`` (:class:`mstcrypt.server.config.Settings`)."""
 
     code_ttl: int = 60
     idle: int = 900
     max_age: int = 8 * 3600
+
+    def __post_init__(self) -> None:
+        for field_name in ("code_ttl", "idle", "max_age"):
+            value = getattr(self, field_name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConsolePolicyError(f"console {field_name} must be whole seconds")
+        lo, hi = CODE_TTL_BOUNDS
+        if not lo <= self.code_ttl <= hi:
+            raise ConsolePolicyError(
+                f"console code lifetime {self.code_ttl} s is outside {lo}..{hi} s"
+            )
+        lo, hi = IDLE_BOUNDS
+        if not lo <= self.idle <= hi:
+            raise ConsolePolicyError(f"console idle expiry {self.idle} s is outside {lo}..{hi} s")
+        if not self.idle <= self.max_age <= MAX_AGE_MAX:
+            raise ConsolePolicyError(
+                f"console session maximum age {self.max_age} s is outside "
+                f"{self.idle} (the idle expiry)..{MAX_AGE_MAX} s"
+            )
 
 
 @dataclass(frozen=True)

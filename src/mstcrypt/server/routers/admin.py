@@ -121,6 +121,13 @@ def generate_key(body: OwnerRequest, who: Registration, kmc: KmcDep) -> dict[str
 
 @ra_router.post("/keys/rotate")
 def rotate_key(body: RotateRequest, who: Registration, kmc: KmcDep) -> dict[str, Any]:
+    if body.terminal_public_key is None:
+        key_id, _, cert = kmc.rotate_key(body.owner, subject=body.subject, actor=who.name)
+        return {
+            "key_id": key_id,
+            "delivery": "pending",
+            "encryption_certificate": cert.pem.decode(),
+        }
     key_id, env, cert = kmc.rotate_key(
         body.owner, _pub(body.terminal_public_key), subject=body.subject, actor=who.name
     )

@@ -143,12 +143,13 @@ api = APIRouter(prefix="/console", tags=["console"])
 _auth_lock = threading.Lock()
 
 
-def get_auth(request: Request, kmc: KmcDep) -> ConsoleAuth:
+def get_auth(request: Request, kmc: KmcDep, settings: SettingsDep) -> ConsoleAuth:
+    """The console's session service, with the session policy of the settings."""
     state = request.app.state
     with _auth_lock:
         auth = getattr(state, "console_auth", None)
         if auth is None or auth.kmc is not kmc:
-            auth = state.console_auth = ConsoleAuth(kmc)
+            auth = state.console_auth = ConsoleAuth(kmc, policy=settings.console_policy())
     return auth
 
 
@@ -497,6 +498,23 @@ def destroy_key(request: Request, key_id: str, s: Checked, f: Form, kmc: KmcDep)
     _confirm_key(s, key_id, f)
     kmc.destroy_key(key_id, actor=s.operator.name)
     return _key_done(request, f, kmc, f"destroyed {key_id}")
+
+
+@pages.post("/keys/{key_id}/rotate", response_class=HTMLResponse)
+def rotate_key(request: Request, key_id: str, s: Checked, f: Form, kmc: KmcDep) -> Response:
+    """Rotate the owner's active key (registration officers, as ``POST
+    /admin/keys/rotate``), confirmed by typing the owner's name. The new key is
+    enveloped to the terminal's signing key and waits for the terminal to collect it;
+    its certificate takes the subject and profile of the current one."""
+    _role(s, REGISTRATION_OFFICER)
+    owner = _limit(f.get("owner", ""))
+    if not owner or f.get("confirm") != owner:
+        raise PolicyError("type the owner's name to confirm the rotation")
+    current = [k for k in kmc.keys(owner) if k["state"] == "active"]
+    if [k["id"] for k in current] != [key_id]:
+        raise PolicyError(f"key {key_id[:32]} is not {owner}'s active key (reload the page)")
+    new_id, _, _ = kmc.rotate_key(owner, actor=s.operator.name)
+    return _key_done(request, f, kmc, f"rotated {key_id}: {new_id} awaits pickup by the terminal")
 
 
 @pages.get("/groups", response_class=HTMLResponse)

@@ -3,11 +3,13 @@ is the session's owner, never a parameter."""
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from mstcrypt.errors import AuthenticationError
+from mstcrypt.formats._der import pem_encode
 from mstcrypt.kmc.context import NotFoundError
 from mstcrypt.server.deps import KmcDep, Session, session
 from mstcrypt.server.schemas import MAX_VERSION
@@ -41,3 +43,34 @@ def group_key(
     if len(group) > 64:
         raise NotFoundError("no such group for this member")
     return kmc.groups.group_key_for(group, _member(claims), version)
+
+
+# -- rotated encryption keys (operator-initiated rotation, picked up by the terminal) ----
+@router.get("/keys/pending")
+def pending_keys(claims: Session, kmc: KmcDep) -> dict[str, Any]:
+    """The caller's rotated encryption keys not collected yet, oldest version first:
+    each an SM2EnvelopedKey to the caller's signing key and its certificate."""
+    member = _member(claims)
+    return {
+        "owner": member,
+        "keys": [
+            {
+                "key_id": k["key_id"],
+                "version": k["version"],
+                "enveloped_key": base64.b64encode(k["enveloped_key"]).decode(),
+                "encryption_certificate": pem_encode(
+                    k["encryption_certificate"], "CERTIFICATE"
+                ).decode(),
+            }
+            for k in kmc.pending_keys(member)
+        ],
+    }
+
+
+@router.post("/keys/{key_id}/collected")
+def key_collected(key_id: str, claims: Session, kmc: KmcDep) -> dict[str, Any]:
+    """The terminal installed the key: the delivery is closed and its envelope dropped.
+    Another member's key answers as a missing one (404)."""
+    member = _member(claims)
+    version = kmc.collect_key(member, key_id, actor=f"terminal:{member}")
+    return {"key_id": key_id, "version": version, "status": "collected"}
