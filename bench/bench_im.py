@@ -1,25 +1,28 @@
 """End-to-end secure messaging throughput with many connected clients, crypto on vs off.
 
     .venv/bin/python bench/bench_im.py [--clients 1000] [--group-size 10] [--seconds 20]
+        [--client-procs 2] [--rounds 1]
 
 Set-up (not timed): a KMC on SQLite, ``--clients`` members enrolled and logged in (§7.3
 session tokens), groups of ``--group-size`` created by the KMC, each member's KDK and
-group key fetched and unwrapped, one IMS instance in a separate process (so the server
-and the 1000 clients do not share one interpreter), and every client connected over a
-WebSocket.
+group key fetched and unwrapped, one IMS instance in a separate process, the clients
+forked into ``--client-procs`` processes (members dealt round-robin, so most messages
+cross between processes, as between devices), every client connected over a WebSocket,
+and all client processes released together at a barrier.
 
 Timed: one sender per group sends in a closed loop (the next message when the server
-confirmed the last); a message counts when *every* member of its group has received and
-opened it. With crypto on, that is the SDK's path: the sender seals (fresh SK, SM4-GCM,
-SM2 signature), the server parses and verifies the signature against the session's
-certificate and stores, every receiver verifies the signature and decrypts. With crypto
-off, the same work without cryptography: the sender encodes the content and builds the
-same envelope layout with the content in the clear where the ciphertext goes, the server
-parses, checks and stores it and fans it out, every receiver parses it and decodes the
-content — but nobody signs, verifies, encrypts or decrypts. Figures: messages/s and
-deliveries/s (wall), p50 and p99 latency from the start of sealing to each receiver's
-decoded content, and the CPU seconds of the server and client processes; the crypto
-overhead is the ratio of the two throughputs (target: crypto costs < 30 % of throughput).
+confirmed the last); every delivery of a message sent in the window counts, and
+messages/s = deliveries/s / (group size - 1). With crypto on, that is the SDK's path:
+the sender seals (fresh SK, SM4-GCM, SM2 signature), the server parses and verifies the
+signature against the session's certificate and stores, every receiver verifies the
+signature and decrypts. With crypto off, the same work without cryptography: the sender
+encodes the content and builds the same envelope layout with the content in the clear
+where the ciphertext goes, the server parses, checks and stores it and fans it out,
+every receiver parses it and decodes the content — but nobody signs, verifies, encrypts
+or decrypts. Figures: messages/s and deliveries/s (wall), p50 and p99 latency from the
+start of sealing to each receiver's decoded content, and the CPU seconds of the server
+and client processes; the crypto overhead is the ratio of the two throughputs (target:
+crypto costs < 30 % of throughput).
 """
 
 from __future__ import annotations
