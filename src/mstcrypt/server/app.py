@@ -56,6 +56,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_housekeeping(_app, service, settings))
+        service.db.start_checkpointer()  # SQLite: WAL checkpoints off the commit path
         if settings.crl_publisher:  # one publishes at a time across instances (lease)
             service.crl_publisher.start()
         try:
@@ -63,6 +64,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
         finally:
             task.cancel()
             await asyncio.to_thread(service.crl_publisher.stop)
+            await asyncio.to_thread(service.db.stop_checkpointer)
             with contextlib.suppress(MstCryptError, SQLAlchemyError):
                 if service.is_initialised():
                     service.checkpoint()  # sign the head on shutdown

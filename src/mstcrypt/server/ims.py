@@ -400,6 +400,7 @@ def create_ims_app(
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         hub.loop = asyncio.get_running_loop()
+        service.db.start_checkpointer()  # SQLite: WAL checkpoints off the commit path
         await fanout.start()
         await presence.start()
         try:
@@ -408,6 +409,7 @@ def create_ims_app(
             await presence.stop()
             await fanout.stop()
             await asyncio.to_thread(committer.stop)
+            await asyncio.to_thread(service.db.stop_checkpointer)
 
     app = FastAPI(title="mstcrypt IMS", version=__version__, lifespan=lifespan)
     app.state.ims = service
