@@ -527,7 +527,15 @@ class CaService:
                     )
                     if pair is not None and pair.status == "active":
                         todo[pair.serial] = pair
-        owners: set[str] = set()
+        owners = {
+            r.owner
+            for r in todo.values()
+            if r.status != "revoked" and r.owner and not r.owner.startswith("service:")
+        }
+        # the holders' derived keys rotate first: the CA row locked below (every
+        # revocation of that CA serialises on it) is then held only for the few updates
+        for owner in sorted(owners):
+            self.groups.identity_changed(u, owner, why or f"revoked:{reason}")
         cas: dict[int, CertificateAuthority] = {}
         due = self.publisher.due_time(u.now, reason)
         for r in sorted(todo.values(), key=lambda x: x.serial):
@@ -547,8 +555,6 @@ class CaService:
             r.status, r.revoked_at, r.revocation_reason = "revoked", u.now, reason
             r.revocation_seq = ca.revocation_seq
             r.crl_entry = entry_der(int(r.serial, 16), u.now, reason)
-            if r.owner and not r.owner.startswith("service:"):
-                owners.add(r.owner)
             if reason in PAIR_REASONS and r.key_id:
                 key = u.s.get(EncryptionKey, r.key_id, with_for_update={"key_share": True})
                 if key is not None and key.state in ("generated", "active", "decrypt_only"):
@@ -556,8 +562,6 @@ class CaService:
         for ca in cas.values():
             self.publisher.request(u, ca, due)
         u.s.flush()
-        for owner in sorted(owners):
-            self.groups.identity_changed(u, owner, why or f"revoked:{reason}")
         return sorted(todo)
 
     def active_certificates(
