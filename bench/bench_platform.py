@@ -93,6 +93,7 @@ from mstcrypt.pki import Certificate, Profile, build_csr, key_identifier, name
 from mstcrypt.pki.ca import BACKDATE
 from mstcrypt.pki.crl_der import entry_der
 from mstcrypt.protocols.login import Challenge, Response, tbs_m
+from mstcrypt.server.tuning import freeze_startup_heap
 
 SERVER_NAME = "login.bench"
 BATCH = 2000
@@ -921,6 +922,7 @@ def run_backend(backend: str, url: str, sizes: list[int], args: argparse.Namespa
             for k, v in sizes_now.items():
                 put(f"rows: {k}", size, float(v))
             _grow_pools(b, 32, 40 + args.mixed_ops // 10)
+            freeze_startup_heap()  # as `mstcrypt serve` does once it has started
             for n in names:
                 b.monitor.reset()
                 values = MEASUREMENTS[n](b, a)

@@ -576,6 +576,9 @@ def serve_command(
         f"IMS on http://{host}:{port} (fan-out: {'redis' if redis_url else 'this process'}; "
         f"blobs in {blobs})"
     )
+    from mstcrypt.server.tuning import freeze_startup_heap
+
+    freeze_startup_heap()  # no full-GC pauses over the start-up heap while serving
     uvicorn.run(app, host=host, port=port, log_level="warning", ws_max_size=MAX_FRAME)
 
 

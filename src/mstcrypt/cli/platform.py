@@ -468,6 +468,9 @@ def serve_command(
 
     log_options = configure_logging()  # MSTCRYPT_LOG_FORMAT=json: structured logs
     app = create_app(settings, kmc)
+    from mstcrypt.server.tuning import freeze_startup_heap
+
+    freeze_startup_heap()  # no full-GC pauses over the start-up heap while serving
     if tls == "none":
         import uvicorn
 
