@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,6 +15,18 @@ err_console = Console(stderr=True, highlight=False)
 console = Console(highlight=False)
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+# -- options shared by the commands that log a soft token in (§7.3) ---------------------
+PlatformOpt = Annotated[str, typer.Option("--server", help="Platform URL.")]
+TokenFileOpt = Annotated[str, typer.Option("--token", help="Soft token file.")]
+TokenPinOpt = Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")]
+ContainerOpt = Annotated[str, typer.Option("--container")]
+LoginNameOpt = Annotated[
+    str,
+    typer.Option("--server-name", help="Expected login server name (bound into the signatures)."),
+]
+RootFileOpt = Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")]
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -8,24 +8,29 @@ from typing import Annotated
 
 import typer
 
-from mstcrypt.cli._common import console, err_console, fail, open_token
+from mstcrypt.cli._common import (
+    ContainerOpt,
+    LoginNameOpt,
+    PlatformOpt,
+    RootFileOpt,
+    TokenPinOpt,
+    console,
+    err_console,
+    fail,
+    open_token,
+)
 
 app = typer.Typer(help="The operations console (web).", no_args_is_help=True)
 
 
 @app.command("open")
 def open_command(
-    server: Annotated[str, typer.Option("--server", help="Platform URL.")],
+    server: PlatformOpt,
     token: Annotated[str, typer.Option("--token", help="The operator's soft token file.")],
-    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
-    container: Annotated[str, typer.Option("--container")] = "main",
-    server_name: Annotated[
-        str,
-        typer.Option(
-            "--server-name", help="Expected login server name (bound into the signatures)."
-        ),
-    ] = "mstcrypt-login",
-    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+    pin: TokenPinOpt = None,
+    container: ContainerOpt = "main",
+    server_name: LoginNameOpt = "mstcrypt-login",
+    ca_file: RootFileOpt = None,
     browser: Annotated[
         bool,
         typer.Option(

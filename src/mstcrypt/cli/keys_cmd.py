@@ -14,7 +14,17 @@ from typing import Annotated
 
 import typer
 
-from mstcrypt.cli._common import console, fail, open_token
+from mstcrypt.cli._common import (
+    ContainerOpt,
+    LoginNameOpt,
+    PlatformOpt,
+    RootFileOpt,
+    TokenFileOpt,
+    TokenPinOpt,
+    console,
+    fail,
+    open_token,
+)
 
 app = typer.Typer(
     help="Encryption-key rotation and its pickup by the terminal.", no_args_is_help=True
@@ -23,17 +33,12 @@ app = typer.Typer(
 
 @app.command("collect")
 def collect_command(
-    server: Annotated[str, typer.Option("--server", help="Platform URL.")],
-    token: Annotated[str, typer.Option("--token", help="Soft token file.")],
-    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
-    container: Annotated[str, typer.Option("--container")] = "main",
-    server_name: Annotated[
-        str,
-        typer.Option(
-            "--server-name", help="Expected login server name (bound into the signatures)."
-        ),
-    ] = "mstcrypt-login",
-    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+    server: PlatformOpt,
+    token: TokenFileOpt,
+    pin: TokenPinOpt = None,
+    container: ContainerOpt = "main",
+    server_name: LoginNameOpt = "mstcrypt-login",
+    ca_file: RootFileOpt = None,
 ) -> None:
     """Collect the encryption keys an operator rotated for this terminal: each new
     certificate is validated to the root (the token's, or --ca-file), the key is

@@ -15,7 +15,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mstcrypt.cli._common import console, err_console, fail, open_token, write_output
+from mstcrypt.cli._common import (
+    ContainerOpt,
+    LoginNameOpt,
+    PlatformOpt,
+    RootFileOpt,
+    TokenFileOpt,
+    TokenPinOpt,
+    console,
+    err_console,
+    fail,
+    open_token,
+    write_output,
+)
 
 ca_app = typer.Typer(help="Certificate authority administration.", no_args_is_help=True)
 operator_app = typer.Typer(help="Operator credentials for the admin API.", no_args_is_help=True)
@@ -663,17 +675,12 @@ def enroll_code_command(
 
 
 def login_command(
-    server: Annotated[str, typer.Option("--server", help="Platform URL.")],
-    token: Annotated[str, typer.Option("--token", help="Soft token file.")],
-    pin: Annotated[str | None, typer.Option("--pin", envvar="MSTCRYPT_PIN")] = None,
-    container: Annotated[str, typer.Option("--container")] = "main",
-    server_name: Annotated[
-        str,
-        typer.Option(
-            "--server-name", help="Expected login server name (bound into the signatures)."
-        ),
-    ] = "mstcrypt-login",
-    ca_file: Annotated[str | None, typer.Option("--ca-file", help="Pinned root CA (PEM).")] = None,
+    server: PlatformOpt,
+    token: TokenFileOpt,
+    pin: TokenPinOpt = None,
+    container: ContainerOpt = "main",
+    server_name: LoginNameOpt = "mstcrypt-login",
+    ca_file: RootFileOpt = None,
     password: Annotated[
         str | None,
         typer.Option("--password", help="Password factor, when the server's policy asks for it."),
