@@ -357,14 +357,9 @@ CaOpt = Annotated[
 
 
 def _operator_client(server: str, session: str, ca_file: str) -> Client:
-    from mstcrypt.cli.platform import _anchors
-    from mstcrypt.client import Client
+    from mstcrypt.cli.platform import officer_client
 
-    try:
-        bearer = Path(session).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        fail(f"cannot read {session}: {exc.strerror}")
-    return Client(server, anchors=_anchors(ca_file, None), operator_token=bearer)
+    return officer_client(server, session, ca_file)
 
 
 @app.command("golden")

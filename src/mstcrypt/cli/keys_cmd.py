@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,7 +21,6 @@ from mstcrypt.cli._common import (
     TokenFileOpt,
     TokenPinOpt,
     console,
-    fail,
     open_token,
 )
 
@@ -95,17 +93,8 @@ def rotate_command(
     """Rotate OWNER's encryption key (registration officer): the new key, with a
     certificate of the current one's subject, is sealed to the terminal's signing key and
     waits until the terminal runs `mstcrypt keys collect`."""
-    from mstcrypt.cli.platform import _anchors
-    from mstcrypt.client import Client
+    from mstcrypt.cli.platform import officer_client
 
-    if ca_file is None and token is None:
-        fail("give the root CA with --ca-file, or a --token with the root preset")
-    tok = open_token(token, pin) if ca_file is None and token is not None else None
-    anchors = _anchors(ca_file, tok)
-    try:
-        bearer = Path(session).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        fail(f"cannot read {session}: {exc.strerror}")
-    with Client(server, anchors=anchors, operator_token=bearer) as c:
+    with officer_client(server, session, ca_file, token, pin) as c:
         r = c.rotate_key(owner)
     console.print(f"rotated {owner}'s encryption key: {r['key_id']} awaits pickup by the terminal")

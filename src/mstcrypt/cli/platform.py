@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -28,6 +28,9 @@ from mstcrypt.cli._common import (
     open_token,
     write_output,
 )
+
+if TYPE_CHECKING:
+    from mstcrypt.client import Client
 
 ca_app = typer.Typer(help="Certificate authority administration.", no_args_is_help=True)
 operator_app = typer.Typer(help="Operator credentials for the admin API.", no_args_is_help=True)
@@ -536,6 +539,29 @@ def _anchors(ca_file: str | None, token: Any) -> list[Any]:
     return anchors
 
 
+def officer_client(
+    server: str,
+    session: str,
+    ca_file: str | None,
+    token: str | None = None,
+    pin: str | None = None,
+) -> Client:
+    """A :class:`~mstcrypt.client.Client` for an operator's admin calls: the platform's
+    certificate checked against --ca-file (or the root preset in --token), the bearer
+    read from the --session file."""
+    from mstcrypt.client import Client
+
+    if ca_file is None and token is None:
+        fail("give the root CA with --ca-file, or a --token with the root preset")
+    tok = open_token(token, pin) if ca_file is None and token is not None else None
+    anchors = _anchors(ca_file, tok)
+    try:
+        bearer = Path(session).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        fail(f"cannot read {session}: {exc.strerror}")
+    return Client(server, anchors=anchors, operator_token=bearer)
+
+
 def enroll_command(
     server: Annotated[str, typer.Option("--server", help="Platform URL.")],
     code: Annotated[str, typer.Option("--code", help="One-time enrollment code.")],
@@ -643,20 +669,9 @@ def enroll_code_command(
     """Create a one-time enrollment code (registration officer, over the admin API).
     Prints the code; a gateway or server code names the DNS names and IP addresses its
     certificates will carry (subjectAltName)."""
-    from mstcrypt.client import Client
 
-    if ca_file is None and token is None:
-        fail("give the root CA with --ca-file, or a --token with the root preset")
-    tok = None
-    if ca_file is None and token is not None:
-        tok = open_token(token, pin)
-    anchors = _anchors(ca_file, tok)
-    try:
-        bearer = Path(session).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        fail(f"cannot read {session}: {exc.strerror}")
     subject = {"CN": cn, **({"O": org} if org else {}), **({"email": email} if email else {})}
-    with Client(server, anchors=anchors, operator_token=bearer) as c:
+    with officer_client(server, session, ca_file, token, pin) as c:
         r = c.create_enrollment_code(
             owner,
             subject,
