@@ -3,8 +3,12 @@ console code."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 from http_helpers import Platform, Terminal
 from mstcrypt.server.routers.console import PRE_COOKIE
@@ -12,6 +16,30 @@ from mstcrypt.server.routers.console import PRE_COOKIE
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
+
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def run_cli(pin: str, *args: str) -> str:
+    """``python -m mstcrypt ARGS`` in a clean environment with MSTCRYPT_PIN=pin; its
+    standard output (the test fails on a non-zero exit)."""
+    env = {
+        "PYTHONPATH": str(SRC),
+        "PATH": "/usr/bin:/bin",
+        "MSTCRYPT_PIN": pin,
+        "HOME": os.environ.get("HOME", "/tmp"),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "mstcrypt", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout
 
 
 def browser(p: Platform) -> TestClient:

@@ -14,18 +14,16 @@ Screenshots go to ``$MSTCRYPT_TEST_ARTEFACTS/console`` (default: the test's tmp 
 
 from __future__ import annotations
 
+import functools
 import http.server
 import os
 import re
-import shutil
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from console_helpers import run_cli
 
 from mstcrypt.client import Client
 from mstcrypt.crypto.sm2 import SM2PrivateKey
@@ -34,50 +32,13 @@ from mstcrypt.module import SoftToken
 from mstcrypt.server.routers.console import COOKIE
 from platform_helpers import free_port
 
-CHROMIUM = os.environ.get("MSTCRYPT_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SRC = Path(__file__).resolve().parents[2] / "src"
 PIN = "op-pin-2468"
 PHONE = {"width": 390, "height": 844}
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is needed")
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-def _cli(*args: str) -> str:
-    env = {
-        "PYTHONPATH": str(SRC),
-        "PATH": "/usr/bin:/bin",
-        "MSTCRYPT_PIN": PIN,
-        "HOME": os.environ.get("HOME", "/tmp"),
-    }
-    r = subprocess.run(
-        [sys.executable, "-m", "mstcrypt", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r.stdout
+_cli = functools.partial(run_cli, PIN)
 
 
 class _Evil(http.server.BaseHTTPRequestHandler):
