@@ -73,6 +73,10 @@ def sm2_with_sm3() -> algos.SignedDigestAlgorithm:
     return algos.SignedDigestAlgorithm({"algorithm": oids.SM2_WITH_SM3})
 
 
+#: DER of AlgorithmIdentifier { sm2-with-SM3 } (GM/T 0015), as :func:`sm2_with_sm3` dumps it.
+SM2_WITH_SM3_DER = bytes(sm2_with_sm3().dump())
+
+
 def check_signature_algorithm(alg: algos.SignedDigestAlgorithm, what: str) -> None:
     """Accept SM2-with-SM3 with parameters absent (the GM/T form) or NULL (tolerated)."""
     oid = alg["algorithm"].dotted
@@ -107,24 +111,20 @@ def sign(tbs_der: bytes, signer: Signer, issuer_public_key: SM2PublicKey, what: 
     return sig
 
 
-def _der_header(tag: int, n: int) -> bytes:
+def tlv(tag: int, content: bytes) -> bytes:
+    """One DER value: ``tag``, the definite length, ``content`` (already DER)."""
+    n = len(content)
     if n < 0x80:
-        return bytes((tag, n))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(body))) + body
-
-
-#: DER of AlgorithmIdentifier { sm2-with-SM3 } without parameters (GM/T 0015).
-SM2_WITH_SM3_DER = bytes.fromhex("300a06082a811ccf55018375")
+        return bytes((tag, n)) + content
+    ln = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(ln))) + ln + content
 
 
 def signed_der(tbs_der: bytes, signature: bytes) -> bytes:
     """SEQUENCE { tbs, AlgorithmIdentifier sm2-with-SM3, BIT STRING signature }: the
-    outer structure of a certificate, CRL or OCSP BasicResponse-like signed object,
-    assembled from already-DER parts (the caller parses the result strictly)."""
-    bits = _der_header(0x03, len(signature) + 1) + b"\x00" + signature
-    body = tbs_der + SM2_WITH_SM3_DER + bits
-    return _der_header(0x30, len(body)) + body
+    outer structure of a certificate or a CRL, assembled from already-DER parts (the
+    caller parses the result strictly)."""
+    return tlv(0x30, tbs_der + SM2_WITH_SM3_DER + tlv(0x03, b"\x00" + signature))
 
 
 # --- times ---------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ __all__ = [
 ]
 
 _REASON_CODES = {name: code for code, name in crl.CRLReason._map.items()}
-_SIG_ALG = c.sm2_with_sm3().dump()
 _V2 = b"\x02\x01\x01"
 _TRUE = b"\x01\x01\xff"
 
@@ -50,15 +49,7 @@ _OID_DELTA = _oid(c.OID_DELTA_CRL)
 _OID_FRESHEST = _oid(c.OID_FRESHEST_CRL)
 
 
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(body),)) + body
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes((tag,)) + _len(len(content)) + content
+_tlv = c.tlv
 
 
 def _integer(n: int) -> bytes:
@@ -144,7 +135,7 @@ def tbs_cert_list_der(
     body = b"".join(
         (
             _V2,
-            _SIG_ALG,
+            c.SM2_WITH_SM3_DER,
             issuer_der,
             _time(tu, "this_update"),
             _time(nu, "next_update"),
@@ -157,7 +148,7 @@ def tbs_cert_list_der(
 
 def certificate_list_der(tbs_der: bytes, signature: bytes) -> bytes:
     """CertificateList { tbsCertList, SM2-with-SM3, signatureValue BIT STRING }."""
-    return _tlv(0x30, tbs_der + _SIG_ALG + _tlv(0x03, b"\x00" + signature))
+    return c.signed_der(tbs_der, signature)
 
 
 def sign_tbs_cert_list(tbs_der: bytes, signer: c.Signer, issuer_public_key: SM2PublicKey) -> bytes:

@@ -362,12 +362,7 @@ class SingleStatus:
 # re-encoding the certificate); tests parse every output back strictly.
 
 
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    ln = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(ln))) + ln + content
+_tlv = c.tlv
 
 
 def _der_int(value: int) -> bytes:
