@@ -683,6 +683,19 @@ def _mixed_work(b: Bench, n: int) -> list[tuple[str, Any]]:
     return work
 
 
+def _perform(b: Bench, kind: str, arg: Any) -> float:
+    """One operation of the mixed load; its time in seconds (a login: the server's part
+    only, as in ``login``)."""
+    if kind == "login":
+        return b.login_once(arg)
+    t = time.perf_counter()
+    if kind == "enroll":
+        b.kmc.enroll(arg[0], arg[1], source="bench")
+    else:
+        b.kmc.revoke_certificate(arg.serial, reason="key_compromise", actor="bench-ra")
+    return time.perf_counter() - t
+
+
 def _run_threads(
     b: Bench, work: list[tuple[str, Any]], threads: int
 ) -> tuple[dict[str, list[float]], list[str]]:
@@ -701,17 +714,7 @@ def _run_threads(
             kind, arg = item
             try:
                 with b.monitor.label(kind):
-                    if kind == "login":
-                        took = b.login_once(arg)
-                    else:
-                        t = time.perf_counter()
-                        if kind == "enroll":
-                            b.kmc.enroll(arg[0], arg[1], source="bench")
-                        else:
-                            b.kmc.revoke_certificate(
-                                arg.serial, reason="key_compromise", actor="bench-ra"
-                            )
-                        took = time.perf_counter() - t
+                    took = _perform(b, kind, arg)
                 with mutex:
                     lat[kind].append(took)
             except Exception as exc:  # reported, the load goes on
@@ -772,14 +775,7 @@ def measure_mixed_rate(b: Bench, a: Args) -> dict[str, float | str]:
             due, kind, arg = job
             try:
                 with b.monitor.label(kind):
-                    if kind == "login":
-                        b.login_once(arg)
-                    elif kind == "enroll":
-                        b.kmc.enroll(arg[0], arg[1], source="bench")
-                    else:
-                        b.kmc.revoke_certificate(
-                            arg.serial, reason="key_compromise", actor="bench-ra"
-                        )
+                    _perform(b, kind, arg)
                 took = time.perf_counter() - due
                 with mutex:
                     lat[kind].append(took)
