@@ -3,12 +3,18 @@ console code."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from http_helpers import Platform, Terminal
 from mstcrypt.server.routers.console import PRE_COOKIE
@@ -40,6 +46,33 @@ def run_cli(pin: str, *args: str) -> str:
     )
     assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r.stdout
+
+
+CHROMIUM = os.environ.get("MSTCRYPT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.contextmanager
+def launch_chromium() -> Iterator[Any]:
+    """The system Chromium, headless, through Playwright (which never downloads a browser
+    here); skips the test when either is missing."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is needed")
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def browser(p: Platform) -> TestClient:

@@ -19,11 +19,12 @@ import http.server
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from console_helpers import run_cli
+from console_helpers import launch_chromium, run_cli
 
 from mstcrypt.client import Client
 from mstcrypt.crypto.sm2 import SM2PrivateKey
@@ -36,6 +37,12 @@ PIN = "op-pin-2468"
 PHONE = {"width": 390, "height": 844}
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is needed")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    with launch_chromium() as browser:
+        yield browser
 
 
 _cli = functools.partial(run_cli, PIN)

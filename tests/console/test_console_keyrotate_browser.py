@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from console_helpers import run_cli
+from console_helpers import launch_chromium, run_cli
 
 from mstcrypt.apps import files
 from mstcrypt.client import Client
@@ -32,6 +32,12 @@ PIN = "term-pin-1357"
 SUBJECT = {"C": "CN", "O": "Example Unit", "CN": "zhang", "email": "zhang@example.cn"}
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is needed")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    with launch_chromium() as browser:
+        yield browser
 
 
 _cli = functools.partial(run_cli, PIN)
