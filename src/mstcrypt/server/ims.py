@@ -383,6 +383,26 @@ def create_ims_app(
 
     presence.on_change = presence_changed
 
+    async def presence_snapshot(conn: Connection) -> None:
+        """A newly connected device hears who is online in its groups now; changes after
+        that come by :func:`presence_changed` (without this, a device that connected
+        just after another never heard of it)."""
+        groups = await asyncio.to_thread(service.groups_of, conn.member)
+        online = await presence.online(sorted({m for g in groups for m in g["members"]}))
+        for g in groups:
+            for m in g["members"]:
+                for d in online.get(m, []):
+                    if (m, d) != (conn.member, conn.device):
+                        conn.offer(
+                            {
+                                "op": "presence",
+                                "group": g["group"],
+                                "member": m,
+                                "device": d,
+                                "online": True,
+                            }
+                        )
+
     if login is None:
         from mstcrypt.apps.login.service import LoginService
 
@@ -563,6 +583,7 @@ def create_ims_app(
         hub.add(conn)
         conn.resync.set()  # start with the offline queue
         await presence.connected(conn.member, conn.device)
+        await presence_snapshot(conn)
         tasks = {
             asyncio.create_task(
                 _reader(websocket, conn, claims, device, accept_and_publish, committer.ack)
