@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -93,9 +94,11 @@ from mstcrypt.pki import Certificate, Profile, build_csr, key_identifier, name
 from mstcrypt.pki.ca import BACKDATE
 from mstcrypt.pki.crl_der import entry_der
 from mstcrypt.protocols.login import Challenge, Response, tbs_m
+from mstcrypt.server.caworkers import CaWorkers, InProcessCa
 from mstcrypt.server.tuning import freeze_startup_heap
 
 SERVER_NAME = "login.bench"
+CRL_URL = "https://bench.example"
 BATCH = 2000
 KEY_POOL = 64
 
@@ -204,6 +207,36 @@ class LockMonitor:
 
         fastpath.RawTx.q = q_wrapped  # type: ignore[method-assign]
         fastpath.RawTx.__exit__ = exit_wrapped  # type: ignore[method-assign]
+
+
+# ------------------------------------------------- the CA worker (`serve --ca-workers`) --
+_worker_monitor: LockMonitor | None = None
+
+
+def worker_kmc(url: str, master: bytes) -> Kmc:
+    """The :class:`Kmc` of a CA worker process (the factory :class:`CaWorkers` runs in
+    each worker, as ``Settings.kmc`` in ``mstcrypt serve``): the bench's store, the
+    worker's own connections and SS-CC object, with a write-lock monitor of its own."""
+    global _worker_monitor
+    db = Database(url)
+    monitor = LockMonitor()
+    if db.is_sqlite:
+        monitor.attach_sqlite(db)
+    else:
+        monitor.attach_postgresql(db)
+    monitor._local.label = "ca worker"  # the worker runs its jobs in this thread
+    _worker_monitor = monitor
+    return Kmc(db, SoftKeyStore(master), crl_base_url=CRL_URL)
+
+
+def worker_holds() -> dict[str, Any]:
+    """In the worker: its write holds since the last call (then reset)."""
+    m = _worker_monitor
+    assert m is not None
+    with m._mutex:
+        out = {"holds": list(m.holds), "max_hold": m.max_hold, "max_label": m.max_label}
+    m.reset()
+    return out
 
 
 # ------------------------------------------------- certificates from a template (fast path) --
@@ -320,6 +353,13 @@ class Bench:
     login: LoginService
     monitor: LockMonitor
     rng: random.Random
+    #: the database URL and the SS-CC master key (for the CA worker's factory)
+    url: str = ""
+    master: bytes = b""
+    #: where the mixed loads' enrollments and revocations run
+    ca: InProcessCa | CaWorkers | None = None
+    #: the CA worker, started by the first measurement that uses it
+    workers: CaWorkers | None = None
     populated: int = 0
     revoked_pairs: int = 0
     #: enrolled with keys of their own: logged in by the measurements
@@ -689,10 +729,11 @@ def _perform(b: Bench, kind: str, arg: Any) -> float:
     if kind == "login":
         return b.login_once(arg)
     t = time.perf_counter()
+    assert b.ca is not None
     if kind == "enroll":
-        b.kmc.enroll(arg[0], arg[1], source="bench")
+        b.ca.enroll(arg[0], arg[1], source="bench")
     else:
-        b.kmc.revoke_certificate(arg.serial, reason="key_compromise", actor="bench-ra")
+        b.ca.revoke(arg.serial, reason="key_compromise", actor="bench-ra")
     return time.perf_counter() - t
 
 
@@ -742,20 +783,70 @@ def _mixed_report(
     return out
 
 
+@contextlib.contextmanager
+def _on_ca_worker(b: Bench, out: dict[str, float | str], prefix: str, n: int) -> Iterator[None]:
+    """Within the block, enrollments and revocations run in a CA worker process, as
+    with ``mstcrypt serve --ca-workers 1`` (started once, through the same
+    :class:`CaWorkers`); its write holds join the monitor's and its CPU per operation
+    is reported as ``<prefix> worker CPU ms/op``."""
+    if b.workers is None:
+        factory = functools.partial(worker_kmc, b.url, b.master)
+        b.workers = CaWorkers(factory, 1, after_job=b.kmc.crl_publisher.wake).start()
+    pool = b.workers._get()
+    pool.submit(worker_holds).result()  # reset
+    c0 = pool.submit(time.process_time).result()
+    b.ca = b.workers
+    try:
+        yield
+    finally:
+        b.ca = InProcessCa(b.kmc)
+    c1 = pool.submit(time.process_time).result()
+    rep = pool.submit(worker_holds).result()
+    out[f"{prefix} worker CPU ms/op"] = 1000 * (c1 - c0) / n
+    b.monitor.holds.extend(rep["holds"])
+    if rep["max_hold"] > b.monitor.max_hold:
+        b.monitor.max_hold, b.monitor.max_label = rep["max_hold"], rep["max_label"]
+
+
+def _closed_loop(b: Bench, a: Args, prefix: str, workers: bool) -> dict[str, float | str]:
+    work = _mixed_work(b, a.mixed_ops)
+    out: dict[str, float | str] = {}
+    on = _on_ca_worker(b, out, prefix, len(work)) if workers else contextlib.nullcontext()
+    with on, clocks(out, f"{prefix} op", len(work)):
+        lat, errors = _run_threads(b, work, a.threads)
+    return _mixed_report(b, out, prefix, lat, errors)
+
+
 @measurement("mixed")
 def measure_mixed(b: Bench, a: Args) -> dict[str, float | str]:
     """Logins, enrollments and revocations (80/15/5 %) from ``threads`` threads of one
     process (one API instance with that many requests in flight)."""
-    work = _mixed_work(b, a.mixed_ops)
-    out: dict[str, float | str] = {}
-    with clocks(out, "mixed op", len(work)):
-        lat, errors = _run_threads(b, work, a.threads)
+    out = _closed_loop(b, a, "mixed", workers=False)
     b.last_mixed_rate = float(out["mixed op/s"])
-    return _mixed_report(b, out, "mixed", lat, errors)
+    return out
+
+
+@measurement("mixed-workers")
+def measure_mixed_workers(b: Bench, a: Args) -> dict[str, float | str]:
+    """``mixed`` with the enrollments and revocations in a CA worker process
+    (``mstcrypt serve --ca-workers 1``); logins stay in this process."""
+    return _closed_loop(b, a, "mixed-workers", workers=True)
 
 
 @measurement("mixed-rate")
 def measure_mixed_rate(b: Bench, a: Args) -> dict[str, float | str]:
+    """See :func:`_open_loop`: everything in this process."""
+    return _open_loop(b, a, "mixed-rate", workers=False)
+
+
+@measurement("mixed-rate-workers")
+def measure_mixed_rate_workers(b: Bench, a: Args) -> dict[str, float | str]:
+    """``mixed-rate`` at the same offered rate, with the enrollments and revocations in
+    a CA worker process (``mstcrypt serve --ca-workers 1``)."""
+    return _open_loop(b, a, "mixed-rate-workers", workers=True)
+
+
+def _open_loop(b: Bench, a: Args, prefix: str, workers: bool) -> dict[str, float | str]:
     """The same mix offered at a fixed rate instead of as fast as possible: operations
     arrive on a Poisson schedule at ``--rate`` per second (default: half the throughput
     the closed-loop ``mixed`` measurement just reached, or 40/s if it did not run), are
@@ -784,25 +875,27 @@ def measure_mixed_rate(b: Bench, a: Args) -> dict[str, float | str]:
                     errors.append(f"{kind}: {type(exc).__name__}: {exc}")
 
     pool = [threading.Thread(target=worker) for _ in range(32)]
-    for t in pool:
-        t.start()
-    out: dict[str, float | str] = {"mixed-rate offered op/s": rate}
-    w0, c0 = time.perf_counter(), time.process_time()
-    due = w0
-    for (kind, arg), gap in zip(work, gaps, strict=True):
-        due += gap
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        jobs.put((due, kind, arg))
-    for _ in pool:
-        jobs.put(None)
-    for t in pool:
-        t.join()
-    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    out["mixed-rate op/s"] = len(work) / wall
-    out["mixed-rate CPU ms/op"] = 1000 * cpu / len(work)
-    return _mixed_report(b, out, "mixed-rate", lat, errors)
+    out: dict[str, float | str] = {f"{prefix} offered op/s": rate}
+    on = _on_ca_worker(b, out, prefix, len(work)) if workers else contextlib.nullcontext()
+    with on:
+        for t in pool:
+            t.start()
+        w0, c0 = time.perf_counter(), time.process_time()
+        due = w0
+        for (kind, arg), gap in zip(work, gaps, strict=True):
+            due += gap
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            jobs.put((due, kind, arg))
+        for _ in pool:
+            jobs.put(None)
+        for t in pool:
+            t.join()
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    out[f"{prefix} op/s"] = len(work) / wall
+    out[f"{prefix} CPU ms/op"] = 1000 * cpu / len(work)
+    return _mixed_report(b, out, prefix, lat, errors)
 
 
 @measurement("mixed-procs")
@@ -877,13 +970,16 @@ def make_bench(backend: str, url: str, seed: int) -> Bench:
         monitor.attach_sqlite(db)
     else:
         monitor.attach_postgresql(db)
-    kmc = Kmc(db, SoftKeyStore(secrets.token_bytes(32)), crl_base_url="https://bench.example")
+    master = secrets.token_bytes(32)
+    kmc = Kmc(db, SoftKeyStore(master), crl_base_url=CRL_URL)
     kmc.create_schema()
     kmc.init_ca(actor="bench")
     policy = LoginPolicy(challenges_per_minute=10**9, source_max_failures=10**6)
     login = LoginService(kmc, server_name=SERVER_NAME, policy=policy)
     db.start_checkpointer()  # as `mstcrypt serve` does (SQLite)
-    return Bench(backend, kmc, login, monitor, random.Random(seed))
+    b = Bench(backend, kmc, login, monitor, random.Random(seed), url=url, master=master)
+    b.ca = InProcessCa(kmc)
+    return b
 
 
 def _grow_pools(b: Bench, logins: int, victims: int) -> None:
@@ -930,6 +1026,8 @@ def run_backend(backend: str, url: str, sizes: list[int], args: argparse.Namespa
                 put(f"{n}: longest hold by", size, b.monitor.max_label)
                 print(f"[{backend}] {size}: {n} done", file=sys.stderr)
     finally:
+        if b.workers is not None:
+            b.workers.close()
         b.kmc.db.dispose()
     return table
 
@@ -963,6 +1061,8 @@ def check_targets(backend: str, sizes: list[int], table: dict[str, dict[int, Any
     for prefix, layout in (
         ("mixed", "threads of one process"),
         ("mixed-rate", "offered at half the closed-loop throughput"),
+        ("mixed-workers", "threads of one process, CA work in a worker process"),
+        ("mixed-rate-workers", "at that rate, CA work in a worker process"),
         ("mixed-procs", "one process per CPU, as deployed"),
     ):
         p99 = table.get(f"{prefix} login p99 ms", {}).get(last)

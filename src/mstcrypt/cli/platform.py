@@ -452,10 +452,20 @@ def serve_command(
             "default MSTCRYPT_CONSOLE_MAX_AGE or 28800).",
         ),
     ] = None,
+    ca_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--ca-workers",
+            help="Worker processes for enrollments and revocations, so that their CPU "
+            "does not delay logins (0-64; default MSTCRYPT_CA_WORKERS or 0: in the API "
+            "process; see docs/deployment.md).",
+        ),
+    ] = None,
 ) -> None:
     """Run the platform (CA, CRL, directory, enrollment, KMC, admin) over TLCP."""
     from mstcrypt.errors import KeyStoreError, PolicyError
     from mstcrypt.server.app import create_app
+    from mstcrypt.server.config import check_ca_workers
 
     if tls not in ("tlcp", "none"):
         fail("--tls is tlcp or none")
@@ -465,10 +475,12 @@ def serve_command(
             ("console_code_ttl", console_code_ttl),
             ("console_idle", console_idle),
             ("console_max_age", console_max_age),
+            ("ca_workers", ca_workers),
         ):
             if value is not None:
                 setattr(settings, field_name, value)
         settings.console_policy()
+        check_ca_workers(settings.ca_workers)
     except PolicyError as exc:
         fail(str(exc))
     if init:

@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from mstcrypt import __version__
 from mstcrypt.errors import MstCryptError
 from mstcrypt.kmc.service import Kmc
+from mstcrypt.server.caworkers import CaWorkers
 from mstcrypt.server.config import Settings
 from mstcrypt.server.errors import status_of
 from mstcrypt.server.routers import (
@@ -52,9 +53,12 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
         kmc = settings.kmc()
         kmc.create_schema()
     service = kmc
+    ca_ops = settings.ca_operations(kmc)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if isinstance(ca_ops, CaWorkers):  # opened now: a broken set-up fails at start
+            await asyncio.to_thread(ca_ops.start)
         task = asyncio.create_task(_housekeeping(_app, service, settings))
         service.db.start_checkpointer()  # SQLite: WAL checkpoints off the commit path
         if settings.crl_publisher:  # one publishes at a time across instances (lease)
@@ -63,6 +67,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
             yield
         finally:
             task.cancel()
+            await asyncio.to_thread(ca_ops.close)
             await asyncio.to_thread(service.crl_publisher.stop)
             await asyncio.to_thread(service.db.stop_checkpointer)
             with contextlib.suppress(MstCryptError, SQLAlchemyError):
@@ -77,6 +82,7 @@ def create_app(settings: Settings, kmc: Kmc | None = None) -> FastAPI:
         "37-2020) on SM2/SM3/SM4.",
     )
     app.state.kmc = service
+    app.state.ca = ca_ops
     service.ocsp.validity = timedelta(seconds=settings.ocsp_validity)
     app.state.settings = settings
     app.state.trusted_proxies = [ipaddress.ip_network(p) for p in settings.trusted_proxies]

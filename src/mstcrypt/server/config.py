@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from mstcrypt.kmc.publisher import CrlPolicy
     from mstcrypt.kmc.service import Kmc
     from mstcrypt.module.sscc import ServerKeyStore
+    from mstcrypt.server.caworkers import CaWorkers, InProcessCa
 
 
 def _proxies(value: str) -> list[str]:
@@ -79,6 +80,24 @@ def _seconds(env: os._Environ[str], key: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise PolicyError(f"{key}: {raw!r} is not a whole number of seconds") from None
+
+
+MAX_CA_WORKERS = 64
+
+
+def _workers(raw: str) -> int:
+    """MSTCRYPT_CA_WORKERS: a whole number from 0 to :data:`MAX_CA_WORKERS`."""
+    try:
+        n = int(raw or "0")
+    except ValueError:
+        raise PolicyError(f"MSTCRYPT_CA_WORKERS: {raw!r} is not a whole number") from None
+    check_ca_workers(n)
+    return n
+
+
+def check_ca_workers(n: int) -> None:
+    if not 0 <= n <= MAX_CA_WORKERS:
+        raise PolicyError(f"CA workers: {n} is not between 0 and {MAX_CA_WORKERS}")
 
 
 def _number(env: os._Environ[str], key: str, default: float) -> float:
@@ -130,11 +149,15 @@ class Settings:
     console_code_ttl: int = 60
     console_idle: int = 900
     console_max_age: int = 8 * 3600
+    #: worker processes for enrollments and revocations (0: in the API process); see
+    #: :mod:`mstcrypt.server.caworkers`
+    ca_workers: int = 0
     #: a key store to use instead of the one configured in the environment (tests)
     keystore_override: ServerKeyStore | None = None
 
     def __post_init__(self) -> None:
         self.console_policy()  # refuse bad console session settings at once
+        check_ca_workers(self.ca_workers)
 
     @classmethod
     def from_env(cls, data_dir: str | Path | None = None, **overrides: object) -> Settings:
@@ -169,11 +192,13 @@ class Settings:
             console_code_ttl=_seconds(env, "MSTCRYPT_CONSOLE_CODE_TTL", 60),
             console_idle=_seconds(env, "MSTCRYPT_CONSOLE_IDLE", 900),
             console_max_age=_seconds(env, "MSTCRYPT_CONSOLE_MAX_AGE", 8 * 3600),
+            ca_workers=_workers(env.get("MSTCRYPT_CA_WORKERS", "0")),
         )
         for k, v in overrides.items():
             if v is not None:
                 setattr(s, k, v)
         s.console_policy()  # refuse bad console session settings now
+        check_ca_workers(s.ca_workers)
         return s
 
     def console_policy(self) -> ConsolePolicy:
@@ -219,6 +244,22 @@ class Settings:
         from mstcrypt.module.sscc import SsccConfig, open_keystore
 
         return open_keystore(SsccConfig.from_env(self.data_dir))
+
+    def ca_operations(self, kmc: Kmc) -> InProcessCa | CaWorkers:
+        """Where enrollments and revocations run: in ``kmc`` (``ca_workers`` = 0) or in
+        worker processes that open the platform from these settings (not started: the
+        server starts them). A key store given as an object cannot be reopened there."""
+        from mstcrypt.server.caworkers import CaWorkers, InProcessCa
+
+        check_ca_workers(self.ca_workers)
+        if self.ca_workers == 0:
+            return InProcessCa(kmc)
+        if self.keystore_override is not None:
+            raise PolicyError(
+                "CA workers open the SS-CC from the environment; "
+                "a key store given as an object cannot be used with them"
+            )
+        return CaWorkers(self.kmc, self.ca_workers, after_job=kmc.crl_publisher.wake)
 
     def kmc(self) -> Kmc:
         from mstcrypt.kmc.service import Kmc

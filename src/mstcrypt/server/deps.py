@@ -18,9 +18,11 @@ from mstcrypt.apps.login.tokens import TokenError
 from mstcrypt.errors import AccessDeniedError, AuthenticationError, VerificationError
 from mstcrypt.kmc.operators import OperatorIdentity
 from mstcrypt.kmc.service import Kmc
+from mstcrypt.server.caworkers import CaWorkers, InProcessCa
 from mstcrypt.server.config import Settings
 
 __all__ = [
+    "CaDep",
     "KmcDep",
     "Session",
     "SettingsDep",
@@ -39,6 +41,10 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+def get_ca(request: Request) -> InProcessCa | CaWorkers:
+    return request.app.state.ca  # type: ignore[no-any-return]
+
+
 def get_login(request: Request) -> Any:
     return request.app.state.login()
 
@@ -46,6 +52,8 @@ def get_login(request: Request) -> Any:
 KmcDep = Annotated[Kmc, Depends(get_kmc)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LoginDep = Annotated[Any, Depends(get_login)]
+#: enrollments and revocations: in this process or in the CA workers
+CaDep = Annotated[InProcessCa | CaWorkers, Depends(get_ca)]
 
 
 def client_source(request: Request) -> str:

@@ -15,6 +15,7 @@ from mstcrypt.errors import (
     VerificationError,
 )
 from mstcrypt.kmc.context import NotFoundError
+from mstcrypt.server.caworkers import CaWorkerError
 
 RateLimited = RateLimitError
 
@@ -29,6 +30,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (UnsupportedError, 400),
     (PolicyError, 409),
     (KeyStoreError, 500),
+    (CaWorkerError, 503),
     (MstCryptError, 400),
 ]
 

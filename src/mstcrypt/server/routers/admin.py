@@ -22,7 +22,7 @@ from mstcrypt.kmc.operators import (
     OperatorIdentity,
 )
 from mstcrypt.pki import Profile
-from mstcrypt.server.deps import KmcDep, LoginDep, SettingsDep, require_role
+from mstcrypt.server.deps import CaDep, KmcDep, LoginDep, SettingsDep, require_role
 from mstcrypt.server.schemas import (
     BackupRequest,
     CodeRequest,
@@ -108,9 +108,9 @@ def expire_code(code_id: str, who: Registration, kmc: KmcDep) -> dict[str, str]:
 
 @ra_router.post("/certificates/{serial}/revoke")
 def revoke_certificate(
-    serial: str, body: RevokeRequest, who: Registration, kmc: KmcDep
+    serial: str, body: RevokeRequest, who: Registration, ca: CaDep
 ) -> dict[str, Any]:
-    revoked = kmc.revoke_certificate(serial, reason=body.reason, actor=who.name)
+    revoked = ca.revoke(serial, reason=body.reason, actor=who.name)
     return {"serial": serial, "status": "revoked", "revoked": revoked}
 
 

@@ -55,7 +55,7 @@ from mstcrypt.kmc.operators import (
     ROLES,
 )
 from mstcrypt.pki import Profile
-from mstcrypt.server.deps import Bearer, KmcDep, SettingsDep, Source
+from mstcrypt.server.deps import Bearer, CaDep, KmcDep, SettingsDep, Source
 from mstcrypt.server.errors import status_of
 from mstcrypt.server.routers import metrics
 
@@ -373,14 +373,14 @@ def certificate(request: Request, serial: str, s: Console, kmc: KmcDep) -> Respo
 
 
 @pages.post("/certificates/{serial}/revoke", response_class=HTMLResponse)
-def revoke(request: Request, serial: str, s: Checked, f: Form, kmc: KmcDep) -> Response:
+def revoke(request: Request, serial: str, s: Checked, f: Form, kmc: KmcDep, ca: CaDep) -> Response:
     _role(s, REGISTRATION_OFFICER)
     reason = f.get("reason", "")
     if reason not in REVOCATION_REASONS:
         raise PolicyError(f"unknown revocation reason {reason[:32]!r}")
     if f.get("confirm") != serial:
         raise PolicyError("type the certificate's serial to confirm the revocation")
-    revoked = kmc.revoke_certificate(serial, reason=reason, actor=s.operator.name)
+    revoked = ca.revoke(serial, reason=reason, actor=s.operator.name)
     c = Overview(kmc).certificate(serial)
     return _render(request, "certificate.html", c=c, reasons=REVOCATION_REASONS, done=revoked)
 
