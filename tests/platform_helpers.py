@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -100,6 +101,34 @@ def server_env(database_url: str, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
+
+
+def ca_workers_of(pid: int) -> list[int]:
+    """The CA worker processes of a ``serve`` process (spawned children running
+    ``spawn_main``; not multiprocessing's resource tracker). Linux /proc."""
+    out = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                        out.append(int(child))
+    return out
+
+
+def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait until none of ``pids`` runs any more (a zombie counts as gone)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while True:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("Z", "X"):
+                break
+            assert time.monotonic() < deadline, f"process {pid} still runs"
+            time.sleep(0.02)
 
 
 def wait_health(

@@ -28,7 +28,15 @@ from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL
 from mstcrypt.server.caworkers import CaWorkerError, CaWorkers, InProcessCa
 from mstcrypt.server.config import Settings
-from platform_helpers import MASTER_KEY_HEX, free_port, master_key, server_env, wait_health
+from platform_helpers import (
+    MASTER_KEY_HEX,
+    ca_workers_of,
+    free_port,
+    master_key,
+    server_env,
+    wait_gone,
+    wait_health,
+)
 
 
 @pytest.fixture
@@ -137,7 +145,14 @@ def test_a_worker_that_cannot_open_the_platform_fails_at_start(
 
 
 def test_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings(data_dir=tmp_path).ca_workers == 0
+    assert Settings(data_dir=tmp_path).ca_workers == 0  # embedded: in this process
+    monkeypatch.delenv("MSTCRYPT_CA_WORKERS", raising=False)
+    auto = 1 if (os.cpu_count() or 1) >= 2 else 0  # serve: one when a CPU is spare
+    assert Settings.from_env(tmp_path).ca_workers == auto
+    monkeypatch.setenv("MSTCRYPT_CA_WORKERS", "auto")
+    assert Settings.from_env(tmp_path).ca_workers == auto
+    monkeypatch.setenv("MSTCRYPT_CA_WORKERS", "0")
+    assert Settings.from_env(tmp_path).ca_workers == 0
     monkeypatch.setenv("MSTCRYPT_CA_WORKERS", "2")
     assert Settings.from_env(tmp_path).ca_workers == 2
     for bad in ("lots", "-1", "65"):
@@ -198,25 +213,12 @@ def test_serve_with_workers_over_http_and_killed(tmp_path: Path) -> None:
             timeout=30,
         )
         assert r.status_code == 200, (r.text, log.read_text()[-2000:])
-        children = _children(proc.pid)
+        children = ca_workers_of(proc.pid)
         assert len(children) == 1, children
         proc.kill()
         proc.wait(10)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{children[0]}").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not Path(f"/proc/{children[0]}").exists(), "the CA worker outlived its server"
+        wait_gone(children)  # asserts: the CA worker does not outlive its server
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-def _children(pid: int) -> list[int]:
-    """The spawned workers of ``pid`` (not multiprocessing's resource tracker)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        for c in (task / "children").read_text().split():
-            if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes():
-                out.append(int(c))
-    return out

@@ -9,7 +9,7 @@ operator who enrolls at A, logs in at B and works at A; the enrollment rate limi
 counted across both; a revocation at A seen by B's CRL, B's login and B's session check;
 and both instances' housekeeping (signed audit checkpoints every 0.2 s) racing without
 breaking the chain or stopping either loop. A runs its enrollments and revocations in a
-CA worker process (``MSTCRYPT_CA_WORKERS=1``), B in its API process.
+CA worker process (``MSTCRYPT_CA_WORKERS=1``), B in its API process (``=0``).
 
 PostgreSQL only (MSTCRYPT_TEST_DATABASE_URL); SQLite is one file on one machine.
 """
@@ -103,8 +103,9 @@ def _start(name: str, url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str
         MSTCRYPT_CHECKPOINT_SECONDS="0.2",
         MSTCRYPT_PUBLIC_URL="https://cluster.example",
     )
-    if name == "a":  # A enrolls and revokes in a CA worker process (serve --ca-workers)
-        env["MSTCRYPT_CA_WORKERS"] = "1"
+    # A enrolls and revokes in a CA worker process (serve's default with two CPUs), B in
+    # its API process
+    env["MSTCRYPT_CA_WORKERS"] = "1" if name == "a" else "0"
     cmd = [sys.executable, "-m", "mstcrypt", "serve", "--init", "--port", str(port)]
     cmd += ["--data-dir", str(data_dir), "--server-name", "127.0.0.1"]
     log = tmp / f"{name}.log"

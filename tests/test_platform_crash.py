@@ -42,12 +42,14 @@ from platform_helpers import (
     InvariantChecker,
     Snapshot,
     add_operators,
+    ca_workers_of,
     free_port,
     kmc_for,
     open_release,
     server_env,
     terminal,
     tlcp_client,
+    wait_gone,
     wait_health,
 )
 
@@ -471,8 +473,12 @@ def test_kill9_during_platform_operations(database_url: str, tmp_path: Path) -> 
             driver = Driver(model, url, tokens, random.Random(rng.random()))
             driver.start()
             time.sleep(rng.uniform(0.0, MAX_DELAY))
+            workers = ca_workers_of(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
+            # its CA workers go with it (they may finish the transaction in hand first:
+            # whole, never partial); the store is checked once they are gone
+            wait_gone(workers)
             driver.join(30)
             assert not driver.is_alive(), "the driver did not stop after the kill"
             if driver.error is not None:

@@ -457,8 +457,8 @@ def serve_command(
         typer.Option(
             "--ca-workers",
             help="Worker processes for enrollments and revocations, so that their CPU "
-            "does not delay logins (0-64; default MSTCRYPT_CA_WORKERS or 0: in the API "
-            "process; see docs/deployment.md).",
+            "does not delay logins (0-64, 0: in the API process; default "
+            "MSTCRYPT_CA_WORKERS, else 1 with two or more CPUs; see docs/deployment.md).",
         ),
     ] = None,
 ) -> None:

@@ -3,8 +3,12 @@ PostgreSQL when a URL is configured. Schema changes go through Alembic migration
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +17,11 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["Database", "migrate"]
 
@@ -45,6 +54,15 @@ class Database:
         # tails of hundreds of ms behind holds of a few ms. Re-entrant: a transaction
         # opened inside another in the same thread behaves as before.
         self._writer: threading.RLock | None = threading.RLock() if self.is_sqlite else None
+        self._writer_depth = 0
+        # ... and the writers of every process on the same file queue on a lock file
+        # beside it (several `serve` processes, a server and its CA workers): a released
+        # lock is seen within a millisecond, where SQLite's busy handler sleeps up to
+        # 100 ms between tries
+        path = self.engine.url.database if self.is_sqlite else None
+        self._lock_path = f"{path}-writer.lock" if path and path != ":memory:" else None
+        self._lock_fd: tuple[int, int] | None = None  # (pid, fd): opened per process
+        _DATABASES.add(self)
         self._read_engine = self.engine.execution_options(mstcrypt_read_only=True)
 
     @classmethod
@@ -59,12 +77,65 @@ class Database:
             yield
             return
         # as long as SQLite's own busy timeout, and the same error when it runs out
+        deadline = time.monotonic() + SQLITE_BUSY_SECONDS
         if not self._writer.acquire(timeout=SQLITE_BUSY_SECONDS):
             raise sqlite3.OperationalError("database is locked")
         try:
-            yield
+            if self._writer_depth == 0:
+                self._lock_file(deadline)
+            self._writer_depth += 1
+            try:
+                yield
+            finally:
+                self._writer_depth -= 1
+                if self._writer_depth == 0:
+                    self._unlock_file()
         finally:
             self._writer.release()
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child holds none of its parent's write turns: the thread lock may
+        have been held by the forking thread (whose id the child's thread reuses) and
+        the lock file is the parent's open file (which would share its lock)."""
+        if self._writer is not None:
+            self._writer = threading.RLock()
+        self._writer_depth = 0
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd[1])  # the parent's lock stays (its own descriptor)
+            self._lock_fd = None
+
+    def _file_lock_fd(self) -> int | None:
+        if self._lock_path is None or fcntl is None:
+            return None
+        pid = os.getpid()
+        if self._lock_fd is None or self._lock_fd[0] != pid:
+            # a forked child opens its own: a shared open file shares the lock
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._lock_fd = (pid, fd)
+        return self._lock_fd[1]
+
+    def _lock_file(self, deadline: float) -> None:
+        try:
+            fd = self._file_lock_fd()
+        except OSError:  # a read-only directory: SQLite's busy handler alone
+            return
+        if fd is None:
+            return
+        delay = 0.0001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise sqlite3.OperationalError("database is locked") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.001)
+
+    def _unlock_file(self) -> None:
+        if self._lock_fd is not None and self._lock_fd[0] == os.getpid():
+            fcntl.flock(self._lock_fd[1], fcntl.LOCK_UN)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -194,6 +265,21 @@ class Database:
     def dispose(self) -> None:
         self.stop_checkpointer()
         self.engine.dispose()
+        if self._lock_fd is not None and self._lock_fd[0] == os.getpid():
+            os.close(self._lock_fd[1])
+            self._lock_fd = None
+
+
+_DATABASES: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for d in list(_DATABASES):
+        d._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _sqlite_setup(engine: Engine, autocheckpoint: Callable[[], int]) -> None:

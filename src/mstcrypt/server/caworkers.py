@@ -27,7 +27,8 @@ after it died runs on a new pool; the request it was running fails with
 finds its code used).
 
 :class:`InProcessCa` has the same two methods and runs them in the API process
-(``ca_workers`` = 0, the default for the embedded use and the tests).
+(``ca_workers`` = 0: an app embedded with ``create_app``, or ``serve`` on one CPU).
+``mstcrypt serve`` starts one worker by default on a machine with two or more CPUs.
 """
 
 from __future__ import annotations

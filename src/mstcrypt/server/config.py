@@ -85,10 +85,19 @@ def _seconds(env: os._Environ[str], key: str, default: int) -> int:
 MAX_CA_WORKERS = 64
 
 
+def default_ca_workers() -> int:
+    """What ``serve`` uses unless told: one CA worker when the machine has a second CPU
+    for it, none (everything in the API process) on one CPU."""
+    return 1 if (os.cpu_count() or 1) >= 2 else 0
+
+
 def _workers(raw: str) -> int:
-    """MSTCRYPT_CA_WORKERS: a whole number from 0 to :data:`MAX_CA_WORKERS`."""
+    """MSTCRYPT_CA_WORKERS: a whole number from 0 to :data:`MAX_CA_WORKERS`, or "auto"
+    (:func:`default_ca_workers`)."""
+    if raw in ("", "auto"):
+        return default_ca_workers()
     try:
-        n = int(raw or "0")
+        n = int(raw)
     except ValueError:
         raise PolicyError(f"MSTCRYPT_CA_WORKERS: {raw!r} is not a whole number") from None
     check_ca_workers(n)
@@ -150,7 +159,8 @@ class Settings:
     console_idle: int = 900
     console_max_age: int = 8 * 3600
     #: worker processes for enrollments and revocations (0: in the API process); see
-    #: :mod:`mstcrypt.server.caworkers`
+    #: :mod:`mstcrypt.server.caworkers`. 0 when the app is embedded (``create_app``);
+    #: ``from_env`` (``mstcrypt serve``) defaults to :func:`default_ca_workers`
     ca_workers: int = 0
     #: a key store to use instead of the one configured in the environment (tests)
     keystore_override: ServerKeyStore | None = None
@@ -192,7 +202,7 @@ class Settings:
             console_code_ttl=_seconds(env, "MSTCRYPT_CONSOLE_CODE_TTL", 60),
             console_idle=_seconds(env, "MSTCRYPT_CONSOLE_IDLE", 900),
             console_max_age=_seconds(env, "MSTCRYPT_CONSOLE_MAX_AGE", 8 * 3600),
-            ca_workers=_workers(env.get("MSTCRYPT_CA_WORKERS", "0")),
+            ca_workers=_workers(env.get("MSTCRYPT_CA_WORKERS", "auto")),
         )
         for k, v in overrides.items():
             if v is not None:
