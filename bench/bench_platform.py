@@ -1070,25 +1070,41 @@ def check_targets(backend: str, sizes: list[int], table: dict[str, dict[int, Any
     def show(ok: bool, text: str) -> None:
         print(f"  [{'PASS' if ok else 'FAIL'}] {text}")
 
-    for prefix, layout in (
-        ("mixed-rate-workers", "at a rate, CA work in a worker: serve's default"),
-        ("mixed-rate", "at that rate, all in one process: --ca-workers 0"),
-        ("mixed-workers", "closed loop of 8, CA work in a worker: serve's default"),
-        ("mixed", "closed loop of 8, all in one process: --ca-workers 0"),
-        ("mixed-procs", "closed loop of 8 over two API processes, --ca-workers 0"),
+    # the targets are for the platform as `mstcrypt serve` runs by default (one CA worker
+    # with two or more CPUs); the other layouts are printed beside them for comparison
+    for prefix, layout, target in (
+        ("mixed-rate-workers", "at a rate, CA work in a worker: serve's default", True),
+        ("mixed-workers", "closed loop of 8, CA work in a worker: serve's default", True),
+        ("mixed-rate", "at the same rate, all in one process: --ca-workers 0", False),
+        ("mixed", "closed loop of 8, all in one process: --ca-workers 0", False),
+        ("mixed-procs", "closed loop of 8 over two API processes, --ca-workers 0", False),
     ):
         p99 = table.get(f"{prefix} login p99 ms", {}).get(last)
-        if isinstance(p99, float):
-            show(p99 < 50, f"login p99 under the mixed load ({layout}) {p99:.1f} ms < 50 ms")
+        if not isinstance(p99, float):
+            continue
+        text = f"login p99 under the mixed load ({layout}) {p99:.1f} ms < 50 ms"
+        if target:
+            show(p99 < 50, text)
+        else:
+            print(f"  [{'ok' if p99 < 50 else 'over':>4}] {text} (for comparison)")
     holds = [
         (v[last], m.split(":")[0])
         for m, v in table.items()
         if m.endswith("max write hold ms") and isinstance(v.get(last), float)
     ]
-    if holds:
-        worst, where = max(holds)
+    for default, what in ((True, "serve's default"), (False, "--ca-workers 0")):
+        mine = [h for h in holds if h[1].endswith("-workers") == default and "mixed" in h[1]]
+        if default:  # the single-operation measurements run the same in both layouts
+            mine += [h for h in holds if "mixed" not in h[1]]
+        if not mine:
+            continue
+        worst, where = max(mine)
         label = table.get(f"{where}: longest hold by", {}).get(last, "?")
-        show(worst < 50, f"longest write-lock hold {worst:.1f} ms < 50 ms (in {where}: {label})")
+        text = f"longest write-lock hold ({what}) {worst:.1f} ms < 50 ms (in {where}: {label})"
+        if default:
+            show(worst < 50, text)
+        else:
+            print(f"  [{'ok' if worst < 50 else 'over':>4}] {text} (for comparison)")
     rev = table.get("revoke CPU ms/op", {})
     if len(sizes) > 1 and isinstance(rev.get(sizes[0]), float) and isinstance(rev.get(last), float):
         ratio = rev[last] / rev[sizes[0]]
