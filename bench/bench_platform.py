@@ -147,6 +147,20 @@ class LockMonitor:
             if held > self.max_hold:
                 self.max_hold, self.max_label = held, getattr(self._local, "label", "-")
 
+    def attach(self, db: Database) -> None:
+        if db.is_sqlite:
+            self.attach_sqlite(db)
+        else:
+            self.attach_postgresql(db)
+
+    def merge(self, report: dict[str, Any]) -> None:
+        """Add the holds another process recorded (``holds``, ``max_hold``,
+        ``max_label``)."""
+        with self._mutex:
+            self.holds.extend(report["holds"])
+            if report["max_hold"] > self.max_hold:
+                self.max_hold, self.max_label = report["max_hold"], report["max_label"]
+
     # SQLite: every statement of every connection, through the DB-API trace callback
     def attach_sqlite(self, db: Database) -> None:
         @event.listens_for(db.engine, "connect")
@@ -225,10 +239,7 @@ def worker_kmc(url: str, master: bytes) -> Kmc:
     global _worker_monitor
     db = Database(url)
     monitor = LockMonitor()
-    if db.is_sqlite:
-        monitor.attach_sqlite(db)
-    else:
-        monitor.attach_postgresql(db)
+    monitor.attach(db)
     monitor._local.label = "ca worker"  # the worker runs its jobs in this thread
     _worker_monitor = monitor
     return Kmc(db, SoftKeyStore(master), crl_base_url=CRL_URL)
@@ -811,9 +822,7 @@ def _on_ca_worker(b: Bench, out: dict[str, float | str], prefix: str, n: int) ->
     c1 = pool.submit(time.process_time).result()
     rep = pool.submit(worker_holds).result()
     out[f"{prefix} worker CPU ms/op"] = 1000 * (c1 - c0) / n
-    b.monitor.holds.extend(rep["holds"])
-    if rep["max_hold"] > b.monitor.max_hold:
-        b.monitor.max_hold, b.monitor.max_label = rep["max_hold"], rep["max_label"]
+    b.monitor.merge(rep)
 
 
 def _closed_loop(b: Bench, a: Args, prefix: str, workers: bool) -> dict[str, float | str]:
@@ -965,19 +974,14 @@ def measure_mixed_procs(b: Bench, a: Args) -> dict[str, float | str]:
         for kind, values in rep["lat"].items():
             lat[kind].extend(values)
         errors.extend(rep["errors"])
-        b.monitor.holds.extend(rep["holds"])
-        if rep["max_hold"] > b.monitor.max_hold:
-            b.monitor.max_hold, b.monitor.max_label = rep["max_hold"], rep["max_label"]
+        b.monitor.merge(rep)
     return _mixed_report(b, out, "mixed-procs", lat, errors)
 
 
 def make_bench(backend: str, url: str, seed: int) -> Bench:
     db = Database(url)
     monitor = LockMonitor()
-    if db.is_sqlite:
-        monitor.attach_sqlite(db)
-    else:
-        monitor.attach_postgresql(db)
+    monitor.attach(db)
     master = secrets.token_bytes(32)
     kmc = Kmc(db, SoftKeyStore(master), crl_base_url=CRL_URL)
     kmc.create_schema()

@@ -60,12 +60,7 @@ def test_a_writer_in_another_process_waits_for_the_lock_and_wakes_at_once(
 
 
 def _try_write(url: str, out: object) -> None:
-    d = Database(url)
-    try:
-        with d.writer():
-            out.put("entered")  # type: ignore[attr-defined]
-    except sqlite3.OperationalError as exc:
-        out.put(str(exc))  # type: ignore[attr-defined]
+    _same_db_write(Database(url), out)
 
 
 def test_a_forked_child_does_not_share_its_parents_lock(
