@@ -71,16 +71,20 @@ def test_a_forked_child_does_not_share_its_parents_lock(
     d = Database(url)
     out = ctx.Queue()
     with d.writer():  # the parent holds the lock (its file is open) while forking
-        child = ctx.Process(target=_same_db_write, args=(d, out))
-        child.start()
-        assert out.get(timeout=10) == "database is locked"
-        child.join(10)
+        assert _in_child(_same_db_write, d, out) == "database is locked"
     # released: a new child gets in
-    child = ctx.Process(target=_same_db_write, args=(d, out))
-    child.start()
-    assert out.get(timeout=10) == "entered"
-    child.join(10)
+    assert _in_child(_same_db_write, d, out) == "entered"
     d.dispose()
+
+
+def _in_child(target: object, arg: object, out: object) -> str:
+    """What ``target(arg, out)`` reported from a forked child."""
+    child = ctx.Process(target=target, args=(arg, out))
+    child.start()
+    try:
+        return str(out.get(timeout=10))  # type: ignore[attr-defined]
+    finally:
+        child.join(10)
 
 
 def _same_db_write(d: Database, out: object) -> None:
@@ -99,10 +103,7 @@ def test_nested_transactions_in_one_thread_keep_the_lock(tmp_path: Path) -> None
         with d.writer():
             pass
         # still held after the inner one ended
-        p = ctx.Process(target=_try_write_quick, args=(url, out))
-        p.start()
-        assert out.get(timeout=10) == "database is locked"
-        p.join(10)
+        assert _in_child(_try_write_quick, url, out) == "database is locked"
     d.dispose()
 
 

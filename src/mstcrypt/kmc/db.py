@@ -61,7 +61,7 @@ class Database:
         # 100 ms between tries
         path = self.engine.url.database if self.is_sqlite else None
         self._lock_path = f"{path}-writer.lock" if path and path != ":memory:" else None
-        self._lock_fd: tuple[int, int] | None = None  # (pid, fd): opened per process
+        self._lock_fd: int | None = None  # opened on first use, again in a forked child
         _DATABASES.add(self)
         self._read_engine = self.engine.execution_options(mstcrypt_read_only=True)
 
@@ -102,18 +102,15 @@ class Database:
         self._writer_depth = 0
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self._lock_fd[1])  # the parent's lock stays (its own descriptor)
+                os.close(self._lock_fd)  # the parent's lock stays (its own descriptor)
             self._lock_fd = None
 
     def _file_lock_fd(self) -> int | None:
         if self._lock_path is None or fcntl is None:
             return None
-        pid = os.getpid()
-        if self._lock_fd is None or self._lock_fd[0] != pid:
-            # a forked child opens its own: a shared open file shares the lock
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._lock_fd = (pid, fd)
-        return self._lock_fd[1]
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._lock_fd
 
     def _lock_file(self, deadline: float) -> None:
         try:
@@ -134,8 +131,8 @@ class Database:
                 delay = min(delay * 2, 0.001)
 
     def _unlock_file(self) -> None:
-        if self._lock_fd is not None and self._lock_fd[0] == os.getpid():
-            fcntl.flock(self._lock_fd[1], fcntl.LOCK_UN)
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
@@ -265,8 +262,8 @@ class Database:
     def dispose(self) -> None:
         self.stop_checkpointer()
         self.engine.dispose()
-        if self._lock_fd is not None and self._lock_fd[0] == os.getpid():
-            os.close(self._lock_fd[1])
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
             self._lock_fd = None
 
 
