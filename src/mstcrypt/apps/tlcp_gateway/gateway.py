@@ -410,13 +410,14 @@ class Gateway:
         tasks = [asyncio.create_task(upstream()), down]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            first = done.pop()
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            exc = None if first.cancelled() else first.exception()
-            if exc is not None:
-                rec.fields["result"] = _result(exc)
+            # both may be done by now (a failing request cancels the downstream pipe):
+            # the failure is the result, whichever task set() yields first
+            failures = [t.exception() for t in done if not t.cancelled() and t.exception()]
+            if failures:
+                rec.fields["result"] = _result(failures[0])
         finally:
             for t in tasks:
                 t.cancel()
