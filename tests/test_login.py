@@ -22,7 +22,7 @@ from mstcrypt.apps.login.service import LoginPolicy, LoginService, source_bucket
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.errors import PolicyError, RateLimitError
 from mstcrypt.kmc.db import Database
-from mstcrypt.kmc.models import AuditRecord
+from mstcrypt.kmc.models import AuditRecord, RateLimit
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL, Certificate, Issuer, Profile, RevokedEntry, build_csr, name
@@ -935,6 +935,46 @@ def test_purge_is_bounded(platform: Kmc) -> None:
     assert _count(platform, LoginChallenge) == 3
     assert svc.purge()["login_challenges"] == 3
     assert _count(platform, LoginChallenge) == 0
+
+
+def test_refused_challenges_write_nothing(platform: Kmc) -> None:
+    """A challenge refused for a locked source or a spent budget stores no challenge
+    and counts nothing; a challenge budget of 0 refuses every request."""
+
+    clock = Clock()
+    clock.t = (int(clock.t) // 60) * 60 + 1.0
+    policy = LoginPolicy(challenges_per_minute=3, source_max_failures=2, purge_every=0)
+    svc = LoginService(platform, server_name="login.example", policy=policy, clock=clock)
+    alice = _user(platform)
+    for i in range(2):  # two junk responses lock the source "evil"
+        _junk(svc, alice, platform, "evil", i)
+    stored, counts = _count(platform, LoginChallenge), _rate_counts(platform)
+    with pytest.raises(RateLimitError, match="too many failed logins"):
+        svc.challenge(source="evil")
+    assert _count(platform, LoginChallenge) == stored and _rate_counts(platform) == counts
+    svc.challenge(source="busy")  # 1 of 3 (another address, its own budget)
+    svc.challenge(source="busy")
+    svc.challenge(source="busy")
+    for _ in range(2):
+        with pytest.raises(RateLimitError, match="too many login requests"):
+            svc.challenge(source="busy")
+    assert _count(platform, LoginChallenge) == stored + 3
+    assert _rate_counts(platform)["login:busy"] == 3
+    none = LoginService(
+        platform,
+        server_name="login.example",
+        policy=LoginPolicy(challenges_per_minute=0, purge_every=0),
+        clock=clock,
+    )
+    with pytest.raises(RateLimitError, match="too many login requests"):
+        none.challenge(source="quiet")
+    assert "login:quiet" not in _rate_counts(platform)
+    assert _count(platform, LoginChallenge) == stored + 3
+
+
+def _rate_counts(kmc: Kmc) -> dict[str, int]:
+    with kmc.db.tx() as s:
+        return {r.key: r.count for r in s.scalars(select(RateLimit))}
 
 
 def test_challenge_budget_is_shared_by_instances(platform: Kmc) -> None:

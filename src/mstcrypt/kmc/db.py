@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import sqlite3
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 try:
@@ -39,8 +40,10 @@ class Database:
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            kwargs.update(pool_size=10, max_overflow=20)
         self.engine: Engine = create_engine(url, **kwargs)
+        if not self.is_sqlite:
+            _checkout_liveness(self.engine)
         #: SQLite's automatic WAL checkpoint threshold (pages) for new connections; 0
         #: while :meth:`start_checkpointer` checkpoints in the background
         self.autocheckpoint = 1000
@@ -277,6 +280,56 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+#: a pooled PostgreSQL connection idle longer than this is pinged at checkout
+PING_IDLE_SECONDS = 10.0
+
+
+def _checkout_liveness(engine: Engine) -> None:
+    """Pooled connections are checked at checkout without a round trip when they can be.
+
+    ``pool_pre_ping`` costs a ``SELECT 1`` round trip on every checkout: a login is a few
+    short transactions, and under load each round trip also waits for the interpreter
+    lock. Instead, a connection returned to the pool recently is checked locally: the
+    server's goodbye (a restart, ``pg_terminate_backend``, an idle timeout) makes its
+    socket readable, and a connection whose socket has nothing to read and that was in
+    use less than ``PING_IDLE_SECONDS`` ago is taken as it is. A readable socket, a
+    connection marked broken, or a long idle one is pinged, and a failed ping makes the
+    pool replace the connection (``DisconnectionError``), as ``pool_pre_ping`` does."""
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info["mstcrypt_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("mstcrypt_idle_since", None)
+        if since is None:  # just connected
+            return
+        if time.monotonic() - since < PING_IDLE_SECONDS and not _needs_ping(dbapi_conn):
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            try:
+                cur.execute("SELECT 1")
+            finally:
+                cur.close()
+            dbapi_conn.rollback()
+        except Exception as exc:  # any failure: this connection is replaced
+            raise DisconnectionError(type(exc).__name__) from None
+
+
+def _needs_ping(dbapi_conn: Any) -> bool:
+    if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+        return True
+    try:
+        p = select.poll()
+        p.register(dbapi_conn.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(p.poll(0))  # hang-ups and errors are always reported
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def _sqlite_setup(engine: Engine, autocheckpoint: Callable[[], int]) -> None:

@@ -80,18 +80,47 @@ class RawTx:
 
 def read_row(db: Database, sql: str, params: dict[str, Any]) -> Any:
     """One row of a read-only query (``:name`` parameters) on a pooled DB-API
-    connection, without taking SQLite's write lock (RawTx begins IMMEDIATE)."""
+    connection, without taking SQLite's write lock (RawTx begins IMMEDIATE).
+
+    The statement runs on its own, outside any transaction: one statement sees one
+    snapshot on both engines, and on PostgreSQL this saves the ``BEGIN`` and
+    ``ROLLBACK`` round trips a driver-opened transaction would cost."""
+    return _one_statement(db, sql, params)
+
+
+def write_row(db: Database, sql: str, params: dict[str, Any]) -> Any:
+    """One statement that writes, as a transaction of its own (all of it or nothing),
+    in this process's writer turn on SQLite; its first row (``RETURNING``), if any.
+    On PostgreSQL one round trip: no ``BEGIN``, no ``COMMIT``."""
+    with db.writer():
+        return _one_statement(db, sql, params)
+
+
+def _one_statement(db: Database, sql: str, params: dict[str, Any]) -> Any:
     raw = db.engine.raw_connection()
     try:
-        cur = raw.cursor()
+        if db.is_sqlite:  # isolation_level None: no implicit transaction
+            cur = raw.cursor()
+            try:
+                cur.execute(sql, params)
+                return cur.fetchone()
+            finally:
+                cur.close()
+        conn = raw.driver_connection
+        conn.autocommit = True
         try:
-            cur.execute(sql if db.is_sqlite else _NAMED.sub(r"%(\1)s", sql), params)
-            return cur.fetchone()
+            cur = raw.cursor()
+            try:
+                cur.execute(_NAMED.sub(r"%(\1)s", sql), params)
+                return cur.fetchone()
+            finally:
+                cur.close()
         finally:
-            cur.close()
+            try:
+                conn.autocommit = False
+            except Exception:  # a broken connection: the pool must not hand it out again
+                raw.invalidate()
     finally:
-        if not db.is_sqlite:
-            raw.rollback()  # end the implicit read transaction before the pool takes it
         raw.close()
 
 
@@ -107,18 +136,23 @@ def append_audit(
     seq, prev = int(row[0]) + 1, str(row[1])
     ts = audit.now_iso()
     h = audit.record_hash(prev, seq, ts, actor, action, target, details)
-    tx.q(
+    insert = (
         "INSERT INTO audit_log (seq, ts, actor, action, target, details, prev_hash, hash) "
-        "VALUES (:seq, :ts, :actor, :action, :target, :details, :prev, :hash)",
-        {
-            "seq": seq,
-            "ts": ts,
-            "actor": actor,
-            "action": action,
-            "target": target,
-            "details": json.dumps(details),
-            "prev": prev,
-            "hash": h,
-        },
+        "VALUES (:seq, :ts, :actor, :action, :target, :details, :prev, :hash)"
     )
-    tx.q("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1", {"seq": seq, "hash": h})
+    advance = "UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"
+    params = {
+        "seq": seq,
+        "ts": ts,
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "details": json.dumps(details),
+        "prev": prev,
+        "hash": h,
+    }
+    if tx.sqlite:
+        tx.q(insert, params)
+        tx.q(advance, {"seq": seq, "hash": h})
+    else:  # one round trip fewer while this transaction holds the log's head row
+        tx.q(f"WITH appended AS ({insert}) {advance}", params)

@@ -39,7 +39,7 @@ from sqlalchemy import delete, select, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 
 from mstcrypt.apps.login import tokens
-from mstcrypt.apps.login.fastpath import RawTx, append_audit, read_row
+from mstcrypt.apps.login.fastpath import RawTx, append_audit, read_row, write_row
 from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, LoginPassword, RevokedSession
 from mstcrypt.crypto.sm2 import SM2PrivateKey
 from mstcrypt.crypto.sm3 import pbkdf2_hmac_sm3
@@ -96,6 +96,85 @@ class LoginPolicy:
     #: seconds between two checks of the published CRL numbers (a changed number
     #: loads and scans the new CRL once)
     crl_check_seconds: float = 1.0
+
+
+#: What a response needs from the store, in one statement (one snapshot, one round
+#: trip): the certificate's and the source's lock ends, the challenge, the certificate's
+#: row and its owner's password verifier. Columns: see :class:`_Read`.
+_READ_SQL = (
+    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1), "
+    "(SELECT locked_until FROM login_failures WHERE key = :k2), "
+    "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations, "
+    "ch.r_s, ch.expires, ch.used_at "
+    "FROM (SELECT 1 AS one) AS one "
+    "LEFT JOIN certificates c ON c.serial = :s "
+    "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '') "
+    "LEFT JOIN login_challenges ch ON ch.id = :cid AND ch.server_name = :srv"
+)
+#: The write transaction's re-read: the same without the challenge (which the
+#: transaction consumes with an UPDATE), the lock rows locked on PostgreSQL.
+_RECHECK_SQL = (
+    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1{lock}), "
+    "(SELECT locked_until FROM login_failures WHERE key = :k2{lock}), "
+    "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations "
+    "FROM (SELECT 1 AS one) AS one "
+    "LEFT JOIN certificates c ON c.serial = :s "
+    "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '')"
+)
+
+
+#: The challenge's three steps in one statement (PostgreSQL): the source's lock end, the
+#: request counted against the source's budget only when not locked and under budget
+#: (an over-budget count is left as it is), the challenge stored only when counted.
+_CHALLENGE_PG_SQL = (
+    "WITH lk AS (SELECT COALESCE("
+    "(SELECT locked_until FROM login_failures WHERE key = :k), 0) AS until), "
+    'rl AS (INSERT INTO rate_limits (key, "window", count) '
+    "SELECT :rk, :w, 1 FROM lk WHERE lk.until <= :now AND :lim > 0 "
+    'ON CONFLICT (key, "window") DO UPDATE SET count = rate_limits.count + 1 '
+    "WHERE rate_limits.count < :lim RETURNING count), "
+    "ch AS (INSERT INTO login_challenges (id, server_name, r_s, expires, source, used_at) "
+    "SELECT :id, :srv, :rs, :exp, :src, NULL FROM rl RETURNING 1) "
+    "SELECT (SELECT until FROM lk), (SELECT count FROM rl), (SELECT count(*) FROM ch)"
+)
+
+
+class _Read:
+    """A row of ``_READ_SQL`` or ``_RECHECK_SQL``."""
+
+    def __init__(self, row: Any) -> None:
+        self.row = tuple(row) + (None,) * (12 - len(row))
+        self.r_s, self.expires, self.used_at = self.row[9:12]
+
+    def locks(self, keys: dict[str, str]) -> dict[str, int]:
+        """Lock end per counter key, for the counters that exist."""
+        k1, k2 = self.row[0:2]
+        found = {keys["k1"]: k1, keys["k2"]: k2}
+        return {k: int(v) for k, v in found.items() if v is not None}
+
+    @property
+    def password(self) -> tuple[bytes, bytes, int] | None:
+        salt, verifier, iterations = self.row[6:9]
+        if salt is None:
+            return None
+        return bytes(salt), bytes(verifier), int(iterations)
+
+    def known_certificate(self, cert: Certificate) -> str | None:
+        """The owner of ``cert`` if it is this platform's active signing certificate."""
+        der, status, usage, owner = self.row[2:6]
+        if der is None or bytes(der) != cert.der:
+            raise LoginError(
+                "user_certificate_unknown_issuer",
+                "the user certificate was not issued by this platform",
+            )
+        if status != "active":
+            raise LoginError("user_certificate_revoked", "the user certificate is revoked")
+        if usage != "sign":
+            raise LoginError(
+                "user_certificate_key_usage",
+                "the user certificate is not a signing certificate",
+            )
+        return None if owner is None else str(owner)
 
 
 def source_bucket(source: str) -> str:
@@ -197,6 +276,21 @@ class LoginService:
         """A fresh challenge, recorded in the database (single use, expiring)."""
         now = int(self.clock())
         ch = self.protocol.challenge(self._now())
+        if not self.kmc.db.is_sqlite:
+            self._record_challenge_pg(ch, source, now)
+        else:
+            self._record_challenge(ch, source, now)
+        self._issued += 1
+        if self.policy.purge_every > 0 and self._issued % self.policy.purge_every == 0:
+            try:
+                self.purge()
+            except SQLAlchemyError as exc:  # the challenge stands; the next trigger retries
+                log.warning("login purge failed: %s", type(exc).__name__)
+        return ch
+
+    def _record_challenge(self, ch: Challenge, source: str, now: int) -> None:
+        """Refuse a locked source or one over its budget, else count the request and
+        store the challenge: one transaction (a refused request writes nothing)."""
         with RawTx(self.kmc.db) as tx:
             locked = tx.q(
                 "SELECT locked_until FROM login_failures WHERE key = :k",
@@ -225,13 +319,33 @@ class LoginService:
                     "src": source[:64],
                 },
             )
-        self._issued += 1
-        if self.policy.purge_every > 0 and self._issued % self.policy.purge_every == 0:
-            try:
-                self.purge()
-            except SQLAlchemyError as exc:  # the challenge stands; the next trigger retries
-                log.warning("login purge failed: %s", type(exc).__name__)
-        return ch
+
+    def _record_challenge_pg(self, ch: Challenge, source: str, now: int) -> None:
+        """:meth:`_record_challenge` as one statement (PostgreSQL): the request is
+        counted only when the source is not locked and still has budget, and the
+        challenge is stored only when it was counted."""
+        until, counted, stored = write_row(
+            self.kmc.db,
+            _CHALLENGE_PG_SQL,
+            {
+                "k": self._source_key(source),
+                "now": now,
+                "rk": f"login:{source_bucket(source)}"[:128],
+                "w": now // 60,
+                "lim": self.policy.challenges_per_minute,
+                "id": ch.challenge_id,
+                "srv": self.server_name,
+                "rs": ch.r_s,
+                "exp": ch.expires,
+                "src": source[:64],
+            },
+        )
+        if int(until) > now:
+            raise RateLimitError("too many failed logins from this address; try again later")
+        if counted is None:
+            raise RateLimitError("too many login requests from this address; retry later")
+        if int(stored) != 1:  # pragma: no cover - the insert follows the count
+            raise RateLimitError("the login challenge was not stored; retry")
 
     @staticmethod
     def _source_key(source: str) -> str:
@@ -263,32 +377,32 @@ class LoginService:
             serial, challenge_id = f"{response.cert_m.serial:x}", response.challenge_id
             keys = {"k1": f"cert:{serial}", "k2": self._source_key(source)}
             crls = self._crls()
-            # -- before the write transaction: reads and verification ------------------
-            with RawTx(self.kmc.db, read_only=True) as rd:
-                locks = self._locks(rd, keys)
-                if int(locks.get(keys["k2"], 0)) > now:
-                    source_locked = True
-                    raise LoginError(
-                        "locked_out", "too many failed logins from this address; try again later"
-                    )
-                row = rd.q(
-                    "SELECT r_s, expires, used_at FROM login_challenges "
-                    "WHERE id = :cid AND server_name = :srv",
-                    {"cid": challenge_id, "srv": self.server_name},
-                ).fetchone()
-            if row is None:
+            # -- before the write transaction: one read, then verification -------------
+            read = _Read(
+                read_row(
+                    self.kmc.db,
+                    _READ_SQL,
+                    {**keys, "cid": challenge_id, "srv": self.server_name, "s": serial},
+                )
+            )
+            locks = read.locks(keys)
+            if int(locks.get(keys["k2"], 0)) > now:
+                source_locked = True
+                raise LoginError(
+                    "locked_out", "too many failed logins from this address; try again later"
+                )
+            if read.r_s is None:
                 raise LoginError("unknown_challenge", "unknown or expired login challenge")
-            if row[2] is not None:
+            if read.used_at is not None:
                 raise LoginError("replayed", "this login challenge was already used")
-            r_s = bytes(row[0])
+            r_s = bytes(read.r_s)
             issued = Challenge(
-                self.server_name, challenge_id, r_s, int(row[1]), b"", self.certificate
+                self.server_name, challenge_id, r_s, int(read.expires), b"", self.certificate
             )
             cert = self.protocol.verify(response, issued, now=self._now(), crls=crls)
             # From here on the holder of the certificate's key signed this attempt.
-            with RawTx(self.kmc.db, read_only=True) as rd:
-                owner = self._known_certificate(rd, cert)
-                pw_row = self._password_row(rd, owner)
+            owner = read.known_certificate(cert)
+            pw_row = read.password
             if int(locks.get(keys["k1"], 0)) > now:
                 raise LoginError(
                     "locked_out", "too many failed logins for this certificate; try again later"
@@ -311,7 +425,10 @@ class LoginService:
             }
             # -- the write transaction: re-check, consume, record ------------------------
             with RawTx(self.kmc.db) as tx:
-                locks = self._locks(tx, keys)
+                # one statement re-reads what may have changed: both locks (row-locked
+                # on PostgreSQL), the certificate's row and the password verifier
+                again = _Read(tx.q(_RECHECK_SQL, {**keys, "s": serial}).fetchone())
+                locks = again.locks(keys)
                 if int(locks.get(keys["k2"], 0)) > now:
                     source_locked = True
                     raise LoginError(
@@ -326,7 +443,7 @@ class LoginService:
                     raise LoginError("replayed", "this login challenge was already used")
                 if not hmac.compare_digest(bytes(done[0]), r_s):  # pragma: no cover
                     raise LoginError("unknown_challenge", "unknown or expired login challenge")
-                if self._known_certificate(tx, cert) != owner:  # pragma: no cover
+                if again.known_certificate(cert) != owner:  # pragma: no cover
                     raise LoginError(
                         "user_certificate_unknown_issuer",
                         "the user certificate was not issued by this platform",
@@ -336,9 +453,9 @@ class LoginService:
                         "locked_out",
                         "too many failed logins for this certificate; try again later",
                     )
-                if use_password and self._password_row(tx, owner) != pw_row:
+                if use_password and again.password != pw_row:
                     # changed since it was checked: check the new one (rare, so in here)
-                    self._check_password(self._password_row(tx, owner), password)
+                    self._check_password(again.password, password)
                 if keys["k1"] in locks:  # a success clears the certificate's password count
                     tx.q("DELETE FROM login_failures WHERE key = :k1", {"k1": keys["k1"]})
                 append_audit(
@@ -359,43 +476,6 @@ class LoginService:
                 )
             raise
         return {"session_token": tokens.issue(claims, self._key.sign), "claims": claims}
-
-    @staticmethod
-    def _locks(tx: RawTx, keys: dict[str, str]) -> dict[str, int]:
-        return {
-            str(k): int(v)
-            for k, v in tx.q(
-                "SELECT key, locked_until FROM login_failures WHERE key IN (:k1, :k2)", keys
-            ).fetchall()
-        }
-
-    @staticmethod
-    def _known_certificate(tx: RawTx, cert: Certificate) -> str | None:
-        row = tx.q(
-            "SELECT der, status, usage, owner FROM certificates WHERE serial = :s",
-            {"s": f"{cert.serial:x}"},
-        ).fetchone()
-        if row is None or bytes(row[0]) != cert.der:
-            raise LoginError(
-                "user_certificate_unknown_issuer",
-                "the user certificate was not issued by this platform",
-            )
-        if row[1] != "active":
-            raise LoginError("user_certificate_revoked", "the user certificate is revoked")
-        if row[2] != "sign":
-            raise LoginError(
-                "user_certificate_key_usage",
-                "the user certificate is not a signing certificate",
-            )
-        return None if row[3] is None else str(row[3])
-
-    @staticmethod
-    def _password_row(tx: RawTx, owner: str | None) -> tuple[bytes, bytes, int] | None:
-        row = tx.q(
-            "SELECT salt, verifier, iterations FROM login_passwords WHERE owner = :o",
-            {"o": owner or ""},
-        ).fetchone()
-        return None if row is None else (bytes(row[0]), bytes(row[1]), int(row[2]))
 
     @staticmethod
     def _check_password(row: tuple[bytes, bytes, int] | None, password: str | None) -> None:
