@@ -125,11 +125,19 @@ def _one_statement(db: Database, sql: str, params: dict[str, Any]) -> Any:
 
 
 def append_audit(
-    tx: RawTx, *, actor: str, action: str, target: str, details: dict[str, Any]
+    tx: RawTx,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    details: dict[str, Any],
+    head: tuple[int, str] | None = None,
 ) -> None:
-    """:func:`mstcrypt.kmc.audit.append` on a raw transaction (same chain, same hash)."""
+    """:func:`mstcrypt.kmc.audit.append` on a raw transaction (same chain, same hash).
+    ``head``: the log's head (seq, hash) as this transaction already read it with its
+    row locked (PostgreSQL); else it is read here."""
     audit.check_details(details)
-    row = tx.q("SELECT seq, hash FROM audit_head WHERE id = 1{lock}").fetchone()
+    row = head or tx.q("SELECT seq, hash FROM audit_head WHERE id = 1{lock}").fetchone()
     if row is None:
         tx.q("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)", {"h": audit.GENESIS})
         row = (0, audit.GENESIS)

@@ -111,18 +111,36 @@ _READ_SQL = (
     "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '') "
     "LEFT JOIN login_challenges ch ON ch.id = :cid AND ch.server_name = :srv"
 )
-#: The write transaction's re-read: the same without the challenge (which the
-#: transaction consumes with an UPDATE), the lock rows locked on PostgreSQL.
+#: The write transaction's re-read (SQLite): the same without the challenge, which
+#: :data:`_CONSUME_SQL` then consumes.
 _RECHECK_SQL = (
-    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1{lock}), "
-    "(SELECT locked_until FROM login_failures WHERE key = :k2{lock}), "
+    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1), "
+    "(SELECT locked_until FROM login_failures WHERE key = :k2), "
     "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations "
     "FROM (SELECT 1 AS one) AS one "
     "LEFT JOIN certificates c ON c.serial = :s "
     "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '')"
 )
-
-
+_CONSUME_SQL = (
+    "UPDATE login_challenges SET used_at = :at WHERE id = :cid AND server_name = :srv "
+    "AND used_at IS NULL RETURNING r_s"
+)
+#: The write transaction's first statement on PostgreSQL: the challenge consumed, the
+#: re-read with both lock rows locked, and the audit log's head row locked and read (for
+#: the record this transaction appends): one round trip instead of four.
+_RESPOND_PG_SQL = (
+    "WITH used AS (UPDATE login_challenges SET used_at = :at WHERE id = :cid "
+    "AND server_name = :srv AND used_at IS NULL RETURNING r_s) "
+    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1 FOR NO KEY UPDATE), "
+    "(SELECT locked_until FROM login_failures WHERE key = :k2 FOR NO KEY UPDATE), "
+    "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations, "
+    "NULL, NULL, NULL, (SELECT r_s FROM used), h.seq, h.hash "
+    "FROM (SELECT 1 AS one) AS one "
+    "LEFT JOIN certificates c ON c.serial = :s "
+    "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '') "
+    "LEFT JOIN LATERAL (SELECT seq, hash FROM audit_head WHERE id = 1 "
+    "FOR NO KEY UPDATE) h ON true"
+)
 #: The challenge's three steps in one statement (PostgreSQL): the source's lock end, the
 #: request counted against the source's budget only when not locked and under budget
 #: (an over-budget count is left as it is), the challenge stored only when counted.
@@ -140,11 +158,18 @@ _CHALLENGE_PG_SQL = (
 
 
 class _Read:
-    """A row of ``_READ_SQL`` or ``_RECHECK_SQL``."""
+    """A row of the statements above: lock ends (0–1), the certificate's row (2–5), the
+    password verifier (6–8), the challenge as read (9–11), the challenge as consumed
+    (12) and the audit log's head (13–14)."""
 
     def __init__(self, row: Any) -> None:
-        self.row = tuple(row) + (None,) * (12 - len(row))
-        self.r_s, self.expires, self.used_at = self.row[9:12]
+        self.row = tuple(row) + (None,) * (15 - len(row))
+        self.r_s, self.expires, self.used_at, self.consumed = self.row[9:13]
+
+    @property
+    def head(self) -> tuple[int, str] | None:
+        seq, digest = self.row[13:15]
+        return None if seq is None else (int(seq), str(digest))
 
     def locks(self, keys: dict[str, str]) -> dict[str, int]:
         """Lock end per counter key, for the counters that exist."""
@@ -425,23 +450,27 @@ class LoginService:
             }
             # -- the write transaction: re-check, consume, record ------------------------
             with RawTx(self.kmc.db) as tx:
-                # one statement re-reads what may have changed: both locks (row-locked
-                # on PostgreSQL), the certificate's row and the password verifier
-                again = _Read(tx.q(_RECHECK_SQL, {**keys, "s": serial}).fetchone())
+                # re-read what may have changed (both lock ends, row-locked on PostgreSQL;
+                # the certificate's row; the password verifier) and consume the challenge
+                # (UPDATE … WHERE used_at IS NULL): on PostgreSQL one statement, which
+                # also locks the audit log's head; a refusal below rolls it all back
+                params = {**keys, "s": serial, "cid": challenge_id, "srv": self.server_name}
+                params["at"] = tx.ts(self._now())
+                if tx.sqlite:
+                    row = tx.q(_RECHECK_SQL, params).fetchone()
+                    done = tx.q(_CONSUME_SQL, params).fetchone()
+                    again = _Read((*row, None, None, None, done[0] if done else None))
+                else:
+                    again = _Read(tx.q(_RESPOND_PG_SQL, params).fetchone())
                 locks = again.locks(keys)
                 if int(locks.get(keys["k2"], 0)) > now:
                     source_locked = True
                     raise LoginError(
                         "locked_out", "too many failed logins from this address; try again later"
                     )
-                done = tx.q(
-                    "UPDATE login_challenges SET used_at = :at WHERE id = :cid AND "
-                    "server_name = :srv AND used_at IS NULL RETURNING r_s",
-                    {"at": tx.ts(self._now()), "cid": challenge_id, "srv": self.server_name},
-                ).fetchone()
-                if done is None:  # another response to this challenge got there first
+                if again.consumed is None:  # another response to this challenge got there first
                     raise LoginError("replayed", "this login challenge was already used")
-                if not hmac.compare_digest(bytes(done[0]), r_s):  # pragma: no cover
+                if not hmac.compare_digest(bytes(again.consumed), r_s):  # pragma: no cover
                     raise LoginError("unknown_challenge", "unknown or expired login challenge")
                 if again.known_certificate(cert) != owner:  # pragma: no cover
                     raise LoginError(
@@ -464,6 +493,7 @@ class LoginService:
                     action="login.success",
                     target=f"cert:{serial}",
                     details={"source": source, "jti": claims["jti"], "amr": amr},
+                    head=again.head,
                 )
         except LoginError as exc:
             if not source_locked:  # a locked source costs no write and grows no log
