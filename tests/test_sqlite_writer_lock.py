@@ -6,6 +6,7 @@ ends with SQLite's own "database is locked" after the busy timeout."""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
 import threading
@@ -110,3 +111,28 @@ def test_nested_transactions_in_one_thread_keep_the_lock(tmp_path: Path) -> None
 def _try_write_quick(url: str, out: object) -> None:
     dbmod.SQLITE_BUSY_SECONDS = 0.3  # type: ignore[misc]
     _try_write(url, out)
+
+
+def test_a_lazy_transaction_skips_the_sync_and_restores_it(tmp_path: Path) -> None:
+    """RawTx(durable=False) commits with synchronous=NORMAL (no fsync inside the write
+    lock) and hands its connection back with synchronous=FULL, after a commit and after
+    a rollback alike; a durable transaction runs with FULL."""
+    from mstcrypt.apps.login.fastpath import RawTx
+
+    db = Database(f"sqlite:///{tmp_path / 'lazy.db'}")
+    try:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        for fail in (False, True):
+            with contextlib.suppress(RuntimeError), RawTx(db, durable=False) as tx:
+                assert tx.q("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+                tx.q("INSERT INTO t (x) VALUES (1)")
+                conn = tx._raw.driver_connection
+                if fail:
+                    raise RuntimeError("rolled back")
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+        with RawTx(db) as tx:
+            assert tx.q("PRAGMA synchronous").fetchone()[0] == 2
+            assert tx.q("SELECT count(*) FROM t").fetchone()[0] == 1
+    finally:
+        db.dispose()

@@ -8,7 +8,6 @@ difference handled here: parameter markers and row locks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from datetime import datetime
@@ -23,23 +22,30 @@ _NAMED = re.compile(r":([a-z_][a-z0-9_]*)")
 
 class RawTx:
     """``with RawTx(db) as tx: tx.q(sql, params)`` — one transaction; SQL uses ``:name``
-    parameters and ``{lock}`` where a row lock belongs."""
+    parameters and ``{lock}`` where a row lock belongs.
 
-    def __init__(self, db: Database, *, read_only: bool = False) -> None:
+    ``durable=False`` (SQLite) commits without waiting for the disk: the transaction is
+    written to the WAL and made durable by the next durable commit's sync (of any
+    writer), so a power cut can lose it but never corrupts or reorders the database.
+    Only for rows whose loss costs a retry (a login challenge): its commit then holds
+    the database's single write lock without an fsync."""
+
+    def __init__(self, db: Database, *, durable: bool = True) -> None:
         self.db = db
         self.sqlite = db.is_sqlite
-        self.read_only = read_only
-        self._lock = "" if self.sqlite or read_only else " FOR NO KEY UPDATE"
+        self._lazy = self.sqlite and not durable
+        self._lock = "" if self.sqlite else " FOR NO KEY UPDATE"
 
     def __enter__(self) -> RawTx:
-        self._turn = contextlib.nullcontext() if self.read_only else self.db.writer()
+        self._turn = self.db.writer()
         self._turn.__enter__()
         try:
             self._raw = self.db.engine.raw_connection()
             self._cur = self._raw.cursor()
             if self.sqlite:
-                # a read-only transaction is a deferred BEGIN: a WAL snapshot, no write lock
-                self._cur.execute("BEGIN" if self.read_only else "BEGIN IMMEDIATE")
+                if self._lazy:  # outside a transaction; set back in __exit__
+                    self._cur.execute("PRAGMA synchronous=NORMAL")
+                self._cur.execute("BEGIN IMMEDIATE")
         except BaseException:
             self._turn.__exit__(None, None, None)
             raise
@@ -52,12 +58,17 @@ class RawTx:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc_type is None and not self.read_only:
+            if exc_type is None:
                 self._raw.commit() if not self.sqlite else self._cur.execute("COMMIT")
             else:
                 self._raw.rollback() if not self.sqlite else self._cur.execute("ROLLBACK")
         finally:
             try:
+                if self._lazy:
+                    try:
+                        self._cur.execute("PRAGMA synchronous=FULL")
+                    except Exception:  # never hand out a connection that skips syncs
+                        self._raw.invalidate()
                 self._cur.close()
                 self._raw.close()
             finally:

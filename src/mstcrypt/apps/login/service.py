@@ -315,8 +315,10 @@ class LoginService:
 
     def _record_challenge(self, ch: Challenge, source: str, now: int) -> None:
         """Refuse a locked source or one over its budget, else count the request and
-        store the challenge: one transaction (a refused request writes nothing)."""
-        with RawTx(self.kmc.db) as tx:
+        store the challenge: one transaction (a refused request writes nothing). Not
+        synced to disk at commit (a power cut can lose it: the terminal asks again),
+        so it holds SQLite's write lock for less; the response's transaction is."""
+        with RawTx(self.kmc.db, durable=False) as tx:
             locked = tx.q(
                 "SELECT locked_until FROM login_failures WHERE key = :k",
                 {"k": self._source_key(source)},
