@@ -222,3 +222,23 @@ def test_serve_with_workers_over_http_and_killed(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _wal_autocheckpoint() -> int:
+    """In a worker: the WAL auto-checkpoint threshold of its connections."""
+    from mstcrypt.server import caworkers
+
+    kmc = caworkers._worker_kmc
+    assert kmc is not None
+    with kmc.db.engine.connect() as conn:
+        return int(conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar())
+
+
+def test_workers_leave_wal_checkpoints_to_the_api_process(p: Platform) -> None:
+    """SQLite: a worker's commits never checkpoint inline; the API process's background
+    checkpointer does, so a worker's write holds do not include copying pages."""
+    if not p.kmc.db.is_sqlite:
+        pytest.skip("WAL checkpoints are SQLite's")
+    workers: CaWorkers = p.c.app.state.ca
+    assert workers._get().submit(_wal_autocheckpoint).result() == 0
+    assert p.kmc.db._checkpointer is not None  # ... because the API process checkpoints

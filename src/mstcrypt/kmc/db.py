@@ -241,6 +241,17 @@ class Database:
         self._checkpointer = threading.Thread(target=run, name="sqlite-checkpoint", daemon=True)
         self._checkpointer.start()
 
+    def leave_checkpoints_to_another_process(self) -> None:
+        """SQLite: this process's commits never checkpoint the WAL, because another
+        process on the same file runs :meth:`start_checkpointer` (a CA worker and its
+        API process). Without this, the commit that crosses SQLite's threshold copies
+        and syncs up to 1000 pages while it holds the database's write lock (holds of
+        60–100 ms measured in a CA worker). A no-op on PostgreSQL."""
+        if not self.is_sqlite or self._checkpointer is not None:
+            return
+        self.autocheckpoint = 0
+        self.engine.dispose()  # pooled connections take the new setting when reopened
+
     def checkpoint_wal(self) -> None:
         """One PASSIVE WAL checkpoint (SQLite); a busy database defers it to the next."""
         if not self.is_sqlite:

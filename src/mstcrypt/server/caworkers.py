@@ -15,7 +15,10 @@ settings — its own database connections and its own SS-CC session, exactly as 
 pipe — and runs the same service methods. What the workers change is in the database
 the API process reads: a certificate's status (login, OCSP) is read there on every
 request, and CRLs are published by the API process's publisher, which is woken after
-each job (on PostgreSQL the revoking transaction also notifies every instance).
+each job (on PostgreSQL the revoking transaction also notifies every instance). On
+SQLite the workers leave WAL checkpoints to the API process's background checkpointer
+(``Database.start_checkpointer``, started by serve's lifespan), so no worker commit
+copies pages into the database file while it holds the write lock.
 
 Errors keep their type: an :class:`~mstcrypt.errors.MstCryptError` raised in a worker is
 raised again in the API process as the same class with the same message (messages carry
@@ -114,7 +117,11 @@ def _start_worker(factory: Callable[[], Kmc]) -> None:
         threading.Thread(
             target=_exit_with, args=(parent.sentinel,), name="ca-worker-parent", daemon=True
         ).start()
-    _worker_kmc = factory()
+    kmc = factory()
+    # the API process checkpoints the WAL in the background (serve's lifespan); a
+    # worker's commit must not do it inline, holding SQLite's write lock meanwhile
+    kmc.db.leave_checkpoints_to_another_process()
+    _worker_kmc = kmc
 
 
 def _exit_with(sentinel: int) -> None:

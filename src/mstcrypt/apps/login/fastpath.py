@@ -1,9 +1,12 @@
 """The login hot path on the DB-API connection.
 
-A login is two short transactions; through SQLAlchemy's statement machinery they cost
-more CPU than the three SM2 operations of a login. This module runs the same statements
-as plain SQL on the pooled DB-API connection (SQLite or PostgreSQL), with one dialect
-difference handled here: parameter markers and row locks.
+A login is a handful of statements (the challenge, one read, one short write
+transaction); through SQLAlchemy's statement machinery they would cost more CPU than the
+three SM2 operations of a login. This module runs them as plain SQL on the pooled DB-API
+connection (SQLite or PostgreSQL), with the dialect differences handled here: parameter
+markers, row locks, and statements run on their own (no ``BEGIN``/``COMMIT`` round
+trips on PostgreSQL). Under load each round trip also waits for the interpreter lock,
+so their number matters as much as their CPU.
 """
 
 from __future__ import annotations
