@@ -29,6 +29,7 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,6 +248,8 @@ class LoginService:
         #: check per CRL number); refreshed when the published number changes
         self._crl_cache: dict[str, CrlIndex] = {}
         self._crl_checked = float("-inf")
+        #: held by the one refresh under way (released by the thread that ran it)
+        self._crl_refresh = threading.Lock()
         self._issued = 0
 
     @staticmethod
@@ -274,27 +277,58 @@ class LoginService:
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
+    _CAS = ("issuing", "root")
+
     def _crls(self) -> list[CrlIndex]:
         """The CRLs of both CAs for the path check: the login only needs the status of
         one serial, so each CRL is held as a :class:`CrlIndex` (a scan of its serials;
-        validate_path checks its signature once per CRL number) and reloaded only when
-        the published CRL number changes, checked every ``crl_check_seconds``. The
-        revocation itself is also checked in the database on every login."""
-        mono = time.monotonic()
-        cas = ("issuing", "root")
-        if mono - self._crl_checked < self.policy.crl_check_seconds and all(
-            ca in self._crl_cache for ca in cas
-        ):
-            return [self._crl_cache[ca] for ca in cas]
-        for ca in cas:
-            # the newest published: a login never waits for a publication (the
-            # certificate's status is read from the database below in any case)
+        validate_path checks its signature once per CRL number).
+
+        The first call loads them. After that a login takes the cached indices as they
+        are, and every ``crl_check_seconds`` one login starts :meth:`refresh_crls` in a
+        background thread: loading and scanning a changed CRL costs milliseconds to tens
+        of milliseconds of CPU at 100k certificates, which no login should wait for.
+        The revocation itself is checked in the database on every login, so an index a
+        second old lets no revoked certificate in."""
+        cache = self._crl_cache
+        if not all(ca in cache for ca in self._CAS):
+            self.refresh_crls()
+        elif time.monotonic() - self._crl_checked >= self.policy.crl_check_seconds:
+            self._crl_checked = time.monotonic()
+            self._refresh_crls_in_background()
+        return [cache[ca] for ca in self._CAS]
+
+    def refresh_crls(self) -> None:
+        """Reload the CRL of each CA whose published number changed (one at a time)."""
+        with self._crl_refresh:
+            self._load_crls()
+
+    def _load_crls(self) -> None:
+        for ca in self._CAS:
+            # the newest published: a login never waits for a publication
             pub = self.kmc.ca.current_crl(ca, publish=False)
             cached = self._crl_cache.get(ca)
             if cached is None or cached.number != pub.number:
                 self._crl_cache[ca] = CrlIndex.from_der(pub.der)
-        self._crl_checked = mono
-        return [self._crl_cache[ca] for ca in cas]
+        self._crl_checked = time.monotonic()
+
+    def _refresh_crls_in_background(self) -> None:
+        if not self._crl_refresh.acquire(blocking=False):
+            return  # a refresh is under way
+
+        def job() -> None:
+            try:
+                self._load_crls()
+            except Exception as exc:  # the indices in hand stay; the next check retries
+                log.warning("login CRL refresh failed: %s", type(exc).__name__)
+            finally:
+                self._crl_refresh.release()
+
+        try:
+            threading.Thread(target=job, name="login-crl-refresh", daemon=True).start()
+        except BaseException:
+            self._crl_refresh.release()
+            raise
 
     # -- step b ------------------------------------------------------------------------
     def challenge(self, *, source: str = "-") -> Challenge:
