@@ -242,3 +242,16 @@ def test_workers_leave_wal_checkpoints_to_the_api_process(p: Platform) -> None:
     workers: CaWorkers = p.c.app.state.ca
     assert workers._get().submit(_wal_autocheckpoint).result() == 0
     assert p.kmc.db._checkpointer is not None  # ... because the API process checkpoints
+
+
+def _heap_frozen() -> int:
+    import gc
+
+    return gc.get_freeze_count()
+
+
+def test_workers_freeze_their_start_up_heap(p: Platform) -> None:
+    """A worker's full garbage collections skip its start-up heap (a full pass over it
+    takes tens of ms, and could land inside a write transaction)."""
+    workers: CaWorkers = p.c.app.state.ca
+    assert workers._get().submit(_heap_frozen).result() > 10_000

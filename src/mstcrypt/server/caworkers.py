@@ -50,6 +50,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from mstcrypt.errors import MstCryptError
+from mstcrypt.server.tuning import freeze_startup_heap
 
 if TYPE_CHECKING:
     from mstcrypt.kmc.enrollment import Enrollment
@@ -121,6 +122,9 @@ def _start_worker(factory: Callable[[], Kmc]) -> None:
     # the API process checkpoints the WAL in the background (serve's lifespan); a
     # worker's commit must not do it inline, holding SQLite's write lock meanwhile
     kmc.db.leave_checkpoints_to_another_process()
+    # as serve does in the API process: a full collection over the start-up heap takes
+    # 30-55 ms here and would otherwise land inside a transaction now and then
+    freeze_startup_heap()
     _worker_kmc = kmc
 
 
