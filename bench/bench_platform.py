@@ -23,6 +23,9 @@ Measurements are named functions in :data:`MEASUREMENTS` (``@measurement("name")
 each taking the populated :class:`Bench` and returning ``{metric: value}``; add one to
 extend the benchmark (e.g. OCSP responses/s, CRL publication time). Each runs with the
 write-lock monitor (:class:`LockMonitor`) reset, so "max write hold" is per measurement.
+The mixed measurements also print the longest cyclic-GC pass and the longest pause of
+this whole process (:class:`StallProbe`), to tell a stall of the process or the machine
+from a slow operation when a p99 jumps.
 
 * enroll: ``EnrollmentService.enroll`` (code consumed, KMC key generated and wrapped, two
   certificates, envelope, audit) — the terminal's CSR and the officer's code are prepared
@@ -61,6 +64,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
 import json
 import os
 import queue
@@ -106,6 +110,39 @@ SERVER_NAME = "login.bench"
 CRL_URL = "https://bench.example"
 BATCH = 2000
 KEY_POOL = 64
+
+
+# ----------------------------------------------------------------------- stall probe --
+class StallProbe:
+    """Pauses of this whole process during a measurement, to tell a stall of the process
+    (or of the machine) from a slow operation: the longest cyclic-GC pass
+    (``gc.callbacks``) and the longest lateness of a thread that wakes every 5 ms. A
+    full collection, a C call that keeps the interpreter lock, or the machine not
+    running the process shows in the second; only the first is a collection."""
+
+    PERIOD = 0.005
+
+    def __init__(self) -> None:
+        self.reset()
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+        threading.Thread(target=self._tick, name="stall-probe", daemon=True).start()
+
+    def reset(self) -> None:
+        self.max_gc = 0.0
+        self.max_late = 0.0
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.max_gc = max(self.max_gc, time.perf_counter() - self._gc_started)
+
+    def _tick(self) -> None:
+        while True:
+            t = time.perf_counter()
+            time.sleep(self.PERIOD)
+            self.max_late = max(self.max_late, time.perf_counter() - t - self.PERIOD)
 
 
 # ------------------------------------------------------------------ write-lock monitor --
@@ -1003,8 +1040,19 @@ def _grow_pools(b: Bench, logins: int, victims: int) -> None:
         b.victims.append(b.enroll_new(b.next_id("v")))
 
 
+#: one per process, started on first use by :func:`run_backend`
+_PROBE_HOLDER: list[StallProbe] = []
+
+
+def _stall_probe() -> StallProbe:
+    if not _PROBE_HOLDER:
+        _PROBE_HOLDER.append(StallProbe())
+    return _PROBE_HOLDER[0]
+
+
 def run_backend(backend: str, url: str, sizes: list[int], args: argparse.Namespace) -> Any:
     b = make_bench(backend, url, args.seed)
+    probe = _stall_probe()
     a = Args(args.ops, args.mixed_ops, args.threads, args.rate)
     names = [n for n in MEASUREMENTS if not args.only or n in args.only]
     table: dict[str, dict[int, float | str]] = {}
@@ -1033,7 +1081,11 @@ def run_backend(backend: str, url: str, sizes: list[int], args: argparse.Namespa
             freeze_startup_heap()  # as `mstcrypt serve` does once it has started
             for n in names:
                 b.monitor.reset()
+                probe.reset()
                 values = MEASUREMENTS[n](b, a)
+                if n.startswith("mixed"):  # where a stall would decide a p99
+                    put(f"{n}: longest GC pass ms", size, 1000 * probe.max_gc)
+                    put(f"{n}: longest process pause ms", size, 1000 * probe.max_late)
                 for metric, value in values.items():
                     put(metric, size, value)
                 put(f"{n}: max write hold ms", size, 1000 * b.monitor.max_hold)
