@@ -1040,14 +1040,10 @@ def _grow_pools(b: Bench, logins: int, victims: int) -> None:
         b.victims.append(b.enroll_new(b.next_id("v")))
 
 
-#: one per process, started on first use by :func:`run_backend`
-_PROBE_HOLDER: list[StallProbe] = []
-
-
+@functools.cache
 def _stall_probe() -> StallProbe:
-    if not _PROBE_HOLDER:
-        _PROBE_HOLDER.append(StallProbe())
-    return _PROBE_HOLDER[0]
+    """One per process, started on first use by :func:`run_backend`."""
+    return StallProbe()
 
 
 def run_backend(backend: str, url: str, sizes: list[int], args: argparse.Namespace) -> Any:

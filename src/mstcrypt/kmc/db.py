@@ -230,8 +230,7 @@ class Database:
         no-op on PostgreSQL. :meth:`dispose` stops it."""
         if not self.is_sqlite or self._checkpointer is not None:
             return
-        self.autocheckpoint = 0
-        self.engine.dispose()  # pooled connections take the new setting when reopened
+        self.leave_checkpoints_to_another_process()  # here: to the thread started below
         self._checkpoint_stop.clear()
 
         def run() -> None:

@@ -99,29 +99,29 @@ class LoginPolicy:
     crl_check_seconds: float = 1.0
 
 
-#: What a response needs from the store, in one statement (one snapshot, one round
-#: trip): the certificate's and the source's lock ends, the challenge, the certificate's
-#: row and its owner's password verifier. Columns: see :class:`_Read`.
-_READ_SQL = (
-    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1), "
-    "(SELECT locked_until FROM login_failures WHERE key = :k2), "
-    "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations, "
-    "ch.r_s, ch.expires, ch.used_at "
-    "FROM (SELECT 1 AS one) AS one "
-    "LEFT JOIN certificates c ON c.serial = :s "
-    "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '') "
-    "LEFT JOIN login_challenges ch ON ch.id = :cid AND ch.server_name = :srv"
+# The login's statements share their columns (see :class:`_Read`): both lock ends
+# (``{lock}``: row-locked in a PostgreSQL write transaction, see RawTx.q), the
+# certificate's row and its owner's password verifier.
+_SHARED_COLUMNS = (
+    "(SELECT locked_until FROM login_failures WHERE key = :k1{lock}), "
+    "(SELECT locked_until FROM login_failures WHERE key = :k2{lock}), "
+    "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations"
 )
-#: The write transaction's re-read (SQLite): the same without the challenge, which
-#: :data:`_CONSUME_SQL` then consumes.
-_RECHECK_SQL = (
-    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1), "
-    "(SELECT locked_until FROM login_failures WHERE key = :k2), "
-    "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations "
+_SHARED_JOINS = (
     "FROM (SELECT 1 AS one) AS one "
     "LEFT JOIN certificates c ON c.serial = :s "
     "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '')"
 )
+#: What a response needs from the store, in one statement (one snapshot, one round
+#: trip), read outside any transaction: the columns above and the challenge.
+_READ_SQL = (
+    f"SELECT {_SHARED_COLUMNS.replace('{lock}', '')}, ch.r_s, ch.expires, ch.used_at "
+    f"{_SHARED_JOINS} "
+    "LEFT JOIN login_challenges ch ON ch.id = :cid AND ch.server_name = :srv"
+)
+#: The write transaction's re-read (SQLite): the columns above, then
+#: :data:`_CONSUME_SQL` consumes the challenge.
+_RECHECK_SQL = f"SELECT {_SHARED_COLUMNS} {_SHARED_JOINS}"
 _CONSUME_SQL = (
     "UPDATE login_challenges SET used_at = :at WHERE id = :cid AND server_name = :srv "
     "AND used_at IS NULL RETURNING r_s"
@@ -129,18 +129,12 @@ _CONSUME_SQL = (
 #: The write transaction's first statement on PostgreSQL: the challenge consumed, the
 #: re-read with both lock rows locked, and the audit log's head row locked and read (for
 #: the record this transaction appends): one round trip instead of four.
+# built from the module's constant fragments only
 _RESPOND_PG_SQL = (
-    "WITH used AS (UPDATE login_challenges SET used_at = :at WHERE id = :cid "
-    "AND server_name = :srv AND used_at IS NULL RETURNING r_s) "
-    "SELECT (SELECT locked_until FROM login_failures WHERE key = :k1 FOR NO KEY UPDATE), "
-    "(SELECT locked_until FROM login_failures WHERE key = :k2 FOR NO KEY UPDATE), "
-    "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations, "
-    "NULL, NULL, NULL, (SELECT r_s FROM used), h.seq, h.hash "
-    "FROM (SELECT 1 AS one) AS one "
-    "LEFT JOIN certificates c ON c.serial = :s "
-    "LEFT JOIN login_passwords p ON p.owner = COALESCE(c.owner, '') "
-    "LEFT JOIN LATERAL (SELECT seq, hash FROM audit_head WHERE id = 1 "
-    "FOR NO KEY UPDATE) h ON true"
+    f"WITH used AS ({_CONSUME_SQL}) "  # noqa: S608
+    f"SELECT {_SHARED_COLUMNS}, NULL, NULL, NULL, (SELECT r_s FROM used), "
+    f"h.seq, h.hash {_SHARED_JOINS} "
+    "LEFT JOIN LATERAL (SELECT seq, hash FROM audit_head WHERE id = 1{lock}) h ON true"
 )
 #: The challenge's three steps in one statement (PostgreSQL): the source's lock end, the
 #: request counted against the source's budget only when not locked and under budget
