@@ -23,9 +23,10 @@ Measurements are named functions in :data:`MEASUREMENTS` (``@measurement("name")
 each taking the populated :class:`Bench` and returning ``{metric: value}``; add one to
 extend the benchmark (e.g. OCSP responses/s, CRL publication time). Each runs with the
 write-lock monitor (:class:`LockMonitor`) reset, so "max write hold" is per measurement.
-The mixed measurements also print the longest cyclic-GC pass and the longest pause of
-this whole process (:class:`StallProbe`), to tell a stall of the process or the machine
-from a slow operation when a p99 jumps.
+The mixed measurements also print the longest cyclic-GC pass, the longest pause of
+this whole process and the longest sync of a 4 KiB block to the disk
+(:class:`StallProbe`), to tell a stall of the process, the machine or the disk from a
+slow operation when a p99 jumps.
 
 * enroll: ``EnrollmentService.enroll`` (code consumed, KMC key generated and wrapped, two
   certificates, envelope, audit) — the terminal's CSR and the officer's code are prepared
@@ -48,12 +49,13 @@ from a slow operation when a p99 jumps.
 
 Write-lock hold: on SQLite, from the moment ``BEGIN IMMEDIATE`` has the write lock
 (every read-write transaction takes it at BEGIN; the read-only snapshots taken before
-one — a deferred ``BEGIN`` — take no lock and are not counted) to ``COMMIT``/``ROLLBACK``,
-seen by the DB-API trace callback of every connection. PostgreSQL locks rows, not the database:
-there the hold is from the moment a transaction has locked or written one of the rows
-that every writer of a kind serialises on — the audit chain head (every audited change)
-or a CA row (every CRL publication) — to its end. Time spent waiting for a lock is not
-counted as holding it.
+one — a deferred ``BEGIN`` — take no lock and are not counted) to the end of
+``COMMIT``/``ROLLBACK`` (its WAL sync included), seen by the DB-API trace callback of
+every connection and the connection's return to the pool. PostgreSQL locks rows, not
+the database: there the hold is from the moment a transaction has locked or written one
+of the rows that every writer of a kind serialises on — the audit chain head (every
+audited change) or a CA row (every CRL publication) — to the end of its COMMIT (the WAL
+flush included). Time spent waiting for a lock is not counted as holding it.
 
 CPU is this process's CPU time (with PostgreSQL, the server's CPU is not included);
 wall is elapsed time; rates are per wall second.
@@ -62,6 +64,7 @@ wall is elapsed time; rates are per wall second.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import functools
 import gc
@@ -114,23 +117,30 @@ KEY_POOL = 64
 
 # ----------------------------------------------------------------------- stall probe --
 class StallProbe:
-    """Pauses of this whole process during a measurement, to tell a stall of the process
-    (or of the machine) from a slow operation: the longest cyclic-GC pass
-    (``gc.callbacks``) and the longest lateness of a thread that wakes every 5 ms. A
-    full collection, a C call that keeps the interpreter lock, or the machine not
-    running the process shows in the second; only the first is a collection."""
+    """Pauses of this whole process, and of the disk, during a measurement, to tell a
+    stall of the process, the machine or the disk from a slow operation: the longest
+    cyclic-GC pass (``gc.callbacks``); the longest lateness of a thread that wakes
+    every 5 ms (a full collection, a C call that keeps the interpreter lock, or the
+    machine not running the process); and the longest durable write of one 4 KiB block
+    (``pwrite`` + ``fdatasync``, every 50 ms, to a file in the temporary directory).
+    Every durable commit — SQLite's WAL sync, PostgreSQL's WAL flush — waits for a sync
+    like that one: when the disk stalls, the commits (and the holds that end with them)
+    stall with it, and the probe says it was the disk."""
 
     PERIOD = 0.005
+    SYNC_PERIOD = 0.05
 
     def __init__(self) -> None:
         self.reset()
         self._gc_started = 0.0
         gc.callbacks.append(self._on_gc)
         threading.Thread(target=self._tick, name="stall-probe", daemon=True).start()
+        threading.Thread(target=self._sync, name="disk-probe", daemon=True).start()
 
     def reset(self) -> None:
         self.max_gc = 0.0
         self.max_late = 0.0
+        self.max_sync = 0.0
 
     def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
         if phase == "start":
@@ -144,6 +154,19 @@ class StallProbe:
             time.sleep(self.PERIOD)
             self.max_late = max(self.max_late, time.perf_counter() - t - self.PERIOD)
 
+    def _sync(self) -> None:
+        fd, path = tempfile.mkstemp(prefix="mstcrypt-bench-disk-")
+        atexit.register(os.unlink, path)
+        block = os.urandom(4096)
+        os.pwrite(fd, block, 0)
+        os.fsync(fd)  # from here on a write changes no metadata, as a WAL's does
+        while True:
+            time.sleep(self.SYNC_PERIOD)
+            t = time.perf_counter()
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            self.max_sync = max(self.max_sync, time.perf_counter() - t)
+
 
 # ------------------------------------------------------------------ write-lock monitor --
 class LockMonitor:
@@ -153,9 +176,9 @@ class LockMonitor:
     #: PostgreSQL: the rows every writer of a kind serialises on — the audit chain head
     #: (every audited change) and the CA rows (every CRL publication)
     _GLOBAL = re.compile(r"\b(audit_head|ca)\b")
-    _LOCKING = re.compile(
-        r"^\s*(INSERT|UPDATE|DELETE)\b|\bFOR (NO KEY )?UPDATE\b|\bFOR (KEY )?SHARE\b"
-    )
+    #: (upper-cased) DML anywhere, a CTE's included; a row lock; the fast path's
+    #: ``{lock}`` marker, seen before :meth:`RawTx.q` fills it in
+    _LOCKING = re.compile(r"\b(INSERT|UPDATE|DELETE)\b|\bFOR (KEY )?SHARE\b|\{LOCK\}")
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -198,11 +221,13 @@ class LockMonitor:
             if report["max_hold"] > self.max_hold:
                 self.max_hold, self.max_label = report["max_hold"], report["max_label"]
 
-    # SQLite: every statement of every connection, through the DB-API trace callback
+    # SQLite: every statement of every connection, through the DB-API trace callback,
+    # and the connection's return to the pool
     def attach_sqlite(self, db: Database) -> None:
         @event.listens_for(db.engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
+        def _connect(dbapi_conn: Any, record: Any) -> None:
             state: dict[str, float] = {}
+            record.info["bench_hold"] = state
 
             def trace(sql: str) -> None:
                 # the callback runs as a statement starts: the lock taken by BEGIN
@@ -210,6 +235,7 @@ class LockMonitor:
                 # not holding it)
                 head = sql.lstrip()[:16].upper()
                 if head.startswith("BEGIN"):
+                    self._end(state)  # (a transaction ended without a return to the pool)
                     # a deferred BEGIN (read-only snapshot) takes no write lock
                     if head.startswith(("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")):
                         state["begun"] = 1.0
@@ -217,32 +243,64 @@ class LockMonitor:
                 if state.pop("begun", None) is not None:
                     state["t"] = time.perf_counter()
                 if head.startswith(("COMMIT", "ROLLBACK", "END")) and "t" in state:
-                    self._record(state.pop("t"))
+                    # the lock is held until COMMIT has returned, its WAL sync
+                    # included; the callback does not see that moment, the
+                    # connection's return to the pool just after it is the end
+                    state["ending"] = state.pop("t")
 
             dbapi_conn.set_trace_callback(trace)
+
+        @event.listens_for(db.engine, "checkin")
+        def _checkin(_dbapi_conn: Any, record: Any) -> None:
+            if record is not None and (state := record.info.get("bench_hold")) is not None:
+                self._end(state)
+
+    def serialises(self, sql: str) -> bool:
+        """PostgreSQL: whether ``sql`` writes or locks a row every writer of a kind
+        serialises on (the hold starts when it has returned)."""
+        return bool(self._GLOBAL.search(sql)) and bool(self._LOCKING.search(sql.upper()))
+
+    def _end(self, state: dict[str, float]) -> None:
+        t = state.pop("ending", None)
+        if t is not None:
+            self._record(t)
+
+    def _end_info(self, info: dict[str, Any]) -> None:
+        t = info.pop("bench_ending", None)
+        if t is not None:
+            self._record(t)
 
     # PostgreSQL: SQLAlchemy's statements by engine events, the login fast path by
     # wrapping its RawTx (it runs on the DB-API connection, below SQLAlchemy's events)
     def attach_postgresql(self, db: Database) -> None:
         started: dict[int, float] = {}
-
-        def writes(sql: str) -> bool:
-            return bool(self._GLOBAL.search(sql)) and bool(self._LOCKING.search(sql.upper()))
+        writes = self.serialises
 
         # from the moment the first writing/locking statement has returned (it holds its
-        # row locks then; waiting for them is not holding them) to the end
+        # row locks then; waiting for them is not holding them) to the end of COMMIT
+        # (its WAL flush included): the engine's commit event comes before it, the
+        # connection's return to the pool (or its next BEGIN) just after
         @event.listens_for(db.engine, "after_cursor_execute")
         def _after(conn: Any, _cur: Any, sql: str, *_a: Any) -> None:
             if id(conn) not in started and writes(sql):
                 started[id(conn)] = time.perf_counter()
 
-        def _end(conn: Any) -> None:
+        def _ending(conn: Any) -> None:
             t = started.pop(id(conn), None)
             if t is not None:
-                self._record(t)
+                conn.info["bench_ending"] = t
 
-        event.listen(db.engine, "commit", _end)
-        event.listen(db.engine, "rollback", _end)
+        def _begin(conn: Any) -> None:
+            self._end_info(conn.info)
+
+        @event.listens_for(db.engine, "checkin")
+        def _checkin(_dbapi_conn: Any, record: Any) -> None:
+            if record is not None:
+                self._end_info(record.info)
+
+        event.listen(db.engine, "commit", _ending)
+        event.listen(db.engine, "rollback", _ending)
+        event.listen(db.engine, "begin", _begin)
 
         monitor = self
         q, exit_ = fastpath.RawTx.q, fastpath.RawTx.__exit__
@@ -1080,8 +1138,10 @@ def run_backend(backend: str, url: str, sizes: list[int], args: argparse.Namespa
                 probe.reset()
                 values = MEASUREMENTS[n](b, a)
                 if n.startswith("mixed"):  # where a stall would decide a p99
-                    put(f"{n}: longest GC pass ms", size, 1000 * probe.max_gc)
-                    put(f"{n}: longest process pause ms", size, 1000 * probe.max_late)
+                    if n != "mixed-procs":  # (this process only waits for its children)
+                        put(f"{n}: longest GC pass ms", size, 1000 * probe.max_gc)
+                        put(f"{n}: longest process pause ms", size, 1000 * probe.max_late)
+                    put(f"{n}: longest disk sync ms", size, 1000 * probe.max_sync)
                 for metric, value in values.items():
                     put(metric, size, value)
                 put(f"{n}: max write hold ms", size, 1000 * b.monitor.max_hold)
