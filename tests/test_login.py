@@ -972,6 +972,52 @@ def test_refused_challenges_write_nothing(platform: Kmc) -> None:
     assert _count(platform, LoginChallenge) == stored + 3
 
 
+def test_the_challenge_commit_skips_the_wal_flush_on_postgresql(platform: Kmc) -> None:
+    """On PostgreSQL the challenge's statement commits with ``synchronous_commit`` off
+    (a lost challenge costs a retry), for its own transaction only: the pooled
+    connection keeps the server's setting for the next transaction (the response's,
+    with its audit record, is durable)."""
+    if platform.db.is_sqlite:
+        pytest.skip("SQLite: test_a_lazy_transaction_skips_the_sync_and_restores_it")
+    from mstcrypt.apps.login import fastpath
+    from mstcrypt.apps.login import service as login_service
+
+    svc = LoginService(platform, server_name="login.example", policy=LoginPolicy(purge_every=0))
+    raw = platform.db.engine.raw_connection()
+    try:
+        conn = raw.driver_connection
+        conn.autocommit = True
+        cur = raw.cursor()
+        cur.execute("SHOW synchronous_commit")
+        assert cur.fetchone()[0] == "on"
+        # the statement's own setting, as it runs
+        sql = fastpath._NAMED.sub(r"%(\1)s", login_service._CHALLENGE_PG_SQL)
+        cur.execute(
+            sql,
+            {
+                "k": "src:probe",
+                "now": 0,
+                "rk": "login:probe",
+                "w": 0,
+                "lim": 1,
+                "id": "c" * 32,
+                "srv": "login.example",
+                "rs": b"r" * 32,
+                "exp": 1,
+                "src": "probe",
+            },
+        )
+        assert cur.fetchone() == (0, 1, 1, "off")
+        cur.execute("SHOW synchronous_commit")  # and only for that transaction
+        assert cur.fetchone()[0] == "on"
+        conn.autocommit = False
+    finally:
+        raw.close()
+    svc.challenge(source="10.0.0.9")
+    with platform.db.engine.connect() as c:
+        assert c.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
 def _rate_counts(kmc: Kmc) -> dict[str, int]:
     with kmc.db.tx() as s:
         return {r.key: r.count for r in s.scalars(select(RateLimit))}

@@ -140,7 +140,12 @@ _RESPOND_PG_SQL = (
 #: request counted against the source's budget only when not locked and under budget
 #: (an over-budget count is left as it is), the challenge stored only when counted.
 _CHALLENGE_PG_SQL = (
-    "WITH lk AS (SELECT COALESCE("
+    # the statement's own transaction commits without waiting for the WAL flush, as
+    # the SQLite challenge does (``RawTx(durable=False)``): a crash can lose a
+    # challenge (the terminal asks again) but never reorders or corrupts anything, and
+    # the setting ends with the transaction (set_config(..., true))
+    "WITH lazy AS (SELECT set_config('synchronous_commit', 'off', true) AS sync), "
+    "lk AS (SELECT COALESCE("
     "(SELECT locked_until FROM login_failures WHERE key = :k), 0) AS until), "
     'rl AS (INSERT INTO rate_limits (key, "window", count) '
     "SELECT :rk, :w, 1 FROM lk WHERE lk.until <= :now AND :lim > 0 "
@@ -148,7 +153,8 @@ _CHALLENGE_PG_SQL = (
     "WHERE rate_limits.count < :lim RETURNING count), "
     "ch AS (INSERT INTO login_challenges (id, server_name, r_s, expires, source, used_at) "
     "SELECT :id, :srv, :rs, :exp, :src, NULL FROM rl RETURNING 1) "
-    "SELECT (SELECT until FROM lk), (SELECT count FROM rl), (SELECT count(*) FROM ch)"
+    "SELECT (SELECT until FROM lk), (SELECT count FROM rl), (SELECT count(*) FROM ch), "
+    "sync FROM lazy"
 )
 
 
@@ -378,8 +384,9 @@ class LoginService:
     def _record_challenge_pg(self, ch: Challenge, source: str, now: int) -> None:
         """:meth:`_record_challenge` as one statement (PostgreSQL): the request is
         counted only when the source is not locked and still has budget, and the
-        challenge is stored only when it was counted."""
-        until, counted, stored = write_row(
+        challenge is stored only when it was counted. Its commit does not wait for the
+        WAL flush (``synchronous_commit`` off for that transaction only)."""
+        until, counted, stored, _sync = write_row(
             self.kmc.db,
             _CHALLENGE_PG_SQL,
             {
