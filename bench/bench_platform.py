@@ -45,7 +45,8 @@ slow operation when a p99 jumps.
   rate) with the enrollments and revocations in a CA worker process, through the same
   :class:`~mstcrypt.server.caworkers.CaWorkers` as ``mstcrypt serve --ca-workers 1``;
   the logins stay in this process. The worker's write holds are counted with the
-  others, and its CPU is reported per operation (``worker CPU ms/op``).
+  others, its CPU is reported per operation (``worker CPU ms/op``), and its own stall
+  probe gives its longest GC pass and longest pause.
 
 Write-lock hold: on SQLite, from the moment ``BEGIN IMMEDIATE`` has the write lock
 (every read-write transaction takes it at BEGIN; the read-only snapshots taken before
@@ -130,12 +131,13 @@ class StallProbe:
     PERIOD = 0.005
     SYNC_PERIOD = 0.05
 
-    def __init__(self) -> None:
+    def __init__(self, *, disk: bool = True) -> None:
         self.reset()
         self._gc_started = 0.0
         gc.callbacks.append(self._on_gc)
         threading.Thread(target=self._tick, name="stall-probe", daemon=True).start()
-        threading.Thread(target=self._sync, name="disk-probe", daemon=True).start()
+        if disk:  # one disk probe per machine is enough
+            threading.Thread(target=self._sync, name="disk-probe", daemon=True).start()
 
     def reset(self) -> None:
         self.max_gc = 0.0
@@ -325,13 +327,16 @@ class LockMonitor:
 
 # ------------------------------------------------- the CA worker (`serve --ca-workers`) --
 _worker_monitor: LockMonitor | None = None
+_worker_probe: StallProbe | None = None
 
 
 def worker_kmc(url: str, master: bytes) -> Kmc:
     """The :class:`Kmc` of a CA worker process (the factory :class:`CaWorkers` runs in
     each worker, as ``Settings.kmc`` in ``mstcrypt serve``): the bench's store, the
-    worker's own connections and SS-CC object, with a write-lock monitor of its own."""
-    global _worker_monitor
+    worker's own connections and SS-CC object, with a write-lock monitor and a stall
+    probe (GC passes, pauses) of its own."""
+    global _worker_monitor, _worker_probe
+    _worker_probe = StallProbe(disk=False)
     db = Database(url)
     monitor = LockMonitor()
     monitor.attach(db)
@@ -341,11 +346,14 @@ def worker_kmc(url: str, master: bytes) -> Kmc:
 
 
 def worker_holds() -> dict[str, Any]:
-    """In the worker: its write holds since the last call (then reset)."""
-    m = _worker_monitor
-    assert m is not None
+    """In the worker: its write holds, longest GC pass and longest pause since the last
+    call (then reset)."""
+    m, probe = _worker_monitor, _worker_probe
+    assert m is not None and probe is not None
     with m._mutex:
         out = {"holds": list(m.holds), "max_hold": m.max_hold, "max_label": m.max_label}
+    out["max_gc"], out["max_late"] = probe.max_gc, probe.max_late
+    probe.reset()
     m.reset()
     return out
 
@@ -901,11 +909,16 @@ def _mixed_report(
 def _on_ca_worker(b: Bench, out: dict[str, float | str], prefix: str, n: int) -> Iterator[None]:
     """Within the block, enrollments and revocations run in a CA worker process, as
     with ``mstcrypt serve --ca-workers 1`` (started once, through the same
-    :class:`CaWorkers`); its write holds join the monitor's and its CPU per operation
-    is reported as ``<prefix> worker CPU ms/op``."""
+    :class:`CaWorkers`); its write holds join the monitor's, and its CPU per operation,
+    longest GC pass and longest pause are reported (``<prefix> worker CPU ms/op``,
+    ``<prefix>: worker's longest …``)."""
     if b.workers is None:
         factory = functools.partial(worker_kmc, b.url, b.master)
         b.workers = CaWorkers(factory, 1, after_job=b.kmc.crl_publisher.wake).start()
+        # one enrollment, untimed, as a server's worker has served before: its first
+        # one loads the CA's issuer, the SS-CC's keys and the code paths
+        code, csr = _prepare_enrollment(b)
+        b.workers.enroll(code, csr, source="bench")
     pool = b.workers._get()
     pool.submit(worker_holds).result()  # reset
     c0 = pool.submit(time.process_time).result()
@@ -917,6 +930,8 @@ def _on_ca_worker(b: Bench, out: dict[str, float | str], prefix: str, n: int) ->
     c1 = pool.submit(time.process_time).result()
     rep = pool.submit(worker_holds).result()
     out[f"{prefix} worker CPU ms/op"] = 1000 * (c1 - c0) / n
+    out[f"{prefix}: worker's longest GC pass ms"] = 1000 * rep["max_gc"]
+    out[f"{prefix}: worker's longest pause ms"] = 1000 * rep["max_late"]
     b.monitor.merge(rep)
 
 
