@@ -5,6 +5,7 @@ worker replaced, a worker that cannot open the platform refused at start-up."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ from mstcrypt.kmc.models import AuditRecord
 from mstcrypt.kmc.service import Kmc
 from mstcrypt.module.sscc import SoftKeyStore
 from mstcrypt.pki import CRL
+from mstcrypt.server import caworkers
 from mstcrypt.server.caworkers import CaWorkerError, CaWorkers, InProcessCa
 from mstcrypt.server.config import Settings
 from platform_helpers import (
@@ -255,3 +257,36 @@ def test_workers_freeze_their_start_up_heap(p: Platform) -> None:
     takes tens of ms, and could land inside a write transaction)."""
     workers: CaWorkers = p.c.app.state.ca
     assert workers._get().submit(_heap_frozen).result() > 10_000
+
+
+def _gc_threshold() -> tuple[int, int, int]:
+    import gc
+
+    return gc.get_threshold()
+
+
+def test_workers_run_full_collections_between_jobs_only(p: Platform) -> None:
+    """A worker's automatic full collections are off (a full pass over its memo of
+    parsed certificates takes 65–75 ms at 100k terminals, and would hold the write lock
+    that long inside a transaction); young collections stay automatic."""
+    workers: CaWorkers = p.c.app.state.ca
+    young, middle, full = workers._get().submit(_gc_threshold).result()
+    assert full >= 1 << 30 and (young, middle) == gc.get_threshold()[:2]
+
+
+def test_a_full_collection_runs_between_jobs_when_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a job, a full collection runs once CPython's rule would have run one (10
+    young-generation passes), at most once per FULL_GC_SECONDS."""
+    monkeypatch.setattr(caworkers, "_last_full_gc", 0.0)
+    gc.collect()  # count of young passes since the last full one: 0
+    assert not caworkers._collect_between_jobs(now=1000.0)  # not due: no young passes
+    for _ in range(10):
+        gc.collect(1)
+    assert gc.get_count()[2] >= 10
+    assert caworkers._collect_between_jobs(now=1000.0)
+    assert gc.get_count()[2] == 0  # a full pass resets it
+    for _ in range(10):
+        gc.collect(1)
+    # due by CPython's rule, but one ran less than FULL_GC_SECONDS ago
+    assert not caworkers._collect_between_jobs(now=1000.0 + caworkers.FULL_GC_SECONDS / 2)
+    assert caworkers._collect_between_jobs(now=1000.0 + caworkers.FULL_GC_SECONDS)
