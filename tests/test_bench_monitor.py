@@ -41,7 +41,10 @@ class _Recorder:
 
     def q(self, sql: str, params: Any = None) -> Any:
         self.sql.append(sql)
-        return None
+        return self
+
+    def fetchone(self) -> tuple[int, str]:  # the log's head
+        return (1, "00" * 32)
 
 
 def test_the_login_statements_on_postgresql_count_as_holds(bench: Any) -> None:
@@ -52,12 +55,13 @@ def test_the_login_statements_on_postgresql_count_as_holds(bench: Any) -> None:
         action="login.success",
         target="cert:1",
         details={},
-        head=(1, "00" * 32),
     )
     m = bench.LockMonitor()
-    # the first statement locks the log's head, the second advances it
-    assert m.serialises(login_service._RESPOND_PG_SQL)
-    assert rec.sql and all(m.serialises(sql) for sql in rec.sql), rec.sql
+    # the first statement locks the log's head, the second appends and advances it
+    assert len(rec.sql) == 2 and all(m.serialises(sql) for sql in rec.sql), rec.sql
+    # the login's earlier statements lock rows no other kind of writer waits for
+    assert not m.serialises(login_service._CONSUME_SQL)
+    assert not m.serialises(login_service._RECHECK_PG_SQL)
     # reads of the same rows are not holds
     assert not m.serialises("SELECT seq, hash FROM audit_head WHERE id = 1")
     assert not m.serialises("SELECT updated_at FROM ca")

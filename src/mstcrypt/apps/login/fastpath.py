@@ -145,13 +145,12 @@ def append_audit(
     action: str,
     target: str,
     details: dict[str, Any],
-    head: tuple[int, str] | None = None,
 ) -> None:
     """:func:`mstcrypt.kmc.audit.append` on a raw transaction (same chain, same hash).
-    ``head``: the log's head (seq, hash) as this transaction already read it with its
-    row locked (PostgreSQL); else it is read here."""
+    The log's head row is locked here, the transaction's last lock (every writer takes
+    it last, so none waits for it while holding what another writer needs)."""
     audit.check_details(details)
-    row = head or tx.q("SELECT seq, hash FROM audit_head WHERE id = 1{lock}").fetchone()
+    row = tx.q("SELECT seq, hash FROM audit_head WHERE id = 1{lock}").fetchone()
     if row is None:
         tx.q("INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :h)", {"h": audit.GENESIS})
         row = (0, audit.GENESIS)

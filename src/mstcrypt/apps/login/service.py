@@ -126,15 +126,18 @@ _CONSUME_SQL = (
     "UPDATE login_challenges SET used_at = :at WHERE id = :cid AND server_name = :srv "
     "AND used_at IS NULL RETURNING r_s"
 )
-#: The write transaction's first statement on PostgreSQL: the challenge consumed, the
-#: re-read with both lock rows locked, and the audit log's head row locked and read (for
-#: the record this transaction appends): one round trip instead of four.
+#: The write transaction's re-read on PostgreSQL, after :data:`_CONSUME_SQL`: the
+#: columns above, with both failure counters row-locked in the order of their keys.
+#: Every login transaction takes its row locks in one order: the challenge, the
+#: counters by key (:meth:`LoginService._fail` too), the audit log's head last
+#: (``append_audit``). One statement that locked several of them would lock them in
+#: an order of the planner's choosing, and deadlock with a concurrent failure.
 # built from the module's constant fragments only
-_RESPOND_PG_SQL = (
-    f"WITH used AS ({_CONSUME_SQL}) "  # noqa: S608
-    f"SELECT {_SHARED_COLUMNS}, NULL, NULL, NULL, (SELECT r_s FROM used), "
-    f"h.seq, h.hash {_SHARED_JOINS} "
-    "LEFT JOIN LATERAL (SELECT seq, hash FROM audit_head WHERE id = 1{lock}) h ON true"
+_LOCKED_COLUMNS = _SHARED_COLUMNS.replace("FROM login_failures", "FROM lk").replace("{lock}", "")
+_RECHECK_PG_SQL = (
+    "WITH lk AS (SELECT key, locked_until FROM login_failures "  # noqa: S608
+    "WHERE key IN (:k1, :k2) ORDER BY key FOR NO KEY UPDATE) "
+    f"SELECT {_LOCKED_COLUMNS} {_SHARED_JOINS}"
 )
 #: The challenge's three steps in one statement (PostgreSQL): the source's lock end, the
 #: request counted against the source's budget only when not locked and under budget
@@ -160,17 +163,12 @@ _CHALLENGE_PG_SQL = (
 
 class _Read:
     """A row of the statements above: lock ends (0–1), the certificate's row (2–5), the
-    password verifier (6–8), the challenge as read (9–11), the challenge as consumed
-    (12) and the audit log's head (13–14)."""
+    password verifier (6–8), the challenge as read (9–11) and the challenge as consumed
+    (12)."""
 
     def __init__(self, row: Any) -> None:
-        self.row = tuple(row) + (None,) * (15 - len(row))
+        self.row = tuple(row) + (None,) * (13 - len(row))
         self.r_s, self.expires, self.used_at, self.consumed = self.row[9:13]
-
-    @property
-    def head(self) -> tuple[int, str] | None:
-        seq, digest = self.row[13:15]
-        return None if seq is None else (int(seq), str(digest))
 
     def locks(self, keys: dict[str, str]) -> dict[str, int]:
         """Lock end per counter key, for the counters that exist."""
@@ -493,12 +491,13 @@ class LoginService:
                 # also locks the audit log's head; a refusal below rolls it all back
                 params = {**keys, "s": serial, "cid": challenge_id, "srv": self.server_name}
                 params["at"] = tx.ts(self._now())
-                if tx.sqlite:
+                if tx.sqlite:  # (one writer at a time: no lock order to keep)
                     row = tx.q(_RECHECK_SQL, params).fetchone()
                     done = tx.q(_CONSUME_SQL, params).fetchone()
-                    again = _Read((*row, None, None, None, done[0] if done else None))
-                else:
-                    again = _Read(tx.q(_RESPOND_PG_SQL, params).fetchone())
+                else:  # the lock order of _RECHECK_PG_SQL's comment
+                    done = tx.q(_CONSUME_SQL, params).fetchone()
+                    row = tx.q(_RECHECK_PG_SQL, params).fetchone()
+                again = _Read((*row, None, None, None, done[0] if done else None))
                 locks = again.locks(keys)
                 if int(locks.get(keys["k2"], 0)) > now:
                     source_locked = True
@@ -530,7 +529,6 @@ class LoginService:
                     action="login.success",
                     target=f"cert:{serial}",
                     details={"source": source, "jti": claims["jti"], "amr": amr},
-                    head=again.head,
                 )
         except LoginError as exc:
             if not source_locked:  # a locked source costs no write and grows no log
@@ -595,7 +593,9 @@ class LoginService:
             counters = [(self._source_key(source), p.source_max_failures)]
             if cert_serial is not None:
                 counters.append((f"cert:{cert_serial}", p.max_failures))
-            for key, limit in counters:
+            # row locks in the order every login transaction takes them (the challenge,
+            # the counters by key, the audit log's head last): see _RECHECK_PG_SQL
+            for key, limit in sorted(counters):
                 until = self._count(tx, key, limit, now)
                 if until is not None:
                     append_audit(
