@@ -262,13 +262,9 @@ class LockMonitor:
         serialises on (the hold starts when it has returned)."""
         return bool(self._GLOBAL.search(sql)) and bool(self._LOCKING.search(sql.upper()))
 
-    def _end(self, state: dict[str, float]) -> None:
-        t = state.pop("ending", None)
-        if t is not None:
-            self._record(t)
-
-    def _end_info(self, info: dict[str, Any]) -> None:
-        t = info.pop("bench_ending", None)
+    def _end(self, state: dict[str, Any], key: str = "ending") -> None:
+        """Record the hold whose COMMIT started at ``state[key]``, if one is pending."""
+        t = state.pop(key, None)
         if t is not None:
             self._record(t)
 
@@ -293,12 +289,12 @@ class LockMonitor:
                 conn.info["bench_ending"] = t
 
         def _begin(conn: Any) -> None:
-            self._end_info(conn.info)
+            self._end(conn.info, "bench_ending")
 
         @event.listens_for(db.engine, "checkin")
         def _checkin(_dbapi_conn: Any, record: Any) -> None:
             if record is not None:
-                self._end_info(record.info)
+                self._end(record.info, "bench_ending")
 
         event.listen(db.engine, "commit", _ending)
         event.listen(db.engine, "rollback", _ending)

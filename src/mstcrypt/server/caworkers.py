@@ -176,15 +176,14 @@ def _run(op: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
     typed error, or ("failed", type name) for anything else."""
     assert _worker_kmc is not None, "the worker was not started"
     try:
-        return _run_op(op, args)
+        return _run_op(_worker_kmc, op, args)
     finally:
         _collect_between_jobs()
 
 
-def _run_op(op: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    assert _worker_kmc is not None
+def _run_op(kmc: Kmc, op: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
     try:
-        return ("ok", _OPS[op](_worker_kmc, *args))
+        return ("ok", _OPS[op](kmc, *args))
     except MstCryptError as exc:
         cls = type(exc)
         attrs = {k: v for k, v in vars(exc).items() if isinstance(v, int | str | bool | None)}

@@ -99,12 +99,11 @@ class LoginPolicy:
     crl_check_seconds: float = 1.0
 
 
-# The login's statements share their columns (see :class:`_Read`): both lock ends
-# (``{lock}``: row-locked in a PostgreSQL write transaction, see RawTx.q), the
-# certificate's row and its owner's password verifier.
+# The login's statements share their columns (see :class:`_Read`): both lock ends,
+# the certificate's row and its owner's password verifier.
 _SHARED_COLUMNS = (
-    "(SELECT locked_until FROM login_failures WHERE key = :k1{lock}), "
-    "(SELECT locked_until FROM login_failures WHERE key = :k2{lock}), "
+    "(SELECT locked_until FROM login_failures WHERE key = :k1), "
+    "(SELECT locked_until FROM login_failures WHERE key = :k2), "
     "c.der, c.status, c.usage, c.owner, p.salt, p.verifier, p.iterations"
 )
 _SHARED_JOINS = (
@@ -115,7 +114,7 @@ _SHARED_JOINS = (
 #: What a response needs from the store, in one statement (one snapshot, one round
 #: trip), read outside any transaction: the columns above and the challenge.
 _READ_SQL = (
-    f"SELECT {_SHARED_COLUMNS.replace('{lock}', '')}, ch.r_s, ch.expires, ch.used_at "
+    f"SELECT {_SHARED_COLUMNS}, ch.r_s, ch.expires, ch.used_at "
     f"{_SHARED_JOINS} "
     "LEFT JOIN login_challenges ch ON ch.id = :cid AND ch.server_name = :srv"
 )
@@ -133,7 +132,7 @@ _CONSUME_SQL = (
 #: (``append_audit``). One statement that locked several of them would lock them in
 #: an order of the planner's choosing, and deadlock with a concurrent failure.
 # built from the module's constant fragments only
-_LOCKED_COLUMNS = _SHARED_COLUMNS.replace("FROM login_failures", "FROM lk").replace("{lock}", "")
+_LOCKED_COLUMNS = _SHARED_COLUMNS.replace("FROM login_failures", "FROM lk")
 _RECHECK_PG_SQL = (
     "WITH lk AS (SELECT key, locked_until FROM login_failures "  # noqa: S608
     "WHERE key IN (:k1, :k2) ORDER BY key FOR NO KEY UPDATE) "
@@ -487,8 +486,8 @@ class LoginService:
             with RawTx(self.kmc.db) as tx:
                 # re-read what may have changed (both lock ends, row-locked on PostgreSQL;
                 # the certificate's row; the password verifier) and consume the challenge
-                # (UPDATE … WHERE used_at IS NULL): on PostgreSQL one statement, which
-                # also locks the audit log's head; a refusal below rolls it all back
+                # (UPDATE … WHERE used_at IS NULL); the audit record below locks the
+                # log's head last; a refusal below rolls it all back
                 params = {**keys, "s": serial, "cid": challenge_id, "srv": self.server_name}
                 params["at"] = tx.ts(self._now())
                 if tx.sqlite:  # (one writer at a time: no lock order to keep)
