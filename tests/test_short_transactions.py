@@ -7,12 +7,13 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, text, update
 
 from mstcrypt.apps.login.service import LoginService
 from mstcrypt.crypto.sm2 import SM2PrivateKey
@@ -275,6 +276,67 @@ def test_service_certificates_signed_outside_the_write_lock(
         assert calls.count("generate_sm2") == 1 and calls.count("sign") == 1
         assert cert.public_key != before.public_key
         assert kmc.ocsp.responder()[1].serial == cert.serial
+
+
+def test_concurrent_first_certification_of_a_service_identity(
+    kmc: Kmc, database_url: str
+) -> None:
+    """Two instances certify a new service identity at once (PostgreSQL). B reads the
+    key row (none yet) in its write transaction; A then makes and certifies its own key;
+    B goes on. One key and one certificate come out, shared by both: B never replaces
+    A's key or supersedes the certificate A is already presenting (CI caught a TLCP
+    endpoint of one instance left with a revoked certificate)."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("SQLite serialises the two transactions whole (BEGIN IMMEDIATE)")
+    other = Kmc(Database(database_url), kmc.ctx.keys, crl_base_url="http://t")
+    args = ("probe", Profile.GATEWAY_SIGN, "probe.example")
+    first: list[Any] = []
+    fired = threading.Event()
+
+    def a_certifies() -> None:
+        first.append(kmc.service_identity(*args, subject_alt_names=["probe.example"])[1])
+
+    def waiting_on_a_lock() -> bool:
+        with kmc.db.engine.connect() as conn:
+            n = conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            )
+        return bool(n)
+
+    def after(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if fired.is_set() or "FROM service_keys" not in statement or "FOR" not in statement:
+            return
+        fired.set()  # B has read the key row under its lock: A runs now
+        t = threading.Thread(target=a_certifies)
+        t.start()
+        deadline = time.monotonic() + 30
+        while t.is_alive() and not waiting_on_a_lock() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    event.listen(other.db.engine, "after_cursor_execute", after)
+    try:
+        second = other.service_identity(*args, subject_alt_names=["probe.example"])[1]
+    finally:
+        event.remove(other.db.engine, "after_cursor_execute", after)
+        other.db.dispose()
+    deadline = time.monotonic() + 30
+    while not first and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fired.is_set() and first
+    assert first[0].serial == second.serial
+    with kmc.db.tx() as s:
+        rows = list(
+            s.execute(
+                select(IssuedCertificate.serial, IssuedCertificate.status).where(
+                    IssuedCertificate.owner == "service:probe"
+                )
+            )
+        )
+    assert rows == [(f"{second.serial:x}", "active")]
+    assert kmc.identities.key("probe").public_key() == second.public_key
 
 
 # ------------------------------------------------------------------ login ----------

@@ -151,8 +151,12 @@ class IdentityService:
         }
         prepared = self.ca.build(public_key=pub, **issue)
         # audited only when it changes something: another instance may have certified
-        # the key between the check above and the row lock below (then nothing is done)
+        # the key since the check above (then nothing is done). The name lock serialises
+        # the instances' units whole: a row lock cannot, as long as there is no row, and
+        # a key stored by another instance after this unit's read would be replaced,
+        # its certificate (which that instance is already presenting) superseded.
         with self.ctx.unit(actor, audited=False) as u:
+            u.lock(f"service:{name}")
             row = u.s.get(ServiceKey, name, with_for_update={"key_share": True})
             if row is not None:
                 stored = SM2PublicKey.from_bytes(row.public_key)
