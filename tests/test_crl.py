@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -991,6 +992,35 @@ def test_login_service_scans_each_crl_number_once(kmc: Kmc) -> None:
         time.sleep(0.01)
     assert e.sign_certificate.serial in second[0]
     assert second[1] is first[1]  # the root's CRL did not change
+
+
+def test_first_logins_of_a_cold_login_service_load_the_crls_once(
+    kmc: Kmc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight logins arrive together at a login service that has loaded no CRL yet: one
+    loads the CRLs, the others wait for it and take what it loaded instead of loading
+    them again one after another (up to 326 ms of queueing at 1k terminals)."""
+    kmc.publish_crls(force=True)
+    svc = LoginService(kmc, server_name="login.example")
+    loads: list[str] = []
+    real = kmc.ca.current_crl
+
+    def slow(ca: str, **kw: Any) -> Any:
+        loads.append(ca)
+        time.sleep(0.05)  # long enough for every login to be waiting meanwhile
+        return real(ca, **kw)
+
+    monkeypatch.setattr(kmc.ca, "current_crl", slow)
+    start = threading.Barrier(8)
+
+    def login() -> list[CrlIndex]:
+        start.wait()
+        return svc._crls()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: login(), range(8)))
+    assert sorted(loads) == sorted(svc._CAS)  # each CA's CRL loaded once
+    assert all(r[0] is results[0][0] and r[1] is results[0][1] for r in results)
 
 
 # -------------------------------------------------------------------- configuration ------

@@ -278,9 +278,7 @@ def test_service_certificates_signed_outside_the_write_lock(
         assert kmc.ocsp.responder()[1].serial == cert.serial
 
 
-def test_concurrent_first_certification_of_a_service_identity(
-    kmc: Kmc, database_url: str
-) -> None:
+def test_concurrent_first_certification_of_a_service_identity(kmc: Kmc, database_url: str) -> None:
     """Two instances certify a new service identity at once (PostgreSQL). B reads the
     key row (none yet) in its write transaction; A then makes and certifies its own key;
     B goes on. One key and one certificate come out, shared by both: B never replaces

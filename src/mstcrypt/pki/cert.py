@@ -67,13 +67,18 @@ class Certificate:
     Equality and hashing are by DER encoding.
     """
 
+    # Only bytes, strings, numbers and flat tuples of them, besides the public key: the
+    # memo holds up to _PARSED_MAX certificates for the life of a server, and an
+    # asn1crypto tree kept per certificate (about a hundred objects each) made every full
+    # pass of the cyclic garbage collector walk some 250k objects (60-120 ms, every thread
+    # paused, a write transaction held meanwhile). Rare accessors re-load the DER.
     __slots__ = (
         "_aki",
-        "_asn1",
+        "_cns",
         "_crl_urls",
         "_der",
         "_eku",
-        "_exts",
+        "_ext_critical",
         "_freshest_crl_urls",
         "_is_ca",
         "_issuer_der",
@@ -87,9 +92,14 @@ class Certificate:
         "_san",
         "_san_entries",
         "_serial",
+        "_sig_alg",
+        "_signature",
         "_ski",
+        "_spki_der",
         "_subject_der",
         "_subject_str",
+        "_tbs_der",
+        "_version",
     )
 
     def __init__(self, *_: object, **__: object) -> None:
@@ -127,12 +137,16 @@ class Certificate:
         self = object.__new__(cls)
         setattr_ = object.__setattr__
         setattr_(self, "_der", bytes(der))
-        setattr_(self, "_asn1", asn1)
         tbs = asn1["tbs_certificate"]
         c.check_signature_algorithm(asn1["signature_algorithm"], "certificate")
         if tbs["signature"].dump() != asn1["signature_algorithm"].dump():
             raise DecodeError("certificate: signature algorithm differs inside and outside tbs")
         version = tbs["version"].native
+        setattr_(self, "_version", {"v1": 1, "v2": 2, "v3": 3}[version])
+        setattr_(self, "_tbs_der", bytes(tbs.dump()))
+        setattr_(self, "_signature", bytes(asn1["signature_value"].native))
+        setattr_(self, "_sig_alg", str(asn1["signature_algorithm"]["algorithm"].dotted))
+        setattr_(self, "_spki_der", bytes(tbs["subject_public_key_info"].dump()))
         exts_asn1 = tbs["extensions"]
         has_exts = not isinstance(exts_asn1, core.Void) and len(exts_asn1) > 0
         if has_exts and version != "v3":
@@ -152,8 +166,18 @@ class Certificate:
         setattr_(self, "_issuer_str", name_to_str(tbs["issuer"]))
         setattr_(self, "_subject_der", bytes(tbs["subject"].dump()))
         setattr_(self, "_issuer_der", bytes(tbs["issuer"].dump()))
+        setattr_(
+            self,
+            "_cns",
+            tuple(
+                str(atv["value"].native)
+                for rdn in tbs["subject"].chosen
+                for atv in rdn
+                if atv["type"].native == "common_name"
+            ),
+        )
         exts = c.extension_map(exts_asn1 if has_exts else None, "certificate")
-        setattr_(self, "_exts", exts)
+        setattr_(self, "_ext_critical", {oid: crit for oid, (crit, _) in exts.items()})
         self._read_extensions(exts)
         return self
 
@@ -229,16 +253,16 @@ class Certificate:
     @property
     def tbs_der(self) -> bytes:
         """The DER tbsCertificate, the bytes the issuer signed."""
-        return bytes(self._asn1["tbs_certificate"].dump())
+        return self._tbs_der
 
     @property
     def signature(self) -> bytes:
         """The DER SM2Signature in signatureValue."""
-        return bytes(self._asn1["signature_value"].native)
+        return self._signature
 
     @property
     def signature_algorithm(self) -> str:
-        return str(self._asn1["signature_algorithm"]["algorithm"].dotted)
+        return self._sig_alg
 
     @property
     def fingerprint(self) -> str:
@@ -256,7 +280,7 @@ class Certificate:
     @property
     def version(self) -> int:
         """1, 2 or 3."""
-        return {"v1": 1, "v2": 2, "v3": 3}[self._asn1["tbs_certificate"]["version"].native]
+        return self._version
 
     @property
     def subject(self) -> x509.Name:
@@ -294,7 +318,7 @@ class Certificate:
     @property
     def public_key_der(self) -> bytes:
         """The SubjectPublicKeyInfo DER exactly as it appears in the certificate."""
-        return bytes(self._asn1["tbs_certificate"]["subject_public_key_info"].dump())
+        return self._spki_der
 
     @property
     def key_usage(self) -> frozenset[str]:
@@ -339,7 +363,7 @@ class Certificate:
     @property
     def has_subject_alt_name(self) -> bool:
         """The certificate has a subjectAltName extension (of any content)."""
-        return c.OID_SUBJECT_ALT_NAME in self._exts
+        return c.OID_SUBJECT_ALT_NAME in self._ext_critical
 
     @property
     def dns_names(self) -> tuple[str, ...]:
@@ -354,12 +378,7 @@ class Certificate:
     @property
     def common_names(self) -> tuple[str, ...]:
         """The subject's commonName values, in order."""
-        return tuple(
-            str(atv["value"].native)
-            for rdn in self._asn1["tbs_certificate"]["subject"].chosen
-            for atv in rdn
-            if atv["type"].native == "common_name"
-        )
+        return self._cns
 
     @property
     def policies(self) -> tuple[str, ...]:
@@ -378,12 +397,14 @@ class Certificate:
     @property
     def extensions(self) -> Mapping[str, bool]:
         """dotted OID → critical, for every extension present."""
-        return MappingProxyType({oid: crit for oid, (crit, _) in self._exts.items()})
+        return MappingProxyType(self._ext_critical)
 
     def extension_value(self, oid: str) -> bytes | None:
         """The DER extnValue contents of extension ``oid``, or None."""
-        exts = self._asn1["tbs_certificate"]["extensions"]
-        for ext in () if isinstance(exts, core.Void) else exts:
+        if oid not in self._ext_critical:
+            return None
+        exts = c.X509Certificate.load(self._der)["tbs_certificate"]["extensions"]
+        for ext in exts:
             if ext["extn_id"].dotted == oid:
                 return bytes(ext["extn_value"].contents)
         return None
@@ -393,7 +414,7 @@ class Certificate:
         """Critical extensions that validation does not understand (dotted OIDs)."""
         return tuple(
             oid
-            for oid, (crit, _) in self._exts.items()
+            for oid, crit in self._ext_critical.items()
             if crit and oid not in c.UNDERSTOOD_CERT_EXTENSIONS
         )
 
@@ -402,9 +423,9 @@ class Certificate:
     def issued_by_name(self, issuer: Certificate) -> bool:
         """True when this certificate's issuer name equals ``issuer``'s subject name
         (RFC 5280 §7.1 comparison)."""
-        return names_equal(
-            self._asn1["tbs_certificate"]["issuer"], issuer._asn1["tbs_certificate"]["subject"]
-        )
+        if self._issuer_der == issuer._subject_der:
+            return True
+        return names_equal(x509.Name.load(self._issuer_der), x509.Name.load(issuer._subject_der))
 
     def is_self_issued(self) -> bool:
         """Subject and issuer names are equal (RFC 5280 §6.1: self-issued)."""

@@ -281,7 +281,8 @@ class LoginService:
         one serial, so each CRL is held as a :class:`CrlIndex` (a scan of its serials;
         validate_path checks its signature once per CRL number).
 
-        The first call loads them. After that a login takes the cached indices as they
+        The first call loads them (logins arriving meanwhile wait for that load rather
+        than each loading them again). After that a login takes the cached indices as they
         are, and every ``crl_check_seconds`` one login starts :meth:`refresh_crls` in a
         background thread: loading and scanning a changed CRL costs milliseconds to tens
         of milliseconds of CPU at 100k certificates, which no login should wait for.
@@ -289,7 +290,9 @@ class LoginService:
         second old lets no revoked certificate in."""
         cache = self._crl_cache
         if not all(ca in cache for ca in self._CAS):
-            self.refresh_crls()
+            with self._crl_refresh:  # the first logins of a cold service load them once
+                if not all(ca in cache for ca in self._CAS):
+                    self._load_crls()
         elif time.monotonic() - self._crl_checked >= self.policy.crl_check_seconds:
             self._crl_checked = time.monotonic()
             self._refresh_crls_in_background()
