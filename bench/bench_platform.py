@@ -301,13 +301,19 @@ class LockMonitor:
         event.listen(db.engine, "begin", _begin)
 
         monitor = self
-        q, exit_ = fastpath.RawTx.q, fastpath.RawTx.__exit__
+        q, rows, exit_ = fastpath.RawTx.q, fastpath.RawTx.rows, fastpath.RawTx.__exit__
 
         def q_wrapped(tx: Any, sql: str, params: Any = None) -> Any:
             cur = q(tx, sql, params)
             if not hasattr(tx, "_bench_t") and writes(sql):
                 tx._bench_t = time.perf_counter()
             return cur
+
+        def rows_wrapped(tx: Any, *statements: tuple[str, Any]) -> Any:
+            out = rows(tx, *statements)
+            if not hasattr(tx, "_bench_t") and any(writes(sql) for sql, _ in statements):
+                tx._bench_t = time.perf_counter()
+            return out
 
         def exit_wrapped(tx: Any, *exc: Any) -> None:
             try:
@@ -318,6 +324,7 @@ class LockMonitor:
                     monitor._record(t)
 
         fastpath.RawTx.q = q_wrapped  # type: ignore[method-assign]
+        fastpath.RawTx.rows = rows_wrapped  # type: ignore[method-assign]
         fastpath.RawTx.__exit__ = exit_wrapped  # type: ignore[method-assign]
 
 

@@ -78,7 +78,7 @@ def _monitored(bench: Any, url: str) -> tuple[Any, Database]:
 
 def test_a_transaction_is_one_hold_from_its_lock_to_its_end(bench: Any, database_url: str) -> None:
     m, db = _monitored(bench, database_url)
-    saved = fastpath.RawTx.q, fastpath.RawTx.__exit__
+    saved = fastpath.RawTx.q, fastpath.RawTx.rows, fastpath.RawTx.__exit__
     try:
         with m.label("orm"), db.tx() as s:
             s.execute(text("UPDATE audit_head SET seq = seq WHERE id = 1"))
@@ -90,11 +90,16 @@ def test_a_transaction_is_one_hold_from_its_lock_to_its_end(bench: Any, database
             time.sleep(0.08)
         assert len(m.holds) == 1 and m.holds[0] >= 0.08 and m.max_label == "fast path", m.holds
         m.reset()
+        with m.label("pipelined"), fastpath.RawTx(db) as tx:  # statements sent together
+            tx.rows(("SELECT 1", {}), ("SELECT seq FROM audit_head WHERE id = 1{lock}", {}))
+            time.sleep(0.05)
+        assert len(m.holds) == 1 and m.holds[0] >= 0.05 and m.max_label == "pipelined", m.holds
+        m.reset()
         with db.snapshot() as s:  # a read takes no lock
             s.execute(text("SELECT seq FROM audit_head WHERE id = 1"))
         assert m.holds == []
     finally:
-        fastpath.RawTx.q, fastpath.RawTx.__exit__ = saved
+        fastpath.RawTx.q, fastpath.RawTx.rows, fastpath.RawTx.__exit__ = saved
         db.dispose()
 
 

@@ -8,15 +8,19 @@ import json
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from mstcrypt.apps.login import tokens
+from mstcrypt.apps.login.fastpath import RawTx
 from mstcrypt.apps.login.models import LoginChallenge, LoginFailures, RevokedSession
 from mstcrypt.apps.login.service import LoginPolicy, LoginService, source_bucket
 from mstcrypt.crypto.sm2 import SM2PrivateKey
@@ -1043,3 +1047,86 @@ def test_challenge_budget_is_shared_by_instances(platform: Kmc) -> None:
     a.challenge(source="198.51.100.9")
     clock.t += 120
     assert a.purge()["rate_limits"] == 3
+
+
+def _round_trips(kmc: Kmc, run: Callable[[], object]) -> list[str]:
+    """The statements ``run`` sends, one entry per round trip (libpq's protocol trace of
+    every pooled connection: a Sync ends an extended-protocol batch, a Query is one
+    simple-protocol statement); the first statement of each batch is named."""
+    with tempfile.TemporaryFile() as trace:
+
+        def on(dbapi: Any, _rec: Any, _proxy: Any) -> None:
+            dbapi.pgconn.trace(trace.fileno())
+
+        def off(dbapi: Any, _rec: Any) -> None:
+            dbapi.pgconn.untrace()
+
+        event.listen(kmc.db.engine, "checkout", on)
+        event.listen(kmc.db.engine, "checkin", off)
+        try:
+            run()
+        finally:
+            event.remove(kmc.db.engine, "checkout", on)
+            event.remove(kmc.db.engine, "checkin", off)
+        trace.seek(0)
+        lines = trace.read().decode(errors="replace").splitlines()
+    trips, first = [], None
+    for line in lines:
+        _, side, _, kind, *rest = [*line.split("\t"), ""]
+        if side != "F":
+            continue
+        text_ = (rest[0] if rest else "").strip().strip('"').lstrip('" ').split(" ", 2)
+        if kind == "Parse" and first is None:
+            first = " ".join(text_)[:40]
+        elif kind == "Query":
+            trips.append(" ".join(text_)[:40])
+        elif kind == "Sync":
+            trips.append(first or "?")
+            first = None
+    return trips
+
+
+def test_a_postgresql_login_takes_six_round_trips(platform: Kmc) -> None:
+    """Challenge: one statement. Response: the read; BEGIN, the challenge consumed and
+    the failure counters locked in one pipeline (the server still runs them in that
+    order); the audit head locked, the record appended; COMMIT. Each round trip waits
+    for the server and, under load, for the interpreter lock."""
+    if platform.db.is_sqlite:
+        pytest.skip("SQLite has no round trips")
+    svc = LoginService(platform, server_name="login.example", policy=LoginPolicy(purge_every=0))
+    user = _user(platform)
+    _login(svc, user, platform)  # warm: CRLs, the login key, prepared statements
+    challenge: list[Any] = []
+    trips = _round_trips(platform, lambda: challenge.append(svc.challenge(source="10.0.0.1")))
+    assert len(trips) == 1, trips
+    resp = user.respond(challenge[0], now=datetime.now(UTC), crls=_crls(platform)).to_json()
+    trips = _round_trips(platform, lambda: svc.respond(resp, source="10.0.0.1"))
+    assert len(trips) == 5, trips
+    assert trips[1].startswith("BEGIN") and trips[-1] == "COMMIT", trips
+    assert _audit_actions(platform)[-1] == "login.success"
+    # the pooled connection came back as it went out: not autocommit, no transaction
+    raw = platform.db.engine.raw_connection()
+    try:
+        assert raw.driver_connection.autocommit is False
+        assert raw.driver_connection.info.transaction_status.name == "IDLE"
+    finally:
+        raw.close()
+
+
+def test_a_failed_fast_path_transaction_rolls_back_whole(platform: Kmc) -> None:
+    """A statement that fails after others (pipelined with BEGIN on PostgreSQL) ends the
+    transaction: nothing it wrote stays, and the connection serves the next one."""
+    with pytest.raises(Exception), RawTx(platform.db) as tx:
+        tx.rows(
+            ("UPDATE audit_head SET seq = seq + 1000 WHERE id = 1", {}),
+            ("SELECT * FROM no_such_table", {}),
+        )
+    with RawTx(platform.db) as tx:
+        assert tx.q("SELECT seq FROM audit_head WHERE id = 1").fetchone()[0] < 1000
+    raw = platform.db.engine.raw_connection()
+    try:
+        if not platform.db.is_sqlite:
+            assert raw.driver_connection.autocommit is False
+            assert raw.driver_connection.info.transaction_status.name == "IDLE"
+    finally:
+        raw.close()

@@ -11,6 +11,7 @@ so their number matters as much as their CPU.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime
@@ -23,6 +24,16 @@ from mstcrypt.kmc.db import Database
 _NAMED = re.compile(r":([a-z_][a-z0-9_]*)")
 
 
+@functools.lru_cache(maxsize=256)
+def _dialect_sql(sql: str, lock: str, sqlite: bool) -> str:
+    """``sql`` with ``{lock}`` filled in and, on PostgreSQL, ``:name`` markers in the
+    driver's ``%(name)s`` form. The statements are the module's constants, so each is
+    converted once (a regex substitution with a template per statement was a tenth of
+    a PostgreSQL login's CPU)."""
+    sql = sql.replace("{lock}", lock)
+    return sql if sqlite else _NAMED.sub(r"%(\1)s", sql)
+
+
 class RawTx:
     """``with RawTx(db) as tx: tx.q(sql, params)`` — one transaction; SQL uses ``:name``
     parameters and ``{lock}`` where a row lock belongs.
@@ -31,7 +42,12 @@ class RawTx:
     written to the WAL and made durable by the next durable commit's sync (of any
     writer), so a power cut can lose it but never corrupts or reorders the database.
     Only for rows whose loss costs a retry (a login challenge): its commit then holds
-    the database's single write lock without an fsync."""
+    the database's single write lock without an fsync.
+
+    On PostgreSQL the connection is switched to autocommit for the transaction and
+    ``BEGIN`` is sent in one pipeline with the first statement(s), instead of the
+    driver's ``BEGIN`` round trip of its own; ``COMMIT`` or ``ROLLBACK`` ends it, and
+    the connection goes back to the pool as it came (not autocommit, idle)."""
 
     def __init__(self, db: Database, *, durable: bool = True) -> None:
         self.db = db
@@ -49,7 +65,13 @@ class RawTx:
                 if self._lazy:  # outside a transaction; set back in __exit__
                     self._cur.execute("PRAGMA synchronous=NORMAL")
                 self._cur.execute("BEGIN IMMEDIATE")
+            else:
+                self._begun = False
+                self._raw.driver_connection.autocommit = True  # BEGIN is ours (see above)
         except BaseException:
+            if not self.sqlite and hasattr(self, "_raw"):
+                self._raw.invalidate()  # never hand out a half-set connection
+                self._raw.close()
             self._turn.__exit__(None, None, None)
             raise
         return self
@@ -61,10 +83,8 @@ class RawTx:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc_type is None:
-                self._raw.commit() if not self.sqlite else self._cur.execute("COMMIT")
-            else:
-                self._raw.rollback() if not self.sqlite else self._cur.execute("ROLLBACK")
+            if self.sqlite or self._begun:
+                self._cur.execute("COMMIT" if exc_type is None else "ROLLBACK")
         finally:
             try:
                 if self._lazy:
@@ -72,17 +92,55 @@ class RawTx:
                         self._cur.execute("PRAGMA synchronous=FULL")
                     except Exception:  # never hand out a connection that skips syncs
                         self._raw.invalidate()
+                if not self.sqlite:
+                    try:
+                        self._raw.driver_connection.autocommit = False
+                    except Exception:  # broken, or still in a transaction: not reused
+                        self._raw.invalidate()
                 self._cur.close()
                 self._raw.close()
             finally:
                 self._turn.__exit__(None, None, None)
 
     def q(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        sql = sql.replace("{lock}", self._lock)
-        if not self.sqlite:
-            sql = _NAMED.sub(r"%(\1)s", sql)
-        self._cur.execute(sql, params or {})
+        if not self.sqlite and not self._begun:
+            self._pipeline([self._cur], [(sql, params or {})])
+        else:
+            self._cur.execute(_dialect_sql(sql, self._lock, self.sqlite), params or {})
         return self._cur
+
+    def rows(self, *statements: tuple[str, dict[str, Any]]) -> list[Any]:
+        """The first row (or None) of each statement, run one after another in this
+        transaction. On PostgreSQL they go in one pipeline: the server still runs them
+        in order (so the row locks they take come in that order) but the ``BEGIN`` and
+        all of them cost one round trip instead of one each. For statements whose
+        parameters do not depend on an earlier one's result."""
+        if self.sqlite:
+            return [self.q(sql, params).fetchone() for sql, params in statements]
+        cursors = [self._raw.cursor() for _ in statements]
+        try:
+            self._pipeline(cursors, list(statements))
+            return [cur.fetchone() for cur in cursors]
+        finally:
+            for cur in cursors:
+                cur.close()
+
+    def _pipeline(self, cursors: list[Any], statements: list[tuple[str, dict[str, Any]]]) -> None:
+        """PostgreSQL: ``statements`` on ``cursors`` in one pipeline, after ``BEGIN``
+        when the transaction has not begun yet: one round trip."""
+        begin = None if self._begun else self._raw.cursor()
+        try:
+            with self._raw.driver_connection.pipeline():
+                if begin is not None:
+                    # what the driver would send: each statement sees what has committed
+                    # before it (the re-checks depend on it), whatever the server's default
+                    begin.execute("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE")
+                    self._begun = True
+                for cur, (sql, params) in zip(cursors, statements, strict=True):
+                    cur.execute(_dialect_sql(sql, self._lock, False), params)
+        finally:
+            if begin is not None:
+                begin.close()
 
     def ts(self, dt: datetime) -> Any:
         """A timezone-aware datetime as the column type expects it (SQLAlchemy stores
@@ -125,7 +183,7 @@ def _one_statement(db: Database, sql: str, params: dict[str, Any]) -> Any:
         try:
             cur = raw.cursor()
             try:
-                cur.execute(_NAMED.sub(r"%(\1)s", sql), params)
+                cur.execute(_dialect_sql(sql, "", False), params)
                 return cur.fetchone()
             finally:
                 cur.close()
