@@ -1130,3 +1130,25 @@ def test_a_failed_fast_path_transaction_rolls_back_whole(platform: Kmc) -> None:
             assert raw.driver_connection.info.transaction_status.name == "IDLE"
     finally:
         raw.close()
+
+
+def test_without_pipelining_the_same_statements_go_one_at_a_time(
+    platform: Kmc, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a driver that cannot pipeline (libpq before 14), the login sends the same
+    statements in the same order, one round trip each, and still succeeds."""
+    if platform.db.is_sqlite:
+        pytest.skip("SQLite has no round trips")
+    from mstcrypt.apps.login import fastpath
+
+    monkeypatch.setattr(fastpath, "_pipelines", lambda: False)
+    svc = LoginService(platform, server_name="login.example", policy=LoginPolicy(purge_every=0))
+    user = _user(platform)
+    _login(svc, user, platform)
+    ch = svc.challenge(source="10.0.0.1")
+    resp = user.respond(ch, now=datetime.now(UTC), crls=_crls(platform)).to_json()
+    trips = _round_trips(platform, lambda: svc.respond(resp, source="10.0.0.1"))
+    assert len(trips) == 7, trips
+    assert trips[1].startswith("BEGIN") and trips[2].startswith("UPDATE login_challenges")
+    assert trips[3].startswith("WITH lk") and trips[-1] == "COMMIT", trips
+    assert _audit_actions(platform)[-1] == "login.success"

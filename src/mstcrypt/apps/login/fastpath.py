@@ -11,6 +11,7 @@ so their number matters as much as their CPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
@@ -22,6 +23,18 @@ from mstcrypt.kmc import audit
 from mstcrypt.kmc.db import Database
 
 _NAMED = re.compile(r":([a-z_][a-z0-9_]*)")
+
+
+@functools.cache
+def _pipelines() -> bool:
+    """Whether the PostgreSQL driver can pipeline (psycopg over libpq 14 or later; the
+    binary wheel bundles one). Without it the same statements go one at a time."""
+    try:
+        import psycopg
+
+        return bool(psycopg.Pipeline.is_supported())
+    except Exception:  # no psycopg, or one too old to say
+        return False
 
 
 @functools.lru_cache(maxsize=256)
@@ -130,7 +143,8 @@ class RawTx:
         when the transaction has not begun yet: one round trip."""
         begin = None if self._begun else self._raw.cursor()
         try:
-            with self._raw.driver_connection.pipeline():
+            conn = self._raw.driver_connection
+            with conn.pipeline() if _pipelines() else contextlib.nullcontext():
                 if begin is not None:
                     # what the driver would send: each statement sees what has committed
                     # before it (the re-checks depend on it), whatever the server's default
