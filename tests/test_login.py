@@ -1075,11 +1075,11 @@ def _round_trips(kmc: Kmc, run: Callable[[], object]) -> list[str]:
         _, side, _, kind, *rest = [*line.split("\t"), ""]
         if side != "F":
             continue
-        text_ = (rest[0] if rest else "").strip().strip('"').lstrip('" ').split(" ", 2)
+        statement = (rest[0] if rest else "").strip().strip('" ')[:40]
         if kind == "Parse" and first is None:
-            first = " ".join(text_)[:40]
+            first = statement
         elif kind == "Query":
-            trips.append(" ".join(text_)[:40])
+            trips.append(statement)
         elif kind == "Sync":
             trips.append(first or "?")
             first = None

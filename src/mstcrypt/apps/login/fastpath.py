@@ -140,7 +140,8 @@ class RawTx:
 
     def _pipeline(self, cursors: list[Any], statements: list[tuple[str, dict[str, Any]]]) -> None:
         """PostgreSQL: ``statements`` on ``cursors`` in one pipeline, after ``BEGIN``
-        when the transaction has not begun yet: one round trip."""
+        when the transaction has not begun yet: one round trip (one each when the
+        driver cannot pipeline)."""
         begin = None if self._begun else self._raw.cursor()
         try:
             conn = self._raw.driver_connection
